@@ -1,0 +1,283 @@
+"""Calibration and evaluation text: the offline embedded corpus, local files, and wikitext2 / c4 / ptb.
+
+Datasets are named by a string:
+
+* ``embedded``: text every CPython carries (``pydoc_data.topics`` and the standard library's
+  docstrings, PSF licence), split deterministically into calibration / validation / test. Its content
+  differs between Python versions, so every result records the hash of the text it used.
+* a path to a local UTF-8 text file: used whole, for calibration and for evaluation;
+* ``wikitext2``, ``c4``, ``ptb``: the papers' data through ``datasets`` (needs the hub or its cache).
+
+Calibration follows the references: ``nsamples`` random windows of ``seqlen`` tokens, drawn with
+``random.Random(seed)`` (for C4: a random document longer than ``seqlen``, then a random window in it).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import random
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+PAPER_DATASETS = ("wikitext2", "c4", "ptb")
+DATASETS = ("embedded", *PAPER_DATASETS)
+SPLITS = ("calibration", "validation", "test")
+# Defaults of the papers (GPU, LLaMA) and of the embedded corpus (sized for a 2-core CPU).
+PAPER_DEFAULTS = {"nsamples": 128, "seqlen": 2048, "seed": 0}
+EMBEDDED_DEFAULTS = {"nsamples": 32, "seqlen": 512, "seed": 0}
+# Size of the embedded evaluation splits in characters (~4 characters a token): small enough that a
+# perplexity pass takes well under a minute on 2 cores. Calibration gets everything else.
+EMBEDDED_SPLIT_CHARS = {"test": 60_000, "validation": 30_000}
+C4_EVAL_WINDOWS = 256  # the references evaluate C4 on the first 256 * seqlen validation tokens
+
+_CORPUS_VERSION = 1  # bump when the corpus construction changes (invalidates the cache)
+_SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo",
+              "__pycache__", "ensurepip", "tkinter", "__phello__"}
+
+
+class DatasetUnavailable(RuntimeError):
+    """A paper dataset could not be fetched (no network or hub cache)."""
+
+
+@dataclass(frozen=True)
+class Text:
+    """A named piece of text with the SHA-256 of its content (recorded with every result)."""
+
+    dataset: str
+    split: str
+    text: str
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.text.encode("utf-8")).hexdigest())
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration windows ``input_ids`` of shape (nsamples, seqlen) and their provenance."""
+
+    input_ids: torch.Tensor
+    dataset: str
+    text_sha256: str
+    nsamples: int
+    seqlen: int
+    seed: int
+
+    def provenance(self) -> dict:
+        return {"dataset": self.dataset, "text_sha256": self.text_sha256, "nsamples": self.nsamples,
+                "seqlen": self.seqlen, "seed": self.seed}
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+def check_dataset(dataset: str) -> str:
+    """Return ``dataset`` if it names a known dataset or an existing text file, else raise."""
+    if dataset in DATASETS or Path(dataset).is_file():
+        return dataset
+    raise ValueError(f"dataset={dataset!r} is neither a known dataset {list(DATASETS)} "
+                     "nor an existing local UTF-8 text file")
+
+
+def default_calibration(dataset: str) -> dict:
+    """Paper defaults (128 x 2048, seed 0) for paper datasets, CPU-sized ones for everything else."""
+    return dict(PAPER_DEFAULTS if dataset in PAPER_DATASETS else EMBEDDED_DEFAULTS)
+
+
+def _check_positive(name: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+# --------------------------------------------------------------------------- the embedded corpus
+
+def _module_documents(stdlib: Path) -> list[tuple[str, str]]:
+    """One document per standard-library module: its docstrings (module, classes, functions) in order."""
+    docs = []
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib)
+        if any(part in _SKIP_DIRS for part in rel.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        parts = [ast.get_docstring(node) for node in ast.walk(tree)
+                 if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)]
+        text = "\n\n".join(p.strip() for p in parts if p and p.strip())
+        if text:
+            docs.append((f"module:{rel.with_suffix('').as_posix()}", text))
+    return docs
+
+
+def embedded_documents() -> list[tuple[str, str]]:
+    """All documents of the embedded corpus as (id, text), ordered by the SHA-256 of their id."""
+    from pydoc_data.topics import topics
+
+    docs = [(f"topic:{key}", value.strip()) for key, value in topics.items() if value.strip()]
+    docs += _module_documents(Path(sysconfig.get_paths()["stdlib"]))
+    return sorted(docs, key=lambda d: hashlib.sha256(d[0].encode()).hexdigest())
+
+
+def split_documents(docs: list[tuple[str, str]], budgets: dict[str, int] | None = None) -> dict[str, str]:
+    """Deal documents (already in a fixed order) to test, then validation, until each has its character
+    budget; calibration gets the rest. Documents are joined with blank lines, as WikiText is."""
+    budgets = budgets or EMBEDDED_SPLIT_CHARS
+    buckets: dict[str, list[str]] = {s: [] for s in SPLITS}
+    sizes = dict.fromkeys(SPLITS, 0)
+    for _, text in docs:
+        split = next((s for s in ("test", "validation") if sizes[s] < budgets[s]), "calibration")
+        buckets[split].append(text)
+        sizes[split] += len(text)
+    return {s: "\n\n".join(buckets[s]) for s in SPLITS}
+
+
+def _embedded_cache_dir() -> Path:
+    from .models import cache_dir
+
+    version = ".".join(map(str, sys.version_info[:3]))
+    return cache_dir() / "text" / f"embedded-v{_CORPUS_VERSION}-py{version}"
+
+
+def embedded_text(split: str) -> Text:
+    """One split of the embedded corpus, built on first use and cached as text files."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
+    folder = _embedded_cache_dir()
+    if not (folder / "manifest.json").is_file():
+        _write_embedded_cache(folder)
+    return Text("embedded", split, (folder / f"{split}.txt").read_text(encoding="utf-8"))
+
+
+def _write_embedded_cache(folder: Path) -> None:
+    import tempfile
+
+    texts = split_documents(embedded_documents())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    for split, text in texts.items():
+        (tmp / f"{split}.txt").write_text(text, encoding="utf-8")
+    manifest = {s: {"chars": len(t), "sha256": Text("embedded", s, t).sha256} for s, t in texts.items()}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process built it first: keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- paper datasets
+
+def _hub(loader, dataset: str):
+    """Call a ``datasets`` loader; turn any failure to reach the data into a clear message."""
+    try:
+        return loader()
+    except Exception as err:  # datasets raises many types when offline: connection, file-not-found, ...
+        raise DatasetUnavailable(
+            f"dataset={dataset!r} could not be loaded through `datasets` ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). It needs the Hugging Face hub or its local "
+            "cache. Offline, use dataset='embedded' or a local UTF-8 text file (e.g. --dataset "
+            "path/to/wiki.test.raw)") from err
+
+
+def _load_dataset(*args, **kwargs):
+    import datasets
+
+    return datasets.load_dataset(*args, **kwargs)
+
+
+def paper_text(dataset: str, split: str) -> Text:
+    """The joined text of a paper dataset split (calibration -> train, validation/test as named)."""
+    if dataset == "wikitext2":
+        hf_split = {"calibration": "train", "validation": "validation", "test": "test"}[split]
+        rows = _hub(lambda: _load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=hf_split), dataset)
+        return Text(dataset, split, "\n\n".join(rows["text"]))
+    if dataset == "ptb":
+        hf_split = {"calibration": "train", "validation": "validation", "test": "test"}[split]
+        rows = _hub(lambda: _load_dataset("ptb-text-only/ptb_text_only", "penn_treebank", split=hf_split,
+                                          revision="refs/convert/parquet"), dataset)
+        return Text(dataset, split, " ".join(rows["sentence"]))
+    if dataset == "c4":
+        if split == "calibration":
+            raise ValueError("c4 calibration samples documents; use calibration_samples()")
+        rows = _c4_rows("validation")
+        return Text(dataset, split, " ".join(rows[:1100]["text"]))
+    raise ValueError(f"dataset={dataset!r}: allowed paper datasets are {list(PAPER_DATASETS)}")
+
+
+def _c4_rows(split: str):
+    """C4 English shards used by the references, addressed by file (the allenai--c4 config is gone)."""
+    files = {"train": "en/c4-train.00000-of-01024.json.gz", "validation": "en/c4-validation.00000-of-00008.json.gz"}
+    return _hub(lambda: _load_dataset("allenai/c4", data_files={split: files[split]}, split=split), "c4")
+
+
+# --------------------------------------------------------------------------- public entry points
+
+def load_text(dataset: str, split: str = "test") -> Text:
+    """The text of ``dataset``'s ``split``: embedded corpus, a local file (whole), or a paper dataset."""
+    check_dataset(dataset)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
+    if dataset == "embedded":
+        return embedded_text(split)
+    if dataset in PAPER_DATASETS:
+        return paper_text(dataset, split)
+    return Text(str(Path(dataset).resolve()), split, Path(dataset).read_text(encoding="utf-8"))
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """Tokenise a whole text once, as the references do: a 1-D LongTensor of ids."""
+    return torch.as_tensor(tokenizer(text, return_attention_mask=False)["input_ids"], dtype=torch.long)
+
+
+def eval_tokens(tokenizer, dataset: str, split: str = "test", seqlen: int | None = None) -> tuple[torch.Tensor, Text]:
+    """Token ids of an evaluation split (C4: the first 256 * seqlen tokens, as the references)."""
+    text = load_text(dataset, split)
+    ids = tokenize(tokenizer, text.text)
+    if dataset == "c4" and seqlen is not None:
+        ids = ids[: C4_EVAL_WINDOWS * seqlen]
+    return ids, text
+
+
+def calibration_samples(tokenizer, dataset: str = "embedded", nsamples: int | None = None,
+                        seqlen: int | None = None, seed: int | None = None) -> Calibration:
+    """``nsamples`` random windows of ``seqlen`` tokens from the calibration text of ``dataset``."""
+    check_dataset(dataset)
+    defaults = default_calibration(dataset)
+    nsamples = defaults["nsamples"] if nsamples is None else nsamples
+    seqlen = defaults["seqlen"] if seqlen is None else seqlen
+    seed = defaults["seed"] if seed is None else seed
+    _check_positive("nsamples", nsamples)
+    _check_positive("seqlen", seqlen, minimum=2)
+    rng = random.Random(seed)
+    if dataset == "c4":
+        ids, sha = _c4_windows(tokenizer, nsamples, seqlen, rng)
+        return Calibration(ids, dataset, sha, nsamples, seqlen, seed)
+    text = load_text(dataset, "calibration")
+    tokens = tokenize(tokenizer, text.text)
+    if tokens.numel() <= seqlen:
+        raise ValueError(f"seqlen={seqlen} is too long: the calibration text of {dataset!r} has only "
+                         f"{tokens.numel()} tokens (allowed: 2 <= seqlen < {tokens.numel()})")
+    starts = [rng.randint(0, tokens.numel() - seqlen - 1) for _ in range(nsamples)]
+    ids = torch.stack([tokens[s: s + seqlen] for s in starts])
+    return Calibration(ids, text.dataset, text.sha256, nsamples, seqlen, seed)
+
+
+def _c4_windows(tokenizer, nsamples: int, seqlen: int, rng: random.Random) -> tuple[torch.Tensor, str]:
+    rows = _c4_rows("train")
+    windows, h = [], hashlib.sha256()
+    while len(windows) < nsamples:
+        doc = rows[rng.randint(0, len(rows) - 1)]["text"]
+        ids = tokenize(tokenizer, doc)
+        if ids.numel() <= seqlen:
+            continue
+        start = rng.randint(0, ids.numel() - seqlen - 1)
+        windows.append(ids[start: start + seqlen])
+        h.update(doc.encode("utf-8"))
+    return torch.stack(windows), h.hexdigest()

@@ -1,0 +1,87 @@
+"""Perplexity with the papers' WikiText-2 protocol (SparseGPT / Wanda / OWL / DSA / BESA).
+
+Protocol: the evaluation split is joined (``"\\n\\n"`` for WikiText-2), tokenised once, cut into
+``n = len // seqlen`` non-overlapping windows (the remainder is dropped). Each window's loss is the
+mean next-token NLL over its ``seqlen - 1`` predicted tokens; the references multiply it by ``seqlen``
+and divide the sum by ``n * seqlen``, i.e. ``ppl = exp(mean over windows of the window loss)``.
+This is *not* lm-eval's ``word_perplexity``; tables must say which one they show.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import eval_tokens
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """A perplexity value and the protocol facts needed to reproduce it."""
+
+    ppl: float
+    dataset: str
+    split: str
+    seqlen: int
+    n_windows: int
+    n_tokens: int
+    text_sha256: str
+    protocol: str = "paper (non-overlapping windows, remainder dropped)"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
+    """(n, seqlen) non-overlapping windows of a 1-D id tensor; the remainder is dropped."""
+    if not isinstance(seqlen, int) or isinstance(seqlen, bool) or seqlen < 2:
+        raise ValueError(f"seqlen={seqlen!r} must be an integer >= 2")
+    n = ids.numel() // seqlen
+    if n == 0:
+        raise ValueError(f"seqlen={seqlen} is larger than the evaluation text ({ids.numel()} tokens); "
+                         f"allowed: 2 <= seqlen <= {ids.numel()}")
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+@torch.inference_mode()
+def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, progress: bool = True) -> torch.Tensor:
+    """Mean next-token NLL (float64) of each non-overlapping ``seqlen`` window of ``ids``."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    windows = _windows(ids, seqlen)
+    device = next(model.parameters()).device
+    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    starts = range(0, windows.shape[0], batch_size)
+    for start in tqdm(starts, desc=f"perplexity (seqlen {seqlen})", disable=not progress, leave=False):
+        batch = windows[start: start + batch_size].to(device)
+        logits = model(batch).logits[:, :-1, :]  # (b, seqlen-1, vocab)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
+                              reduction="none").view(batch.shape[0], -1)
+        out[start: start + batch.shape[0]] = nll.double().mean(dim=1).cpu()
+    return out
+
+
+def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, progress: bool = True) -> float:
+    """The protocol's perplexity of a 1-D token tensor: exp(sum_w nll_w * seqlen / (n * seqlen))."""
+    nlls = window_nlls(model, ids, seqlen, batch_size=batch_size, progress=progress)
+    return math.exp(float((nlls * seqlen).sum() / (nlls.numel() * seqlen)))
+
+
+def perplexity(model, tokenizer, dataset: str = "embedded", split: str = "test", seqlen: int | None = None,
+               batch_size: int = 1, progress: bool = True) -> Perplexity:
+    """Perplexity of ``model`` on ``dataset``'s ``split`` with the paper protocol; seqlen defaults to
+    2048 for paper datasets and 512 otherwise (never to the model's maximum context)."""
+    from .data import default_calibration
+
+    seqlen = default_calibration(dataset)["seqlen"] if seqlen is None else seqlen
+    if not isinstance(seqlen, int) or isinstance(seqlen, bool) or seqlen < 2:
+        raise ValueError(f"seqlen={seqlen!r} must be an integer >= 2")
+    ids, text = eval_tokens(tokenizer, dataset, split, seqlen=seqlen)
+    ppl = perplexity_from_ids(model, ids, seqlen, batch_size=batch_size, progress=progress)
+    n = ids.numel() // seqlen
+    return Perplexity(ppl=ppl, dataset=text.dataset, split=split, seqlen=seqlen, n_windows=n,
+                      n_tokens=n * seqlen, text_sha256=text.sha256)

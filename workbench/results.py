@@ -1,0 +1,80 @@
+"""Result records: one JSON file per run with its configuration, provenance and metrics.
+
+Every record carries what is needed to reproduce or distrust a number: model id and weight hash,
+dataset and text hash, seqlen, nsamples, seed, method and its parameters, package versions and wall
+time. Files are written atomically (temporary file + rename): a crash never leaves half a record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+_PACKAGES = ("torch", "transformers", "datasets", "safetensors", "gguf", "numpy", "lm_eval", "cupy-cuda13x")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that can move a number (absent ones are left out)."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        out["workbench"] = metadata.version("sparsity-workbench")
+    except metadata.PackageNotFoundError:
+        pass
+    return out
+
+
+def make_record(kind: str, model: dict[str, Any], method: dict[str, Any], metrics: dict[str, Any],
+                data: dict[str, Any] | None = None, wall_time_s: float | None = None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble a result record; ``model`` holds id and weight hash, ``data`` the dataset provenance."""
+    record = {
+        "schema": SCHEMA_VERSION,
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "model": model,
+        "method": method,
+        "data": data or {},
+        "metrics": metrics,
+        "wall_time_s": wall_time_s,
+        "versions": package_versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Load one result record."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
