@@ -36,7 +36,7 @@ EMBEDDED_DEFAULTS = {"nsamples": 32, "seqlen": 512, "seed": 0}
 EMBEDDED_SPLIT_CHARS = {"test": 60_000, "validation": 30_000}
 C4_EVAL_WINDOWS = 256  # the references evaluate C4 on the first 256 * seqlen validation tokens
 
-_CORPUS_VERSION = 1  # bump when the corpus construction changes (invalidates the cache)
+_CORPUS_VERSION = 2  # bump when the corpus construction changes (invalidates the cache)
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo",
               "__pycache__", "ensurepip", "tkinter", "__phello__"}
 
@@ -121,7 +121,25 @@ def embedded_documents() -> list[tuple[str, str]]:
 
     docs = [(f"topic:{key}", value.strip()) for key, value in topics.items() if value.strip()]
     docs += _module_documents(Path(sysconfig.get_paths()["stdlib"]))
-    return sorted(docs, key=lambda d: hashlib.sha256(d[0].encode()).hexdigest())
+    docs.sort(key=lambda d: hashlib.sha256(d[0].encode()).hexdigest())
+    return _dedupe_paragraphs(docs)
+
+
+def _dedupe_paragraphs(docs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop every paragraph already seen in an earlier document: the standard library repeats some
+    docstrings verbatim (copied modules), which would leak test text into calibration."""
+    seen: set[str] = set()
+    out = []
+    for doc_id, text in docs:
+        kept = []
+        for para in text.split("\n\n"):
+            key = para.strip()
+            if key and key not in seen:
+                seen.add(key)
+                kept.append(para)
+        if kept:
+            out.append((doc_id, "\n\n".join(kept)))
+    return out
 
 
 def split_documents(docs: list[tuple[str, str]], budgets: dict[str, int] | None = None) -> dict[str, str]:

@@ -1,0 +1,121 @@
+"""Calibration and evaluation text: embedded corpus splits, local files, paper datasets, errors."""
+
+import pytest
+import torch
+
+from workbench import data
+from workbench.data import DatasetUnavailable, calibration_samples, load_text, split_documents
+from workbench.models import byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def test_embedded_splits_are_deterministic_disjoint_and_sized():
+    docs = data.embedded_documents()
+    assert len(docs) > 300 and len({d[0] for d in docs}) == len(docs)
+    assert docs == data.embedded_documents()  # same order every time
+    texts = {s: load_text("embedded", s) for s in data.SPLITS}
+    for split, budget in data.EMBEDDED_SPLIT_CHARS.items():
+        assert budget <= len(texts[split].text) < budget + max(len(t) for _, t in docs) + 2
+    assert len(texts["calibration"].text) > 10 * len(texts["test"].text)
+    # no document of one split appears in another
+    test_docs = set(texts["test"].text.split("\n\n"))
+    calib_docs = set(texts["calibration"].text.split("\n\n"))
+    long_shared = [d for d in test_docs & calib_docs if len(d) > 200]
+    assert long_shared == []
+    assert len({t.sha256 for t in texts.values()}) == 3
+
+
+def test_split_documents_deals_in_order_with_budgets():
+    docs = [(f"d{i}", "x" * 10) for i in range(10)]
+    out = split_documents(docs, {"test": 25, "validation": 15})
+    assert out["test"].count("x" * 10) == 3 and out["validation"].count("x" * 10) == 2
+    assert out["calibration"].count("x" * 10) == 5
+
+
+def test_calibration_windows_are_seeded_and_come_from_the_text(tok, text_file):
+    a = calibration_samples(tok, str(text_file), nsamples=4, seqlen=32, seed=0)
+    b = calibration_samples(tok, str(text_file), nsamples=4, seqlen=32, seed=0)
+    c = calibration_samples(tok, str(text_file), nsamples=4, seqlen=32, seed=1)
+    assert a.input_ids.shape == (4, 32) and a.input_ids.dtype == torch.long
+    assert torch.equal(a.input_ids, b.input_ids) and not torch.equal(a.input_ids, c.input_ids)
+    whole = data.tokenize(tok, text_file.read_text())
+    for row in a.input_ids:  # every window is a contiguous slice of the tokenised text
+        hits = (whole.unfold(0, 32, 1) == row).all(dim=1)
+        assert hits.any()
+    assert a.text_sha256 == load_text(str(text_file)).sha256
+    assert a.provenance()["seed"] == 0
+
+
+def test_embedded_calibration_defaults(tok):
+    cal = calibration_samples(tok, "embedded", nsamples=2, seqlen=16)
+    assert cal.input_ids.shape == (2, 16) and cal.seed == 0
+    assert data.default_calibration("embedded") == {"nsamples": 32, "seqlen": 512, "seed": 0}
+    assert data.default_calibration("wikitext2") == {"nsamples": 128, "seqlen": 2048, "seed": 0}
+
+
+def test_local_file_is_used_whole(text_file):
+    for split in data.SPLITS:
+        assert load_text(str(text_file), split).text == text_file.read_text()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(nsamples=0), "nsamples=0"),
+    (dict(nsamples=-3), "nsamples=-3"),
+    (dict(seqlen=1), "seqlen=1"),
+    (dict(seqlen=10**7), "seqlen=10000000 is too long"),
+    (dict(dataset="wikitext103"), "dataset='wikitext103'"),
+])
+def test_bad_calibration_input(tok, text_file, kwargs, match):
+    kwargs = {"dataset": str(text_file), "nsamples": 2, "seqlen": 16, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        calibration_samples(tok, **kwargs)
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="split='train'"):
+        load_text("embedded", "train")
+
+
+@pytest.mark.parametrize("name", data.PAPER_DATASETS)
+def test_paper_dataset_offline_gives_a_clear_message(name, tok):
+    with pytest.raises(DatasetUnavailable, match=f"dataset='{name}'.*embedded"):
+        load_text(name, "test") if name != "c4" else calibration_samples(tok, name, nsamples=1, seqlen=8)
+
+
+class _Rows(dict):
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return _Rows({k: v[key] for k, v in self.items()})
+        if isinstance(key, int):
+            return {k: v[key] for k, v in self.items()}
+        return super().__getitem__(key)
+
+    def __len__(self):
+        return len(next(iter(self.values())))
+
+
+def test_paper_protocols_with_a_fake_hub(monkeypatch, tok):
+    calls = []
+
+    def fake_load(path, *args, **kwargs):
+        calls.append((path, args, kwargs))
+        if path == "Salesforce/wikitext":
+            return _Rows(text=[" = Title = \n", "", " body text .\n"])
+        if path.startswith("ptb"):
+            return _Rows(sentence=["a b c", "d e"])
+        docs = ["short", "a much longer document " * 20]
+        return _Rows(text=docs)
+
+    monkeypatch.setattr(data, "_load_dataset", fake_load)
+    assert load_text("wikitext2", "test").text == " = Title = \n\n\n\n\n body text .\n"
+    assert calls[-1][2]["split"] == "test" and calls[-1][1] == ("wikitext-2-raw-v1",)
+    assert load_text("ptb", "test").text == "a b c d e"
+    cal = calibration_samples(tok, "c4", nsamples=3, seqlen=40, seed=0)
+    assert cal.input_ids.shape == (3, 40)  # only the long document can give 40-token windows
+    assert "c4-train.00000-of-01024" in str(calls[-1][2]["data_files"])
+    ids, _ = data.eval_tokens(tok, "c4", "test", seqlen=2)
+    assert ids.numel() <= data.C4_EVAL_WINDOWS * 2

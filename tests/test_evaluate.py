@@ -1,0 +1,74 @@
+"""Perplexity: the paper protocol against an independent, obvious computation."""
+
+import math
+
+import pytest
+import torch
+
+from workbench.data import tokenize
+from workbench.evaluate import perplexity, perplexity_from_ids
+
+
+def _obvious_ppl(model, ids, seqlen):
+    """Token by token: log-softmax of each position, summed per window, averaged the reference way."""
+    n = ids.numel() // seqlen
+    total = 0.0
+    for w in range(n):
+        window = ids[w * seqlen:(w + 1) * seqlen]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(window[None]).logits[0].double(), dim=-1)
+        nll = -sum(logp[t, window[t + 1]].item() for t in range(seqlen - 1)) / (seqlen - 1)
+        total += nll * seqlen
+    return math.exp(total / (n * seqlen))
+
+
+def test_protocol_matches_an_independent_loop(tiny, text_file):
+    model, tok = tiny
+    ids = tokenize(tok, text_file.read_text())[:1000]
+    for seqlen in (64, 128):
+        expected = _obvious_ppl(model, ids, seqlen)
+        got = perplexity_from_ids(model, ids, seqlen, progress=False)
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_batching_does_not_change_the_value_and_remainder_is_dropped(tiny, text_file):
+    model, tok = tiny
+    ids = tokenize(tok, text_file.read_text())[:1000]
+    one = perplexity_from_ids(model, ids, 100, batch_size=1, progress=False)
+    four = perplexity_from_ids(model, ids, 100, batch_size=4, progress=False)
+    assert four == pytest.approx(one, rel=1e-5)
+    # 1000..1099 tokens all give the same 10 windows
+    assert perplexity_from_ids(model, tokenize(tok, text_file.read_text())[:1099], 100,
+                               progress=False) == pytest.approx(one, rel=1e-6)
+
+
+def test_perplexity_record_fields(tiny, text_file):
+    model, tok = tiny
+    res = perplexity(model, tok, dataset=str(text_file), seqlen=128, batch_size=2, progress=False)
+    n_tokens = tokenize(tok, text_file.read_text()).numel()
+    assert res.n_windows == n_tokens // 128 and res.n_tokens == res.n_windows * 128
+    assert res.seqlen == 128 and len(res.text_sha256) == 64
+    assert 1.0 < res.ppl < 1e4  # a random model over 258 tokens: near the vocabulary size at most
+    assert res.to_dict()["protocol"].startswith("paper")
+
+
+@pytest.mark.parametrize("seqlen,match", [(1, "seqlen=1"), (0, "seqlen=0"), (10**7, "larger than")])
+def test_bad_seqlen(tiny, text_file, seqlen, match):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=match):
+        perplexity(model, tok, dataset=str(text_file), seqlen=seqlen, progress=False)
+
+
+def test_bad_batch_size(tiny, text_file):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="batch_size=0"):
+        perplexity(model, tok, dataset=str(text_file), seqlen=64, batch_size=0, progress=False)
+
+
+@pytest.mark.slow
+def test_embedded_model_dense_perplexity(smollm):
+    model, tok = smollm
+    res = perplexity(model, tok, dataset="embedded", split="validation", seqlen=512, progress=False)
+    # a pretrained model on English documentation: far below a random model's ~49152
+    assert 2.0 < res.ppl < 60.0, res
+    assert res.n_windows >= 10
