@@ -55,6 +55,69 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_params(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; values are read as JSON numbers/booleans/lists when they parse, else strings."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--alloc-param {item!r} must look like KEY=VALUE")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune a model, report target vs actual sparsity, optionally evaluate and save it; writes a record."""
+    from .evaluate import perplexity
+    from .models import load_model, model_hash
+    from .prune import prune, save_pruned
+    from .results import make_record, write_json_atomic
+
+    data_mod.check_dataset(args.calib_dataset)
+    data_mod.check_dataset(args.eval_dataset)
+    params = _parse_params(args.alloc_param)
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code)
+    calibration = None
+    if args.metric != "magnitude" or args.allocation == "global":
+        calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
+    result = prune(model, tokenizer, metric=args.metric, allocation=args.allocation, sparsity=args.sparsity,
+                   pattern=args.pattern, calibration=calibration, mode=args.mode, group=args.group,
+                   allocation_params=params)
+    rep = result.report
+    print(f"{args.model}: {args.metric} + {args.allocation} ({args.pattern}), target {rep['target']:.4f}, "
+          f"allocated mean {rep['allocated_mean']:.4f}, actual {rep['actual']:.4f}")
+    metrics = {"actual_sparsity": rep["actual"]}
+    data = {"calibration": result.calibration}
+    if args.eval:
+        ppl = perplexity(model, tokenizer, dataset=args.eval_dataset, seqlen=args.eval_seqlen)
+        metrics["perplexity"] = ppl.ppl
+        data["eval"] = ppl.to_dict()
+        print(f"perplexity on {args.eval_dataset}/test (paper protocol, seqlen {ppl.seqlen}): {ppl.ppl:.3f}")
+    if args.save:
+        save_pruned(model, tokenizer, result.profile, args.save)
+        print(f"pruned model: {args.save}")
+    record = make_record(
+        "prune",
+        model={"id": args.model, "weight_sha256": model_hash(model), "dtype": args.dtype, "device": args.device},
+        method={"metric": args.metric, "allocation": args.allocation, "sparsity": args.sparsity,
+                "pattern": args.pattern, "mode": args.mode, "group": args.group, "params": params},
+        data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
+        extra={"profile": result.profile.to_dict(), "sparsity_report": rep, "timings": result.timings},
+    )
+    out = Path(args.out) if args.out else _default_out("prune", args.model, args.metric, args.allocation,
+                                                       str(args.sparsity), args.pattern)
+    write_json_atomic(out, record)
+    print(f"result record: {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: SmolLM2-135M's dense perplexity on the embedded test split."""
     ns = argparse.Namespace(model="smollm2-135m", dtype="float32", device="cpu", trust_remote_code=False,
@@ -76,6 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--out", default=None, help="result record path (default runs/eval-...json)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("prune", help="prune a model with a metric and an allocation; optionally evaluate")
+    _add_model_args(p)
+    p.add_argument("--metric", default="wanda", help="magnitude | wanda | sparsegpt")
+    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global")
+    p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="allocator parameter, repeatable (e.g. max_layer_sparsity=0.95)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")
+    p.add_argument("--pattern", default="unstructured", help="unstructured | N:M such as 2:4, 4:8")
+    p.add_argument("--group", default=None, help="comparison group: row | matrix (default: the metric's own)")
+    p.add_argument("--mode", default="sequential", choices=("sequential", "dense"))
+    p.add_argument("--calib-dataset", default="embedded",
+                   help=f"one of {list(data_mod.DATASETS)} or a local UTF-8 text file")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 32 embedded, 128 paper)")
+    p.add_argument("--seqlen", type=int, default=None, help="calibration window length (default 512 / 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", action="store_true", help="measure perplexity after pruning")
+    p.add_argument("--eval-dataset", default="embedded")
+    p.add_argument("--eval-seqlen", type=int, default=None)
+    p.add_argument("--save", default=None, metavar="DIR", help="write safetensors + sparsity_profile.json")
+    p.add_argument("--out", default=None, help="result record path (default runs/prune-...json)")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("demo", help="the main job on the embedded default")
     p.add_argument("--seqlen", type=int, default=512)

@@ -168,7 +168,7 @@ def byte_tokenizer():
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>", model_max_length=1 << 20)
+                                   pad_token="</s>", model_max_length=1 << 40)
 
 
 def tiny_config(arch: str = "tiny-llama", num_layers: int = 3, hidden: int = 64, intermediate: int = 128):

@@ -1,0 +1,94 @@
+"""Allocators against their closed forms, the profile and its JSON."""
+
+import pytest
+import torch
+
+from workbench.allocation import ALLOCATORS, AllocationInput, LayerInfo, allocate, layer_infos
+from workbench.allocation.er import er_densities
+from workbench.profile import SparsityProfile
+
+
+def _inputs(scores=None):
+    shapes = {"b0.q": (64, 64), "b0.up": (256, 64), "b0.down": (64, 256), "b1.q": (64, 64),
+              "b1.up": (256, 64), "b1.down": (64, 256)}
+    layers = {n: LayerInfo(n, int(n[1]), o, i) for n, (o, i) in shapes.items()}
+    return AllocationInput(layers, scores)
+
+
+def test_registry_has_the_simple_allocators():
+    assert {"uniform", "er", "er_plus", "global"} <= set(ALLOCATORS)
+    with pytest.raises(ValueError, match="allocation='owlish'.*allowed"):
+        allocate("owlish", _inputs(), 0.5)
+
+
+@pytest.mark.parametrize("s", [0.3, 0.5, 0.7, 0.9])
+def test_er_matches_its_closed_form(s):
+    prof = allocate("er", _inputs(), s)
+    assert prof.mean() == pytest.approx(s, abs=1e-12)
+    dens = {n: 1 - v for n, v in prof.layers.items()}
+    raw = {n: (o + i) / (o * i) for n, (o, i) in [(n, (li.out_features, li.in_features))
+                                                    for n, li in _inputs().layers.items()]}
+    free = [n for n in dens if dens[n] < 1]
+    ratios = {dens[n] / raw[n] for n in free}  # one ε for every layer that is not dense
+    assert max(ratios) == pytest.approx(min(ratios))
+    assert prof.layers["b0.up"] > prof.layers["b0.q"]  # larger layers are pruned more
+
+
+def test_er_caps_dense_layers_and_recomputes():
+    dens = er_densities({"tiny": (2, 2), "big": (1000, 1000)}, 0.1)
+    assert dens["tiny"] == 1.0
+    total = 4 + 1_000_000
+    assert (dens["tiny"] * 4 + dens["big"] * 1_000_000) / total == pytest.approx(0.9)
+
+
+def test_er_plus_keeps_the_final_layer_dense():
+    prof = allocate("er_plus", _inputs(), 0.6)
+    assert prof.layers["b1.down"] == 0.0
+    assert prof.mean() == pytest.approx(0.6)
+    assert prof.params["dense_layers"] == ["b1.down"]
+
+
+def test_global_uses_one_threshold():
+    g = torch.Generator().manual_seed(0)
+    table = {n: torch.rand(li.out_features, li.in_features, generator=g) * (1 + li.block)
+             for n, li in _inputs().layers.items()}
+    prof = allocate("global", _inputs(table.__getitem__), 0.5)
+    everything = torch.cat([t.flatten() for t in table.values()])
+    k = int(0.5 * everything.numel())
+    threshold = torch.sort(everything).values[k - 1]
+    for n, t in table.items():
+        assert prof.layers[n] == pytest.approx(float((t <= threshold).float().mean()))
+    assert prof.mean() == pytest.approx(0.5, abs=1e-9)
+    assert prof.block_means()[0] > prof.block_means()[1]  # block 1 has larger scores
+
+
+def test_global_caps_layers_below_one():
+    table = {n: torch.full((li.out_features, li.in_features), 1.0 if n != "b0.q" else 1e-9)
+             for n, li in _inputs().layers.items()}
+    table = {n: t + torch.rand_like(t) * 1e-3 for n, t in table.items()}
+    prof = allocate("global", _inputs(table.__getitem__), 0.5, max_layer_sparsity=0.9)
+    assert prof.layers["b0.q"] == pytest.approx(0.9, abs=1 / 4096)
+    assert max(prof.layers.values()) < 1.0
+    assert prof.mean() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_global_needs_scores():
+    with pytest.raises(ValueError, match="needs layer scores"):
+        allocate("global", _inputs(), 0.5)
+
+
+def test_profile_json_round_trip_and_validation(tmp_path, tiny):
+    model, _ = tiny
+    prof = allocate("er", AllocationInput(layer_infos(model)), 0.5)
+    path = prof.save(tmp_path / "p.json")
+    again = SparsityProfile.load(path)
+    assert again.layers == prof.layers and again.blocks == prof.blocks and again.allocator == "er"
+    assert again.mean() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="must be a number in \\[0, 1\\)"):
+        SparsityProfile({"a": 1.0}, {"a": 4}, 0.5, "hand")
+    with pytest.raises(ValueError, match="target=1.2"):
+        SparsityProfile({"a": 0.1}, {"a": 4}, 1.2, "hand")
+    with pytest.raises(ValueError, match="granularity='cube'"):
+        SparsityProfile({"a": 0.1}, {"a": 4}, 0.1, "hand", granularity="cube")
+    with pytest.raises(ValueError, match="does not match"):
+        again.check_matches(["model.layers.0.self_attn.q_proj"])

@@ -1,0 +1,54 @@
+"""Global allocation: one threshold over the scores of all prunable layers together.
+
+No reference exists for LLMs. The workbench's choice: the score is the Wanda score |W|·||X|| by
+default (``score="wanda"``), or |W| (``score="magnitude"``); the scores handed in by the caller decide.
+The threshold removes the int(S · Σ N_l) lowest scores of the model; a layer's sparsity is the fraction
+of its scores below the threshold. Scores are not comparable across layers (activation scales differ),
+which is why Global collapses at high sparsity in the papers (5147 ppl at 70% on LLaMA-7B).
+A layer that would be pruned entirely is capped at ``max_layer_sparsity`` and the remaining budget is
+taken from the other layers, so every ratio stays below 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import AllocationInput, register_allocator
+
+
+@register_allocator("global", needs_scores=True)
+def global_threshold(inputs: AllocationInput, sparsity: float, max_layer_sparsity: float = 0.99,
+                     score: str = "wanda"):
+    """Per-layer sparsities from one model-wide score threshold (see module docstring)."""
+    if not 0.0 < max_layer_sparsity < 1.0:
+        raise ValueError(f"max_layer_sparsity={max_layer_sparsity} must be in (0, 1)")
+    names = list(inputs.layers)
+    flat = {n: inputs.scores(n).reshape(-1).float().cpu() for n in names}
+    numel = {n: flat[n].numel() for n in names}
+    budget = int(sparsity * sum(numel.values()))
+    capped: dict[str, float] = {}
+    while True:
+        free = [n for n in names if n not in capped]
+        remaining = budget - sum(round(capped[n] * numel[n]) for n in capped)
+        layers = dict(capped)
+        if remaining <= 0:
+            layers.update(dict.fromkeys(free, 0.0))
+            break
+        pool = torch.cat([flat[n] for n in free])
+        if remaining >= pool.numel():
+            raise ValueError(f"sparsity={sparsity} cannot be reached with max_layer_sparsity={max_layer_sparsity}")
+        threshold = torch.kthvalue(pool, remaining).values
+        below = {n: int((flat[n] < threshold).sum()) for n in free}
+        ties = {n: int((flat[n] == threshold).sum()) for n in free}
+        need = remaining - sum(below.values())  # ties at the threshold are shared out in layer order
+        for n in free:
+            take = min(ties[n], need)
+            below[n] += take
+            need -= take
+        new_caps = {n for n in free if below[n] / numel[n] > max_layer_sparsity}
+        if not new_caps:
+            layers.update({n: below[n] / numel[n] for n in free})
+            break
+        capped.update({n: int(max_layer_sparsity * numel[n]) / numel[n] for n in new_caps})
+    return inputs.profile({n: layers[n] for n in names}, sparsity, "global", "layer",
+                          {"score": score, "max_layer_sparsity": max_layer_sparsity})

@@ -1,0 +1,9 @@
+"""Uniform allocation: every prunable linear at the target sparsity S."""
+
+from . import AllocationInput, register_allocator
+
+
+@register_allocator("uniform")
+def uniform(inputs: AllocationInput, sparsity: float):
+    """s_l = S for every layer."""
+    return inputs.profile(dict.fromkeys(inputs.layers, float(sparsity)), sparsity, "uniform", "uniform", {})

@@ -1,0 +1,166 @@
+"""The ONE block-by-block capture loop that every pruner and allocator uses.
+
+The inputs of block 0 are caught once (the embeddings run on every calibration window); then each
+block runs on its inputs with forward hooks on its linears that accumulate statistics:
+
+* ``sq_norm``: Σ over tokens of x_j² for every input feature j (Wanda: ||X_j||₂² before the 1/N);
+* ``xtx``: Σ over tokens of x xᵀ (SparseGPT's Hessian H = 2/N · XᵀX, N = number of windows).
+
+Modes:
+
+* ``sequential`` (the papers' protocol): after its statistics are gathered, block l is handed to
+  ``on_block`` (which prunes it), then re-run, so block l+1 sees the outputs of the *pruned* block l;
+* ``dense``: one pass over the dense model; the statistics are returned for re-use, so re-pruning at
+  another allocation costs no forward pass (interactive use and searches rely on this).
+
+Memory stays at one block's activations (n_windows x seqlen x hidden) plus the statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import block_prefix, find_linears, get_blocks
+
+MODES = ("sequential", "dense")
+STATISTICS = ("sq_norm", "xtx")
+
+
+@dataclass
+class LayerStats:
+    """Input statistics of one linear over the calibration tokens (float32, on the model's device)."""
+
+    n_windows: int = 0
+    n_tokens: int = 0
+    sq_norm: torch.Tensor | None = None  # (in,)
+    xtx: torch.Tensor | None = None      # (in, in)
+
+    def act_norm(self) -> torch.Tensor:
+        """Wanda's ||X_j||: sqrt(Σ_tokens x_j² / n_windows), the reference's scaler_row."""
+        if self.sq_norm is None:
+            raise ValueError("these statistics have no sq_norm (calibrate with statistics including 'sq_norm')")
+        return torch.sqrt(self.sq_norm / max(self.n_windows, 1))
+
+    def hessian(self) -> torch.Tensor:
+        """SparseGPT's H = 2/N · Σ x xᵀ with N the number of windows, as the reference scales it."""
+        if self.xtx is None:
+            raise ValueError("these statistics have no xtx (calibrate with statistics including 'xtx')")
+        return self.xtx * (2.0 / max(self.n_windows, 1))
+
+
+@dataclass
+class Calibrated:
+    """Statistics of every prunable linear (full name -> LayerStats) and how they were gathered."""
+
+    stats: dict[str, LayerStats]
+    mode: str
+    provenance: dict = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    """Raised by the hook on block 0 once its inputs are caught (the rest of the model is not run)."""
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """Hidden states entering block 0 for every window (each (1, seqlen, hidden)), and the keyword
+    arguments the model passes to its blocks (position embeddings, masks), identical for all windows."""
+    blocks = get_blocks(model)
+    device = next(model.parameters()).device
+    inputs: list[torch.Tensor] = []
+    kwargs: dict = {}
+
+    def catch(_module, args, kw):
+        hidden = args[0] if args else kw.pop("hidden_states")
+        inputs.append(hidden.detach())
+        if not kwargs:
+            kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+        raise _Stop
+
+    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for row in input_ids:
+            try:
+                model(row[None].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    kwargs.pop("past_key_values", None)
+    kwargs.pop("past_key_value", None)
+    kwargs["use_cache"] = False
+    return inputs, kwargs
+
+
+def _run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
+    outs = []
+    for hidden in inputs:
+        out = block(hidden, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs
+
+
+def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, LayerStats], which: tuple[str, ...]):
+    """Register forward hooks that add each call's inputs to ``stats``; returns the handles."""
+
+    def make(name: str):
+        def hook(_module, args, _out):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
+            st = stats[name]
+            st.n_windows += args[0].shape[0] if args[0].dim() == 3 else 1
+            st.n_tokens += x.shape[0]
+            if "sq_norm" in which:
+                add = (x * x).sum(dim=0)
+                st.sq_norm = add if st.sq_norm is None else st.sq_norm.add_(add)
+            if "xtx" in which:
+                add = x.t() @ x
+                st.xtx = add if st.xtx is None else st.xtx.add_(add)
+        return hook
+
+    return [linear.register_forward_hook(make(name)) for name, linear in linears.items()]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
+              statistics: tuple[str, ...] = ("sq_norm",),
+              on_block: Callable[[int, dict[str, nn.Linear], dict[str, LayerStats]], None] | None = None,
+              progress: bool = True) -> Calibrated:
+    """Run the capture loop over ``input_ids`` (n_windows, seqlen) and return every linear's statistics.
+
+    In ``sequential`` mode ``on_block(index, linears, stats)`` is called after block ``index``'s
+    statistics are complete and before its outputs are computed (it may change the block's weights).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
+    unknown = set(statistics) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f"statistics={sorted(unknown)} not known; allowed: {list(STATISTICS)}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
+        raise ValueError(f"input_ids must have shape (n_windows >= 1, seqlen), got {tuple(input_ids.shape)}")
+    prefix = block_prefix(model)
+    inputs, kwargs = capture_block_inputs(model, input_ids)
+    all_stats: dict[str, LayerStats] = {}
+    blocks = get_blocks(model)
+    for index in tqdm(range(len(blocks)), desc=f"calibrate ({mode})", disable=not progress, leave=False):
+        block = blocks[index]
+        linears = {f"{prefix}.{index}.{n}": m for n, m in find_linears(block).items()}
+        stats = {name: LayerStats() for name in linears}
+        handles = _stat_hooks(linears, stats, tuple(statistics))
+        try:
+            outputs = _run_block(block, inputs, kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        all_stats.update(stats)
+        if mode == "sequential" and on_block is not None:
+            on_block(index, linears, stats)
+            outputs = _run_block(block, inputs, kwargs)  # block l+1 sees the pruned block l
+            for st in stats.values():  # Hessians are used up: keep memory at one block's worth
+                st.xtx = None
+        inputs = outputs
+    return Calibrated(stats=all_stats, mode=mode)

@@ -1,0 +1,103 @@
+"""SparsityProfile: how sparse each prunable linear is (always sparsity = fraction of zeros, never density).
+
+A profile maps every prunable linear (full dotted name) to a sparsity in [0, 1). Allocators that work
+per row (BESA row-wise) add a per-row list for a layer. The profile records its granularity, the
+allocator and its parameters, the target and the parameter-weighted mean it reaches, and round-trips
+through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GRANULARITIES = ("uniform", "block", "layer", "row")
+
+
+@dataclass
+class SparsityProfile:
+    """Per-layer sparsity of every prunable linear, with provenance."""
+
+    layers: dict[str, float]
+    numels: dict[str, int]
+    target: float
+    allocator: str
+    granularity: str = "layer"
+    params: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, list[float]] = field(default_factory=dict)
+    blocks: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Every ratio in [0, 1), target in [0, 1), a known granularity, rows consistent with layers."""
+        check_sparsity(self.target, "target")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={self.granularity!r} is not allowed; allowed: {list(GRANULARITIES)}")
+        if set(self.layers) != set(self.numels):
+            raise ValueError("profile layers and numels name different layers")
+        for name, value in self.layers.items():
+            check_sparsity(value, f"sparsity of {name}")
+        for name, values in self.rows.items():
+            if name not in self.layers:
+                raise ValueError(f"row sparsities given for unknown layer {name!r}")
+            for value in values:
+                check_sparsity(value, f"row sparsity of {name}")
+
+    def check_matches(self, names: list[str] | dict) -> None:
+        """Raise unless the profile names exactly the given prunable linears."""
+        names = set(names)
+        missing, extra = sorted(names - set(self.layers)), sorted(set(self.layers) - names)
+        if missing or extra:
+            raise ValueError(f"profile does not match the model's prunable linears: missing {missing[:3]} "
+                             f"({len(missing)} in all), unknown {extra[:3]} ({len(extra)} in all)")
+
+    # ------------------------------------------------------------------ summaries
+    def mean(self) -> float:
+        """Parameter-weighted mean sparsity over all layers."""
+        total = sum(self.numels.values())
+        return sum(self.layers[n] * self.numels[n] for n in self.layers) / total if total else 0.0
+
+    def block_means(self) -> dict[int, float]:
+        """Parameter-weighted mean sparsity of each block (needs ``blocks``)."""
+        sums: dict[int, list[float]] = {}
+        for name, block in self.blocks.items():
+            acc = sums.setdefault(block, [0.0, 0.0])
+            acc[0] += self.layers[name] * self.numels[name]
+            acc[1] += self.numels[name]
+        return {b: s / n for b, (s, n) in sorted(sums.items())}
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "mean": self.mean(), "allocator": self.allocator,
+                "granularity": self.granularity, "params": self.params, "layers": self.layers,
+                "numels": self.numels, "blocks": self.blocks, "rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparsityProfile:
+        return cls(layers={k: float(v) for k, v in data["layers"].items()},
+                   numels={k: int(v) for k, v in data["numels"].items()}, target=float(data["target"]),
+                   allocator=data["allocator"], granularity=data.get("granularity", "layer"),
+                   params=data.get("params", {}), rows=data.get("rows", {}), blocks=data.get("blocks", {}))
+
+    def save(self, path: str | Path) -> Path:
+        from .results import write_json_atomic
+
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SparsityProfile:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def check_sparsity(value: float, name: str = "sparsity") -> float:
+    """Return ``value`` if it is a finite number in [0, 1), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
+    return float(value)

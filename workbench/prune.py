@@ -1,0 +1,198 @@
+"""prune(): calibration -> allocation -> masks, in place, with a sparsity report. save_pruned() to disk.
+
+Everything that prunes (CLI, widgets, notebooks, dashboard, searches) goes through :func:`prune`.
+Two ways to run it:
+
+* ``mode="sequential"`` (the papers' protocol): block l is pruned before block l+1's statistics are
+  gathered, so later blocks see the pruned model's activations;
+* ``mode="dense"``: statistics of the dense model, gathered once into a :class:`DenseCache`
+  (with a copy of the dense weights); re-pruning at another allocation restores the dense weights
+  and costs no forward pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .allocation import AllocationInput, allocate, check_allocator, layer_infos
+from .calibrate import MODES, Calibrated, LayerStats, calibrate
+from .data import Calibration, calibration_samples
+from .models import prunable_linears
+from .profile import SparsityProfile, check_sparsity
+from .pruners import NEEDS, check_metric, layer_scores, prune_linear
+from .pruners.masks import parse_pattern
+
+
+@dataclass
+class PruneResult:
+    """The profile that was applied, the sparsity reached, and where the time went."""
+
+    profile: SparsityProfile
+    report: dict
+    calibration: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class DenseCache:
+    """Dense-model statistics plus a CPU copy of the dense prunable weights (re-prune without a forward)."""
+
+    calibrated: Calibrated
+    weights: dict[str, torch.Tensor]
+    calibration: dict
+    forward_s: float
+
+    @classmethod
+    def build(cls, model: nn.Module, calibration: Calibration, statistics: tuple[str, ...] = ("sq_norm",),
+              progress: bool = True) -> DenseCache:
+        weights = {n: lin.weight.detach().to("cpu", copy=True) for n, lin in prunable_linears(model).items()}
+        start = time.perf_counter()
+        calibrated = calibrate(model, calibration.input_ids, mode="dense", statistics=statistics, progress=progress)
+        return cls(calibrated, weights, calibration.provenance(), time.perf_counter() - start)
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        """Put the dense weights back into ``model``."""
+        for name, lin in prunable_linears(model).items():
+            lin.weight.copy_(self.weights[name].to(lin.weight.device, lin.weight.dtype))
+
+    def has(self, statistics: tuple[str, ...]) -> bool:
+        first = next(iter(self.calibrated.stats.values()))
+        return all(getattr(first, s) is not None for s in statistics)
+
+
+def sparsity_report(model: nn.Module, profile: SparsityProfile) -> dict:
+    """Target vs actual sparsity (fraction of exact zeros) per layer and parameter-weighted overall."""
+    layers, zeros, total = {}, 0, 0
+    for name, lin in prunable_linears(model).items():
+        z = int((lin.weight == 0).sum())
+        n = lin.weight.numel()
+        layers[name] = {"target": profile.layers[name], "actual": z / n, "numel": n}
+        zeros, total = zeros + z, total + n
+    return {"target": profile.target, "allocated_mean": profile.mean(), "actual": zeros / total, "layers": layers}
+
+
+def _scores_fn(model: nn.Module, stats: dict[str, LayerStats] | None, score: str):
+    linears = prunable_linears(model)
+    return lambda name: layer_scores(score, linears[name].weight, stats[name] if stats else None)
+
+
+def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache) -> tuple[int, int]:
+    """Every check that can fail, done before the model is touched."""
+    check_metric(metric, group)
+    n, m = parse_pattern(pattern)
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
+    linears = prunable_linears(model)
+    if n:
+        if allocation != "uniform" or profile is not None:
+            raise ValueError(f"pattern={pattern!r} fixes every layer at {n}/{m}: use allocation='uniform'")
+        bad = [name for name, lin in linears.items() if lin.in_features % m]
+        if bad:
+            raise ValueError(f"pattern={pattern!r}: in_features of {bad[0]} ({linears[bad[0]].in_features}) "
+                             f"is not divisible by M={m}")
+    else:
+        check_sparsity(sparsity, "sparsity")
+    if profile is not None:
+        profile.validate()
+        profile.check_matches(linears)
+    else:
+        check_allocator(allocation)
+    if cache is not None and mode != "dense":
+        raise ValueError("cache= holds dense statistics: use mode='dense' with it")
+    return n, m
+
+
+def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: str = "uniform",
+          sparsity: float = 0.5, pattern: str = "unstructured", calibration: Calibration | None = None,
+          mode: str = "sequential", group: str | None = None, allocation_params: dict | None = None,
+          profile: SparsityProfile | None = None, cache: DenseCache | None = None,
+          progress: bool = True) -> PruneResult:
+    """Prune ``model`` in place and return the applied profile and a sparsity report.
+
+    ``calibration`` defaults to the embedded corpus' defaults (needs ``tokenizer``); ``profile``
+    overrides ``allocation``; ``cache`` (dense mode) re-prunes from stored dense statistics.
+    """
+    n, m = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache)
+    params = dict(allocation_params or {})
+    needs_scores = profile is None and check_allocator(allocation).needs_scores
+    if needs_scores and allocation == "global":
+        params.setdefault("score", "magnitude" if metric == "magnitude" else "wanda")
+    score = params.get("score", "wanda")
+    statistics = set(NEEDS[metric]) | ({"sq_norm"} if needs_scores and score == "wanda" else set())
+    if cache is not None and not cache.has(tuple(statistics)):
+        raise ValueError(f"cache lacks statistics {sorted(statistics)}; build it with them")
+    if statistics and calibration is None and cache is None:
+        if tokenizer is None:
+            raise ValueError("calibration: give calibration samples or a tokenizer to draw embedded ones")
+        calibration = calibration_samples(tokenizer, "embedded")
+
+    timings = {"forward_s": 0.0, "prune_s": 0.0}
+    if cache is not None:
+        cache.restore(model)
+    elif mode == "dense" and statistics:
+        cache = DenseCache.build(model, calibration, tuple(sorted(statistics)), progress=progress)
+        timings["forward_s"] += cache.forward_s
+    dense_stats = cache.calibrated.stats if cache is not None else None
+    if needs_scores and dense_stats is None and score == "wanda":  # allocation needs the dense model's scores
+        start = time.perf_counter()
+        dense_stats = calibrate(model, calibration.input_ids, "dense", ("sq_norm",), progress=progress).stats
+        timings["forward_s"] += time.perf_counter() - start
+
+    start = time.perf_counter()
+    inputs = AllocationInput(layer_infos(model), _scores_fn(model, dense_stats, score) if needs_scores else None)
+    if profile is None:
+        target = n / m if n else sparsity
+        profile = allocate("uniform" if n else allocation, inputs, target, **params)
+        if n:
+            profile.params["pattern"] = pattern
+    timings["prune_s"] += time.perf_counter() - start
+
+    linears = prunable_linears(model)
+
+    def prune_layers(names, stats):
+        t0 = time.perf_counter()
+        for name in names:
+            prune_linear(linears[name], metric, profile.layers[name], stats.get(name) if stats else None,
+                         pattern=(n, m), group=group, row_sparsities=profile.rows.get(name))
+        timings["prune_s"] += time.perf_counter() - t0
+
+    if mode == "sequential" and statistics:
+        start, prune_before = time.perf_counter(), timings["prune_s"]
+        calibrate(model, calibration.input_ids, "sequential", tuple(sorted(statistics)),
+                  on_block=lambda _i, block_linears, stats: prune_layers(block_linears, stats), progress=progress)
+        timings["forward_s"] += time.perf_counter() - start - (timings["prune_s"] - prune_before)
+    else:
+        for name in tqdm(list(linears), desc=f"prune ({metric})", disable=not progress, leave=False):
+            prune_layers([name], dense_stats)
+    report = sparsity_report(model, profile)
+    calib = cache.calibration if cache is not None else (calibration.provenance() if calibration else {})
+    return PruneResult(profile, report, calib, timings)
+
+
+def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory: str | Path) -> Path:
+    """Write the pruned model (safetensors), its tokenizer and ``sparsity_profile.json`` atomically;
+    the directory reloads with ``from_pretrained`` / ``load_model``."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        profile.save(tmp / "sparsity_profile.json")
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory

@@ -1,0 +1,67 @@
+"""Torch reference of the mask logic (the CPU path, and the oracle for the CUDA kernels).
+
+Masks are boolean with True = *pruned* (the weight becomes zero). Ties are broken by index (a stable
+sort), so the same scores always give the same mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """'unstructured' -> (0, 0); 'N:M' -> (N, M) with 0 < N < M."""
+    if pattern == "unstructured":
+        return 0, 0
+    try:
+        n, m = (int(p) for p in pattern.split(":"))
+    except ValueError:
+        raise ValueError(f"pattern={pattern!r} is not allowed; allowed: 'unstructured' or 'N:M' "
+                         "such as '2:4', '4:8'") from None
+    if not 0 < n < m:
+        raise ValueError(f"pattern={pattern!r}: N:M needs 0 < N < M")
+    return n, m
+
+
+def prune_counts(in_features: int, sparsity: float | torch.Tensor) -> torch.Tensor:
+    """Weights to prune in a row of ``in_features`` at ``sparsity``: int(C · s), as the references."""
+    s = torch.as_tensor(sparsity, dtype=torch.float64)
+    return (in_features * s).floor().to(torch.long)
+
+
+def row_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Prune the ``counts[r]`` lowest scores of every row r (counts: (rows,) long, or a scalar)."""
+    rows, cols = scores.shape
+    counts = torch.as_tensor(counts, device=scores.device).expand(rows).clamp(0, cols)
+    order = torch.sort(scores, dim=1, stable=True).indices  # (rows, cols), lowest first
+    rank_pruned = torch.arange(cols, device=scores.device)[None, :] < counts[:, None]
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(1, order, rank_pruned)
+    return mask
+
+
+def matrix_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Prune the ``count`` lowest scores of the whole matrix (magnitude pruning's comparison group)."""
+    flat = scores.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[order[: int(count)]] = True
+    return mask.view_as(scores)
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Prune the ``n`` lowest scores in every group of ``m`` consecutive input columns."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"pattern {n}:{m}: in_features={cols} is not divisible by M={m}")
+    groups = scores.reshape(rows, cols // m, m)
+    order = torch.sort(groups, dim=2, stable=True).indices
+    pruned = (torch.arange(m, device=scores.device) < n).expand_as(groups)
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(2, order, pruned)
+    return mask.view(rows, cols)
+
+
+def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """Zero the pruned weights in place."""
+    weight.masked_fill_(mask, 0)
