@@ -52,3 +52,34 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 def test_module_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "eval" in res.stdout
+
+
+def test_prune_cli_writes_record_and_saves(tmp_path, text_file, capsys):
+    out, save = tmp_path / "prune.json", tmp_path / "pruned"
+    rc = main(["prune", "--model", "tiny-llama", "--metric", "wanda", "--allocation", "er", "--sparsity", "0.6",
+               "--calib-dataset", str(text_file), "--nsamples", "4", "--seqlen", "64", "--eval",
+               "--eval-dataset", str(text_file), "--eval-seqlen", "128", "--save", str(save), "--out", str(out)])
+    assert rc == 0
+    rec = json.loads(out.read_text())
+    assert REQUIRED <= rec.keys()
+    assert rec["method"]["allocation"] == "er" and rec["data"]["calibration"]["nsamples"] == 4
+    assert abs(rec["metrics"]["actual_sparsity"] - 0.6) < 0.01
+    assert rec["metrics"]["perplexity"] > 1 and rec["data"]["eval"]["seqlen"] == 128
+    assert (save / "sparsity_profile.json").is_file() and (save / "model.safetensors").is_file()
+    assert f"actual {rec['metrics']['actual_sparsity']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--sparsity", "1.5"], "sparsity=1.5"),
+    (["--pattern", "3:3"], "0 < N < M"),
+    (["--metric", "obs"], "metric='obs'"),
+    (["--allocation", "owlish"], "allocation='owlish'"),
+    (["--nsamples", "0"], "nsamples=0"),
+    (["--alloc-param", "oops"], "KEY=VALUE"),
+])
+def test_prune_cli_bad_input(tmp_path, text_file, capsys, argv, match):
+    out = tmp_path / "r.json"
+    rc = main(["prune", "--model", "tiny-llama", "--calib-dataset", str(text_file), "--nsamples", "2",
+               "--seqlen", "32", "--out", str(out), *argv])
+    assert rc == 2 and match in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,90 @@
+"""SparseGPT (Frantar & Alistarh 2023): prune one linear and update the remaining weights (OBS).
+
+Goal: minimise the layer's reconstruction error ||W X − Ŵ X||² on calibration inputs X, with
+H = 2/N · X Xᵀ (damped by ``percdamp`` · mean(diag H)). With U the upper Cholesky factor of H⁻¹,
+columns are processed left to right in blocks of ``blocksize``:
+
+* mask: at the start of each block, score w² / U_ii² over the block, one threshold jointly over all
+  rows (so row sparsities vary); N:M chooses the N lowest scores per row in each group of M columns;
+* update for column i: err = (w_i − q_i) / U_ii,  W[:, i:] −= err · U[i, i:]  (q_i = w_i with the
+  pruned entries zeroed); updates inside a block are done column by column, the rest of the
+  matrix is updated once per block (lazy batch update).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n: int, prune_m: int,
+           blocksize: int, percdamp: float) -> None:
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    cols = weight.shape[1]
+    if tuple(hessian.shape) != (cols, cols):
+        raise ValueError(f"hessian must have shape ({cols}, {cols}), got {tuple(hessian.shape)}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity={sparsity} must be in [0, 1)")
+    if prune_n or prune_m:
+        if not 0 < prune_n < prune_m:
+            raise ValueError(f"prune_n={prune_n}, prune_m={prune_m}: need 0 < N < M")
+        if cols % prune_m:
+            raise ValueError(f"prune_m={prune_m}: in_features={cols} is not divisible by it")
+    if blocksize < 1:
+        raise ValueError(f"blocksize={blocksize} must be >= 1")
+    if percdamp < 0:
+        raise ValueError(f"percdamp={percdamp} must be >= 0")
+
+
+def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp · I)⁻¹."""
+    h = hessian.clone()
+    h.diagonal().add_(percdamp * torch.mean(torch.diag(h)))
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(inv, upper=True)
+
+
+@torch.no_grad()
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0.0, *, prune_n: int = 0,
+                    prune_m: int = 0, blocksize: int = 128,
+                    percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (updated weight with pruned entries exactly 0, bool mask True = pruned); inputs untouched."""
+    _check(weight, hessian, sparsity, prune_n, prune_m, blocksize, percdamp)
+    w = weight.detach().to(torch.float32).clone()  # (rows, cols)
+    h = hessian.detach().to(w.device, torch.float32).clone()  # (cols, cols)
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    hinv = _inverse_cholesky(h, percdamp)
+    mask = torch.zeros_like(w, dtype=torch.bool)
+
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        w1 = w[:, start:end].clone()
+        hinv1 = hinv[start:end, start:end]
+        d = torch.diag(hinv1)
+        mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        if not prune_n and sparsity > 0:
+            score = w1 ** 2 / d[None, :] ** 2
+            k = int(score.numel() * sparsity)
+            threshold = torch.sort(score.flatten())[0][k]
+            mask1 = score <= threshold
+        err1 = torch.zeros_like(w1)
+        for i in range(end - start):
+            if prune_n and i % prune_m == 0:
+                score = w1[:, i:i + prune_m] ** 2 / d[None, i:i + prune_m] ** 2
+                low = torch.topk(score, prune_n, dim=1, largest=False).indices
+                mask1.scatter_(1, low + i, True)
+            col = w1[:, i]
+            q = col.masked_fill(mask1[:, i], 0.0)
+            err = (col - q) / d[i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            w1[:, i] = q
+            err1[:, i] = err
+        w[:, start:end] = w1
+        mask[:, start:end] = mask1
+        w[:, end:] -= err1 @ hinv[start:end, end:]
+
+    w[mask] = 0.0  # dead input columns (never active) were zeroed above and stay zero
+    return w.to(weight.dtype), mask
