@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import kernels
 from .models import block_prefix, find_linears, get_blocks
 
 MODES = ("sequential", "dense")
@@ -115,8 +116,9 @@ def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, LayerStats], whi
             st.n_windows += args[0].shape[0] if args[0].dim() == 3 else 1
             st.n_tokens += x.shape[0]
             if "sq_norm" in which:
-                add = (x * x).sum(dim=0)
-                st.sq_norm = add if st.sq_norm is None else st.sq_norm.add_(add)
+                if st.sq_norm is None:
+                    st.sq_norm = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+                kernels.accumulate_sq_norm(x, st.sq_norm)
             if "xtx" in which:
                 add = x.t() @ x
                 st.xtx = add if st.xtx is None else st.xtx.add_(add)

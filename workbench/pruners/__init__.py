@@ -8,11 +8,16 @@ per block of 128 columns jointly over rows (see ``sparsegpt.py``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ..calibrate import LayerStats
+from .. import kernels
 from . import magnitude, masks, wanda
+
+if TYPE_CHECKING:
+    from ..calibrate import LayerStats
 
 METRICS = ("magnitude", "wanda", "sparsegpt")
 GROUPS = ("row", "matrix")
@@ -40,7 +45,7 @@ def layer_scores(metric: str, weight: torch.Tensor, stats: LayerStats | None) ->
     if metric == "wanda":
         if stats is None:
             raise ValueError("metric='wanda' needs calibration statistics (sq_norm)")
-        return wanda.wanda_scores(weight, stats.act_norm())
+        return kernels.wanda_scores(weight, stats.act_norm())
     raise ValueError(f"metric={metric!r} has no stand-alone scores; allowed: ['magnitude', 'wanda']")
 
 
@@ -64,12 +69,12 @@ def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerSt
         return mask
     scores = layer_scores(metric, weight, stats)
     if n:
-        mask = masks.nm_mask(scores, n, m)
+        mask = kernels.nm_mask(scores, n, m)
     elif row_sparsities is not None:
-        mask = masks.row_mask(scores, masks.prune_counts(weight.shape[1], torch.tensor(row_sparsities)))
+        mask = kernels.row_mask(scores, masks.prune_counts(weight.shape[1], torch.tensor(row_sparsities)))
     elif group == "row":
-        mask = masks.row_mask(scores, masks.prune_counts(weight.shape[1], sparsity))
+        mask = kernels.row_mask(scores, masks.prune_counts(weight.shape[1], sparsity))
     else:
-        mask = masks.matrix_mask(scores, int(weight.numel() * sparsity))
-    masks.apply_mask(weight, mask)
+        mask = kernels.matrix_mask(scores, int(weight.numel() * sparsity))
+    kernels.apply_mask(weight, mask)
     return mask

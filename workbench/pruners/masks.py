@@ -62,6 +62,17 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.view(rows, cols)
 
 
+def besa_keep_prob(ranks: torch.Tensor, probs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    """BESA: P[r, c] = 1 − Σ_k probs[r, k] · [ranks[r, c] < C · cands[k]] (probs (rows or 1, K), float32)."""
+    rows, cols = ranks.shape
+    bounds = cols * cands.to(ranks.device, torch.float32)  # (K,), descending
+    # candidates with j < C·c_k form a prefix (c descending): its length by binary search
+    count = bounds.numel() - torch.searchsorted(bounds.flip(0).contiguous(), ranks.to(torch.float32), right=True)
+    cum = torch.cumsum(probs.float(), dim=-1).expand(rows, -1)  # (rows, K)
+    taken = torch.gather(cum, 1, (count - 1).clamp(min=0))
+    return 1.0 - torch.where(count > 0, taken, torch.zeros_like(taken))
+
+
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero the pruned weights in place."""
     weight.masked_fill_(mask, 0)
