@@ -92,3 +92,12 @@ def test_profile_json_round_trip_and_validation(tmp_path, tiny):
         SparsityProfile({"a": 0.1}, {"a": 4}, 0.1, "hand", granularity="cube")
     with pytest.raises(ValueError, match="does not match"):
         again.check_matches(["model.layers.0.self_attn.q_proj"])
+
+
+@pytest.mark.parametrize("k", [1, 2_000_000, 4_999_999, 5_000_000])
+def test_kth_smallest_is_exact(k):
+    from workbench.allocation.global_ import kth_smallest
+
+    values = torch.rand(5_000_000, generator=torch.Generator().manual_seed(3)) ** 3
+    values[:1000] = 0.25  # ties
+    assert kth_smallest(values, k) == torch.kthvalue(values, k).values

@@ -16,6 +16,25 @@ import torch
 from . import AllocationInput, register_allocator
 
 
+def kth_smallest(values: torch.Tensor, k: int, sample: int = 1 << 20, margin: float = 0.002) -> torch.Tensor:
+    """The k-th smallest (1-based) of a large 1-D tensor, exactly: a seeded sample brackets it, one pass
+    counts what lies below the bracket, and only the values inside the bracket are searched.
+    Falls back to a full ``kthvalue`` when the bracket misses (never silently approximate)."""
+    n = values.numel()
+    if n <= 4 * sample:
+        return torch.kthvalue(values, k).values
+    gen = torch.Generator().manual_seed(0)
+    probe = values[torch.randint(0, n, (sample,), generator=gen)]
+    q = k / n
+    lo = torch.quantile(probe, max(q - margin, 0.0))
+    hi = torch.quantile(probe, min(q + margin, 1.0))
+    below = int(torch.count_nonzero(values < lo))
+    inside = values[(values >= lo) & (values <= hi)]
+    if below < k <= below + inside.numel():
+        return torch.kthvalue(inside, k - below).values
+    return torch.kthvalue(values, k).values
+
+
 @register_allocator("global", needs_scores=True)
 def global_threshold(inputs: AllocationInput, sparsity: float, max_layer_sparsity: float = 0.99,
                      score: str = "wanda"):
@@ -37,9 +56,9 @@ def global_threshold(inputs: AllocationInput, sparsity: float, max_layer_sparsit
         pool = torch.cat([flat[n] for n in free])
         if remaining >= pool.numel():
             raise ValueError(f"sparsity={sparsity} cannot be reached with max_layer_sparsity={max_layer_sparsity}")
-        threshold = torch.kthvalue(pool, remaining).values
-        below = {n: int((flat[n] < threshold).sum()) for n in free}
-        ties = {n: int((flat[n] == threshold).sum()) for n in free}
+        threshold = kth_smallest(pool, remaining)
+        below = {n: int(torch.count_nonzero(flat[n] < threshold)) for n in free}
+        ties = {n: int(torch.count_nonzero(flat[n] == threshold)) for n in free}
         need = remaining - sum(below.values())  # ties at the threshold are shared out in layer order
         for n in free:
             take = min(ties[n], need)
