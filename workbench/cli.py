@@ -118,6 +118,40 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Evolutionary search over DSA allocation functions (+ random baseline), checkpointed in --out."""
+    from .allocation.dsa.search import Search, SearchConfig, SearchContext
+    from .models import load_model, model_hash
+    from .prune import DenseCache
+
+    data_mod.check_dataset(args.calib_dataset)
+    config = SearchConfig(sparsity=args.sparsity, population=args.population, generations=args.generations,
+                          elite=args.elite, seed=args.seed, random_baseline=not args.no_random_baseline)
+    out = Path(args.out)
+    if (out / "state.json").exists() and not args.resume:
+        raise ValueError(f"--out {out} already holds a search; add --resume to continue it")
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code)
+    calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
+    cache = DenseCache.build(model, calibration, ("sq_norm",))
+    ctx = SearchContext(model, tokenizer, cache, args.sparsity, fitness_seqlen=args.fitness_seqlen,
+                        fitness_windows=args.fitness_windows)
+    meta = {"model": {"id": args.model, "weight_sha256": model_hash(model)}, "calibration": cache.calibration,
+            "fitness": ctx.fitness_data, "metric": "wanda"}
+    best = Search(ctx, config, out, resume=args.resume, meta=meta).run()
+    for kind, rec in best.items():
+        if rec:
+            print(f"best {kind:9s}: validation ppl {rec['fitness']:.3f}  {json_dumps(rec['function'])}")
+    print(f"history: {out / 'history.json'}  best: {out / 'best.json'}")
+    return 0
+
+
+def json_dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: SmolLM2-135M's dense perplexity on the embedded test split."""
     ns = argparse.Namespace(model="smollm2-135m", dtype="float32", device="cpu", trust_remote_code=False,
@@ -143,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model with a metric and an allocation; optionally evaluate")
     _add_model_args(p)
     p.add_argument("--metric", default="wanda", help="magnitude | wanda | sparsegpt")
-    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global")
+    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global | owl | dsa")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="allocator parameter, repeatable (e.g. max_layer_sparsity=0.95)")
+                   help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=poster|FILE.json)")
     p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")
     p.add_argument("--pattern", default="unstructured", help="unstructured | N:M such as 2:4, 4:8")
     p.add_argument("--group", default=None, help="comparison group: row | matrix (default: the metric's own)")
@@ -161,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, metavar="DIR", help="write safetensors + sparsity_profile.json")
     p.add_argument("--out", default=None, help="result record path (default runs/prune-...json)")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("search", help="evolutionary search over DSA allocation functions")
+    _add_model_args(p)
+    p.add_argument("--sparsity", type=float, default=0.7)
+    p.add_argument("--population", type=int, default=16)
+    p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--elite", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-dataset", default="embedded")
+    p.add_argument("--nsamples", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--fitness-seqlen", type=int, default=512, help="window length of the validation fitness")
+    p.add_argument("--fitness-windows", type=int, default=8, help="validation windows per candidate")
+    p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
+    p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")
+    p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="the main job on the embedded default")
     p.add_argument("--seqlen", type=int, default=512)

@@ -166,6 +166,22 @@ def row_mask(scores: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:
     return out.bool()
 
 
+def row_order(scores: torch.Tensor) -> torch.Tensor:
+    """Per-row order of columns from lowest score (ties by index), int16 when it fits: cached by searches so
+    that a new allocation needs no sort (torch on every device)."""
+    s = _float_matrix("scores", scores)
+    order = ref.row_order(s)
+    return order.to(torch.int16) if s.shape[1] <= torch.iinfo(torch.int16).max else order.to(torch.int32)
+
+
+def mask_from_order(order: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:
+    """Prune the first counts[r] columns of order[r] (the counts[r] lowest scores); bool, True = pruned."""
+    if order.dim() != 2 or order.is_floating_point():
+        raise ValueError(f"order must be a 2-D integer tensor, got {order.dtype} {tuple(order.shape)}")
+    rows, cols = order.shape
+    return ref.mask_from_order(order, _counts(counts, rows, cols).to(order.device))
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Prune the n lowest of every m consecutive columns (ties by index); bool mask, True = pruned."""
     s = _float_matrix("scores", scores)

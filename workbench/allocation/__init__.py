@@ -97,4 +97,5 @@ def layer_infos(model: nn.Module) -> dict[str, LayerInfo]:
 
 
 # Register the built-in allocators (each file adds itself to ALLOCATORS).
-from . import er, global_, uniform  # noqa: E402,F401
+from . import er, global_, owl, uniform  # noqa: E402,F401
+from .dsa import function as _dsa_function  # noqa: E402,F401

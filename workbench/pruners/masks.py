@@ -29,15 +29,24 @@ def prune_counts(in_features: int, sparsity: float | torch.Tensor) -> torch.Tens
     return (in_features * s).floor().to(torch.long)
 
 
+def row_order(scores: torch.Tensor) -> torch.Tensor:
+    """Column indices of every row from lowest to highest score (stable: ties by index)."""
+    return torch.sort(scores, dim=1, stable=True).indices
+
+
+def mask_from_order(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Prune the first ``counts[r]`` columns of ``order[r]`` (a row_order, any integer dtype)."""
+    rows, cols = order.shape
+    counts = torch.as_tensor(counts, device=order.device).expand(rows).clamp(0, cols)
+    rank_pruned = torch.arange(cols, device=order.device)[None, :] < counts[:, None]
+    mask = torch.zeros(rows, cols, dtype=torch.bool, device=order.device)
+    mask.scatter_(1, order.long(), rank_pruned)
+    return mask
+
+
 def row_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Prune the ``counts[r]`` lowest scores of every row r (counts: (rows,) long, or a scalar)."""
-    rows, cols = scores.shape
-    counts = torch.as_tensor(counts, device=scores.device).expand(rows).clamp(0, cols)
-    order = torch.sort(scores, dim=1, stable=True).indices  # (rows, cols), lowest first
-    rank_pruned = torch.arange(cols, device=scores.device)[None, :] < counts[:, None]
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    mask.scatter_(1, order, rank_pruned)
-    return mask
+    return mask_from_order(row_order(scores), counts)
 
 
 def matrix_mask(scores: torch.Tensor, count: int) -> torch.Tensor:

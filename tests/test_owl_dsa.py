@@ -1,0 +1,214 @@
+"""OWL and DSA allocators, allocation functions as data, and the evolutionary search."""
+
+import json
+
+import pytest
+import torch
+
+from workbench import calibrate as calibrate_mod
+from workbench.allocation import AllocationInput, LayerInfo, allocate
+from workbench.allocation.dsa import ops
+from workbench.allocation.dsa.function import PRESETS, AllocationFunction, InvalidFunction, load_function
+from workbench.allocation.dsa.search import Search, SearchConfig, SearchContext, load_state
+from workbench.allocation.mapping import map_to_sparsity
+from workbench.data import calibration_samples
+from workbench.models import load_model, prunable_linears
+from workbench.prune import DenseCache, prune
+
+LOD = [3.0, 7.5, 1.0, 12.0, 5.0, 9.0]
+
+
+def _closed_form(lod, s, lam):
+    lo, hi = min(lod), max(lod)
+    m = [(x - lo) / (hi - lo) for x in lod]
+    mean = sum(m) / len(m)
+    return [s - 2 * lam * (x - mean) for x in m]
+
+
+@pytest.mark.parametrize("clamp", ["reference", "safe"])
+@pytest.mark.parametrize("s,lam", [(0.5, 0.08), (0.7, 0.08), (0.6, 0.2)])
+def test_owl_mapping_equals_the_closed_form(clamp, s, lam):
+    got = map_to_sparsity(LOD, s, lam, direction=-1, clamp=clamp)
+    assert got == pytest.approx(_closed_form(LOD, s, lam), abs=1e-9)
+    assert max(got) - min(got) == pytest.approx(2 * lam)
+
+
+def test_reference_clamp_only_raises_zero_to_0_01_and_refuses_ones():
+    got = map_to_sparsity(LOD, 0.05, 0.1, direction=-1, clamp="reference")
+    expected = [0.01 if v <= 0 else v for v in _closed_form(LOD, 0.05, 0.1)]
+    assert got == pytest.approx(expected) and 0.01 in got
+    with pytest.raises(ValueError, match="lam=0.3.*no valid allocation"):
+        map_to_sparsity(LOD, 0.9, 0.3, direction=-1, clamp="reference")
+
+
+@pytest.mark.parametrize("s,lam", [(0.05, 0.2), (0.95, 0.3), (0.7, 0.08)])
+def test_safe_clamp_keeps_the_weighted_mean(s, lam):
+    weights = [1, 2, 3, 1, 2, 5]
+    got = map_to_sparsity(LOD, s, lam, direction=-1, weights=weights)
+    assert all(0.0 <= v <= 0.99 for v in got)
+    assert sum(w * v for w, v in zip(weights, got, strict=True)) / sum(weights) == pytest.approx(s, abs=1e-6)
+
+
+def _inputs_with_lod(outliers_per_block, numel=1000, m=5.0):
+    """Blocks of two 10x50 layers whose scores are 1 except ``k`` entries of 1000 (each > M·mean)."""
+    layers, table = {}, {}
+    for b, k in enumerate(outliers_per_block):
+        for part in ("a", "b"):
+            name = f"b{b}.{part}"
+            layers[name] = LayerInfo(name, b, 10, 50)
+            t = torch.ones(10, 50)
+            t.view(-1)[: k // 2 if part == "a" else k - k // 2] = 1000.0
+            table[name] = t
+    return AllocationInput(layers, table.__getitem__)
+
+
+def test_owl_allocator_computes_lod_and_maps_it():
+    counts = [2, 10, 6, 0]
+    prof = allocate("owl", _inputs_with_lod(counts), 0.6, lam=0.1, M=5)
+    lod = [100 * k / 1000 for k in counts]
+    assert prof.params["lod"] == pytest.approx(lod)
+    expected = _closed_form(lod, 0.6, 0.1)
+    assert list(prof.block_means().values()) == pytest.approx(expected)
+    assert prof.layers["b1.a"] == prof.layers["b1.b"]  # one ratio per block
+    per_layer = allocate("owl", _inputs_with_lod(counts), 0.6, lam=0.1, M=5, granularity="layer")
+    assert per_layer.granularity == "layer" and per_layer.mean() == pytest.approx(0.6, abs=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(lam=-0.1), "lam=-0.1"), (dict(M=0), "M=0"), (dict(M=-2), "M=-2"),
+                                          (dict(clamp="soft"), "clamp='soft'"),
+                                          (dict(granularity="row"), "granularity='row'")])
+def test_owl_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        allocate("owl", _inputs_with_lod([1, 2, 3]), 0.5, **kwargs)
+
+
+# --------------------------------------------------------------------------- DSA functions
+
+EDGE = {
+    "zeros": [[torch.zeros(4, 8)], [torch.zeros(4, 8)]],
+    "negative": [[-torch.rand(4, 8) - 0.1], [-torch.rand(4, 8) * 3 - 0.1]],
+    "huge": [[torch.full((4, 8), 1e30)], [torch.full((4, 8), 3e30)]],
+    "one_element": [[torch.tensor([[0.5]])], [torch.tensor([[2.0]])]],
+    "typical": [[torch.rand(8, 16, generator=torch.Generator().manual_seed(i)) * (i + 1)] for i in range(3)],
+}
+
+
+def _outcome(fn, scores):
+    try:
+        ratios = fn.sparsities(scores, 0.5)
+    except InvalidFunction as err:
+        return ("invalid", str(err))
+    assert all(0.0 <= r < 1.0 for r in ratios)
+    assert sum(ratios) / len(ratios) == pytest.approx(0.5, abs=1e-6)
+    return ("valid", ratios)
+
+
+@pytest.mark.parametrize("case", list(EDGE))
+@pytest.mark.parametrize("stage,op", [("pre", o) for o in ops.PRE] + [("reduction", o) for o in ops.REDUCTIONS]
+                         + [("post", o) for o in ops.POST])
+def test_every_op_gives_a_valid_allocation_or_a_reported_invalid_one(stage, op, case):
+    kwargs = {"pre": ("no_op",), "reduction": "mean", "post": ("no_op",)}
+    kwargs[stage] = (op,) if stage != "reduction" else op
+    fn = AllocationFunction(**kwargs)
+    kind, detail = _outcome(fn, EDGE[case])
+    if kind == "invalid":
+        assert detail  # a reason, never a silent zero allocation
+    if case == "zeros" and stage == "pre" and op in ("log", "abslog"):
+        assert kind == "invalid"
+
+
+def test_guards_catch_domain_errors_and_constant_vectors():
+    scores = EDGE["typical"]
+    with pytest.raises(InvalidFunction, match="asin"):
+        AllocationFunction(("no_op",), "mean", ("exp", "asin")).sparsities([[s[0] * 10] for s in scores], 0.5)
+    with pytest.raises(InvalidFunction, match="constant"):
+        AllocationFunction(("minmax",), "mean", ("no_op",)).sparsities([[torch.eye(4)], [torch.eye(4)]], 0.5)
+    soft = AllocationFunction(("no_op",), "mean", ("softmax",)).block_values(scores)
+    assert sum(soft) == pytest.approx(1.0)
+
+
+def test_json_round_trip_and_presets(tmp_path):
+    for fn in [*PRESETS.values(), AllocationFunction(("pow", "tanh"), "slogdet", ("softplus",), 0.13, -1)]:
+        again = AllocationFunction.from_json(fn.to_json())
+        assert again == fn and again.key() == fn.key()
+    assert PRESETS["poster"].to_dict() | {"name": ""} == {"pre": ["normalize"], "reduction": "var",
+                                                          "post": ["abs", "no_op"], "lam": 0.08, "direction": 1,
+                                                          "name": ""}
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps({"pre": ["abslog"], "reduction": "var", "post": ["atan", "asin"]}))
+    assert load_function(str(path)).post == ("atan", "asin")
+    path.write_text(json.dumps({"pre": ["cube_root"], "reduction": "var", "post": []}))
+    with pytest.raises(ValueError, match="pre op 'cube_root' is not allowed"):
+        load_function(str(path))
+    with pytest.raises(ValueError, match="lam=-1"):
+        AllocationFunction(lam=-1)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        AllocationFunction.from_json('{"pre": [')
+
+
+# --------------------------------------------------------------------------- search
+
+@pytest.fixture(scope="module")
+def context():
+    model, tok = load_model("tiny-llama")
+    calib = calibration_samples(tok, "embedded", nsamples=4, seqlen=64)
+    cache = DenseCache.build(model, calib, ("sq_norm",), progress=False)
+    return SearchContext(model, tok, cache, 0.6, fitness_seqlen=64, fitness_windows=2), tok, calib, cache
+
+
+def test_cheap_candidate_equals_a_full_dense_prune(context, monkeypatch):
+    ctx, tok, calib, cache = context
+    fn = PRESETS["poster"]
+    monkeypatch.setattr(calibrate_mod, "capture_block_inputs",
+                        lambda *a, **k: pytest.fail("a candidate ran a calibration pass"))
+    result = ctx.evaluate(fn)
+    cheap = {n: lin.weight.detach().clone() for n, lin in prunable_linears(ctx.model).items()}
+    monkeypatch.undo()
+    model, _ = load_model("tiny-llama")
+    prune(model, tok, "wanda", "dsa", 0.6, calibration=calib, mode="dense", allocation_params={"function": fn},
+          progress=False)
+    for name, lin in prunable_linears(model).items():
+        assert torch.equal(cheap[name], lin.weight), name
+    assert result["valid"] and result["fitness"] > 1
+
+
+CFG = dict(sparsity=0.6, population=4, generations=3, elite=1, seed=0)
+
+
+def test_killed_search_resumes_to_the_same_result(context, tmp_path):
+    ctx = context[0]
+    full = Search(ctx, SearchConfig(**CFG), tmp_path / "full", progress=False).run()
+    for stop in (6, 14):  # mid generation 1; inside the random baseline
+        out = tmp_path / f"stop{stop}"
+        with pytest.raises(KeyboardInterrupt):
+            Search(ctx, SearchConfig(**CFG), out, progress=False).run(stop_after=stop)
+        resumed = Search(ctx, SearchConfig(**CFG), out, resume=True, progress=False).run()
+        for kind in ("evolution", "random"):
+            assert resumed[kind]["function_key"] == full[kind]["function_key"]
+            assert resumed[kind]["fitness"] == full[kind]["fitness"]
+        keys = [h["function_key"] for h in load_state(out / "state.json").history]
+        assert keys == [h["function_key"] for h in load_state(tmp_path / "full" / "state.json").history]
+    history = json.loads((tmp_path / "full" / "history.json").read_text())
+    assert len(history) == 2 * 4 * 3 and {"function", "ratios", "fitness", "seconds"} <= history[0].keys()
+    assert full["evolution"]["fitness"] <= max(h["fitness"] for h in history if h["valid"])
+
+
+def test_corrupt_checkpoint_is_refused_and_kept(context, tmp_path):
+    ctx = context[0]
+    cfg = SearchConfig(**(CFG | {"generations": 1, "random_baseline": False}))
+    Search(ctx, cfg, tmp_path, progress=False).run()
+    state = tmp_path / "state.json"
+    truncated = state.read_text()[:200]
+    state.write_text(truncated)
+    with pytest.raises(ValueError, match="malformed or truncated"):
+        Search(ctx, cfg, tmp_path, resume=True, progress=False)
+    assert state.read_text() == truncated
+    with pytest.raises(ValueError, match="already holds a search"):
+        Search(ctx, cfg, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(population=1), "population=1"), (dict(generations=0), "generations=0"),
+                                          (dict(elite=4), "elite=4")])
+def test_search_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**(CFG | kwargs))

@@ -1,0 +1,51 @@
+"""OWL (Yin et al. 2024): outlier-weighted layer-wise sparsity.
+
+On the *dense* model, for each block l the Wanda scores A of all its linears are taken together and
+LOD_l = 100 · #{A > M · mean(A)} / numel(A) (the layer-wise outlier distribution). Blocks with more
+outliers are pruned less: s_l = S − 2λ(m_l − m̄), m = minmax(LOD) (see ``mapping.py``), one ratio per
+block shared by its linears. Defaults follow the README for LLaMA at 70%: λ = 0.08, M = 5 (the code's
+defaults are M = 3). ``granularity="layer"`` computes one LOD per linear instead (an option).
+"""
+
+from __future__ import annotations
+
+from .. import kernels
+from . import AllocationInput, register_allocator
+from .mapping import map_to_sparsity
+
+GRANULARITIES = ("block", "layer")
+
+
+def outlier_ratio(inputs: AllocationInput, names: list[str], m: float) -> float:
+    """LOD of a group of layers: 100 · #{A > M · mean(A)} / numel(A) over their scores together."""
+    scores = [inputs.scores(n) for n in names]
+    sums = [kernels.score_sum_and_count(s)[0] for s in scores]
+    numel = sum(s.numel() for s in scores)
+    threshold = m * sum(sums) / numel
+    count = sum(kernels.score_sum_and_count(s, threshold)[1] for s in scores)
+    return 100.0 * count / numel
+
+
+def groups(inputs: AllocationInput, granularity: str) -> dict[str, list[str]]:
+    """Layer names by block (``block``) or one group per layer (``layer``), in model order."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity={granularity!r} is not allowed; allowed: {list(GRANULARITIES)}")
+    out: dict[str, list[str]] = {}
+    for name, info in inputs.layers.items():
+        out.setdefault(str(info.block) if granularity == "block" else name, []).append(name)
+    return out
+
+
+@register_allocator("owl", needs_scores=True)
+def owl(inputs: AllocationInput, sparsity: float, lam: float = 0.08, M: float = 5.0, clamp: str = "safe",
+        granularity: str = "block"):
+    """Per-block (or per-layer) sparsities from the layer-wise outlier distribution."""
+    if isinstance(M, bool) or not isinstance(M, int | float) or M <= 0:
+        raise ValueError(f"M={M!r} must be a number > 0")
+    grouped = groups(inputs, granularity)
+    lod = [outlier_ratio(inputs, names, M) for names in grouped.values()]
+    weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
+    ratios = map_to_sparsity(lod, sparsity, lam, direction=-1, weights=weights, clamp=clamp)
+    layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
+    return inputs.profile(layers, sparsity, "owl", granularity,
+                          {"lam": lam, "M": M, "clamp": clamp, "lod": lod})
