@@ -189,6 +189,8 @@ def test_killed_search_resumes_to_the_same_result(context, tmp_path):
         keys = [h["function_key"] for h in load_state(out / "state.json").history]
         assert keys == [h["function_key"] for h in load_state(tmp_path / "full" / "state.json").history]
     history = json.loads((tmp_path / "full" / "history.json").read_text())
+    assert AllocationFunction.from_json((tmp_path / "full" / "best_function.json").read_text()).key() == \
+        full["evolution"]["function_key"]
     assert len(history) == 2 * 4 * 3 and {"function", "ratios", "fitness", "seconds"} <= history[0].keys()
     assert full["evolution"]["fitness"] <= max(h["fitness"] for h in history if h["valid"])
 

@@ -219,6 +219,8 @@ class Search:
         write_json_atomic(self.out / "history.json", self.state.history)
         best = {kind: self.best(kind) for kind in ("evolution", "random")}
         write_json_atomic(self.out / "best.json", {k: v for k, v in best.items() if v})
+        if best["evolution"]:  # ready for `prune --allocation dsa --alloc-param function=...`
+            write_json_atomic(self.out / "best_function.json", best["evolution"]["function"])
 
     def best(self, kind: str = "evolution") -> dict | None:
         valid = [h for h in self.state.history if h["kind"] == kind and h["valid"]]
