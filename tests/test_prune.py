@@ -92,7 +92,7 @@ def test_nm_groups_have_exactly_n_zeros(calib, metric, pattern):
 
 
 @pytest.mark.parametrize("metric", ["magnitude", "wanda", "sparsegpt"])
-@pytest.mark.parametrize("allocation", ["uniform", "er", "er_plus", "global"])
+@pytest.mark.parametrize("allocation", ["uniform", "er", "er_plus", "global", "owl", "dsa"])
 def test_actual_sparsity_is_within_one_over_cin(calib, metric, allocation):
     model, tok = fresh()
     res = prune(model, tok, metric, allocation, 0.6, calibration=calib, progress=False)
