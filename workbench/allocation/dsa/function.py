@@ -12,7 +12,6 @@ constant over blocks cannot give an allocation: it raises InvalidFunction, never
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +101,7 @@ class AllocationFunction:
                 for op in self.pre:
                     mats = [ops.PRE[op](m) for m in mats]
                 flat = torch.cat([m.reshape(-1) for m in mats])
+                _check_finite(flat, "pre ops", ",".join(self.pre))  # matrix reductions (SVD) need finite input
                 values.append(ops.reduce(self.reduction, flat, mats))
             v = torch.stack(values).double()
             _check_finite(v, "reduction", self.reduction)
@@ -122,7 +122,7 @@ class AllocationFunction:
 
 def _check_finite(v: torch.Tensor, stage: str, op: str) -> None:
     if not bool(torch.isfinite(v).all()):
-        bad = [x for x in v.tolist() if not math.isfinite(x)]
+        bad = v[~torch.isfinite(v)][:3].tolist()
         raise InvalidFunction(f"{stage} {op!r} gave non-finite values ({bad[:3]}...)")
 
 
