@@ -20,21 +20,31 @@ def _damped(h, percdamp=0.01):
     return h
 
 
-def _obs_oracle(w, h, mask, percdamp=0.01):
+def _obs_oracle(w, h, mask=None, percdamp=0.01, nm=(0, 0)):
     """Column by column with a fixed mask: zero the pruned entries of column i and spread the error over
-    the columns not yet processed through (H_FF)⁻¹, F = {i, ..., C-1} (the OBS update)."""
+    the columns not yet processed through (H_FF)⁻¹, F = {i, ..., C-1} (the OBS update).
+    With ``nm=(N, M)`` and no mask, the mask is chosen here: at the first column of each group of M, per row the
+    N lowest OBS saliencies w_j² / [(H_FF)⁻¹]_jj, F = {j, ..., C-1}, on the weights updated so far."""
     w = w.double().clone()
     hd = _damped(h, percdamp)
     cols = w.shape[1]
+    n, m = nm
+    if mask is None:
+        mask = torch.zeros(w.shape, dtype=torch.bool)
     for i in range(cols):
         inv = torch.linalg.inv(hd[i:, i:])
+        if n and i % m == 0:
+            u2 = torch.tensor([torch.linalg.inv(hd[j:, j:])[0, 0].item() for j in range(i, i + m)], dtype=w.dtype)
+            score = w[:, i:i + m] ** 2 / u2[None, :]
+            mask[:, i:i + m] = False
+            mask[:, i:i + m].scatter_(1, torch.argsort(score, dim=1)[:, :n], True)
         err = torch.where(mask[:, i], w[:, i], torch.zeros_like(w[:, i]))
         w[:, i:] -= err[:, None] * (inv[0] / inv[0, 0])[None, :]
         w[mask[:, i], i] = 0.0
-    return w
+    return (w, mask) if n else w
 
 
-@pytest.mark.parametrize("blocksize", [8, 128])
+@pytest.mark.parametrize("blocksize", [8, 12, 128])  # 12: the last block is partial
 @pytest.mark.parametrize("sparsity", [0.3, 0.5])
 def test_matches_the_obs_oracle(blocksize, sparsity):
     w, h, _ = _problem()
@@ -82,33 +92,67 @@ def test_nm(n, m):
     new, mask = sparsegpt_prune(w, h, prune_n=n, prune_m=m, blocksize=16)
     assert ((new == 0).view(8, -1, m).sum(-1) == n).all()
     assert torch.equal(new == 0, mask)
-    assert torch.allclose(new.double(), _obs_oracle(w, h, mask), rtol=1e-4, atol=1e-4)
+    expected, expected_mask = _obs_oracle(w, h, nm=(n, m))  # the oracle picks its own N:M mask
+    assert torch.equal(mask, expected_mask)
+    assert torch.allclose(new.double(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_dead_input_column_gives_no_nan():
+@pytest.mark.parametrize("blocksize", [1, 3, 6, 10])
+def test_nm_groups_never_straddle_blocks(blocksize):
+    """With N:M the mask is chosen per group on the already-updated weights, so blocksize must not matter."""
+    w, h, _ = _problem(rows=8, cols=32)
+    ref, ref_mask = sparsegpt_prune(w, h, prune_n=2, prune_m=4, blocksize=128)
+    new, mask = sparsegpt_prune(w, h, prune_n=2, prune_m=4, blocksize=blocksize)
+    assert torch.equal(mask, ref_mask) and ((new == 0).view(8, -1, 4).sum(-1) == 2).all()
+    assert torch.allclose(new, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("percdamp", [0.01, 0.0])  # without damping only the H_ii = 1 fix keeps H invertible
+@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+def test_dead_input_column_gives_no_nan(percdamp, sparsity):
     w, _, x = _problem()
     x[:, 5] = 0
     h = 2.0 / x.shape[0] * x.t() @ x
-    new, _ = sparsegpt_prune(w, h, 0.5)
+    new, mask = sparsegpt_prune(w, h, sparsity, percdamp=percdamp)
     assert torch.isfinite(new).all() and (new[:, 5] == 0).all()
+    if sparsity:
+        assert mask[:, 5].all()  # saliency 0: always below the threshold
 
 
-def test_inputs_untouched_and_dtype_kept():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inputs_untouched_and_dtype_kept(dtype):
     w, h, _ = _problem()
-    w16, h0 = w.to(torch.bfloat16), h.clone()
-    w16_copy = w16.clone()
-    new, _ = sparsegpt_prune(w16, h, 0.5)
-    assert new.dtype == torch.bfloat16 and torch.equal(w16, w16_copy) and torch.equal(h, h0)
+    w = w.to(dtype)
+    w0, h0 = w.clone(), h.clone()
+    new, mask = sparsegpt_prune(w, h, 0.5)
+    assert new.dtype == dtype and new.device == w.device and mask.dtype == torch.bool and mask.shape == w.shape
+    assert torch.equal(w, w0) and torch.equal(h, h0)
+    assert (new[mask] == 0).all()
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(sparsity=1.0), "sparsity=1.0"), (dict(sparsity=-0.1), "sparsity=-0.1"),
-    (dict(prune_n=4, prune_m=4), "need 0 < N < M"), (dict(prune_n=2, prune_m=5), "not divisible"),
-    (dict(blocksize=0), "blocksize=0"), (dict(percdamp=-1.0), "percdamp=-1.0"),
+    (dict(sparsity=1.0), r"sparsity=1.0 must be in \[0, 1\)"), (dict(sparsity=-0.1), r"sparsity=-0.1 must be in"),
+    (dict(prune_n=4, prune_m=4), "prune_n=4, prune_m=4: need 0 < N < M"),
+    (dict(prune_n=5, prune_m=4), "prune_n=5, prune_m=4: need 0 < N < M"),
+    (dict(prune_n=2, prune_m=0), "prune_n=2, prune_m=0: need 0 < N < M"),
+    (dict(prune_n=2, prune_m=5), "prune_m=5: in_features=32 is not divisible"),
+    (dict(blocksize=0), "blocksize=0 must be >= 1"), (dict(percdamp=-1.0), "percdamp=-1.0 must be >= 0"),
 ])
 def test_bad_input(kwargs, match):
     w, h, _ = _problem()
     with pytest.raises(ValueError, match=match):
         sparsegpt_prune(w, h, **kwargs)
-    with pytest.raises(ValueError, match="hessian"):
+
+
+def test_bad_shapes_and_values():
+    w, h, _ = _problem()
+    with pytest.raises(ValueError, match=r"hessian must have shape \(32, 32\)"):
         sparsegpt_prune(w, h[:-1, :-1], 0.5)
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        sparsegpt_prune(w[0], h, 0.5)
+    with pytest.raises(ValueError, match="floating point"):
+        sparsegpt_prune(w.to(torch.int32), h, 0.5)
+    with pytest.raises(ValueError, match="hessian has non-finite"):
+        sparsegpt_prune(w, h.index_fill(0, torch.tensor([3]), float("nan")), 0.5)
+    with pytest.raises(ValueError, match="percdamp=0"):  # indefinite Hessian, no damping: Cholesky fails
+        sparsegpt_prune(w, torch.outer(h[0], h[0]) - torch.eye(32), 0.5, percdamp=0)

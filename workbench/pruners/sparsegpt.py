@@ -5,7 +5,9 @@ H = 2/N · X Xᵀ (damped by ``percdamp`` · mean(diag H)). With U the upper Cho
 columns are processed left to right in blocks of ``blocksize``:
 
 * mask: at the start of each block, score w² / U_ii² over the block, one threshold jointly over all
-  rows (so row sparsities vary); N:M chooses the N lowest scores per row in each group of M columns;
+  rows (so row sparsities vary); N:M chooses the N lowest scores per row in each group of M columns
+  (scored on the already-updated weights; for N:M ``blocksize`` is rounded up to a multiple of M so that
+  groups never straddle blocks, which changes nothing else because the lazy update is exact);
 * update for column i: err = (w_i − q_i) / U_ii,  W[:, i:] −= err · U[i, i:]  (q_i = w_i with the
   pruned entries zeroed); updates inside a block are done column by column, the rest of the
   matrix is updated once per block (lazy batch update).
@@ -20,9 +22,13 @@ def _check(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n
            blocksize: int, percdamp: float) -> None:
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    if not weight.is_floating_point() or not hessian.is_floating_point():
+        raise ValueError(f"weight and hessian must be floating point, got {weight.dtype} and {hessian.dtype}")
     cols = weight.shape[1]
     if tuple(hessian.shape) != (cols, cols):
-        raise ValueError(f"hessian must have shape ({cols}, {cols}), got {tuple(hessian.shape)}")
+        raise ValueError(f"hessian must have shape ({cols}, {cols}) (in_features squared), got {tuple(hessian.shape)}")
+    if not bool(torch.isfinite(hessian).all()):
+        raise ValueError("hessian has non-finite entries (NaN or inf)")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity={sparsity} must be in [0, 1)")
     if prune_n or prune_m:
@@ -40,8 +46,12 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp · I)⁻¹."""
     h = hessian.clone()
     h.diagonal().add_(percdamp * torch.mean(torch.diag(h)))
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(inv, upper=True)
+    try:
+        inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+        return torch.linalg.cholesky(inv, upper=True)
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(f"hessian + damping is not positive definite (percdamp={percdamp}); "
+                         "increase percdamp or check the calibration statistics") from err
 
 
 @torch.no_grad()
@@ -58,6 +68,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     w[:, dead] = 0.0
     hinv = _inverse_cholesky(h, percdamp)
     mask = torch.zeros_like(w, dtype=torch.bool)
+    if prune_n:  # groups of M columns must not straddle blocks; the result does not depend on blocksize
+        blocksize = -(-blocksize // prune_m) * prune_m
 
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
