@@ -19,7 +19,7 @@ Memory stays at one block's activations (n_windows x seqlen x hidden) plus the s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -56,11 +56,10 @@ class LayerStats:
 
 @dataclass
 class Calibrated:
-    """Statistics of every prunable linear (full name -> LayerStats) and how they were gathered."""
+    """Statistics of every prunable linear (full name -> LayerStats) and the capture mode."""
 
     stats: dict[str, LayerStats]
     mode: str
-    provenance: dict = field(default_factory=dict)
 
 
 class _Stop(Exception):

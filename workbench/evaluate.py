@@ -36,10 +36,14 @@ class Perplexity:
         return asdict(self)
 
 
-def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
-    """(n, seqlen) non-overlapping windows of a 1-D id tensor; the remainder is dropped."""
+def _check_seqlen(seqlen) -> None:
     if not isinstance(seqlen, int) or isinstance(seqlen, bool) or seqlen < 2:
         raise ValueError(f"seqlen={seqlen!r} must be an integer >= 2")
+
+
+def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
+    """(n, seqlen) non-overlapping windows of a 1-D id tensor; the remainder is dropped."""
+    _check_seqlen(seqlen)
     n = ids.numel() // seqlen
     if n == 0:
         raise ValueError(f"seqlen={seqlen} is larger than the evaluation text ({ids.numel()} tokens); "
@@ -78,8 +82,7 @@ def perplexity(model, tokenizer, dataset: str = "embedded", split: str = "test",
     from .data import default_calibration
 
     seqlen = default_calibration(dataset)["seqlen"] if seqlen is None else seqlen
-    if not isinstance(seqlen, int) or isinstance(seqlen, bool) or seqlen < 2:
-        raise ValueError(f"seqlen={seqlen!r} must be an integer >= 2")
+    _check_seqlen(seqlen)
     ids, text = eval_tokens(tokenizer, dataset, split, seqlen=seqlen)
     ppl = perplexity_from_ids(model, ids, seqlen, batch_size=batch_size, progress=progress)
     n = ids.numel() // seqlen

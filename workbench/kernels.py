@@ -185,10 +185,7 @@ def mask_from_order(order: torch.Tensor, counts: torch.Tensor | int) -> torch.Te
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Prune the n lowest of every m consecutive columns (ties by index); bool mask, True = pruned."""
     s = _float_matrix("scores", scores)
-    if not 0 < n < m:
-        raise ValueError(f"pattern {n}:{m}: N:M needs 0 < N < M")
-    if s.shape[1] % m:
-        raise ValueError(f"pattern {n}:{m}: in_features={s.shape[1]} is not divisible by M={m}")
+    ref.check_nm(n, m, s.shape[1])
     if not s.is_cuda:
         return ref.nm_mask(s, n, m)
     if m > NM_MAX_M:

@@ -58,11 +58,18 @@ def matrix_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
     return mask.view_as(scores)
 
 
+def check_nm(n: int, m: int, cols: int) -> None:
+    """Raise unless ``n:m`` is a valid pattern for a matrix with ``cols`` input columns."""
+    if not 0 < n < m:
+        raise ValueError(f"pattern {n}:{m}: N:M needs 0 < N < M")
+    if cols % m:
+        raise ValueError(f"pattern {n}:{m}: in_features={cols} is not divisible by M={m}")
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Prune the ``n`` lowest scores in every group of ``m`` consecutive input columns."""
     rows, cols = scores.shape
-    if cols % m:
-        raise ValueError(f"pattern {n}:{m}: in_features={cols} is not divisible by M={m}")
+    check_nm(n, m, cols)
     groups = scores.reshape(rows, cols // m, m)
     order = torch.sort(groups, dim=2, stable=True).indices
     pruned = (torch.arange(m, device=scores.device) < n).expand_as(groups)
