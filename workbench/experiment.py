@@ -1,0 +1,124 @@
+"""One prune-and-evaluate run from a validated configuration, ending in a result record.
+
+The CLI's ``prune``, the reproduction notebooks, the widgets' *Prune & evaluate* and the dashboard all
+call :func:`run_experiment`, so a number means the same thing wherever it was produced.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import data as data_mod
+from .calibrate import MODES
+
+EVALS = ("ppl",)
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a run; checked on construction so a bad value fails before any work."""
+
+    model: str = "smollm2-135m"
+    metric: str = "wanda"
+    allocation: str = "uniform"
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    alloc_params: dict[str, Any] = field(default_factory=dict)
+    mode: str = "sequential"
+    group: str | None = None
+    calib_dataset: str = "embedded"
+    nsamples: int | None = None
+    seqlen: int | None = None
+    seed: int = 0
+    evals: tuple[str, ...] = ("ppl",)
+    eval_dataset: str = "embedded"
+    eval_seqlen: int | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        from .allocation import check_allocator
+        from .pruners import check_metric
+        from .pruners.masks import parse_pattern
+
+        self.evals = tuple(self.evals)
+        check_metric(self.metric, self.group)
+        parse_pattern(self.pattern)
+        if self.allocation != "dense":
+            check_allocator(self.allocation)
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not allowed; allowed: {list(MODES)}")
+        bad = [e for e in self.evals if e not in EVALS]
+        if bad:
+            raise ValueError(f"evals={list(self.evals)!r}: {bad[0]!r} is not allowed; allowed: {list(EVALS)}")
+        data_mod.check_dataset(self.calib_dataset)
+        data_mod.check_dataset(self.eval_dataset)
+        if not isinstance(self.alloc_params, dict):
+            raise ValueError(f"alloc_params={self.alloc_params!r} must be a mapping of allocator parameters")
+        if self.pattern != "unstructured" and self.allocation not in ("uniform", "dense"):
+            raise ValueError(f"pattern={self.pattern!r} fixes every layer at N/M: use allocation='uniform' "
+                             f"(got allocation={self.allocation!r})")
+        if self.allocation != "dense" and self.pattern == "unstructured":
+            from .profile import check_sparsity
+
+            check_sparsity(self.sparsity, "sparsity")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["evals"] = list(self.evals)
+        return out
+
+
+def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progress: bool = True,
+                   on_stage=None) -> dict[str, Any]:
+    """Load (unless given), prune in place, evaluate; return the result record (not written to disk).
+
+    ``allocation="dense"`` evaluates the unpruned model. ``on_stage(name)`` is called as the run
+    moves through ``load``, ``prune``, ``ppl`` (for progress displays).
+    """
+    from .evaluate import perplexity
+    from .models import load_model, model_hash
+    from .prune import prune
+    from .results import make_record
+
+    stage = on_stage or (lambda _name: None)
+    start = time.perf_counter()
+    if model is None:
+        stage("load")
+        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device,
+                                      trust_remote_code=config.trust_remote_code)
+    metrics: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if config.allocation != "dense":
+        stage("prune")
+        calibration = None
+        if config.metric != "magnitude" or config.allocation != "uniform":
+            calibration = data_mod.calibration_samples(tokenizer, config.calib_dataset, config.nsamples,
+                                                       config.seqlen, config.seed)
+        result = prune(model, tokenizer, metric=config.metric, allocation=config.allocation,
+                       sparsity=config.sparsity, pattern=config.pattern, calibration=calibration,
+                       mode=config.mode, group=config.group, allocation_params=dict(config.alloc_params),
+                       progress=progress)
+        metrics["actual_sparsity"] = result.report["actual"]
+        data["calibration"] = result.calibration
+        extra = {"profile": result.profile.to_dict(), "sparsity_report": result.report, "timings": result.timings}
+        result_profile = result.profile
+    else:
+        result_profile = None
+    if "ppl" in config.evals:
+        stage("ppl")
+        ppl = perplexity(model, tokenizer, dataset=config.eval_dataset, seqlen=config.eval_seqlen, progress=progress)
+        metrics["perplexity"] = ppl.ppl
+        data["eval"] = ppl.to_dict()
+    method = {"metric": config.metric, "allocation": config.allocation, "sparsity": config.sparsity,
+              "pattern": config.pattern, "mode": config.mode, "group": config.group, "params": config.alloc_params}
+    record = make_record("prune" if result_profile is not None else "eval",
+                         model={"id": config.model, "weight_sha256": model_hash(model), "dtype": config.dtype,
+                                "device": config.device},
+                         method=method, data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
+                         extra={"config": config.to_dict(), **extra})
+    return record

@@ -1,0 +1,79 @@
+"""Plotly figure builders shared by the Jupyter widgets, the dashboard and the reproduction tables.
+
+Pure functions: data in, ``go.Figure`` out. Front ends only place the figures; ``sync_figure`` copies
+a freshly built figure into a live one (an ipywidgets ``FigureWidget``) so it updates in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import plotly.graph_objects as go
+
+from .profile import SparsityProfile
+
+COLORS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa": "#d62728", "besa": "#2ca02c", "er": "#9467bd",
+          "er_plus": "#8c564b", "global": "#e377c2"}
+
+
+def block_curve(profile: SparsityProfile) -> tuple[list[int], list[float]]:
+    """(block index, parameter-weighted sparsity of that block) of a profile."""
+    means = profile.block_means()
+    return list(means), list(means.values())
+
+
+def sparsity_curves(profiles: Mapping[str, SparsityProfile], title: str | None = None) -> go.Figure:
+    """Layer-wise (per block) sparsity of each named profile, with the weighted mean in the legend."""
+    fig = go.Figure()
+    for label, profile in profiles.items():
+        x, y = block_curve(profile)
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines+markers", name=f"{label} (mean {profile.mean():.3f})",
+            line={"color": COLORS.get(profile.allocator)},
+            hovertemplate=f"{label}<br>block %{{x}}<br>sparsity %{{y:.4f}}<extra></extra>",
+        ))
+    target = next(iter(profiles.values())).target if profiles else None
+    fig.update_layout(title=title or (f"Layer-wise sparsity, target {target:.2f}" if target is not None else ""),
+                      xaxis_title="block", yaxis_title="sparsity (fraction of zeros)",
+                      template="plotly_white", legend={"orientation": "h", "y": -0.2}, height=420)
+    return fig
+
+
+def search_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Best-so-far validation fitness after each generation, per search kind (evolution, random).
+
+    Random-search candidates are checkpointed in chunks of one population, numbered like generations,
+    so both curves have spent the same evaluation budget at the same x.
+    """
+    best: dict[str, float] = {}
+    per_gen: dict[str, dict[int, float]] = {}
+    for rec in history:
+        kind = rec.get("kind", "evolution")
+        if rec.get("valid") and rec.get("fitness") is not None:
+            best[kind] = min(best.get(kind, float("inf")), float(rec["fitness"]))
+        if kind in best:
+            per_gen.setdefault(kind, {})[int(rec.get("generation", 0))] = best[kind]
+    return {kind: (list(gens), list(gens.values())) for kind, gens in per_gen.items()}
+
+
+def search_progress(history: list[dict]) -> go.Figure:
+    """Best validation perplexity so far versus generation: evolution beside the random baseline."""
+    fig = go.Figure()
+    for kind, (x, y) in search_series(history).items():
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=kind,
+                                 hovertemplate=f"{kind}<br>generation %{{x}}<br>best ppl %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title="DSA search: best validation perplexity so far", xaxis_title="generation",
+                      yaxis_title="validation perplexity", yaxis_type="log", template="plotly_white", height=380)
+    return fig
+
+
+def sync_figure(target: go.Figure, source: go.Figure) -> None:
+    """Make ``target`` (e.g. a FigureWidget) show ``source``'s traces and layout, updating in place."""
+    with target.batch_update():
+        if len(target.data) != len(source.data):
+            target.data = ()
+            target.add_traces(list(source.data))
+        else:
+            for live, new in zip(target.data, source.data, strict=True):
+                live.update(new.to_plotly_json())
+        target.layout.title = source.layout.title

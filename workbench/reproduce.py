@@ -1,0 +1,258 @@
+"""Reproduce the papers' tables: a grid of runs, each a parameterised notebook executed by papermill.
+
+A grid (YAML, see ``data/grids/``) names a model, shared run settings and two tables: perplexity
+(method x sparsity) and zero-shot accuracy (method x task + mean). Every run gets its own folder
+``<out>/<grid>/<run id>/`` with the executed notebook and ``result.json``. A failed run is recorded
+(``status: error`` and the error) and the others go on; re-running skips runs that finished. The
+tables (Markdown, CSV, HTML) and the layer-wise sparsity figure are built from the result files.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .results import read_record, write_json_atomic
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TABLES = {"perplexity": "reproduce_perplexity.ipynb", "zeroshot": "reproduce_zeroshot.ipynb"}
+RUN_FIELDS = ("metric", "allocation", "sparsity", "pattern", "alloc_params", "mode", "nsamples", "seqlen", "seed",
+              "eval_seqlen", "tasks", "limit")
+
+
+@dataclass
+class Run:
+    """One cell of a table: which table, the row label, and the notebook parameters."""
+
+    table: str
+    label: str
+    sparsity: float | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", self.label).strip("_").lower()
+        return f"{self.table}-{slug}-{'dense' if self.sparsity is None else f'{self.sparsity:g}'}"
+
+
+def load_grid(path: str | Path) -> dict[str, Any]:
+    """Read and check a grid file (clear errors for unknown keys and missing parts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"grid={str(path)!r} is not a file (examples: data/grids/demo.yaml, data/grids/paper.yaml)")
+    grid = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(grid) - {"name", "model", "defaults", *TABLES}
+    if unknown:
+        raise ValueError(f"grid {path}: unknown keys {sorted(unknown)}; allowed: name, model, defaults, "
+                         f"{', '.join(TABLES)}")
+    if not any(t in grid for t in TABLES):
+        raise ValueError(f"grid {path}: give at least one of {list(TABLES)}")
+    grid.setdefault("name", path.stem)
+    grid.setdefault("defaults", {})
+    for key in grid["defaults"]:
+        if key not in RUN_FIELDS:
+            raise ValueError(f"grid {path}: defaults.{key} is not a run setting; allowed: {list(RUN_FIELDS)}")
+    return grid
+
+
+def expand(grid: dict[str, Any]) -> list[Run]:
+    """Every run of the grid: for each table, the dense row (if asked) and each method x sparsity."""
+    runs = []
+    for table in TABLES:
+        spec = grid.get(table)
+        if not spec:
+            continue
+        shared = {**grid["defaults"], **{k: v for k, v in spec.items() if k in RUN_FIELDS}}
+        if spec.get("dense", True):
+            runs.append(Run(table, "dense", None, {**shared, "allocation": "dense"}))
+        for method in spec.get("methods", []):
+            method = dict(method)
+            label = method.pop("label", method.get("allocation", "uniform"))
+            bad = set(method) - set(RUN_FIELDS)
+            if bad:
+                raise ValueError(f"{table}.methods[{label}]: unknown settings {sorted(bad)}; "
+                                 f"allowed: {list(RUN_FIELDS)}")
+            for sparsity in spec.get("sparsities", [0.5]):
+                runs.append(Run(table, label, sparsity, {**shared, **method, "sparsity": sparsity}))
+    return runs
+
+
+def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") -> dict[str, Any]:
+    """Execute the run's notebook with papermill into ``folder``; return its result (or error) record."""
+    import papermill as pm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    result_path = folder / "result.json"
+    params = {"model": model, **run.params, "result_path": str(result_path.resolve())}
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(NOTEBOOKS / TABLES[run.table]), str(folder / "executed.ipynb"), parameters=params,
+                            kernel_name=kernel_name, progress_bar=False, cwd=str(folder))
+        record = read_record(result_path)
+    except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, the grid goes on
+        record = {"status": "error", "error": _error_text(err), "traceback": traceback.format_exc(limit=3)}
+    record.update(status=record.get("status", "ok"), run={"id": run.id, "table": run.table, "label": run.label,
+                                                          "sparsity": run.sparsity, "params": params},
+                  run_seconds=time.perf_counter() - start)
+    write_json_atomic(result_path, record)
+    return record
+
+
+def _error_text(err: Exception) -> str:
+    """The useful line of an error: papermill wraps the notebook's exception as ename/evalue."""
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    return f"{ename}: {evalue}" if ename else f"{type(err).__name__}: {err}"
+
+
+def run_grid(grid_path: str | Path, out: str | Path = "runs/reproduce", progress: bool = True) -> dict[str, Any]:
+    """Run every unfinished run of the grid, then build the tables; returns {tables, records, failed}."""
+    from tqdm.auto import tqdm
+
+    grid = load_grid(grid_path)
+    runs = expand(grid)
+    root = Path(out) / grid["name"]
+    records = []
+    for run in tqdm(runs, desc=f"grid {grid['name']}", disable=not progress):
+        folder = root / run.id
+        done = folder / "result.json"
+        record = read_record(done) if done.exists() else None
+        if record is None or record.get("status") != "ok":
+            record = execute(run, grid["model"], folder)
+        records.append(record)
+    tables = build_tables(records, root / "tables")
+    return {"root": root, "tables": tables, "records": records,
+            "failed": [r for r in records if r.get("status") != "ok"]}
+
+
+# --------------------------------------------------------------------------- tables
+
+def _label(record: dict) -> str:
+    return record["run"]["label"]
+
+
+def perplexity_table(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
+    """Rows = methods, columns = sparsities; cells = test perplexity (paper protocol)."""
+    ok = [r for r in records if r.get("status") == "ok" and r["run"]["table"] == "perplexity"]
+    sparsities = sorted({r["run"]["sparsity"] for r in ok if r["run"]["sparsity"] is not None})
+    labels = list(dict.fromkeys(_label(r) for r in ok))
+    cells = {(_label(r), r["run"]["sparsity"]): r["metrics"].get("perplexity") for r in ok}
+    header = ["method"] + (["dense"] if any(s is None for _, s in cells) else []) + [f"{s:.0%}" for s in sparsities]
+    rows = []
+    for label in labels:
+        row = [label] + ([cells.get((label, None))] if header[1:2] == ["dense"] else [])
+        rows.append(row + [cells.get((label, s)) for s in sparsities])
+    return header, rows
+
+
+def zeroshot_table(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
+    """Rows = method @ sparsity, columns = tasks + mean; cells = accuracy (metric named per task)."""
+    ok = [r for r in records if r.get("status") == "ok" and r["run"]["table"] == "zeroshot"]
+    tasks: list[str] = []
+    for r in ok:
+        for task in r["metrics"].get("zero_shot", {}).get("tasks", {}):
+            if task not in tasks:
+                tasks.append(task)
+    header = ["method", "sparsity"] + tasks + ["mean"]
+    rows = []
+    for r in ok:
+        zs = r["metrics"].get("zero_shot", {})
+        per_task = {t: v.get("value") for t, v in zs.get("tasks", {}).items()}
+        sparsity = r["run"]["sparsity"]
+        rows.append([_label(r), "dense" if sparsity is None else f"{sparsity:.0%}"]
+                    + [per_task.get(t) for t in tasks] + [zs.get("mean")])
+    return header, rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.2f}" if value >= 1 else f"{value:.4f}"
+    return str(value)
+
+
+def to_markdown(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return buf.getvalue()
+
+
+def to_html(header: list[str], rows: list[list[Any]], caption: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return (f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>\n")
+
+
+CAPTIONS = {
+    "perplexity": "Test perplexity (papers' protocol: non-overlapping windows, exp of mean window NLL); "
+                  "lower is better",
+    "zeroshot": "Zero-shot accuracy (lm-evaluation-harness; acc or acc_norm per task as in the record); "
+                "higher is better",
+}
+
+
+def _write_text(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def build_tables(records: list[dict], folder: Path) -> dict[str, str]:
+    """Write both tables as .md/.csv/.html and the sparsity-curve figure; return the Markdown texts."""
+    out = {}
+    for name, builder in (("perplexity", perplexity_table), ("zeroshot", zeroshot_table)):
+        header, rows = builder(records)
+        if not rows:
+            continue
+        md = to_markdown(header, rows)
+        _write_text(folder / f"{name}.md", f"{CAPTIONS[name]}\n\n{md}")
+        _write_text(folder / f"{name}.csv", to_csv(header, rows))
+        _write_text(folder / f"{name}.html", to_html(header, rows, CAPTIONS[name]))
+        out[name] = md
+    failed = [r for r in records if r.get("status") != "ok"]
+    if failed:
+        lines = [f"- {r['run']['id']}: {r.get('error')}" for r in failed]
+        _write_text(folder / "failed.md", "Failed runs\n\n" + "\n".join(lines) + "\n")
+    _write_figure(records, folder)
+    return out
+
+
+def _write_figure(records: list[dict], folder: Path) -> None:
+    """Layer-wise sparsity of every method, one figure per sparsity (HTML; PNG if kaleido can export)."""
+    from .plots import sparsity_curves
+    from .profile import SparsityProfile
+
+    by_sparsity: dict[float, dict[str, SparsityProfile]] = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("profile") and r["run"]["table"] == "perplexity":
+            by_sparsity.setdefault(r["run"]["sparsity"], {})[_label(r)] = SparsityProfile.from_dict(r["profile"])
+    if not by_sparsity:
+        return
+    parts = []
+    for i, (s, profiles) in enumerate(sorted(by_sparsity.items())):
+        fig = sparsity_curves(profiles, title=f"Layer-wise sparsity at {s:.0%}")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    _write_text(folder / "sparsity_curves.html", "<html><body>" + "\n".join(parts) + "</body></html>\n")

@@ -1,0 +1,120 @@
+"""Session: a loaded model and its dense statistics, held for the interactive front ends.
+
+The widgets and the dashboard ask a session for allocation profiles (uniform / OWL / DSA / any
+registered allocator) many times a second while a slider moves: the dense calibration pass and the
+per-layer Wanda scores are computed once, so a re-allocation costs no forward pass. Runs (prune and
+evaluate) go through :func:`workbench.experiment.run_experiment` on the session's model, one at a
+time (a lock queues concurrent requests), and the dense weights are put back before each run.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+from .allocation import AllocationInput, allocate, check_allocator, layer_infos
+from .data import calibration_samples
+from .experiment import ExperimentConfig, run_experiment
+from .profile import SparsityProfile
+
+CURVE_ALLOCATORS = ("uniform", "owl", "dsa")
+
+
+class Session:
+    """Model + tokenizer + DenseCache (Wanda statistics of the dense model), loaded lazily."""
+
+    def __init__(self, model: str = "smollm2-135m", nsamples: int | None = None, seqlen: int | None = None,
+                 seed: int = 0, device: str = "cpu", progress: bool = False):
+        self.model_name, self.device, self.progress = model, device, progress
+        self.calib = {"nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+        self._model = self._tokenizer = self._cache = self._inputs = None
+        self._block_scores = None
+        self._state_lock = threading.Lock()  # lazy loading
+        self.run_lock = threading.Lock()  # one prune-and-evaluate run at a time
+
+    # ------------------------------------------------------------------ lazy state
+    def _load(self) -> None:
+        from .models import load_model
+        from .prune import DenseCache
+
+        with self._state_lock:
+            if self._cache is not None:
+                return
+            model, tokenizer = load_model(self.model_name, device=self.device)
+            calibration = calibration_samples(tokenizer, "embedded", self.calib["nsamples"], self.calib["seqlen"],
+                                              self.calib["seed"])
+            cache = DenseCache.build(model, calibration, ("sq_norm",), progress=self.progress)
+            self._model, self._tokenizer, self._cache = model, tokenizer, cache
+
+    @property
+    def model(self):
+        self._load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
+    @property
+    def cache(self):
+        self._load()
+        return self._cache
+
+    def inputs(self) -> AllocationInput:
+        """Layer infos and (memoised) Wanda scores of the dense weights."""
+        if self._inputs is None:
+            from .pruners import layer_scores
+
+            cache = self.cache
+            stats = cache.calibrated.stats
+            scores: dict[str, torch.Tensor] = {}
+
+            def score(name: str) -> torch.Tensor:
+                if name not in scores:
+                    scores[name] = layer_scores("wanda", cache.weights[name], stats[name])
+                return scores[name]
+
+            self._inputs = AllocationInput(layer_infos(self.model), score)
+        return self._inputs
+
+    # ------------------------------------------------------------------ allocation
+    def profile(self, allocation: str, sparsity: float, **params: Any) -> SparsityProfile:
+        """The allocator's profile for ``sparsity`` from the cached dense statistics (no forward pass)."""
+        check_allocator(allocation)
+        inputs = self.inputs()
+        if allocation == "dsa":
+            from .allocation.dsa.function import block_scores
+
+            if self._block_scores is None:
+                self._block_scores = block_scores(inputs)
+            params.setdefault("cached_block_scores", self._block_scores)
+        profile = allocate(allocation, inputs, sparsity, **params)
+        profile.params.pop("cached_block_scores", None)
+        return profile
+
+    def curves(self, sparsity: float, lam: float = 0.08, M: float = 5.0, function: Any = "poster",
+               allocators: tuple[str, ...] = CURVE_ALLOCATORS) -> tuple[dict[str, SparsityProfile], dict[str, str]]:
+        """Profiles of ``allocators`` at one target; those that cannot allocate give a message instead."""
+        params = {"uniform": {}, "owl": {"lam": lam, "M": M}, "dsa": {"function": function}}
+        profiles, errors = {}, {}
+        for name in allocators:
+            try:
+                profiles[name] = self.profile(name, sparsity, **params.get(name, {}))
+            except ValueError as err:
+                errors[name] = str(err)
+        return profiles, errors
+
+    # ------------------------------------------------------------------ runs
+    def run(self, config: ExperimentConfig, on_stage=None) -> dict[str, Any]:
+        """Prune-and-evaluate on the session's model (dense weights restored first); queued by a lock."""
+        if config.model != self.model_name:
+            raise ValueError(f"config.model={config.model!r} differs from the session's model {self.model_name!r}")
+        with self.run_lock:
+            self.cache.restore(self.model)
+            try:
+                return run_experiment(config, self.model, self.tokenizer, progress=self.progress, on_stage=on_stage)
+            finally:
+                self.cache.restore(self.model)

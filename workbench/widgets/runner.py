@@ -1,0 +1,95 @@
+"""PruneRunner: method, metric, pattern, target -> Prune & evaluate in a background thread -> a table row."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import ipywidgets as w
+
+from ..experiment import ExperimentConfig
+from ..pruners import METRICS
+from ..session import Session
+
+ALLOCATIONS = ("uniform", "owl", "dsa", "er", "er_plus", "global")
+PATTERNS = ("unstructured", "2:4", "4:8")
+STAGES = {"load": 0.05, "prune": 0.1, "ppl": 0.6}
+COLUMNS = ("allocation", "metric", "pattern", "target", "actual", "perplexity", "seconds", "error")
+
+
+class PruneRunner:
+    """Runs never block the kernel: each executes in a thread; the table grows when one finishes."""
+
+    def __init__(self, session: Session, eval_seqlen: int | None = None, mode: str = "sequential"):
+        self.session, self.eval_seqlen = session, eval_seqlen
+        self.allocation = w.Dropdown(options=ALLOCATIONS, value="uniform", description="allocation")
+        self.metric = w.Dropdown(options=METRICS, value="wanda", description="metric")
+        self.pattern = w.Dropdown(options=PATTERNS, value="unstructured", description="pattern")
+        self.sparsity = w.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.01, description="target",
+                                      continuous_update=False)
+        self.mode = w.Dropdown(options=("sequential", "dense"), value=mode, description="mode")
+        self.button = w.Button(description="Prune & evaluate", button_style="primary", icon="play")
+        self.progress = w.FloatProgress(value=0.0, min=0.0, max=1.0, description="idle")
+        self.table = w.HTML()
+        self.rows: list[dict] = []
+        self.records: list[dict] = []
+        self._thread: threading.Thread | None = None
+        self.button.on_click(lambda _b: self.start())
+        self.widget = w.VBox([w.HBox([self.allocation, self.metric, self.pattern]),
+                              w.HBox([self.sparsity, self.mode, self.button]), self.progress, self.table])
+        self._render()
+
+    def config(self) -> ExperimentConfig:
+        """The run the controls describe (raises ValueError on an invalid combination)."""
+        return ExperimentConfig(model=self.session.model_name, metric=self.metric.value,
+                                allocation=self.allocation.value, sparsity=round(self.sparsity.value, 4),
+                                pattern=self.pattern.value, mode=self.mode.value, eval_seqlen=self.eval_seqlen)
+
+    def start(self) -> threading.Thread:
+        """Start a run in a background thread (runs queue behind each other in the session)."""
+        thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = thread
+        thread.start()
+        return thread
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the last started run has finished (for scripts and tests)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _stage(self, name: str) -> None:
+        self.progress.description, self.progress.value = name, STAGES.get(name, self.progress.value)
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        row = {"allocation": self.allocation.value, "metric": self.metric.value, "pattern": self.pattern.value,
+               "target": round(self.sparsity.value, 4)}
+        self.button.disabled = True
+        try:
+            record = self.session.run(self.config(), on_stage=self._stage)
+            self.records.append(record)
+            row.update(actual=record["metrics"].get("actual_sparsity"), perplexity=record["metrics"].get("perplexity"))
+        except (ValueError, RuntimeError) as err:
+            row["error"] = str(err)
+        finally:
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            self.rows.append(row)
+            self.progress.description, self.progress.value = "idle", 1.0
+            self.button.disabled = False
+            self._render()
+
+    def _render(self) -> None:
+        def cell(value):
+            if isinstance(value, float):
+                return f"{value:.4f}" if value < 10 else f"{value:.2f}"
+            return html.escape("" if value is None else str(value))
+
+        head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in COLUMNS) + "</tr>" for r in self.rows)
+        self.table.value = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
