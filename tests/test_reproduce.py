@@ -1,0 +1,82 @@
+"""papermill grid: one folder per run, failures recorded, finished runs skipped, tables from result files."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from workbench import reproduce
+from workbench.results import read_record
+
+NOTEBOOKS = sorted(Path(reproduce.NOTEBOOKS).glob("*.ipynb"))
+
+
+def test_every_notebook_is_committed_clean_with_a_parameters_cell():
+    assert {p.name for p in NOTEBOOKS} >= {"01_sparsity_curves.ipynb", "02_dsa_search.ipynb",
+                                           "reproduce_perplexity.ipynb"}
+    for path in NOTEBOOKS:
+        book = nbformat.read(path, as_version=4)
+        tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+        assert "result_path" in tagged[0].source, f"{path.name}: parameters must include result_path"
+        for cell in book.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_on_its_defaults_and_writes_a_result(path, tmp_path):
+    result = tmp_path / "result.json"
+    pm.execute_notebook(str(path), str(tmp_path / "out.ipynb"), parameters={"result_path": str(result)},
+                        kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    assert result.exists() and json.loads(result.read_text())
+
+
+def _grid(tmp_path, sparsities):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"""name: g
+model: tiny-llama
+defaults: {{metric: wanda, nsamples: 4, seqlen: 64, eval_seqlen: 256}}
+perplexity:
+  dense: false
+  sparsities: {sparsities}
+  methods:
+    - {{label: uniform, allocation: uniform}}
+""")
+    return grid
+
+
+def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    result = reproduce.run_grid(_grid(tmp_path, "[0.5, 1.5]"), out, progress=False)
+    bad = out / "g" / "perplexity-uniform-1.5" / "result.json"
+    good = out / "g" / "perplexity-uniform-0.5" / "result.json"
+    assert read_record(bad)["status"] == "error" and "sparsity=1.5" in read_record(bad)["error"]
+    assert (bad.parent / "executed.ipynb").exists()
+    ppl = read_record(good)["metrics"]["perplexity"]
+    table = (out / "g" / "tables" / "perplexity.md").read_text()
+    assert "| uniform | " + f"{ppl:.2f} |" in table and "150%" not in table
+    assert (out / "g" / "tables" / "perplexity.csv").read_text().splitlines()[1].startswith(f"uniform,{ppl}")
+    assert "sparsity=1.5" in (out / "g" / "tables" / "failed.md").read_text()
+    assert len(result["failed"]) == 1
+
+    calls = []
+    real = reproduce.execute
+    monkeypatch.setattr(reproduce, "execute", lambda run, *a, **k: calls.append(run.id) or real(run, *a, **k))
+    reproduce.run_grid(_grid(tmp_path, "[0.5, 1.5]"), out, progress=False)
+    assert calls == ["perplexity-uniform-1.5"]  # the finished run is skipped, the failed one retried
+
+
+@pytest.mark.parametrize("text,match", [("name: x\nmodel: tiny-llama\nfoo: 1\nperplexity: {}\n", "unknown keys"),
+                                        ("name: x\nmodel: tiny-llama\n", "at least one of"),
+                                        ("model: t\ndefaults: {epochs: 3}\nperplexity: {methods: []}\n",
+                                         "defaults.epochs")])
+def test_bad_grids_are_refused(tmp_path, text, match):
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        reproduce.load_grid(path)
+    with pytest.raises(ValueError, match="is not a file"):
+        reproduce.load_grid(tmp_path / "missing.yaml")

@@ -1,0 +1,95 @@
+"""Widgets driven programmatically: a control change redraws from the engine's numbers; a click adds a row."""
+
+import json
+import math
+
+import pytest
+
+from workbench import plots
+from workbench.experiment import ExperimentConfig, run_experiment
+from workbench.models import load_model
+from workbench.session import Session
+from workbench.widgets import PruneRunner, SearchMonitor, SparsityCurves
+
+
+@pytest.fixture(scope="module")
+def session():
+    return Session("tiny-llama", nsamples=4, seqlen=64)
+
+
+def _ys(fig):
+    return {t.name.split(" ")[0]: list(t.y) for t in fig.data}
+
+
+def test_curves_follow_the_sliders_and_match_the_allocators(session):
+    curves = SparsityCurves(session, sparsity=0.7)
+    assert set(_ys(curves.figure)) == {"uniform", "owl", "dsa"}
+    before = _ys(curves.figure)
+    curves.sparsity.value = 0.5
+    after = _ys(curves.figure)
+    assert after["uniform"] == pytest.approx([0.5] * len(after["uniform"]))
+    owl = session.profile("owl", 0.5, lam=0.08, M=5.0)
+    assert after["owl"] == pytest.approx(list(owl.block_means().values()))
+    assert after["owl"] != pytest.approx(before["owl"])
+    curves.lam.value = 0.2  # OWL spreads further; uniform does not move
+    wider = _ys(curves.figure)
+    spread = max(wider["owl"]) - min(wider["owl"])
+    assert spread > max(after["owl"]) - min(after["owl"]) + 1e-6
+    assert wider["uniform"] == after["uniform"]
+    assert "weighted mean" in curves.message.value and "owl 0.5000" in curves.message.value
+
+
+def test_custom_dsa_function_and_bad_json_reach_the_message(session):
+    curves = SparsityCurves(session, sparsity=0.6)
+    curves.custom.value = '{"pre": ["sigmoid"], "reduction": "l1", "post": ["sqrt"]}'
+    expected = session.profile("dsa", 0.6, function={"pre": ["sigmoid"], "reduction": "l1", "post": ["sqrt"],
+                                                    "lam": curves.lam.value})
+    assert _ys(curves.figure)["dsa"] == pytest.approx(list(expected.block_means().values()))
+    curves.custom.value = '{"pre": ['
+    assert "not valid JSON" in curves.message.value
+    curves.custom.value = '{"pre": ["cube_root"], "reduction": "var", "post": []}'
+    assert "dsa:" in curves.message.value and "cube_root" in curves.message.value
+
+
+def test_runner_click_adds_the_same_row_a_direct_run_gives(session, text_file):
+    runner = PruneRunner(session, eval_seqlen=64)
+    runner.allocation.value, runner.sparsity.value = "owl", 0.6
+    runner.config = lambda: ExperimentConfig(model="tiny-llama", allocation="owl", sparsity=0.6, nsamples=4,
+                                             seqlen=64, eval_dataset=str(text_file), eval_seqlen=64)
+    runner.button.click()
+    runner.wait(timeout=300)
+    assert len(runner.rows) == 1 and "error" not in runner.rows[0]
+    model, tok = load_model("tiny-llama")
+    direct = run_experiment(runner.config(), model, tok, progress=False)
+    assert runner.rows[0]["perplexity"] == pytest.approx(direct["metrics"]["perplexity"], rel=1e-6)
+    assert runner.rows[0]["actual"] == pytest.approx(direct["metrics"]["actual_sparsity"])
+    assert "<td>owl</td>" in runner.table.value
+    runner.pattern.value = "2:4"  # invalid with OWL: a row with the error, the model stays usable
+    runner.config = PruneRunner.config.__get__(runner)
+    runner.start()
+    runner.wait(timeout=300)
+    assert len(runner.rows) == 2 and "allocation='uniform'" in runner.rows[1]["error"]
+    assert not runner.button.disabled
+
+
+def test_search_monitor_plots_best_so_far(tmp_path):
+    history = [{"kind": "evolution", "generation": 0, "valid": True, "fitness": 50.0},
+               {"kind": "evolution", "generation": 0, "valid": False, "fitness": None},
+               {"kind": "evolution", "generation": 1, "valid": True, "fitness": 60.0},
+               {"kind": "evolution", "generation": 1, "valid": True, "fitness": 40.0},
+               {"kind": "random", "generation": 0, "valid": True, "fitness": 45.0},
+               {"kind": "random", "generation": 1, "valid": True, "fitness": 70.0}]
+    monitor = SearchMonitor(tmp_path)
+    assert monitor.refresh() == 0 and len(monitor.figure.data) == 0
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    assert monitor.refresh() == 6
+    ys = {t.name: list(t.y) for t in monitor.figure.data}
+    assert ys == {"evolution": [50.0, 40.0], "random": [45.0, 45.0]}
+    assert "evolution 40.000" in monitor.status.value
+
+
+def test_sparsity_curve_figure_is_the_block_means(session):
+    owl = session.profile("owl", 0.7)
+    fig = plots.sparsity_curves({"OWL": owl})
+    assert list(fig.data[0].y) == list(owl.block_means().values())
+    assert "mean 0.700" in fig.data[0].name and all(not math.isnan(v) for v in fig.data[0].y)
