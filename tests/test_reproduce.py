@@ -80,3 +80,12 @@ def test_bad_grids_are_refused(tmp_path, text, match):
         reproduce.load_grid(path)
     with pytest.raises(ValueError, match="is not a file"):
         reproduce.load_grid(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo", "paper", "ci"])
+def test_shipped_grids_expand(name):
+    grid = reproduce.load_grid(Path(reproduce.NOTEBOOKS).parent / "data" / "grids" / f"{name}.yaml")
+    runs = reproduce.expand(grid)
+    ids = [r.id for r in runs]
+    assert len(ids) == len(set(ids)) and any(r.label == "dense" for r in runs)
+    assert all(r.params["allocation"] == "dense" or 0 < r.params["sparsity"] < 1 for r in runs)

@@ -153,11 +153,24 @@ def json_dumps(obj) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default: SmolLM2-135M's dense perplexity on the embedded test split."""
-    ns = argparse.Namespace(model="smollm2-135m", dtype="float32", device="cpu", trust_remote_code=False,
-                            dataset="embedded", split="test", seqlen=args.seqlen, batch_size=1,
-                            out=args.out)
-    return cmd_eval(ns)
+    """The main job on the embedded default: the demo grid (data/grids/demo.yaml) and its tables."""
+    from .reproduce import NOTEBOOKS
+
+    grid = NOTEBOOKS.parent / "data" / "grids" / "demo.yaml"
+    return cmd_reproduce(argparse.Namespace(grid=str(grid), out=args.out))
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run a grid of parameterised notebooks through papermill and print the tables built from them."""
+    from .reproduce import run_grid
+
+    result = run_grid(args.grid, args.out)
+    for name, table in result["tables"].items():
+        print(f"\n{name} table ({result['root'] / 'tables' / (name + '.md')}):\n{table}")
+    for record in result["failed"]:
+        print(f"failed run {record['run']['id']}: {record.get('error')}", file=sys.stderr)
+    print(f"runs, tables (md/csv/html) and sparsity_curves.html under {result['root']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,9 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default")
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--out", default=None)
+    p = sub.add_parser("reproduce", help="run a grid of notebooks with papermill and build the tables")
+    p.add_argument("--grid", required=True, help="grid YAML, e.g. data/grids/demo.yaml or data/grids/paper.yaml")
+    p.add_argument("--out", default="runs/reproduce", help="folder for <grid>/<run>/ and <grid>/tables/")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default: the demo grid and its tables")
+    p.add_argument("--out", default="runs/reproduce")
     p.set_defaults(func=cmd_demo)
     return parser
 

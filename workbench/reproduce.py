@@ -25,8 +25,8 @@ from .results import read_record, write_json_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TABLES = {"perplexity": "reproduce_perplexity.ipynb", "zeroshot": "reproduce_zeroshot.ipynb"}
-RUN_FIELDS = ("metric", "allocation", "sparsity", "pattern", "alloc_params", "mode", "nsamples", "seqlen", "seed",
-              "eval_seqlen", "tasks", "limit")
+RUN_FIELDS = ("metric", "allocation", "sparsity", "pattern", "alloc_params", "mode", "calib_dataset", "nsamples",
+              "seqlen", "seed", "eval_dataset", "eval_seqlen", "device", "dtype")
 
 
 @dataclass
