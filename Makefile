@@ -19,6 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	$(PY) -m workbench demo
 
+dashboard: setup
+	$(PY) -m workbench dashboard
+
 lint: setup
 	$(VENV)/bin/ruff check .
 

@@ -173,6 +173,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the Panel dashboard (blocks until interrupted)."""
+    from .dashboard import DashboardConfig, serve
+
+    models = tuple(dict.fromkeys([args.model, "smollm2-135m", "tiny-llama"]))
+    config = DashboardConfig(models=models, default_model=args.model, results_dir=Path(args.results),
+                             reproduce_dir=Path(args.reproduce))
+    print(f"dashboard on http://{args.address}:{args.port}/ (Ctrl-C stops it)")
+    serve(config, port=args.port, address=args.address, show=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Sparsity Allocation Workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", required=True, help="grid YAML, e.g. data/grids/demo.yaml or data/grids/paper.yaml")
     p.add_argument("--out", default="runs/reproduce", help="folder for <grid>/<run>/ and <grid>/tables/")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("dashboard", help="serve the Panel dashboard in a browser (127.0.0.1 by default)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1", help="interface to bind (127.0.0.1 unless you need another)")
+    p.add_argument("--model", default="smollm2-135m", help="model selected when a page opens")
+    p.add_argument("--results", default="runs/dashboard", help="folder for the dashboard's result records")
+    p.add_argument("--reproduce", default="runs/reproduce", help="folder holding reproduce's tables")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("demo", help="the main job on the embedded default: the demo grid and its tables")
     p.add_argument("--out", default="runs/reproduce")

@@ -33,6 +33,8 @@ def sparsity_curves(profiles: Mapping[str, SparsityProfile], title: str | None =
             hovertemplate=f"{label}<br>block %{{x}}<br>sparsity %{{y:.4f}}<extra></extra>",
         ))
     target = next(iter(profiles.values())).target if profiles else None
+    blocks = max((len(p.block_means()) for p in profiles.values()), default=1)
+    fig.update_xaxes(dtick=max(1, blocks // 10))
     fig.update_layout(title=title or (f"Layer-wise sparsity, target {target:.2f}" if target is not None else ""),
                       xaxis_title="block", yaxis_title="sparsity (fraction of zeros)",
                       template="plotly_white", legend={"orientation": "h", "y": -0.2}, height=420)
