@@ -38,7 +38,7 @@ def _grid(tmp_path, sparsities):
     grid = tmp_path / "g.yaml"
     grid.write_text(f"""name: g
 model: tiny-llama
-defaults: {{metric: wanda, nsamples: 4, seqlen: 64, eval_seqlen: 256}}
+defaults: {{metric: wanda, nsamples: 4, seqlen: 64}}
 perplexity:
   dense: false
   sparsities: {sparsities}
@@ -56,6 +56,9 @@ def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkey
     assert read_record(bad)["status"] == "error" and "sparsity=1.5" in read_record(bad)["error"]
     assert (bad.parent / "executed.ipynb").exists()
     ppl = read_record(good)["metrics"]["perplexity"]
+    # settings the grid leaves out take the library's defaults, never the notebook's small ones
+    assert read_record(good)["config"]["eval_seqlen"] is None and read_record(good)["data"]["eval"]["seqlen"] == 512
+    assert read_record(good)["data"]["calibration"]["nsamples"] == 4
     table = (out / "g" / "tables" / "perplexity.md").read_text()
     assert "| uniform | " + f"{ppl:.2f} |" in table and "150%" not in table
     assert (out / "g" / "tables" / "perplexity.csv").read_text().splitlines()[1].startswith(f"uniform,{ppl}")

@@ -86,13 +86,21 @@ def expand(grid: dict[str, Any]) -> list[Run]:
     return runs
 
 
+def run_defaults() -> dict[str, Any]:
+    """ExperimentConfig's defaults for every run setting: a grid never inherits a notebook's small defaults."""
+    from .experiment import ExperimentConfig
+
+    defaults = ExperimentConfig()
+    return {name: getattr(defaults, name) for name in RUN_FIELDS}
+
+
 def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") -> dict[str, Any]:
     """Execute the run's notebook with papermill into ``folder``; return its result (or error) record."""
     import papermill as pm
 
     folder.mkdir(parents=True, exist_ok=True)
     result_path = folder / "result.json"
-    params = {"model": model, **run.params, "result_path": str(result_path.resolve())}
+    params = {"model": model, **run_defaults(), **run.params, "result_path": str(result_path.resolve())}
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(NOTEBOOKS / TABLES[run.table]), str(folder / "executed.ipynb"), parameters=params,
