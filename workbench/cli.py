@@ -208,7 +208,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(model="smollm2-135m", dtype="float32", device="cpu", trust_remote_code=False,
                             dataset="embedded", split="test", seqlen=args.seqlen, batch_size=1,
                             out=args.out)
-    return cmd_eval(ns)
+    rc = cmd_eval(ns)
+    if rc == 0 and args.zero_shot:  # the offline embedded tasks through lm-eval: a real accuracy table
+        ns.tasks, ns.limit, ns.zs_batch_size, ns.out = "embedded", args.limit, 8, None
+        rc = cmd_eval(ns)
+    return rc
 
 
 def _add_zero_shot_args(p: argparse.ArgumentParser, default_tasks: str | None) -> None:
@@ -281,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded default")
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--out", default=None)
+    p.add_argument("--zero-shot", action="store_true", help="also zero-shot accuracy on the embedded tasks (lm-eval)")
+    p.add_argument("--limit", type=int, default=None, help="with --zero-shot: first N items per task")
     p.set_defaults(func=cmd_demo)
     return parser
 
