@@ -171,7 +171,10 @@ def test_paper_task_offline_gives_a_clear_message(tiny):
 def test_lm_eval_accuracy_equals_direct_loglikelihood_on_tiny_model(tiny):
     model, tok = tiny
     n = 6
+    py_state, torch_state = random.getstate(), torch.random.get_rng_state()
     result = zero_shot(model, tok, tasks="embedded", limit=n, batch_size=4)
+    # the caller's global random generators are left as they were (lm-eval reseeds them)
+    assert random.getstate() == py_state and torch.equal(torch.random.get_rng_state(), torch_state)
     assert list(result.tasks) == list(EMBEDDED_TASKS)
     for task in EMBEDDED_TASKS:
         acc, norm = direct_accuracy(model, tok, task, n)

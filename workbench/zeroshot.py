@@ -19,7 +19,9 @@ openbookqa and the embedded tasks; ``acc`` otherwise: boolq, rte, winogrande).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -179,15 +181,16 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
     from lm_eval.models.huggingface import HFLM
 
     start = time.perf_counter()
-    manager, loaded, manifest = load_tasks(names)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, prefix_token_id=prefix_token_id)
     was_training = model.training
-    model.eval()
-    try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=[loaded[n] for n in names], num_fewshot=0, limit=limit,
-                                      bootstrap_iters=0, log_samples=False, task_manager=manager)
-    finally:
-        model.train(was_training)
+    with _caller_rng_untouched():  # lm-eval and datasets reseed or draw from the global generators
+        manager, loaded, manifest = load_tasks(names)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, prefix_token_id=prefix_token_id)
+        model.eval()
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=[loaded[n] for n in names], num_fewshot=0, limit=limit,
+                                          bootstrap_iters=0, log_samples=False, task_manager=manager)
+        finally:
+            model.train(was_training)
 
     rows = {}
     for name in names:
@@ -209,6 +212,21 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
                "task_versions": {n: rows[n]["version"] for n in names}}
     return ZeroShot(tasks=rows, mean_acc=mean_acc, mean_acc_norm=mean_norm, limit=limit, num_fewshot=0,
                     harness=harness, embedded_tasks=manifest, wall_time_s=time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _caller_rng_untouched():
+    """Restore Python's, NumPy's and torch's global random states afterwards."""
+    import numpy as np
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def _harness_version() -> str:
