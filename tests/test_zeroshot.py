@@ -108,9 +108,13 @@ def test_items_are_well_formed_and_come_from_the_test_split():
 
 def test_swap_two_words_changes_exactly_two_positions():
     rng = random.Random(0)
-    out = swap_two_words("one two three four five six", rng)
-    assert out != "one two three four five six" and sorted(out.split()) == sorted("one two three four five six".split())
-    assert swap_two_words("same same same", rng) is None
+    sentence = "One two three four five six."
+    for _ in range(20):
+        out = swap_two_words(sentence, rng).split()
+        diff = [k for k, (a, b) in enumerate(zip(sentence.split(), out, strict=True)) if a != b]
+        assert len(diff) == 2 and 0 not in diff and 5 not in diff  # first and last words stay
+    assert swap_two_words("Same same same same.", rng) is None
+    assert swap_two_words("The Python API of os.path module.", rng) is None  # one inner lower-case word only
 
 
 def test_yaml_templates_and_generated_configs_are_valid():

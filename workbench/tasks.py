@@ -5,8 +5,9 @@ of the embedded corpus (``data.embedded_text("test")``) into ``$WORKBENCH_CACHE/
 
 * ``wb_ending``: the first half of a sentence; choose its true ending among four (the other three
   are endings of sentences from other paragraphs, of similar length). Chance 25%.
-* ``wb_word_order``: choose the original sentence over a copy with two of its words swapped
-  (empty context: lm-eval scores each sentence after the tokenizer's prefix token). Chance 50%.
+* ``wb_word_order``: choose the original sentence over a copy with two of its inner lower-case
+  words swapped (empty context: lm-eval scores each sentence after the tokenizer's prefix token).
+  Chance 50%.
 * ``wb_cloze``: a sentence cut before one of its words; choose that word among four (the other
   three are words of the same length class from other paragraphs). Chance 25%.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SEED = 0
 MAX_ITEMS = 200  # per task: the dense SmolLM2-135M pass over all three takes ~2 min at 300 tokens/s
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
@@ -41,6 +42,7 @@ EMBEDDED_TASKS = {"wb_ending": 0.25, "wb_word_order": 0.5, "wb_cloze": 0.25}
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _PROSE = re.compile(r"[A-Za-z0-9 ,.;:!?'\"()\-_/]+")
 _WORD = re.compile(r"[A-Za-z]{4,}")
+_LOWER_WORD = re.compile(r"[a-z]{2,}")
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,17 @@ def make_ending_items(sentences: list[tuple[int, str]], seed: int = SEED) -> lis
     return items
 
 
+def _swap_pairs(words: list[str]) -> list[tuple[int, int]]:
+    """Pairs of positions holding two different lower-case words, neither the first nor the last word:
+    capitals and the final punctuation stay in place, so the swapped copy is not trivially wrong."""
+    inner = [k for k in range(1, len(words) - 1) if _LOWER_WORD.fullmatch(words[k])]
+    return [(i, j) for a, i in enumerate(inner) for j in inner[a + 1:] if words[i] != words[j]]
+
+
 def swap_two_words(sentence: str, rng: random.Random) -> str | None:
-    """The sentence with two different words (seeded choice) exchanged, or None if none differ."""
+    """The sentence with two different inner lower-case words (seeded choice) exchanged, or None."""
     words = sentence.split()
-    pairs = [(i, j) for i in range(len(words)) for j in range(i + 1, len(words)) if words[i] != words[j]]
+    pairs = _swap_pairs(words)
     if not pairs:
         return None
     i, j = rng.choice(pairs)
@@ -134,14 +143,13 @@ def swap_two_words(sentence: str, rng: random.Random) -> str | None:
 
 
 def make_word_order_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
-    """The original sentence vs. a copy with two words swapped (empty context, chance 50%)."""
+    """The original sentence vs. a copy with two inner words swapped (empty context, chance 50%)."""
     rng = random.Random(f"wb_word_order:{seed}")
+    eligible = [(i, s) for i, s in enumerate(sentences) if _swap_pairs(s[1].split())]
     items = []
-    for i in _pick(rng, len(sentences)):
-        p_index, sentence = sentences[i]
+    for pick in _pick(rng, len(eligible)):
+        i, (p_index, sentence) = eligible[pick]
         swapped = swap_two_words(sentence, rng)
-        if swapped is None or swapped == sentence:
-            continue
         choices, label = _place(rng, sentence, [swapped])
         items.append({"id": f"wb_word_order-{i:04d}", "paragraph": p_index, "context": "",
                       "choices": choices, "label": label})
@@ -154,13 +162,13 @@ def make_cloze_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list
     vocab: dict[int, set[str]] = {}
     for p_index, sentence in sentences:
         vocab.setdefault(p_index, set()).update(w for w in sentence.split() if _WORD.fullmatch(w))
+    eligible = [(i, s) for i, s in enumerate(sentences)
+                if any(_WORD.fullmatch(w) for w in s[1].split()[3:])]
     items = []
-    for i in _pick(rng, len(sentences)):
-        p_index, sentence = sentences[i]
+    for pick in _pick(rng, len(eligible)):
+        i, (p_index, sentence) = eligible[pick]
         words = sentence.split()
         positions = [k for k in range(3, len(words)) if _WORD.fullmatch(words[k])]
-        if not positions:
-            continue
         k = rng.choice(positions)
         target = words[k]
         # distractors: words from other paragraphs with the same capitalisation and a similar length
