@@ -238,14 +238,37 @@ def test_cli_prune_then_zero_shot(tmp_path, text_file):
 
 # --------------------------------------------------------------------------- the embedded real model
 
-@pytest.mark.slow
-def test_smollm_lm_eval_equals_direct_and_is_above_chance(smollm):
+SLOW_N = 24  # items per task in the slow tests: enough to separate from chance, short on 2 cores
+
+
+@pytest.fixture(scope="module")
+def smollm_dense_result(smollm):
     model, tok = smollm
-    n = 24
-    result = zero_shot(model, tok, tasks="embedded", limit=n)
+    return zero_shot(model, tok, tasks="embedded", limit=SLOW_N)
+
+
+@pytest.mark.slow
+def test_smollm_lm_eval_equals_direct_and_is_above_chance(smollm, smollm_dense_result):
+    model, tok = smollm
     for task, chance in EMBEDDED_TASKS.items():
-        acc, norm = direct_accuracy(model, tok, task, n)
-        row = result.tasks[task]
+        acc, norm = direct_accuracy(model, tok, task, SLOW_N)
+        row = smollm_dense_result.tasks[task]
+        assert row["n"] == SLOW_N
         assert row["acc"] == pytest.approx(acc) and row["acc_norm"] == pytest.approx(norm), task
         # a pretrained model on English documentation: clearly above chance on every task
         assert row["acc"] >= chance + 0.2, (task, row)
+
+
+@pytest.mark.slow
+def test_smollm_wanda_70_uniform_drops_accuracy(smollm_dense_result):
+    from workbench.data import calibration_samples
+    from workbench.models import load_model
+    from workbench.prune import prune
+
+    model, tok = load_model("smollm2-135m")  # a fresh copy: the session fixture stays dense
+    calibration = calibration_samples(tok, "embedded", nsamples=8, seqlen=256)
+    report = prune(model, tok, metric="wanda", allocation="uniform", sparsity=0.7, calibration=calibration,
+                   progress=False).report
+    assert abs(report["actual"] - 0.7) < 0.01
+    pruned = zero_shot(model, tok, tasks="embedded", limit=SLOW_N)
+    assert pruned.mean_acc < smollm_dense_result.mean_acc - 0.1, (pruned.table(), smollm_dense_result.table())
