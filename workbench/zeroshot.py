@@ -58,7 +58,8 @@ class ZeroShot:
         """Flat metrics for a result record: ``<task>/acc``, ``<task>/acc_norm``, the two means."""
         out = {}
         for name, row in self.tasks.items():
-            out[f"{name}/acc"] = row["acc"]
+            if row["acc"] is not None:
+                out[f"{name}/acc"] = row["acc"]
             if row["acc_norm"] is not None:
                 out[f"{name}/acc_norm"] = row["acc_norm"]
         out["zero_shot_mean_acc"] = self.mean_acc
@@ -157,7 +158,11 @@ def load_tasks(names: Sequence[str]):
             if name in EMBEDDED_TASKS:
                 raise
             raise _unavailable(name, err) from err
-        loaded.update(result["tasks"])
+        loaded.update(result["tasks"])  # a group name brings all its tasks
+    not_mc = [n for n, task in loaded.items() if task.get_config("output_type") != "multiple_choice"]
+    if not_mc:
+        raise ValueError(f"tasks: {not_mc} are not multiple-choice; zero_shot reports acc / acc_norm of "
+                         "multiple-choice (log-likelihood) tasks only")
     return manager, loaded, (embedded.manifest if embedded else None)
 
 
@@ -187,17 +192,18 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, prefix_token_id=prefix_token_id)
         model.eval()
         try:
-            out = lm_eval.simple_evaluate(model=lm, tasks=[loaded[n] for n in names], num_fewshot=0, limit=limit,
+            out = lm_eval.simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=0, limit=limit,
                                           bootstrap_iters=0, log_samples=False, task_manager=manager)
         finally:
             model.train(was_training)
 
+    names = list(loaded)
     rows = {}
     for name in names:
         res = out["results"][name]
         n = out.get("n-samples", {}).get(name, {})
         rows[name] = {
-            "acc": float(res["acc,none"]),
+            "acc": float(res["acc,none"]) if "acc,none" in res else None,
             "acc_norm": float(res["acc_norm,none"]) if "acc_norm,none" in res else None,
             "n": int(n.get("effective", 0)) or None,
             "n_total": int(n.get("original", 0)) or None,
@@ -205,8 +211,11 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
             "version": out.get("versions", {}).get(name),
             "dataset": _dataset_of(loaded[name]),
         }
-    mean_acc = sum(r["acc"] for r in rows.values()) / len(rows)
-    mean_norm = sum(r["acc"] if r["acc_norm"] is None else r["acc_norm"] for r in rows.values()) / len(rows)
+    with_acc = [r for r in rows.values() if r["acc"] is not None]  # every multiple-choice task reports acc
+    if not with_acc:
+        raise RuntimeError(f"lm-eval reported no acc for tasks {names}")
+    mean_acc = sum(r["acc"] for r in with_acc) / len(with_acc)
+    mean_norm = sum(r["acc"] if r["acc_norm"] is None else r["acc_norm"] for r in with_acc) / len(with_acc)
     harness = {"name": "lm-evaluation-harness", "version": _harness_version(), "model_class": "HFLM",
                "batch_size": batch_size, "bootstrap_iters": 0, "prefix_token_id": lm.prefix_token_id,
                "task_versions": {n: rows[n]["version"] for n in names}}
