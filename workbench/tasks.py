@@ -6,8 +6,8 @@ of the embedded corpus (``data.embedded_text("test")``) into ``$WORKBENCH_CACHE/
 * ``wb_ending``: the first half of a sentence; choose its true ending among four (the other three
   are endings of sentences from other paragraphs, of similar length). Chance 25%.
 * ``wb_word_order``: choose the original sentence over a copy with two of its inner lower-case
-  words swapped (empty context: lm-eval scores each sentence after the tokenizer's prefix token).
-  Chance 50%.
+  words of 5+ letters swapped (empty context: lm-eval scores each sentence after the tokenizer's
+  prefix token). Chance 50%.
 * ``wb_cloze``: a sentence cut before one of its words; choose that word among four (the other
   three are words of the same length class from other paragraphs). Chance 25%.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SEED = 0
 MAX_ITEMS = 200  # per task: the dense SmolLM2-135M pass over all three takes ~2 min at 300 tokens/s
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
@@ -42,7 +42,7 @@ EMBEDDED_TASKS = {"wb_ending": 0.25, "wb_word_order": 0.5, "wb_cloze": 0.25}
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _PROSE = re.compile(r"[A-Za-z0-9 ,.;:!?'\"()\-_/]+")
 _WORD = re.compile(r"[A-Za-z]{4,}")
-_LOWER_WORD = re.compile(r"[a-z]{2,}")
+_CONTENT_WORD = re.compile(r"[a-z]{5,}")
 
 
 @dataclass(frozen=True)
@@ -125,14 +125,15 @@ def make_ending_items(sentences: list[tuple[int, str]], seed: int = SEED) -> lis
 
 
 def _swap_pairs(words: list[str]) -> list[tuple[int, int]]:
-    """Pairs of positions holding two different lower-case words, neither the first nor the last word:
-    capitals and the final punctuation stay in place, so the swapped copy is not trivially wrong."""
-    inner = [k for k in range(1, len(words) - 1) if _LOWER_WORD.fullmatch(words[k])]
+    """Pairs of positions holding two different lower-case words of 5+ letters (mostly content words),
+    neither the first nor the last word: the swapped copy often stays grammatical ("Return the
+    resource from which to receive identified connection."), so telling it apart needs meaning."""
+    inner = [k for k in range(1, len(words) - 1) if _CONTENT_WORD.fullmatch(words[k])]
     return [(i, j) for a, i in enumerate(inner) for j in inner[a + 1:] if words[i] != words[j]]
 
 
 def swap_two_words(sentence: str, rng: random.Random) -> str | None:
-    """The sentence with two different inner lower-case words (seeded choice) exchanged, or None."""
+    """The sentence with two different inner lower-case 5+-letter words (seeded choice) exchanged, or None."""
     words = sentence.split()
     pairs = _swap_pairs(words)
     if not pairs:
@@ -143,7 +144,7 @@ def swap_two_words(sentence: str, rng: random.Random) -> str | None:
 
 
 def make_word_order_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
-    """The original sentence vs. a copy with two inner words swapped (empty context, chance 50%)."""
+    """The original sentence vs. a copy with two inner content words swapped (empty context, chance 50%)."""
     rng = random.Random(f"wb_word_order:{seed}")
     eligible = [(i, s) for i, s in enumerate(sentences) if _swap_pairs(s[1].split())]
     items = []
