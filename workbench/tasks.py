@@ -53,9 +53,11 @@ class EmbeddedTasks:
     manifest: dict
 
     def yaml_path(self, task: str) -> Path:
+        """The generated lm-eval YAML of ``task``."""
         return self.folder / f"{task}.yaml"
 
     def jsonl_path(self, task: str) -> Path:
+        """The generated JSONL items of ``task``."""
         return self.folder / f"{task}.jsonl"
 
     def items(self, task: str) -> list[dict]:

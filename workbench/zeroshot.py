@@ -52,6 +52,7 @@ class ZeroShot:
     wall_time_s: float | None = None
 
     def to_dict(self) -> dict:
+        """Everything as plain JSON-ready data (for result records)."""
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
