@@ -23,7 +23,7 @@ def _requirements() -> dict[str, str]:
 def test_requirements_are_exact_pins_with_cpu_torch():
     pins = _requirements()
     assert pins["torch"] == "2.13.0"
-    for needed in ("transformers", "gguf", "safetensors", "datasets", "tqdm", "pytest", "ruff"):
+    for needed in ("transformers", "gguf", "safetensors", "datasets", "tqdm", "pytest", "ruff", "lm-eval"):
         assert needed in pins, needed
 
 

@@ -26,8 +26,36 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off)")
 
 
+def _model_record(args: argparse.Namespace, model) -> dict:
+    from .models import model_hash
+
+    return {"id": args.model, "weight_sha256": model_hash(model), "dtype": args.dtype, "device": args.device}
+
+
+def _check_zero_shot_args(args: argparse.Namespace) -> list[str]:
+    """Validate --tasks / --limit / --batch-size before any model is loaded; returns the task names."""
+    from .zeroshot import check_zero_shot_args, resolve_tasks
+
+    check_zero_shot_args(args.limit, args.zs_batch_size)
+    return resolve_tasks(args.tasks)
+
+
+def _run_zero_shot(args: argparse.Namespace, model, tokenizer, names: list[str], metrics: dict, data: dict) -> None:
+    """Zero-shot accuracy through lm-eval; adds metrics and provenance, prints the table."""
+    from .zeroshot import zero_shot
+
+    result = zero_shot(model, tokenizer, tasks=names, limit=args.limit, batch_size=args.zs_batch_size)
+    metrics.update(result.metrics())
+    data["zero_shot"] = result.to_dict()
+    print(f"zero-shot accuracy (lm-evaluation-harness {result.harness['version']}, 0-shot"
+          f"{'' if args.limit is None else f', first {args.limit} items per task'}):")
+    print(result.table())
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Perplexity of a (dense) model with the paper protocol; prints it and writes a result record."""
+    """Perplexity (paper protocol) or, with --tasks, zero-shot accuracy; prints it and writes a record."""
+    if getattr(args, "tasks", None) is not None:
+        return _cmd_eval_zero_shot(args)
     from .evaluate import perplexity
     from .models import load_model, model_hash
     from .results import make_record, write_json_atomic
@@ -51,6 +79,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_json_atomic(out, record)
     print(f"{args.model} dense perplexity on {args.dataset}/{args.split} (paper protocol, seqlen "
           f"{result.seqlen}, {result.n_windows} windows): {result.ppl:.3f}")
+    print(f"result record: {out}")
+    return 0
+
+
+def _cmd_eval_zero_shot(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .results import make_record, write_json_atomic
+
+    names = _check_zero_shot_args(args)
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code)
+    metrics: dict = {}
+    data: dict = {}
+    _run_zero_shot(args, model, tokenizer, names, metrics, data)
+    record = make_record("eval", model=_model_record(args, model), method={"name": "dense"}, data=data,
+                         metrics=metrics, wall_time_s=time.perf_counter() - start)
+    out = Path(args.out) if args.out else _default_out("eval", args.model, "zero-shot", args.tasks)
+    write_json_atomic(out, record)
     print(f"result record: {out}")
     return 0
 
@@ -81,6 +128,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     data_mod.check_dataset(args.calib_dataset)
     data_mod.check_dataset(args.eval_dataset)
     params = _parse_params(args.alloc_param)
+    want_ppl = args.eval in ("ppl", "all")
+    names = _check_zero_shot_args(args) if args.eval in ("zero-shot", "all") else None
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
@@ -95,11 +144,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
           f"allocated mean {rep['allocated_mean']:.4f}, actual {rep['actual']:.4f}")
     metrics = {"actual_sparsity": rep["actual"]}
     data = {"calibration": result.calibration}
-    if args.eval:
+    if want_ppl:
         ppl = perplexity(model, tokenizer, dataset=args.eval_dataset, seqlen=args.eval_seqlen)
         metrics["perplexity"] = ppl.ppl
         data["eval"] = ppl.to_dict()
         print(f"perplexity on {args.eval_dataset}/test (paper protocol, seqlen {ppl.seqlen}): {ppl.ppl:.3f}")
+    if names is not None:
+        _run_zero_shot(args, model, tokenizer, names, metrics, data)
     if args.save:
         save_pruned(model, tokenizer, result.profile, args.save)
         print(f"pruned model: {args.save}")
@@ -185,6 +236,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_zero_shot_args(p: argparse.ArgumentParser, default_tasks: str | None) -> None:
+    what = ("zero-shot accuracy on these tasks instead of perplexity" if default_tasks is None
+            else "tasks of --eval zero-shot|all")
+    p.add_argument("--tasks", default=default_tasks,
+                   help=f"{what}: embedded (offline, project-made), paper (boolq, rte, hellaswag, winogrande, "
+                        "arc_easy, arc_challenge, openbookqa; need the hub or its cache) or names, comma-separated")
+    p.add_argument("--limit", type=int, default=None, help="zero-shot: only the first N items of every task")
+    p.add_argument("--zs-batch-size", type=int, default=8, help="zero-shot: lm-eval batch size (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Sparsity Allocation Workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=data_mod.SPLITS)
     p.add_argument("--seqlen", type=int, default=None, help="window length (default 512 embedded, 2048 paper)")
     p.add_argument("--batch-size", type=int, default=1)
+    _add_zero_shot_args(p, default_tasks=None)
     p.add_argument("--out", default=None, help="result record path (default runs/eval-...json)")
     p.set_defaults(func=cmd_eval)
 
@@ -214,9 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 32 embedded, 128 paper)")
     p.add_argument("--seqlen", type=int, default=None, help="calibration window length (default 512 / 2048)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval", action="store_true", help="measure perplexity after pruning")
+    p.add_argument("--eval", nargs="?", const="ppl", default=None, choices=("ppl", "zero-shot", "all"),
+                   help="evaluate after pruning: ppl (perplexity, also plain --eval), zero-shot (lm-eval accuracy "
+                        "on --tasks) or all")
     p.add_argument("--eval-dataset", default="embedded")
     p.add_argument("--eval-seqlen", type=int, default=None)
+    _add_zero_shot_args(p, default_tasks="embedded")
     p.add_argument("--save", default=None, metavar="DIR", help="write safetensors + sparsity_profile.json")
     p.add_argument("--out", default=None, help="result record path (default runs/prune-...json)")
     p.set_defaults(func=cmd_prune)

@@ -88,3 +88,8 @@ def perplexity(model, tokenizer, dataset: str = "embedded", split: str = "test",
     n = ids.numel() // seqlen
     return Perplexity(ppl=ppl, dataset=text.dataset, split=split, seqlen=seqlen, n_windows=n,
                       n_tokens=n * seqlen, text_sha256=text.sha256)
+
+
+from .zeroshot import PAPER_TASKS, ZeroShot, zero_shot  # noqa: E402  (zero-shot lives in zeroshot.py)
+
+__all__ = ["PAPER_TASKS", "Perplexity", "ZeroShot", "perplexity", "perplexity_from_ids", "window_nlls", "zero_shot"]

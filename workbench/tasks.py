@@ -1,0 +1,262 @@
+"""Offline zero-shot tasks made by the project from the embedded corpus (no third-party sentences).
+
+Three multiple-choice tasks are generated, deterministically and on first use, from the *test* split
+of the embedded corpus (``data.embedded_text("test")``) into ``$WORKBENCH_CACHE/tasks/...``:
+
+* ``wb_ending``: the first half of a sentence; choose its true ending among four (the other three
+  are endings of sentences from other paragraphs, of similar length). Chance 25%.
+* ``wb_word_order``: choose the original sentence over a copy with two of its inner lower-case
+  words of 5+ letters swapped (empty context: lm-eval scores each sentence after the tokenizer's
+  prefix token). Chance 50%.
+* ``wb_cloze``: a sentence cut before one of its words; choose that word among four (the other
+  three are words of the same length class from other paragraphs). Chance 25%.
+
+Each task is a JSONL file (``context``, ``choices``, ``label``) plus an lm-eval task YAML made from
+the template in ``data/tasks/`` with the JSONL's absolute path filled in. A manifest records the
+SHA-256 of the source text and of every file. The folder name carries a hash of the source text,
+the generator version and the templates, so a different Python (other corpus) or a changed template
+gets its own folder; the folder is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+GENERATOR_VERSION = 3
+SEED = 0
+MAX_ITEMS = 200  # per task: the dense SmolLM2-135M pass over all three takes ~2 min at 300 tokens/s
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
+PLACEHOLDER = "@DATA_FILE@"
+# name -> chance level (1 / number of choices)
+EMBEDDED_TASKS = {"wb_ending": 0.25, "wb_word_order": 0.5, "wb_cloze": 0.25}
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_PROSE = re.compile(r"[A-Za-z0-9 ,.;:!?'\"()\-_/]+")
+_WORD = re.compile(r"[A-Za-z]{4,}")
+_CONTENT_WORD = re.compile(r"[a-z]{5,}")
+
+
+@dataclass(frozen=True)
+class EmbeddedTasks:
+    """Where the generated tasks live and what they were made from."""
+
+    folder: Path
+    manifest: dict
+
+    def yaml_path(self, task: str) -> Path:
+        """The generated lm-eval YAML of ``task``."""
+        return self.folder / f"{task}.yaml"
+
+    def jsonl_path(self, task: str) -> Path:
+        """The generated JSONL items of ``task``."""
+        return self.folder / f"{task}.jsonl"
+
+    def items(self, task: str) -> list[dict]:
+        """The items of one task as dicts (context, choices, label, ...), in file order."""
+        with open(self.jsonl_path(task), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+
+# --------------------------------------------------------------------------- sentences
+
+def prose_sentences(text: str) -> list[tuple[int, str]]:
+    """(paragraph index, sentence) for every prose-like sentence of ``text``, in text order.
+
+    Paragraphs are separated by blank lines; paragraphs holding doctests or reST blocks are skipped;
+    a sentence is kept when it is 30-200 characters, starts upper-case, ends with . ! or ?, has at
+    least six words and only prose characters.
+    """
+    out = []
+    for p_index, para in enumerate(text.split("\n\n")):
+        if ">>>" in para or "::" in para:
+            continue
+        flat = " ".join(para.split())
+        for sentence in _SENTENCE_SPLIT.split(flat):
+            if (30 <= len(sentence) <= 200 and sentence[0].isupper() and sentence[-1] in ".!?"
+                    and len(sentence.split()) >= 6 and _PROSE.fullmatch(sentence)):
+                out.append((p_index, sentence))
+    return out
+
+
+def _pick(rng: random.Random, n_available: int) -> list[int]:
+    """A sorted, seeded choice of at most MAX_ITEMS indices out of ``n_available``."""
+    if n_available <= MAX_ITEMS:
+        return list(range(n_available))
+    return sorted(rng.sample(range(n_available), MAX_ITEMS))
+
+
+def _place(rng: random.Random, true: str, distractors: list[str]) -> tuple[list[str], int]:
+    """Put the true choice at a seeded random position among the distractors."""
+    label = rng.randrange(len(distractors) + 1)
+    choices = list(distractors)
+    choices.insert(label, true)
+    return choices, label
+
+
+# --------------------------------------------------------------------------- the three generators
+
+def make_ending_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
+    """First half of a sentence -> its true ending among 4 (3 endings from other paragraphs)."""
+    rng = random.Random(f"wb_ending:{seed}")
+    splits = []
+    for p_index, sentence in sentences:
+        words = sentence.split()
+        cut = max(3, min(len(words) - 3, len(words) // 2))
+        splits.append((p_index, " ".join(words[:cut]), " ".join(words[cut:])))
+    items = []
+    for i in _pick(rng, len(splits)):
+        p_index, context, ending = splits[i]
+        # candidates from other paragraphs, nearest in length first (ties broken by text): 3 of the 12 nearest
+        others = sorted({e for p, _, e in splits if p != p_index and e != ending},
+                        key=lambda e: (abs(len(e) - len(ending)), e))[:12]
+        if len(others) < 3:
+            continue
+        choices, label = _place(rng, ending, rng.sample(others, 3))
+        items.append({"id": f"wb_ending-{i:04d}", "paragraph": p_index, "context": context,
+                      "choices": choices, "label": label})
+    return items
+
+
+def _swap_pairs(words: list[str]) -> list[tuple[int, int]]:
+    """Pairs of positions holding two different lower-case words of 5+ letters (mostly content words),
+    neither the first nor the last word: the swapped copy often stays grammatical ("Return the
+    resource from which to receive identified connection."), so telling it apart needs meaning."""
+    inner = [k for k in range(1, len(words) - 1) if _CONTENT_WORD.fullmatch(words[k])]
+    return [(i, j) for a, i in enumerate(inner) for j in inner[a + 1:] if words[i] != words[j]]
+
+
+def swap_two_words(sentence: str, rng: random.Random) -> str | None:
+    """The sentence with two different inner lower-case 5+-letter words (seeded choice) exchanged, or None."""
+    words = sentence.split()
+    pairs = _swap_pairs(words)
+    if not pairs:
+        return None
+    i, j = rng.choice(pairs)
+    words[i], words[j] = words[j], words[i]
+    return " ".join(words)
+
+
+def make_word_order_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
+    """The original sentence vs. a copy with two inner content words swapped (empty context, chance 50%)."""
+    rng = random.Random(f"wb_word_order:{seed}")
+    eligible = [(i, s) for i, s in enumerate(sentences) if _swap_pairs(s[1].split())]
+    items = []
+    for pick in _pick(rng, len(eligible)):
+        i, (p_index, sentence) = eligible[pick]
+        swapped = swap_two_words(sentence, rng)
+        choices, label = _place(rng, sentence, [swapped])
+        items.append({"id": f"wb_word_order-{i:04d}", "paragraph": p_index, "context": "",
+                      "choices": choices, "label": label})
+    return items
+
+
+def make_cloze_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
+    """A sentence cut before one of its words (4+ letters, not among the first three) -> that word among 4."""
+    rng = random.Random(f"wb_cloze:{seed}")
+    vocab: dict[int, set[str]] = {}
+    for p_index, sentence in sentences:
+        vocab.setdefault(p_index, set()).update(w for w in sentence.split() if _WORD.fullmatch(w))
+    eligible = [(i, s) for i, s in enumerate(sentences)
+                if any(_WORD.fullmatch(w) for w in s[1].split()[3:])]
+    items = []
+    for pick in _pick(rng, len(eligible)):
+        i, (p_index, sentence) = eligible[pick]
+        words = sentence.split()
+        positions = [k for k in range(3, len(words)) if _WORD.fullmatch(words[k])]
+        k = rng.choice(positions)
+        target = words[k]
+        # distractors: words from other paragraphs with the same capitalisation and a similar length
+        pool = sorted({w for p, ws in vocab.items() if p != p_index for w in ws
+                       if w != target and w.lower() != target.lower() and w[0].isupper() == target[0].isupper()
+                       and abs(len(w) - len(target)) <= 2})
+        if len(pool) < 3:
+            continue
+        choices, label = _place(rng, target, rng.sample(pool, 3))
+        items.append({"id": f"wb_cloze-{i:04d}", "paragraph": p_index, "context": " ".join(words[:k]),
+                      "choices": choices, "label": label})
+    return items
+
+
+GENERATORS = {"wb_ending": make_ending_items, "wb_word_order": make_word_order_items,
+              "wb_cloze": make_cloze_items}
+
+
+# --------------------------------------------------------------------------- files in the cache
+
+def _template_text(task: str) -> str:
+    path = TEMPLATE_DIR / f"{task}.yaml"
+    if not path.is_file():
+        raise RuntimeError(f"task template {path} is missing (the data/ folder of the workbench checkout)")
+    return path.read_text(encoding="utf-8")
+
+
+def render_task_yaml(task: str, jsonl_path: Path) -> str:
+    """The lm-eval YAML of ``task`` with the JSONL file's absolute path filled in."""
+    config = yaml.safe_load(_template_text(task))
+    files = config.get("dataset_kwargs", {}).get("data_files", {})
+    if files.get("test") != PLACEHOLDER or config.get("task") != task:
+        raise RuntimeError(f"template {task}.yaml must name task {task!r} and data_files.test {PLACEHOLDER!r}")
+    files["test"] = str(Path(jsonl_path).resolve())
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def _folder_key(text_sha256: str) -> str:
+    h = hashlib.sha256(f"v{GENERATOR_VERSION}:seed{SEED}:max{MAX_ITEMS}:{text_sha256}".encode())
+    for task in sorted(EMBEDDED_TASKS):
+        h.update(_template_text(task).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def embedded_tasks(cache: Path | None = None) -> EmbeddedTasks:
+    """The generated embedded tasks (JSONL + lm-eval YAML + manifest), built on first use."""
+    from .data import embedded_text
+    from .models import cache_dir
+
+    source = embedded_text("test")
+    root = (cache or cache_dir()) / "tasks"
+    folder = root / f"embedded-{_folder_key(source.sha256)}"
+    if not (folder / "manifest.json").is_file():
+        _write_tasks(folder, source.text, source.sha256)
+    return EmbeddedTasks(folder, json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+
+
+def _write_tasks(folder: Path, text: str, text_sha256: str) -> None:
+    sentences = prose_sentences(text)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        manifest = {"source": {"dataset": "embedded", "split": "test", "text_sha256": text_sha256,
+                               "prose_sentences": len(sentences)},
+                    "generator_version": GENERATOR_VERSION, "seed": SEED, "max_items": MAX_ITEMS, "tasks": {}}
+        for task, generate in GENERATORS.items():
+            items = generate(sentences)
+            if not items:
+                raise RuntimeError(f"task {task!r}: the embedded test split gave no items")
+            jsonl = tmp / f"{task}.jsonl"
+            jsonl.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items),
+                             encoding="utf-8")
+            # the YAML points at the final folder, where the JSONL will be after the rename
+            (tmp / f"{task}.yaml").write_text(render_task_yaml(task, folder / jsonl.name), encoding="utf-8")
+            manifest["tasks"][task] = {"items": len(items), "chance": EMBEDDED_TASKS[task],
+                                       "jsonl_sha256": _sha256_file(jsonl)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process built it first: keep theirs (same content)
+            pass
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
