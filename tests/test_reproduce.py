@@ -92,3 +92,18 @@ def test_shipped_grids_expand(name):
     ids = [r.id for r in runs]
     assert len(ids) == len(set(ids)) and any(r.label == "dense" for r in runs)
     assert all(r.params["allocation"] == "dense" or 0 < r.params["sparsity"] < 1 for r in runs)
+
+
+def test_zeroshot_table_names_the_metric_of_each_column_and_means_them():
+    def rec(label, sparsity, ending, order):
+        tasks = {"wb_ending": {"acc": ending - 0.01, "acc_norm": ending},
+                 "wb_word_order": {"acc": order, "acc_norm": None}}
+        return {"status": "ok", "run": {"table": "zeroshot", "label": label, "sparsity": sparsity},
+                "data": {"zero_shot": {"tasks": tasks, "mean_acc_norm": (ending + order) / 2}}}
+
+    header, rows = reproduce.zeroshot_table([rec("dense", None, 0.7, 0.9), rec("OWL", 0.7, 0.4, 0.8),
+                                             {"status": "error", "run": {"table": "zeroshot"}}])
+    assert header == ["method", "sparsity", "wb_ending (acc_norm)", "wb_word_order (acc)", "mean"]
+    assert rows == [["dense", "dense", 0.7, 0.9, pytest.approx(0.8)], ["OWL", "70%", 0.4, 0.8, pytest.approx(0.6)]]
+    md = reproduce.to_markdown(header, rows)
+    assert "| OWL | 70% | 0.4000 | 0.8000 | 0.6000 |" in md

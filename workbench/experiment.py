@@ -13,7 +13,7 @@ from typing import Any
 from . import data as data_mod
 from .calibrate import MODES
 
-EVALS = ("ppl",)
+EVALS = ("ppl", "zero-shot")
 
 
 @dataclass
@@ -35,6 +35,9 @@ class ExperimentConfig:
     evals: tuple[str, ...] = ("ppl",)
     eval_dataset: str = "embedded"
     eval_seqlen: int | None = None
+    tasks: str = "embedded"
+    limit: int | None = None
+    zs_batch_size: int = 8
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
@@ -56,6 +59,11 @@ class ExperimentConfig:
             raise ValueError(f"evals={list(self.evals)!r}: {bad[0]!r} is not allowed; allowed: {list(EVALS)}")
         data_mod.check_dataset(self.calib_dataset)
         data_mod.check_dataset(self.eval_dataset)
+        if "zero-shot" in self.evals:
+            from .zeroshot import check_zero_shot_args, resolve_tasks
+
+            check_zero_shot_args(self.limit, self.zs_batch_size)
+            resolve_tasks(self.tasks)
         if not isinstance(self.alloc_params, dict):
             raise ValueError(f"alloc_params={self.alloc_params!r} must be a mapping of allocator parameters")
         if self.pattern != "unstructured" and self.allocation not in ("uniform", "dense"):
@@ -77,7 +85,7 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
     """Load (unless given), prune in place, evaluate; return the result record (not written to disk).
 
     ``allocation="dense"`` evaluates the unpruned model. ``on_stage(name)`` is called as the run
-    moves through ``load``, ``prune``, ``ppl`` (for progress displays).
+    moves through ``load``, ``prune``, ``ppl``, ``zero-shot`` (for progress displays).
     """
     from .evaluate import perplexity
     from .models import load_model, model_hash
@@ -114,6 +122,13 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         ppl = perplexity(model, tokenizer, dataset=config.eval_dataset, seqlen=config.eval_seqlen, progress=progress)
         metrics["perplexity"] = ppl.ppl
         data["eval"] = ppl.to_dict()
+    if "zero-shot" in config.evals:
+        from .zeroshot import zero_shot
+
+        stage("zero-shot")
+        result = zero_shot(model, tokenizer, tasks=config.tasks, limit=config.limit, batch_size=config.zs_batch_size)
+        metrics.update(result.metrics())
+        data["zero_shot"] = result.to_dict()
     method = {"metric": config.metric, "allocation": config.allocation, "sparsity": config.sparsity,
               "pattern": config.pattern, "mode": config.mode, "group": config.group, "params": config.alloc_params}
     record = make_record("prune" if result_profile is not None else "eval",

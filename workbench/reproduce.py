@@ -26,7 +26,7 @@ from .results import read_record, write_json_atomic
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TABLES = {"perplexity": "reproduce_perplexity.ipynb", "zeroshot": "reproduce_zeroshot.ipynb"}
 RUN_FIELDS = ("metric", "allocation", "sparsity", "pattern", "alloc_params", "mode", "calib_dataset", "nsamples",
-              "seqlen", "seed", "eval_dataset", "eval_seqlen", "device", "dtype")
+              "seqlen", "seed", "eval_dataset", "eval_seqlen", "tasks", "limit", "device", "dtype")
 
 
 @dataclass
@@ -162,21 +162,23 @@ def perplexity_table(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
 
 
 def zeroshot_table(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
-    """Rows = method @ sparsity, columns = tasks + mean; cells = accuracy (metric named per task)."""
-    ok = [r for r in records if r.get("status") == "ok" and r["run"]["table"] == "zeroshot"]
-    tasks: list[str] = []
+    """Rows = method @ sparsity, columns = tasks + mean; a cell is acc_norm where the task reports it, else acc.
+
+    The column names say which of the two each task contributes (the papers' tables mix them).
+    """
+    ok = [r for r in records if r.get("status") == "ok" and r["run"]["table"] == "zeroshot"
+          and "zero_shot" in r.get("data", {})]
+    columns: dict[str, str] = {}
     for r in ok:
-        for task in r["metrics"].get("zero_shot", {}).get("tasks", {}):
-            if task not in tasks:
-                tasks.append(task)
-    header = ["method", "sparsity"] + tasks + ["mean"]
+        for task, row in r["data"]["zero_shot"]["tasks"].items():
+            columns.setdefault(task, "acc_norm" if row.get("acc_norm") is not None else "acc")
+    header = ["method", "sparsity"] + [f"{t} ({m})" for t, m in columns.items()] + ["mean"]
     rows = []
     for r in ok:
-        zs = r["metrics"].get("zero_shot", {})
-        per_task = {t: v.get("value") for t, v in zs.get("tasks", {}).items()}
+        zs = r["data"]["zero_shot"]
         sparsity = r["run"]["sparsity"]
-        rows.append([_label(r), "dense" if sparsity is None else f"{sparsity:.0%}"]
-                    + [per_task.get(t) for t in tasks] + [zs.get("mean")])
+        cells = [zs["tasks"].get(t, {}).get(m) for t, m in columns.items()]
+        rows.append([_label(r), "dense" if sparsity is None else f"{sparsity:.0%}"] + cells + [zs.get("mean_acc_norm")])
     return header, rows
 
 
@@ -212,8 +214,8 @@ def to_html(header: list[str], rows: list[list[Any]], caption: str) -> str:
 CAPTIONS = {
     "perplexity": "Test perplexity (papers' protocol: non-overlapping windows, exp of mean window NLL); "
                   "lower is better",
-    "zeroshot": "Zero-shot accuracy (lm-evaluation-harness; acc or acc_norm per task as in the record); "
-                "higher is better",
+    "zeroshot": "Zero-shot accuracy (lm-evaluation-harness, 0-shot; acc_norm where the task reports it, else acc, "
+                "as named in each column; mean = mean of those); higher is better",
 }
 
 
