@@ -81,11 +81,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     data_mod.check_dataset(args.calib_dataset)
     data_mod.check_dataset(args.eval_dataset)
     params = _parse_params(args.alloc_param)
+    if args.granularity is not None:
+        params["granularity"] = args.granularity
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
     calibration = None
-    if args.metric != "magnitude" or args.allocation == "global":
+    if args.metric != "magnitude" or args.allocation in ("global", "besa"):
         calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
     result = prune(model, tokenizer, metric=args.metric, allocation=args.allocation, sparsity=args.sparsity,
                    pattern=args.pattern, calibration=calibration, mode=args.mode, group=args.group,
@@ -93,6 +95,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     rep = result.report
     print(f"{args.model}: {args.metric} + {args.allocation} ({args.pattern}), target {rep['target']:.4f}, "
           f"allocated mean {rep['allocated_mean']:.4f}, actual {rep['actual']:.4f}")
+    if "learn_s_per_block" in result.timings:
+        print(f"learning: {result.timings['prune_s']:.1f} s in all, {result.timings['learn_s_per_block']:.1f} s "
+              f"per block; forward passes {result.timings['forward_s']:.1f} s")
     metrics = {"actual_sparsity": rep["actual"]}
     data = {"calibration": result.calibration}
     if args.eval:
@@ -177,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model with a metric and an allocation; optionally evaluate")
     _add_model_args(p)
     p.add_argument("--metric", default="wanda", help="magnitude | wanda | sparsegpt")
-    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global | owl | dsa")
+    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global | owl | dsa | besa")
+    p.add_argument("--granularity", default=None,
+                   help="allocation granularity: besa row | layer (default row); owl block | layer")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
                    help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=poster|FILE.json)")
     p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")
