@@ -13,6 +13,10 @@ Modes:
 * ``dense``: one pass over the dense model; the statistics are returned for re-use, so re-pruning at
   another allocation costs no forward pass (interactive use and searches rely on this).
 
+Methods that learn per block (BESA) pass ``block_step``: it gets a :class:`BlockData` with the block, its
+inputs and its outputs before pruning (the dense block on the pruned model's inputs), and optionally
+(``dense_reference=True``) the dense model's own inputs and outputs of that block, carried alongside.
+
 Memory stays at one block's activations (n_windows x seqlen x hidden) plus the statistics.
 """
 
@@ -60,6 +64,21 @@ class Calibrated:
 
     stats: dict[str, LayerStats]
     mode: str
+
+
+@dataclass
+class BlockData:
+    """What a per-block step (sequential mode) sees of block ``index``; it may change the block's weights."""
+
+    index: int
+    block: nn.Module
+    linears: dict[str, nn.Linear]          # full name -> linear of this block
+    stats: dict[str, LayerStats]
+    inputs: list[torch.Tensor]             # the block's inputs in this run (pruned model's), each (1, seqlen, hidden)
+    outputs: list[torch.Tensor]            # the block's outputs on ``inputs`` before the step (dense weights)
+    kwargs: dict                           # keyword arguments of the block call (position embeddings, masks)
+    dense_inputs: list[torch.Tensor] | None = None   # the dense model's inputs of this block (dense_reference)
+    dense_outputs: list[torch.Tensor] | None = None  # the dense block on ``dense_inputs``
 
 
 class _Stop(Exception):
@@ -130,11 +149,14 @@ def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, LayerStats], whi
 def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
               statistics: tuple[str, ...] = ("sq_norm",),
               on_block: Callable[[int, dict[str, nn.Linear], dict[str, LayerStats]], None] | None = None,
-              progress: bool = True) -> Calibrated:
+              progress: bool = True, block_step: Callable[[BlockData], None] | None = None,
+              dense_reference: bool = False) -> Calibrated:
     """Run the capture loop over ``input_ids`` (n_windows, seqlen) and return every linear's statistics.
 
     In ``sequential`` mode ``on_block(index, linears, stats)`` is called after block ``index``'s
-    statistics are complete and before its outputs are computed (it may change the block's weights).
+    statistics are complete and before its outputs are computed (it may change the block's weights);
+    ``block_step(BlockData)`` likewise, with the block's activations (``dense_reference=True`` also carries
+    the dense model's activations, one more block forward per block).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
@@ -143,8 +165,11 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
         raise ValueError(f"statistics={sorted(unknown)} not known; allowed: {list(STATISTICS)}")
     if input_ids.dim() != 2 or input_ids.shape[0] < 1:
         raise ValueError(f"input_ids must have shape (n_windows >= 1, seqlen), got {tuple(input_ids.shape)}")
+    if (block_step is not None or dense_reference) and mode != "sequential":
+        raise ValueError(f"block_step and dense_reference need mode='sequential', got mode={mode!r}")
     prefix = block_prefix(model)
     inputs, kwargs = capture_block_inputs(model, input_ids)
+    dense_inputs = list(inputs) if dense_reference else None
     all_stats: dict[str, LayerStats] = {}
     blocks = get_blocks(model)
     for index in tqdm(range(len(blocks)), desc=f"calibrate ({mode})", disable=not progress, leave=False):
@@ -158,10 +183,15 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
             for h in handles:
                 h.remove()
         all_stats.update(stats)
-        if mode == "sequential" and on_block is not None:
-            on_block(index, linears, stats)
+        dense_outputs = _run_block(block, dense_inputs, kwargs) if dense_inputs is not None else None
+        if mode == "sequential" and (on_block is not None or block_step is not None):
+            if on_block is not None:
+                on_block(index, linears, stats)
+            if block_step is not None:
+                block_step(BlockData(index, block, linears, stats, inputs, outputs, kwargs, dense_inputs,
+                                     dense_outputs))
             outputs = _run_block(block, inputs, kwargs)  # block l+1 sees the pruned block l
             for st in stats.values():  # Hessians are used up: keep memory at one block's worth
                 st.xtx = None
-        inputs = outputs
+        inputs, dense_inputs = outputs, dense_outputs
     return Calibrated(stats=all_stats, mode=mode)

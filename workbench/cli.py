@@ -120,48 +120,45 @@ def _parse_params(items: list[str]) -> dict:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune a model, report target vs actual sparsity, optionally evaluate and save it; writes a record."""
-    from .evaluate import perplexity
-    from .models import load_model, model_hash
-    from .prune import prune, save_pruned
-    from .results import make_record, write_json_atomic
+    from .experiment import ExperimentConfig, run_experiment
+    from .models import load_model
+    from .profile import SparsityProfile
+    from .prune import save_pruned
+    from .results import write_json_atomic
+    from .zeroshot import ZeroShot
 
-    data_mod.check_dataset(args.calib_dataset)
-    data_mod.check_dataset(args.eval_dataset)
     params = _parse_params(args.alloc_param)
-    want_ppl = args.eval in ("ppl", "all")
-    names = _check_zero_shot_args(args) if args.eval in ("zero-shot", "all") else None
-    start = time.perf_counter()
+    if args.granularity is not None:
+        params["granularity"] = args.granularity
+    evals = {None: (), "ppl": ("ppl",), "zero-shot": ("zero-shot",), "all": ("ppl", "zero-shot")}[args.eval]
+    config = ExperimentConfig(model=args.model, metric=args.metric, allocation=args.allocation,
+                              sparsity=args.sparsity, pattern=args.pattern, alloc_params=params, mode=args.mode,
+                              group=args.group, calib_dataset=args.calib_dataset, nsamples=args.nsamples,
+                              seqlen=args.seqlen, seed=args.seed, evals=evals, eval_dataset=args.eval_dataset,
+                              eval_seqlen=args.eval_seqlen, tasks=args.tasks, limit=args.limit,
+                              zs_batch_size=args.zs_batch_size, dtype=args.dtype, device=args.device,
+                              trust_remote_code=args.trust_remote_code)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
-    calibration = None
-    if args.metric != "magnitude" or args.allocation == "global":
-        calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
-    result = prune(model, tokenizer, metric=args.metric, allocation=args.allocation, sparsity=args.sparsity,
-                   pattern=args.pattern, calibration=calibration, mode=args.mode, group=args.group,
-                   allocation_params=params)
-    rep = result.report
+    record = run_experiment(config, model, tokenizer)
+    rep, timings, metrics = record["sparsity_report"], record["timings"], record["metrics"]
     print(f"{args.model}: {args.metric} + {args.allocation} ({args.pattern}), target {rep['target']:.4f}, "
           f"allocated mean {rep['allocated_mean']:.4f}, actual {rep['actual']:.4f}")
-    metrics = {"actual_sparsity": rep["actual"]}
-    data = {"calibration": result.calibration}
-    if want_ppl:
-        ppl = perplexity(model, tokenizer, dataset=args.eval_dataset, seqlen=args.eval_seqlen)
-        metrics["perplexity"] = ppl.ppl
-        data["eval"] = ppl.to_dict()
-        print(f"perplexity on {args.eval_dataset}/test (paper protocol, seqlen {ppl.seqlen}): {ppl.ppl:.3f}")
-    if names is not None:
-        _run_zero_shot(args, model, tokenizer, names, metrics, data)
+    if "learn_s_per_block" in timings:
+        print(f"learning: {timings['prune_s']:.1f} s in all, {timings['learn_s_per_block']:.1f} s "
+              f"per block; forward passes {timings['forward_s']:.1f} s")
+    if "perplexity" in metrics:
+        ppl = record["data"]["eval"]
+        print(f"perplexity on {args.eval_dataset}/test (paper protocol, seqlen {ppl['seqlen']}): "
+              f"{metrics['perplexity']:.3f}")
+    if "zero_shot" in record["data"]:
+        result = ZeroShot(**record["data"]["zero_shot"])
+        print(f"zero-shot accuracy (lm-evaluation-harness {result.harness['version']}, 0-shot"
+              f"{'' if args.limit is None else f', first {args.limit} items per task'}):")
+        print(result.table())
     if args.save:
-        save_pruned(model, tokenizer, result.profile, args.save)
+        save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save)
         print(f"pruned model: {args.save}")
-    record = make_record(
-        "prune",
-        model={"id": args.model, "weight_sha256": model_hash(model), "dtype": args.dtype, "device": args.device},
-        method={"metric": args.metric, "allocation": args.allocation, "sparsity": args.sparsity,
-                "pattern": args.pattern, "mode": args.mode, "group": args.group, "params": params},
-        data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
-        extra={"profile": result.profile.to_dict(), "sparsity_report": rep, "timings": result.timings},
-    )
     out = Path(args.out) if args.out else _default_out("prune", args.model, args.metric, args.allocation,
                                                        str(args.sparsity), args.pattern)
     write_json_atomic(out, record)
@@ -264,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model with a metric and an allocation; optionally evaluate")
     _add_model_args(p)
     p.add_argument("--metric", default="wanda", help="magnitude | wanda | sparsegpt")
-    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global | owl | dsa")
+    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global | owl | dsa | besa")
+    p.add_argument("--granularity", default=None,
+                   help="allocation granularity: besa row | layer (default row); owl block | layer")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
                    help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=poster|FILE.json)")
     p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")

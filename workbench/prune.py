@@ -123,6 +123,9 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     """
     n, m = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache)
     params = dict(allocation_params or {})
+    if profile is None and check_allocator(allocation).in_loop:
+        return _prune_in_loop(model, tokenizer, metric, allocation, sparsity, (n, m), calibration, mode, group,
+                              params, cache, progress)
     needs_scores = profile is None and check_allocator(allocation).needs_scores
     if needs_scores and allocation == "global":
         params.setdefault("score", "magnitude" if metric == "magnitude" else "wanda")
@@ -176,6 +179,33 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     report = sparsity_report(model, profile)
     calib = cache.calibration if cache is not None else (calibration.provenance() if calibration else {})
     return PruneResult(profile, report, calib, timings)
+
+
+def _prune_in_loop(model: nn.Module, tokenizer, metric: str, allocation: str, sparsity: float,
+                   pattern: tuple[int, int], calibration: Calibration | None, mode: str, group: str | None,
+                   params: dict, cache: DenseCache | None, progress: bool) -> PruneResult:
+    """Allocators that learn while pruning (BESA): one sequential pass, the learner prunes each block."""
+    if mode != "sequential" or cache is not None:
+        raise ValueError(f"allocation={allocation!r} learns on the pruned model's block inputs: use "
+                         f"mode='sequential' without a cache (got mode={mode!r})")
+    if pattern[0] or group is not None:
+        raise ValueError(f"allocation={allocation!r} chooses its own unstructured masks: leave pattern "
+                         f"'unstructured' and group unset")
+    params.setdefault("importance", metric)  # the metric ranks the weights (wanda | magnitude | sparsegpt)
+    params.setdefault("progress", progress)
+    learner = check_allocator(allocation).fn(AllocationInput(layer_infos(model)), sparsity, **params)
+    if calibration is None:
+        if tokenizer is None:
+            raise ValueError("calibration: give calibration samples or a tokenizer to draw embedded ones")
+        calibration = calibration_samples(tokenizer, "embedded")
+    start = time.perf_counter()
+    calibrate(model, calibration.input_ids, "sequential", tuple(sorted(learner.statistics)),
+              block_step=learner.step, dense_reference=learner.needs_dense, progress=progress)
+    total = time.perf_counter() - start
+    learn = sum(b.seconds for b in learner.log)
+    profile = learner.profile()
+    timings = {"forward_s": total - learn, "prune_s": learn, "learn_s_per_block": learn / max(len(learner.log), 1)}
+    return PruneResult(profile, sparsity_report(model, profile), calibration.provenance(), timings)
 
 
 def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory: str | Path) -> Path:

@@ -53,16 +53,18 @@ class Allocator:
     name: str
     fn: Callable[..., SparsityProfile]
     needs_scores: bool
+    in_loop: bool = False  # learns inside the sequential capture loop (BESA): fn returns a per-block learner
 
 
 ALLOCATORS: dict[str, Allocator] = {}
 
 
-def register_allocator(name: str, needs_scores: bool = False):
-    """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``."""
+def register_allocator(name: str, needs_scores: bool = False, in_loop: bool = False):
+    """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``
+    (``in_loop``: ``fn`` returns a learner whose ``step`` runs per block inside ``prune``'s sequential loop)."""
 
     def wrap(fn):
-        ALLOCATORS[name] = Allocator(name, fn, needs_scores)
+        ALLOCATORS[name] = Allocator(name, fn, needs_scores, in_loop)
         return fn
 
     return wrap
@@ -77,6 +79,9 @@ def check_allocator(name: str) -> Allocator:
 def allocate(name: str, inputs: AllocationInput, sparsity: float, **params) -> SparsityProfile:
     """Run allocator ``name`` for target ``sparsity``; the profile's weighted mean is the target."""
     allocator = check_allocator(name)
+    if allocator.in_loop:
+        raise ValueError(f"allocation={name!r} learns block by block on calibration data while pruning: "
+                         f"use prune(model, tokenizer, allocation={name!r}, ...)")
     check_sparsity(sparsity, "sparsity")
     if allocator.needs_scores and inputs.scores is None:
         raise ValueError(f"allocation={name!r} needs layer scores (calibration statistics)")
@@ -97,5 +102,5 @@ def layer_infos(model: nn.Module) -> dict[str, LayerInfo]:
 
 
 # Register the built-in allocators (each file adds itself to ALLOCATORS).
-from . import er, global_, owl, uniform  # noqa: E402,F401
+from . import besa, er, global_, owl, uniform  # noqa: E402,F401
 from .dsa import function as _dsa_function  # noqa: E402,F401

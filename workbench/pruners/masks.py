@@ -82,8 +82,11 @@ def besa_keep_prob(ranks: torch.Tensor, probs: torch.Tensor, cands: torch.Tensor
     """BESA: P[r, c] = 1 − Σ_k probs[r, k] · [ranks[r, c] < C · cands[k]] (probs (rows or 1, K), float32)."""
     rows, cols = ranks.shape
     bounds = cols * cands.to(ranks.device, torch.float32)  # (K,), descending
-    # candidates with j < C·c_k form a prefix (c descending): its length by binary search
-    count = bounds.numel() - torch.searchsorted(bounds.flip(0).contiguous(), ranks.to(torch.float32), right=True)
+    # candidates with j < C·c_k form a prefix (c descending); its length depends only on the integer rank j,
+    # so it is tabulated once for j = -1 … C (ranks outside clamp to the ends, where the count is K or 0)
+    values = torch.arange(-1, cols + 1, device=ranks.device, dtype=torch.float32)
+    table = (values[:, None] < bounds[None, :]).sum(dim=1)  # (C + 2,)
+    count = table[ranks.long().clamp(-1, cols) + 1]  # (rows, cols)
     cum = torch.cumsum(probs.float(), dim=-1).expand(rows, -1)  # (rows, K)
     taken = torch.gather(cum, 1, (count - 1).clamp(min=0))
     return 1.0 - torch.where(count > 0, taken, torch.zeros_like(taken))

@@ -100,3 +100,17 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 
     w[mask] = 0.0  # dead input columns (never active) were zeroed above and stay zero
     return w.to(weight.dtype), mask
+
+
+@torch.no_grad()
+def sparsegpt_scores(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """SparseGPT's importance w² / U_jj² (U: upper Cholesky factor of the damped H⁻¹), without any update;
+    columns whose input is never active score 0. Float32, (out, in); BESA ranks weights by it."""
+    _check(weight, hessian, 0.0, 0, 0, 1, percdamp)
+    w = weight.detach().to(torch.float32).clone()
+    h = hessian.detach().to(w.device, torch.float32).clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    d = torch.diag(_inverse_cholesky(h, percdamp))
+    return w ** 2 / d[None, :] ** 2
