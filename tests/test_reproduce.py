@@ -15,7 +15,7 @@ NOTEBOOKS = sorted(Path(reproduce.NOTEBOOKS).glob("*.ipynb"))
 
 def test_every_notebook_is_committed_clean_with_a_parameters_cell():
     assert {p.name for p in NOTEBOOKS} >= {"01_sparsity_curves.ipynb", "02_dsa_search.ipynb",
-                                           "reproduce_perplexity.ipynb"}
+                                           "reproduce_perplexity.ipynb", "reproduce_zeroshot.ipynb", "03_besa.ipynb"}
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]

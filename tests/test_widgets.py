@@ -93,3 +93,20 @@ def test_sparsity_curve_figure_is_the_block_means(session):
     fig = plots.sparsity_curves({"OWL": owl})
     assert list(fig.data[0].y) == list(owl.block_means().values())
     assert "mean 0.700" in fig.data[0].name and all(not math.isnan(v) for v in fig.data[0].y)
+
+
+def test_a_besa_run_adds_its_learned_curve(session, text_file):
+    curves = SparsityCurves(session, sparsity=0.5)
+    runner = PruneRunner(session, curves=curves)
+    runner.allocation.value, runner.sparsity.value = "besa", 0.5
+    runner.config = lambda: ExperimentConfig(model="tiny-llama", allocation="besa", sparsity=0.5, nsamples=4,
+                                             seqlen=64, eval_dataset=str(text_file), eval_seqlen=64)
+    runner.start()
+    runner.wait(timeout=300)
+    assert "error" not in runner.rows[0], runner.rows[0]
+    learned = runner.records[0]["profile"]
+    ys = _ys(curves.figure)
+    assert "besa" in ys and len(curves.figure.data) == 4
+    from workbench.profile import SparsityProfile
+
+    assert ys["besa"] == pytest.approx(list(SparsityProfile.from_dict(learned).block_means().values()))

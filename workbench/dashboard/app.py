@@ -28,7 +28,7 @@ from workbench.pruners import METRICS
 from workbench.results import write_json_atomic
 from workbench.session import Session
 
-ALLOCATORS = ("uniform", "owl", "dsa", "er", "er_plus", "global")
+ALLOCATORS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
 COLUMNS = ["run", "model", "allocation", "metric", "target", "actual", "perplexity", "seconds", "status"]
 
 
@@ -128,6 +128,7 @@ class DashboardApp:
                                                     label="Download CSV", button_type="default")
         self.tables = pn.Column()
         self.jobs: list[Job] = []
+        self.learned: dict[str, object] = {}  # BESA profiles learned by this page's runs, by target
         self._shown: set[int] = set()
         self._drawn_for: tuple | None = None
 
@@ -173,7 +174,14 @@ class DashboardApp:
         session, chosen = self.session(), self.allocation.value
         profiles, errors = session.curves(values["sparsity"], lam=values["lam"], M=values["M"],
                                           function={**PRESETS[self.function.value].to_dict(), "lam": values["lam"]})
-        if chosen not in profiles and chosen not in errors:
+        if chosen == "besa":  # learned while pruning: available after a run of this page
+            key = f"{values['sparsity']:g}"
+            if key not in self.learned:
+                self._fail("BESA learns its allocation while pruning: press Prune & evaluate to see its curve "
+                           f"at {values['sparsity']:g}")
+                return
+            profiles["besa"] = self.learned[key]
+        elif chosen not in profiles and chosen not in errors:
             try:
                 profiles[chosen] = session.profile(chosen, values["sparsity"])
             except ValueError as err:
@@ -236,6 +244,12 @@ class DashboardApp:
             if job.status in ("done", "error") and job.id not in self._shown:
                 self._shown.add(job.id)
                 self._add_row(job)
+                record = (job.result or {}).get("record", {})
+                if record.get("method", {}).get("allocation") == "besa":
+                    from workbench.profile import SparsityProfile
+
+                    self.learned[f"{record['method']['sparsity']:g}"] = SparsityProfile.from_dict(record["profile"])
+                    self.update_curves()
                 self.status.object = f"run {job.id} ({job.label}): {job.status}" + (
                     f" — {job.error}" if job.error else "")
                 self.refresh_records()

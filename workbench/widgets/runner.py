@@ -12,7 +12,7 @@ from ..experiment import ExperimentConfig
 from ..pruners import METRICS
 from ..session import Session
 
-ALLOCATIONS = ("uniform", "owl", "dsa", "er", "er_plus", "global")
+ALLOCATIONS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
 PATTERNS = ("unstructured", "2:4", "4:8")
 STAGES = {"load": 0.05, "prune": 0.1, "ppl": 0.6}
 COLUMNS = ("allocation", "metric", "pattern", "target", "actual", "perplexity", "seconds", "error")
@@ -21,8 +21,8 @@ COLUMNS = ("allocation", "metric", "pattern", "target", "actual", "perplexity", 
 class PruneRunner:
     """Runs never block the kernel: each executes in a thread; the table grows when one finishes."""
 
-    def __init__(self, session: Session, eval_seqlen: int | None = None, mode: str = "sequential"):
-        self.session, self.eval_seqlen = session, eval_seqlen
+    def __init__(self, session: Session, eval_seqlen: int | None = None, mode: str = "sequential", curves=None):
+        self.session, self.eval_seqlen, self.curves = session, eval_seqlen, curves
         self.allocation = w.Dropdown(options=ALLOCATIONS, value="uniform", description="allocation")
         self.metric = w.Dropdown(options=METRICS, value="wanda", description="metric")
         self.pattern = w.Dropdown(options=PATTERNS, value="unstructured", description="pattern")
@@ -70,6 +70,10 @@ class PruneRunner:
             record = self.session.run(self.config(), on_stage=self._stage)
             self.records.append(record)
             row.update(actual=record["metrics"].get("actual_sparsity"), perplexity=record["metrics"].get("perplexity"))
+            if self.curves is not None and record["method"]["allocation"] == "besa":  # learned: show it beside
+                from ..profile import SparsityProfile
+
+                self.curves.add_profile(f"besa {row['target']:g}", SparsityProfile.from_dict(record["profile"]))
         except (ValueError, RuntimeError) as err:
             row["error"] = str(err)
         finally:
