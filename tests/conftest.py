@@ -18,6 +18,15 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def calib():
+    """Six embedded calibration windows of 64 tokens for the tiny model (byte tokenizer)."""
+    from workbench.data import calibration_samples
+
+    _, tok = load_model("tiny-llama")
+    return calibration_samples(tok, "embedded", nsamples=6, seqlen=64, seed=0)
+
+
+@pytest.fixture(scope="session")
 def smollm():
     """The embedded SmolLM2-135M (built from GGUF into the cache on first use)."""
     return load_model("smollm2-135m")

@@ -25,12 +25,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def calib():
-    _, tok = load_model("tiny-llama")
-    return calibration_samples(tok, "embedded", nsamples=6, seqlen=64, seed=0)
-
-
 def fresh():
     return load_model("tiny-llama")
 

@@ -5,19 +5,12 @@ import torch
 
 from workbench import calibrate as calibrate_mod
 from workbench.allocation import AllocationInput, allocate, layer_infos
-from workbench.data import calibration_samples
 from workbench.models import load_model, prunable_linears, weight_hash
 from workbench.profile import SparsityProfile
 from workbench.prune import DenseCache, prune, save_pruned
 
 Q0 = "model.layers.0.self_attn.q_proj"
 Q1 = "model.layers.1.self_attn.q_proj"
-
-
-@pytest.fixture(scope="module")
-def calib():
-    _, tok = load_model("tiny-llama")
-    return calibration_samples(tok, "embedded", nsamples=6, seqlen=64, seed=0)
 
 
 def fresh():
