@@ -107,3 +107,11 @@ def test_zeroshot_table_names_the_metric_of_each_column_and_means_them():
     assert rows == [["dense", "dense", 0.7, 0.9, pytest.approx(0.8)], ["OWL", "70%", 0.4, 0.8, pytest.approx(0.6)]]
     md = reproduce.to_markdown(header, rows)
     assert "| OWL | 70% | 0.4000 | 0.8000 | 0.6000 |" in md
+
+
+def test_a_method_may_name_its_own_sparsities(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("model: m\nperplexity:\n  dense: false\n  sparsities: [0.5, 0.7]\n  methods:\n"
+                    "    - {label: U, allocation: uniform}\n    - {label: B, allocation: besa, sparsities: [0.5]}\n")
+    ids = [r.id for r in reproduce.expand(reproduce.load_grid(path))]
+    assert ids == ["perplexity-u-0.5", "perplexity-u-0.7", "perplexity-b-0.5"]

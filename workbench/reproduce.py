@@ -77,11 +77,11 @@ def expand(grid: dict[str, Any]) -> list[Run]:
         for method in spec.get("methods", []):
             method = dict(method)
             label = method.pop("label", method.get("allocation", "uniform"))
-            bad = set(method) - set(RUN_FIELDS)
+            bad = set(method) - set(RUN_FIELDS) - {"sparsities"}
             if bad:
                 raise ValueError(f"{table}.methods[{label}]: unknown settings {sorted(bad)}; "
                                  f"allowed: {list(RUN_FIELDS)}")
-            for sparsity in spec.get("sparsities", [0.5]):
+            for sparsity in method.pop("sparsities", None) or spec.get("sparsities", [0.5]):
                 runs.append(Run(table, label, sparsity, {**shared, **method, "sparsity": sparsity}))
     return runs
 
