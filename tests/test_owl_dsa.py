@@ -191,7 +191,14 @@ def test_killed_search_resumes_to_the_same_result(context, tmp_path):
     history = json.loads((tmp_path / "full" / "history.json").read_text())
     assert AllocationFunction.from_json((tmp_path / "full" / "best_function.json").read_text()).key() == \
         full["evolution"]["function_key"]
-    assert len(history) == 2 * 4 * 3 and {"function", "ratios", "fitness", "seconds"} <= history[0].keys()
+    assert {"function", "ratios", "fitness", "seconds"} <= history[0].keys()
+    evolution = [h for h in history if h["kind"] == "evolution"]
+    random_ = [h for h in history if h["kind"] == "random"]
+    # only the elite (1 per later generation) is served from the cache; every child is a new function
+    assert len(evolution) == 4 * 3 and sum(bool(h.get("cached")) for h in evolution) == 1 * 2
+    assert len({h["function_key"] for h in evolution}) == 4 * 3 - 2
+    # equal budget: the random baseline draws as many distinct functions as the evolution evaluated
+    assert len(random_) == 4 * 3 - 2 == len({h["function_key"] for h in random_})
     assert full["evolution"]["fitness"] <= max(h["fitness"] for h in history if h["valid"])
 
 

@@ -75,6 +75,7 @@ def test_runner_click_adds_the_same_row_a_direct_run_gives(session, text_file):
 def test_search_monitor_plots_best_so_far(tmp_path):
     history = [{"kind": "evolution", "generation": 0, "valid": True, "fitness": 50.0},
                {"kind": "evolution", "generation": 0, "valid": False, "fitness": None},
+               {"kind": "evolution", "generation": 1, "valid": True, "fitness": 50.0, "cached": True},  # an elite
                {"kind": "evolution", "generation": 1, "valid": True, "fitness": 60.0},
                {"kind": "evolution", "generation": 1, "valid": True, "fitness": 40.0},
                {"kind": "random", "generation": 0, "valid": True, "fitness": 45.0},
@@ -82,9 +83,10 @@ def test_search_monitor_plots_best_so_far(tmp_path):
     monitor = SearchMonitor(tmp_path)
     assert monitor.refresh() == 0 and len(monitor.figure.data) == 0
     (tmp_path / "history.json").write_text(json.dumps(history))
-    assert monitor.refresh() == 6
-    ys = {t.name: list(t.y) for t in monitor.figure.data}
-    assert ys == {"evolution": [50.0, 40.0], "random": [45.0, 45.0]}
+    assert monitor.refresh() == 7
+    curves = {t.name: (list(t.x), list(t.y)) for t in monitor.figure.data}
+    # x = distinct candidates evaluated: the cached elite costs nothing and adds no point
+    assert curves == {"evolution": ([1, 2, 3, 4], [50.0, 50.0, 50.0, 40.0]), "random": ([1, 2], [45.0, 45.0])}
     assert "evolution 40.000" in monitor.status.value
 
 

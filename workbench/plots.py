@@ -42,29 +42,33 @@ def sparsity_curves(profiles: Mapping[str, SparsityProfile], title: str | None =
 
 
 def search_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """Best-so-far validation fitness after each generation, per search kind (evolution, random).
+    """Best-so-far validation fitness against distinct candidates evaluated, per search kind.
 
-    Random-search candidates are checkpointed in chunks of one population, numbered like generations,
-    so both curves have spent the same evaluation budget at the same x.
+    x counts evaluations a search paid for (results served from its cache, such as surviving elites,
+    add none), so evolution and the random baseline are compared at equal budget.
     """
     best: dict[str, float] = {}
-    per_gen: dict[str, dict[int, float]] = {}
+    spent: dict[str, int] = {}
+    points: dict[str, dict[int, float]] = {}
     for rec in history:
         kind = rec.get("kind", "evolution")
+        if not rec.get("cached"):
+            spent[kind] = spent.get(kind, 0) + 1
         if rec.get("valid") and rec.get("fitness") is not None:
             best[kind] = min(best.get(kind, float("inf")), float(rec["fitness"]))
         if kind in best:
-            per_gen.setdefault(kind, {})[int(rec.get("generation", 0))] = best[kind]
-    return {kind: (list(gens), list(gens.values())) for kind, gens in per_gen.items()}
+            points.setdefault(kind, {})[spent.get(kind, 0)] = best[kind]
+    return {kind: (list(p), list(p.values())) for kind, p in points.items()}
 
 
 def search_progress(history: list[dict]) -> go.Figure:
-    """Best validation perplexity so far versus generation: evolution beside the random baseline."""
+    """Best validation perplexity so far versus candidates evaluated: evolution beside the random baseline."""
     fig = go.Figure()
     for kind, (x, y) in search_series(history).items():
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=kind,
-                                 hovertemplate=f"{kind}<br>generation %{{x}}<br>best ppl %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(title="DSA search: best validation perplexity so far", xaxis_title="generation",
+                                 hovertemplate=f"{kind}<br>%{{x}} evaluated<br>best ppl %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title="DSA search: best validation perplexity so far",
+                      xaxis_title="distinct candidates evaluated",
                       yaxis_title="validation perplexity", yaxis_type="log", template="plotly_white", height=380)
     return fig
 

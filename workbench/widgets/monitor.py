@@ -1,4 +1,4 @@
-"""SearchMonitor: live best-fitness-versus-generation of a DSA search beside its random baseline."""
+"""SearchMonitor: live best fitness versus candidates evaluated, a DSA search beside its random baseline."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Evolutionary search over DSA allocation functions (the part the public DSA code lacks), with a
-random-search baseline of the same evaluation budget.
+random-search baseline of the same evaluation budget (the same number of distinct candidates evaluated).
 
 Fitness = perplexity on the *validation* split (never test) after pruning the dense model with the
 candidate's allocation. Candidates are cheap: the dense statistics, every layer's Wanda scores grouped
@@ -8,7 +8,10 @@ evaluating the function, building masks from cached orders, and one validation f
 
 Evolution: a population of random functions; truncation of the worst, tournament selection (size 3),
 crossover between stages (each of pre / reduction / post / λ / direction from either parent), mutation of
-one op or of λ, elitism (the best ``elite`` survive unchanged). Seeded and deterministic on the CPU.
+one op or of λ, elitism (the best ``elite`` survive unchanged, at no cost: their fitness is known).
+Every new individual is a function not evaluated before (redrawn up to ``NOVELTY_TRIES`` times), so a
+generation after the first costs ``population - elite`` evaluations; the random baseline gets exactly as
+many distinct draws as the evolution made evaluations. Seeded and deterministic on the CPU.
 After every generation the whole state is written atomically to ``state.json``; ``resume=True``
 continues from it and ends exactly where an uninterrupted run ends.
 """
@@ -35,7 +38,8 @@ from ..owl import groups
 from . import ops
 from .function import AllocationFunction, InvalidFunction, dsa
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: children and random draws are distinct; random budget = evolution evaluations
+NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
 
 
 # --------------------------------------------------------------------------- cheap candidate evaluation
@@ -94,6 +98,16 @@ def random_function(rng: random.Random) -> AllocationFunction:
         reduction=rng.choice(list(ops.REDUCTIONS)),
         post=tuple(rng.choice(list(ops.POST)) for _ in range(rng.randint(1, 2))),
         lam=round(rng.uniform(0.02, 0.2), 3), direction=rng.choice((1, -1)))
+
+
+def novel(draw, seen: set[str]) -> AllocationFunction:
+    """``draw()`` until its function's key is not in ``seen`` (at most NOVELTY_TRIES times); adds the key."""
+    for _ in range(NOVELTY_TRIES):
+        fn = draw()
+        if fn.key() not in seen:
+            break
+    seen.add(fn.key())
+    return fn
 
 
 def crossover(a: AllocationFunction, b: AllocationFunction, rng: random.Random) -> AllocationFunction:
@@ -241,11 +255,19 @@ class Search:
                         key=lambda t: t[0])
         scored = scored[: max(2, len(scored) // 2)]  # truncation: the worse half does not breed
         children = [f for _, f in scored[: self.config.elite]]
-        while len(children) < self.config.population:
+        seen = set(self.cache) | {f.key() for f in children}
+
+        def breed() -> AllocationFunction:
             a, b = self._tournament(scored, rng), self._tournament(scored, rng)
-            child = crossover(a, b, rng) if rng.random() < 0.9 else a
-            children.append(mutate(child, rng))
+            return mutate(crossover(a, b, rng) if rng.random() < 0.9 else a, rng)
+
+        while len(children) < self.config.population:
+            children.append(novel(breed, seen))
         return children
+
+    def evaluations(self, kind: str = "evolution") -> int:
+        """Distinct candidates evaluated so far by ``kind`` (results served from the cache not counted)."""
+        return sum(1 for h in self.state.history if h["kind"] == kind and not h.get("cached"))
 
     def run(self, stop_after: int | None = None) -> dict:
         """Run to the end (or raise after ``stop_after`` fresh evaluations, to test interruption)."""
@@ -255,8 +277,11 @@ class Search:
             _set_rng(rng, self.state.rng)
         for gen in tqdm(range(self.state.generation + 1, self.config.generations), desc="DSA evolution",
                         disable=not self.progress):
-            population = ([random_function(rng) for _ in range(self.config.population)] if gen == 0
-                          else self._next_population(rng))
+            if gen == 0:
+                seen: set[str] = set()
+                population = [novel(lambda: random_function(rng), seen) for _ in range(self.config.population)]
+            else:
+                population = self._next_population(rng)
             rollback = len(self.state.history)
             try:
                 for fn in population:
@@ -279,15 +304,17 @@ class Search:
             self._budget_left -= 1
 
     def _random_search(self) -> None:
-        """Random functions, as many evaluations as the evolution made, checkpointed every population."""
-        budget = self.config.population * self.config.generations
+        """Distinct random functions, as many as the evolution evaluated, checkpointed every population."""
+        budget = self.evaluations("evolution")
+        seen = {h["function_key"] for h in self.state.history if h["kind"] == "random"}
         rng = random.Random(self.config.seed + 1)
         if self.state.random_rng is not None:
             _set_rng(rng, self.state.random_rng)
         bar = tqdm(total=budget, initial=self.state.random_done, desc="random search", disable=not self.progress)
         while self.state.random_done < budget:
             chunk = min(self.config.population, budget - self.state.random_done)
-            rollback, draws = len(self.state.history), [random_function(rng) for _ in range(chunk)]
+            rollback = len(self.state.history)
+            draws = [novel(lambda: random_function(rng), seen) for _ in range(chunk)]
             try:
                 for fn in draws:
                     self._tick()
