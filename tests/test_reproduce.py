@@ -55,6 +55,10 @@ def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkey
     good = out / "g" / "perplexity-uniform-0.5" / "result.json"
     assert read_record(bad)["status"] == "error" and "sparsity=1.5" in read_record(bad)["error"]
     assert (bad.parent / "executed.ipynb").exists()
+    injected = [c for c in nbformat.read(good.parent / "executed.ipynb", as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    # only parameters the notebook declares are passed (the perplexity notebook has no `tasks`)
+    assert len(injected) == 1 and "nsamples = 4" in injected[0].source and "tasks" not in injected[0].source
     ppl = read_record(good)["metrics"]["perplexity"]
     # settings the grid leaves out take the library's defaults, never the notebook's small ones
     assert read_record(good)["config"]["eval_seqlen"] is None and read_record(good)["data"]["eval"]["seqlen"] == 512

@@ -100,10 +100,13 @@ def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") ->
 
     folder.mkdir(parents=True, exist_ok=True)
     result_path = folder / "result.json"
+    notebook = str(NOTEBOOKS / TABLES[run.table])
     params = {"model": model, **run_defaults(), **run.params, "result_path": str(result_path.resolve())}
+    declared = pm.inspect_notebook(notebook)  # e.g. the perplexity notebook has no `tasks`
+    params = {k: v for k, v in params.items() if k in declared}
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(NOTEBOOKS / TABLES[run.table]), str(folder / "executed.ipynb"), parameters=params,
+        pm.execute_notebook(notebook, str(folder / "executed.ipynb"), parameters=params,
                             kernel_name=kernel_name, progress_bar=False, cwd=str(folder))
         record = read_record(result_path)
     except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, the grid goes on
