@@ -8,6 +8,7 @@ import papermill as pm
 import pytest
 
 from workbench import reproduce
+from workbench.cli import main
 from workbench.results import read_record
 
 NOTEBOOKS = sorted(Path(reproduce.NOTEBOOKS).glob("*.ipynb"))
@@ -68,6 +69,10 @@ def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkey
     assert (out / "g" / "tables" / "perplexity.csv").read_text().splitlines()[1].startswith(f"uniform,{ppl}")
     assert "sparsity=1.5" in (out / "g" / "tables" / "failed.md").read_text()
     assert len(result["failed"]) == 1
+    # the same configuration through the CLI gives the same number
+    rc = main(["prune", "--model", "tiny-llama", "--metric", "wanda", "--sparsity", "0.5", "--nsamples", "4",
+               "--seqlen", "64", "--eval", "--out", str(tmp_path / "cli.json")])
+    assert rc == 0 and read_record(tmp_path / "cli.json")["metrics"]["perplexity"] == ppl
 
     calls = []
     real = reproduce.execute
