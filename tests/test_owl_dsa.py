@@ -74,6 +74,30 @@ def test_owl_allocator_computes_lod_and_maps_it():
     assert per_layer.granularity == "layer" and per_layer.mean() == pytest.approx(0.6, abs=1e-6)
 
 
+def test_reallocation_reuses_derived_statistics_and_equals_a_fresh_one():
+    """A redraw at another target or λ must not pass over the scores again (LOD, DSA block values memoised)."""
+    counts = [2, 10, 6, 0]
+    inputs = _inputs_with_lod(counts)
+    readme = AllocationFunction(("no_op",), "var", ("asin",), 0.08, 1)  # asin of a variance > 1: invalid
+    allocate("owl", inputs, 0.6, lam=0.1, M=5)
+    allocate("dsa", inputs, 0.6, function="poster")
+    with pytest.raises(InvalidFunction):
+        allocate("dsa", inputs, 0.6, function=readme)
+    table = {n: inputs.scores(n) for n in inputs.layers}
+    inputs.scores = lambda name: pytest.fail(f"scores of {name} read again")
+    for s, lam in ((0.5, 0.05), (0.7, 0.12)):
+        fresh = _inputs_with_lod(counts)
+        assert allocate("owl", inputs, s, lam=lam, M=5).layers == allocate("owl", fresh, s, lam=lam, M=5).layers
+        poster = {**PRESETS["poster"].to_dict(), "lam": lam}
+        assert allocate("dsa", inputs, s, function=poster).layers == \
+            allocate("dsa", fresh, s, function=poster).layers
+        with pytest.raises(InvalidFunction):  # the invalid verdict is remembered, not turned into a profile
+            allocate("dsa", inputs, s, function=readme)
+    inputs.scores = table.__getitem__
+    with pytest.raises(ValueError, match="constant"):  # another M is another LOD (here all 0): computed afresh
+        allocate("owl", inputs, 0.6, lam=0.1, M=500)
+
+
 @pytest.mark.parametrize("kwargs,match", [(dict(lam=-0.1), "lam=-0.1"), (dict(M=0), "M=0"), (dict(M=-2), "M=-2"),
                                           (dict(clamp="soft"), "clamp='soft'"),
                                           (dict(granularity="row"), "granularity='row'")])

@@ -7,7 +7,7 @@ Each allocator lives in its own file and registers itself with ``@register_alloc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,6 +35,21 @@ class AllocationInput:
 
     layers: dict[str, LayerInfo]
     scores: Callable[[str], torch.Tensor] | None = None  # (out, in) importance scores of a layer
+    # statistics allocators derive from the scores (OWL's LOD per M, a DSA function's block values), kept so
+    # that re-allocating at another target or λ costs no pass over the scores; the scores must not change
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def memoised(self, key: tuple, compute: Callable[[], object]) -> object:
+        """``compute()`` once per ``key``; an exception it raises is remembered and raised again."""
+        if key not in self.memo:
+            try:
+                self.memo[key] = (True, compute())
+            except ValueError as err:
+                self.memo[key] = (False, err)
+        ok, value = self.memo[key]
+        if not ok:
+            raise value
+        return value
 
     def numels(self) -> dict[str, int]:
         return {n: info.numel for n, info in self.layers.items()}

@@ -43,7 +43,8 @@ def owl(inputs: AllocationInput, sparsity: float, lam: float = 0.08, M: float = 
     if isinstance(M, bool) or not isinstance(M, int | float) or M <= 0:
         raise ValueError(f"M={M!r} must be a number > 0")
     grouped = groups(inputs, granularity)
-    lod = [outlier_ratio(inputs, names, M) for names in grouped.values()]
+    lod = list(inputs.memoised(("owl_lod", granularity, float(M)),
+                               lambda: [outlier_ratio(inputs, names, M) for names in grouped.values()]))
     weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
     ratios = map_to_sparsity(lod, sparsity, lam, direction=-1, weights=weights, clamp=clamp)
     layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}

@@ -110,10 +110,14 @@ class AllocationFunction:
                 _check_finite(v, "post op", op)
         return v.tolist()
 
+    def stages_key(self) -> str:
+        """Identity of the block values (pre ops, reduction, post ops; λ and direction only map them)."""
+        return json.dumps({"pre": list(self.pre), "reduction": self.reduction, "post": list(self.post)})
+
     def sparsities(self, block_scores: list[list[torch.Tensor]], sparsity: float,
-                   weights: list[float] | None = None) -> list[float]:
-        """Per-block sparsities (guarded: invalid values raise InvalidFunction)."""
-        values = self.block_values(block_scores)
+                   weights: list[float] | None = None, values: list[float] | None = None) -> list[float]:
+        """Per-block sparsities (guarded: invalid values raise InvalidFunction); ``values``: known block values."""
+        values = self.block_values(block_scores) if values is None else values
         try:
             return map_to_sparsity(values, sparsity, self.lam, self.direction, weights=weights)
         except ValueError as err:
@@ -161,7 +165,11 @@ def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | Allocat
     fn = load_function(function)
     grouped = groups(inputs, "block")
     weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
-    scores = cached_block_scores if cached_block_scores is not None else block_scores(inputs)
-    ratios = fn.sparsities(scores, sparsity, weights)
+
+    def values() -> list[float]:
+        return fn.block_values(cached_block_scores if cached_block_scores is not None else block_scores(inputs))
+
+    known = list(inputs.memoised(("dsa_block_values", fn.stages_key()), values))
+    ratios = fn.sparsities([], sparsity, weights, values=known)
     layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
     return inputs.profile(layers, sparsity, "dsa", "block", {"function": fn.to_dict()})
