@@ -68,6 +68,9 @@ def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkey
     assert "| uniform | " + f"{ppl:.2f} |" in table and "150%" not in table
     assert (out / "g" / "tables" / "perplexity.csv").read_text().splitlines()[1].startswith(f"uniform,{ppl}")
     assert "sparsity=1.5" in (out / "g" / "tables" / "failed.md").read_text()
+    png = (out / "g" / "tables" / "sparsity_curves_50.png").read_bytes()  # kaleido through Debian's chromium
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    assert not list((out / "g" / "tables").glob(".*"))  # no temporary file left behind
     assert len(result["failed"]) == 1
     # the same configuration through the CLI gives the same number
     rc = main(["prune", "--model", "tiny-llama", "--metric", "wanda", "--sparsity", "0.5", "--nsamples", "4",

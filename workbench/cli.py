@@ -217,7 +217,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"\n{name} table ({result['root'] / 'tables' / (name + '.md')}):\n{table}")
     for record in result["failed"]:
         print(f"failed run {record['run']['id']}: {record.get('error')}", file=sys.stderr)
-    print(f"runs, tables (md/csv/html) and sparsity_curves.html under {result['root']}")
+    print(f"runs, tables (md/csv/html) and sparsity_curves (html, png) under {result['root']}")
     return 0
 
 

@@ -254,7 +254,7 @@ def build_tables(records: list[dict], folder: Path) -> dict[str, str]:
 
 
 def _write_figure(records: list[dict], folder: Path) -> None:
-    """Layer-wise sparsity of every method, one figure per sparsity (HTML; PNG if kaleido can export)."""
+    """Layer-wise sparsity of every method, one figure per sparsity: one HTML page, and a PNG per sparsity."""
     from .plots import sparsity_curves
     from .profile import SparsityProfile
 
@@ -264,8 +264,30 @@ def _write_figure(records: list[dict], folder: Path) -> None:
             by_sparsity.setdefault(r["run"]["sparsity"], {})[_label(r)] = SparsityProfile.from_dict(r["profile"])
     if not by_sparsity:
         return
-    parts = []
-    for i, (s, profiles) in enumerate(sorted(by_sparsity.items())):
-        fig = sparsity_curves(profiles, title=f"Layer-wise sparsity at {s:.0%}")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    figures = {f"sparsity_curves_{round(s * 100):g}.png":
+               sparsity_curves(profiles, title=f"Layer-wise sparsity at {s:.0%}")
+               for s, profiles in sorted(by_sparsity.items())}
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures.values())]
     _write_text(folder / "sparsity_curves.html", "<html><body>" + "\n".join(parts) + "</body></html>\n")
+    _write_pngs(figures, folder)
+
+
+def _write_pngs(figures: dict, folder: Path) -> None:
+    """PNG copies of the figures through kaleido (it drives an installed Chrome/Chromium); skipped with a
+    warning where no browser can be started, since the HTML figure already holds everything."""
+    import os
+    import warnings
+
+    import plotly.io as pio
+
+    tmp = [folder / f".{name}.tmp.png" for name in figures]
+    try:
+        pio.write_images(list(figures.values()), [str(t) for t in tmp])
+    except Exception as err:  # noqa: BLE001 - kaleido raises several kinds when no browser is found
+        for t in tmp:
+            t.unlink(missing_ok=True)
+        warnings.warn(f"PNG export of the sparsity curves skipped ({type(err).__name__}: {err}); "
+                      "sparsity_curves.html has the figures (install chromium for PNGs)", stacklevel=2)
+        return
+    for t, name in zip(tmp, figures, strict=True):
+        os.replace(t, folder / name)
