@@ -196,6 +196,25 @@ def test_cheap_candidate_equals_a_full_dense_prune(context, monkeypatch):
     assert result["valid"] and result["fitness"] > 1
 
 
+def test_mutation_reaches_every_part_of_a_function_and_keeps_it_well_formed():
+    import random
+
+    from workbench.allocation.dsa.search import mutate
+
+    parent = AllocationFunction(("abs",), "var", ("tanh", "sqrt"), 0.1, 1)
+    rng, seen = random.Random(0), set()
+    for _ in range(600):
+        child = mutate(parent, rng)
+        assert 1 <= len(child.pre) <= 2 and 1 <= len(child.post) <= 2 and 0.01 <= child.lam <= 0.3
+        assert set(child.pre) <= set(ops.PRE) and set(child.post) <= set(ops.POST)
+        assert child.reduction in ops.REDUCTIONS and child.direction in (1, -1)
+        changed = {k for k in ("pre", "reduction", "post", "lam", "direction")
+                   if getattr(child, k) != getattr(parent, k)}
+        assert len(changed) <= 1  # one change at a time
+        seen |= changed | {f"{k}_len" for k in ("pre", "post") if len(getattr(child, k)) != len(getattr(parent, k))}
+    assert seen == {"pre", "reduction", "post", "lam", "direction", "pre_len", "post_len"}
+
+
 CFG = dict(sparsity=0.6, population=4, generations=3, elite=1, seed=0)
 
 

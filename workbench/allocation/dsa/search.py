@@ -8,7 +8,8 @@ evaluating the function, building masks from cached orders, and one validation f
 
 Evolution: a population of random functions; truncation of the worst, tournament selection (size 3),
 crossover between stages (each of pre / reduction / post / λ / direction from either parent), mutation of
-one op or of λ, elitism (the best ``elite`` survive unchanged, at no cost: their fitness is known).
+one op, λ, the direction or a chain's length, elitism (the best ``elite`` survive unchanged, at no cost:
+their fitness is known).
 Every new individual is a function not evaluated before (redrawn up to ``NOVELTY_TRIES`` times), so a
 generation after the first costs ``population - elite`` evaluations; the random baseline gets exactly as
 many distinct draws as the evolution made evaluations. Seeded and deterministic on the CPU.
@@ -38,7 +39,7 @@ from ..owl import groups
 from . import ops
 from .function import AllocationFunction, InvalidFunction, dsa
 
-STATE_VERSION = 2  # 2: children and random draws are distinct; random budget = evolution evaluations
+STATE_VERSION = 3  # 2: distinct children/draws, random budget = evolution evaluations; 3: mutation set
 NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
 
 
@@ -117,16 +118,26 @@ def crossover(a: AllocationFunction, b: AllocationFunction, rng: random.Random) 
 
 
 def mutate(f: AllocationFunction, rng: random.Random) -> AllocationFunction:
+    """One change: an op, the reduction, λ (log-normal step), the mapping direction, or the length of the
+    pre or post chain (an op added or dropped, keeping 1–2 ops as random functions have)."""
     pre, reduction, post, lam, direction = list(f.pre), f.reduction, list(f.post), f.lam, f.direction
-    what = rng.choice(("pre", "reduction", "post", "lam"))
+    what = rng.choice(("pre", "reduction", "post", "lam", "direction", "length"))
     if what == "pre":
         pre[rng.randrange(len(pre))] = rng.choice(list(ops.PRE))
     elif what == "reduction":
         reduction = rng.choice(list(ops.REDUCTIONS))
     elif what == "post":
         post[rng.randrange(len(post))] = rng.choice(list(ops.POST))
-    else:
+    elif what == "lam":
         lam = round(min(0.3, max(0.01, lam * math.exp(rng.gauss(0.0, 0.3)))), 4)
+    elif what == "direction":
+        direction = -direction
+    else:
+        chain, choices = (pre, ops.PRE) if rng.random() < 0.5 else (post, ops.POST)
+        if len(chain) > 1:
+            del chain[rng.randrange(len(chain))]
+        else:
+            chain.insert(rng.randrange(len(chain) + 1), rng.choice(list(choices)))
     return AllocationFunction(tuple(pre), reduction, tuple(post), lam, direction)
 
 
