@@ -11,6 +11,7 @@ from workbench.cli import main as cli_main
 from workbench.data import calibration_samples
 from workbench.models import load_model, prunable_linears, weight_hash
 from workbench.prune import prune
+from workbench.pruners import layer_scores
 from workbench.pruners.masks import prune_counts
 
 Q0 = "model.layers.0.self_attn.q_proj"
@@ -240,7 +241,7 @@ def test_block0_prunes_the_lowest_ranked_weights_of_each_importance(calib, impor
     model, tok = fresh()
     dense = prunable_linears(model)[Q0].weight.detach().clone()
     stats = calibrate(model, calib.input_ids, "dense", ("sq_norm", "xtx"), progress=False).stats[Q0]
-    scores = besa_mod.importance_scores(importance, dense, stats)
+    scores = layer_scores(importance, dense, stats)
     res = prune(model, tok, importance, "besa", 0.5, calibration=calib, progress=False)
     assert res.profile.params["importance"] == importance
     pruned = prunable_linears(model)[Q0].weight == 0

@@ -52,10 +52,11 @@ from tqdm.auto import tqdm
 
 from .. import kernels
 from ..profile import SparsityProfile, check_sparsity
+from ..pruners import layer_scores
 from . import AllocationInput, register_allocator
 
 if TYPE_CHECKING:
-    from ..calibrate import BlockData, LayerStats
+    from ..calibrate import BlockData
 
 GRANULARITIES = ("row", "layer")
 IMPORTANCES = ("wanda", "magnitude", "sparsegpt")
@@ -226,20 +227,6 @@ def row_sparsity_values(counts: torch.Tensor, cols: int) -> list[float]:
     return out
 
 
-# --------------------------------------------------------------------------- importance scores
-
-def importance_scores(importance: str, weight: torch.Tensor, stats: LayerStats | None) -> torch.Tensor:
-    """(out, in) scores, higher = keep: wanda |W|·||X||, magnitude |W|, sparsegpt w²/U_jj²."""
-    from ..pruners import layer_scores
-    from ..pruners.sparsegpt import sparsegpt_scores
-
-    if importance == "sparsegpt":
-        if stats is None:
-            raise ValueError("importance='sparsegpt' needs calibration statistics (xtx)")
-        return sparsegpt_scores(weight, stats.hessian())
-    return layer_scores(importance, weight, stats)
-
-
 # --------------------------------------------------------------------------- per-block learning
 
 @dataclass
@@ -342,7 +329,7 @@ class BesaLearner:
         cands = candidates().to(next(iter(data.linears.values())).weight.device)
         layers = []
         for full, lin in data.linears.items():
-            scores = importance_scores(self.importance, lin.weight, data.stats.get(full))
+            scores = layer_scores(self.importance, lin.weight, data.stats.get(full))
             order = kernels.row_order(scores)
             rows = lin.out_features if self.granularity == "row" else 1
             logits = nn.Parameter(initial_logits(self.target, cands, rows, self.sigmoid).to(cands.device))

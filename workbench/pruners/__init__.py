@@ -39,14 +39,19 @@ def check_metric(metric: str, group: str | None = None) -> str:
 
 
 def layer_scores(metric: str, weight: torch.Tensor, stats: LayerStats | None) -> torch.Tensor:
-    """Importance scores of a weight matrix (higher = keep) for magnitude or wanda."""
+    """Importance scores of a weight matrix (higher = keep): magnitude |W|, wanda |W|·||X||, or sparsegpt
+    w²/U_jj² (SparseGPT's saliency without its weight update; BESA ranks by it)."""
     if metric == "magnitude":
         return magnitude.magnitude_scores(weight)
+    if metric not in NEEDS:
+        raise ValueError(f"metric={metric!r} has no scores; allowed: {list(NEEDS)}")
+    if stats is None:
+        raise ValueError(f"metric={metric!r} needs calibration statistics ({', '.join(NEEDS[metric])})")
     if metric == "wanda":
-        if stats is None:
-            raise ValueError("metric='wanda' needs calibration statistics (sq_norm)")
         return kernels.wanda_scores(weight, stats.act_norm())
-    raise ValueError(f"metric={metric!r} has no stand-alone scores; allowed: ['magnitude', 'wanda']")
+    from .sparsegpt import sparsegpt_scores
+
+    return sparsegpt_scores(weight, stats.hessian())
 
 
 @torch.no_grad()
