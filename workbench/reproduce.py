@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .results import read_record, write_json_atomic
+from .results import read_record, write_json_atomic, write_text_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TABLES = {"perplexity": "reproduce_perplexity.ipynb", "zeroshot": "reproduce_zeroshot.ipynb"}
@@ -222,17 +222,6 @@ CAPTIONS = {
 }
 
 
-def _write_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def build_tables(records: list[dict], folder: Path) -> dict[str, str]:
     """Write both tables as .md/.csv/.html and the sparsity-curve figure; return the Markdown texts."""
     out = {}
@@ -241,14 +230,14 @@ def build_tables(records: list[dict], folder: Path) -> dict[str, str]:
         if not rows:
             continue
         md = to_markdown(header, rows)
-        _write_text(folder / f"{name}.md", f"{CAPTIONS[name]}\n\n{md}")
-        _write_text(folder / f"{name}.csv", to_csv(header, rows))
-        _write_text(folder / f"{name}.html", to_html(header, rows, CAPTIONS[name]))
+        write_text_atomic(folder / f"{name}.md", f"{CAPTIONS[name]}\n\n{md}")
+        write_text_atomic(folder / f"{name}.csv", to_csv(header, rows))
+        write_text_atomic(folder / f"{name}.html", to_html(header, rows, CAPTIONS[name]))
         out[name] = md
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
         lines = [f"- {r['run']['id']}: {r.get('error')}" for r in failed]
-        _write_text(folder / "failed.md", "Failed runs\n\n" + "\n".join(lines) + "\n")
+        write_text_atomic(folder / "failed.md", "Failed runs\n\n" + "\n".join(lines) + "\n")
     _write_figure(records, folder)
     return out
 
@@ -268,7 +257,7 @@ def _write_figure(records: list[dict], folder: Path) -> None:
                sparsity_curves(profiles, title=f"Layer-wise sparsity at {s:.0%}")
                for s, profiles in sorted(by_sparsity.items())}
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures.values())]
-    _write_text(folder / "sparsity_curves.html", "<html><body>" + "\n".join(parts) + "</body></html>\n")
+    write_text_atomic(folder / "sparsity_curves.html", "<html><body>" + "\n".join(parts) + "</body></html>\n")
     _write_pngs(figures, folder)
 
 
