@@ -26,29 +26,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off)")
 
 
-def _model_record(args: argparse.Namespace, model) -> dict:
-    from .models import model_hash
+def _print_zero_shot(record: dict, limit: int | None) -> None:
+    """The zero-shot table of a result record, with the harness version."""
+    from .zeroshot import ZeroShot
 
-    return {"id": args.model, "weight_sha256": model_hash(model), "dtype": args.dtype, "device": args.device}
-
-
-def _check_zero_shot_args(args: argparse.Namespace) -> list[str]:
-    """Validate --tasks / --limit / --batch-size before any model is loaded; returns the task names."""
-    from .zeroshot import check_zero_shot_args, resolve_tasks
-
-    check_zero_shot_args(args.limit, args.zs_batch_size)
-    return resolve_tasks(args.tasks)
-
-
-def _run_zero_shot(args: argparse.Namespace, model, tokenizer, names: list[str], metrics: dict, data: dict) -> None:
-    """Zero-shot accuracy through lm-eval; adds metrics and provenance, prints the table."""
-    from .zeroshot import zero_shot
-
-    result = zero_shot(model, tokenizer, tasks=names, limit=args.limit, batch_size=args.zs_batch_size)
-    metrics.update(result.metrics())
-    data["zero_shot"] = result.to_dict()
+    result = ZeroShot(**record["data"]["zero_shot"])
     print(f"zero-shot accuracy (lm-evaluation-harness {result.harness['version']}, 0-shot"
-          f"{'' if args.limit is None else f', first {args.limit} items per task'}):")
+          f"{'' if limit is None else f', first {limit} items per task'}):")
     print(result.table())
 
 
@@ -84,18 +68,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_zero_shot(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .results import make_record, write_json_atomic
+    """Zero-shot accuracy of the dense model: the same run_experiment path as ``prune --eval zero-shot``."""
+    from .experiment import ExperimentConfig, run_experiment
+    from .results import write_json_atomic
 
-    names = _check_zero_shot_args(args)
-    start = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
-                                  trust_remote_code=args.trust_remote_code)
-    metrics: dict = {}
-    data: dict = {}
-    _run_zero_shot(args, model, tokenizer, names, metrics, data)
-    record = make_record("eval", model=_model_record(args, model), method={"name": "dense"}, data=data,
-                         metrics=metrics, wall_time_s=time.perf_counter() - start)
+    config = ExperimentConfig(model=args.model, allocation="dense", evals=("zero-shot",), tasks=args.tasks,
+                              limit=args.limit, zs_batch_size=args.zs_batch_size, dtype=args.dtype,
+                              device=args.device, trust_remote_code=args.trust_remote_code)
+    record = run_experiment(config)
+    _print_zero_shot(record, args.limit)
     out = Path(args.out) if args.out else _default_out("eval", args.model, "zero-shot", args.tasks)
     write_json_atomic(out, record)
     print(f"result record: {out}")
@@ -125,7 +106,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .profile import SparsityProfile
     from .prune import save_pruned
     from .results import write_json_atomic
-    from .zeroshot import ZeroShot
 
     params = _parse_params(args.alloc_param)
     if args.granularity is not None:
@@ -152,10 +132,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"perplexity on {args.eval_dataset}/test (paper protocol, seqlen {ppl['seqlen']}): "
               f"{metrics['perplexity']:.3f}")
     if "zero_shot" in record["data"]:
-        result = ZeroShot(**record["data"]["zero_shot"])
-        print(f"zero-shot accuracy (lm-evaluation-harness {result.harness['version']}, 0-shot"
-              f"{'' if args.limit is None else f', first {args.limit} items per task'}):")
-        print(result.table())
+        _print_zero_shot(record, args.limit)
     if args.save:
         save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save)
         print(f"pruned model: {args.save}")
