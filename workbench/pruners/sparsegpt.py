@@ -54,19 +54,25 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
                          "increase percdamp or check the calibration statistics") from err
 
 
+def _prepare(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 copy of W (rows, cols) with dead input columns (never active, H_jj = 0) zeroed, and the upper
+    Cholesky factor of the damped H⁻¹ (dead columns' diagonal set to 1 first, as the reference does)."""
+    w = weight.detach().to(torch.float32).clone()
+    h = hessian.detach().to(w.device, torch.float32).clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    return w, _inverse_cholesky(h, percdamp)
+
+
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0.0, *, prune_n: int = 0,
                     prune_m: int = 0, blocksize: int = 128,
                     percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (updated weight with pruned entries exactly 0, bool mask True = pruned); inputs untouched."""
     _check(weight, hessian, sparsity, prune_n, prune_m, blocksize, percdamp)
-    w = weight.detach().to(torch.float32).clone()  # (rows, cols)
-    h = hessian.detach().to(w.device, torch.float32).clone()  # (cols, cols)
+    w, hinv = _prepare(weight, hessian, percdamp)
     rows, cols = w.shape
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    hinv = _inverse_cholesky(h, percdamp)
     mask = torch.zeros_like(w, dtype=torch.bool)
     if prune_n:  # groups of M columns must not straddle blocks; the result does not depend on blocksize
         blocksize = -(-blocksize // prune_m) * prune_m
@@ -107,10 +113,6 @@ def sparsegpt_scores(weight: torch.Tensor, hessian: torch.Tensor, percdamp: floa
     """SparseGPT's importance w² / U_jj² (U: upper Cholesky factor of the damped H⁻¹), without any update;
     columns whose input is never active score 0. Float32, (out, in); BESA ranks weights by it."""
     _check(weight, hessian, 0.0, 0, 0, 1, percdamp)
-    w = weight.detach().to(torch.float32).clone()
-    h = hessian.detach().to(w.device, torch.float32).clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    d = torch.diag(_inverse_cholesky(h, percdamp))
+    w, hinv = _prepare(weight, hessian, percdamp)
+    d = torch.diag(hinv)
     return w ** 2 / d[None, :] ** 2
