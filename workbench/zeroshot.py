@@ -117,20 +117,12 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _check_limit(limit) -> None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"limit={limit!r} must be None (all items) or an integer >= 1 (items per task)")
-
-
-def _check_batch_size(batch_size) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-
-
 def check_zero_shot_args(limit, batch_size) -> None:
     """Raise ValueError naming the parameter when ``limit`` or ``batch_size`` is not allowed."""
-    _check_limit(limit)
-    _check_batch_size(batch_size)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit={limit!r} must be None (all items) or an integer >= 1 (items per task)")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
 
 
 # --------------------------------------------------------------------------- loading tasks
@@ -177,8 +169,7 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
     token put before an empty context (default: the tokenizer's BOS, else EOS, as lm-eval does).
     """
     names = resolve_tasks(tasks)
-    _check_limit(limit)
-    _check_batch_size(batch_size)
+    check_zero_shot_args(limit, batch_size)
     if tokenizer is None or (tokenizer.bos_token_id is None and tokenizer.eos_token_id is None
                              and prefix_token_id is None):
         raise ValueError("tokenizer: lm-eval needs a tokenizer with a BOS or EOS token, or prefix_token_id")
