@@ -26,9 +26,13 @@ def minmax(values: Sequence[float]) -> list[float]:
     return [(v - lo) / (hi - lo) for v in values]
 
 
+LAMBDA_MAX = 0.5  # the spread of the sparsities is 2λ: beyond 0.5 it exceeds the whole [0, 1] range
+
+
 def check_lambda(lam: float) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam={lam!r} must be a finite number >= 0")
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) \
+            or not 0 <= lam <= LAMBDA_MAX:
+        raise ValueError(f"lam={lam!r} must be a number in [0, {LAMBDA_MAX}] (the sparsities spread over 2·lam)")
     return float(lam)
 
 

@@ -1,12 +1,18 @@
-"""A DSA allocation function as data: pre-process ops, one reduction, post-process ops, λ, direction.
+"""A DSA allocation function as data: pre-process ops, one reduction, post ops, λ, direction.
 
     {"pre": ["abslog"], "reduction": "var", "post": ["atan", "asin"], "lam": 0.08, "direction": 1}
 
-For each block l the Wanda scores of its linears (on the dense model) go through ``pre`` element-wise,
-then ``reduction`` gives one number v_l; the vector v goes through ``post``; then, as in the public DSA
-code, n = minmax(v) and s_l = S + direction · 2λ(n_l − n̄) (direction +1: higher value -> more pruning),
-with the safe clamp of ``mapping.py``. A function whose values are NaN/inf (asin of 1.5, log of 0) or
-constant over blocks cannot give an allocation: it raises InvalidFunction, never maps to zeros.
+As in the public DSA code: for each block l the Wanda scores of its linears (on the dense model) are
+flattened and concatenated into one vector, which goes through ``pre`` element-wise; ``reduction`` gives
+one number, ``post`` transforms it; then n = minmax(v) and s_l = S + direction · 2λ(n_l − n̄)
+(direction +1: higher value -> more pruning), with the safe clamp of ``mapping.py``. All in float64.
+
+A function cannot give an allocation (``InvalidFunction``, with the stage and the reason) when a stage
+yields NaN/inf (asin of 1.5, log of a negative number) or when its block values are equal up to rounding:
+their spread is at most ``NOISE_RTOL`` of their scale (``ops.SCALES``). float64 rounding over the ~10⁷
+terms of a block stays below ~1e-12 relative, so 1e-9 keeps a margin of 1000 while any larger spread is
+a property of the scores; min-max would otherwise stretch rounding noise to the full ±λ (the poster's
+[normalize, var]: the variance of z-scores is 1 for every block).
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ from ..mapping import check_lambda, map_to_sparsity
 from ..owl import groups
 from . import ops
 
+NOISE_RTOL = 1e-9
+MAX_CHAIN = 4  # ops in a pre or post chain
+# What a NaN/inf block value means: "invalid" (the project's rule: the function gives no allocation) or
+# "reference" (the public code's compute_importance: a block whose value is NaN gets 0, ±inf gets -1)
+NONFINITE = ("invalid", "reference")
+
 
 class InvalidFunction(ValueError):
     """The function cannot give a valid allocation on these scores (the reason says why)."""
@@ -36,21 +48,26 @@ class AllocationFunction:
     lam: float = 0.08
     direction: int = 1
     name: str = field(default="", compare=False)
+    nonfinite: str = "invalid"  # "reference": the public code's rule, NaN -> 0 and ±inf -> -1 per block value
 
     def __post_init__(self) -> None:
+        for stage, chain, allowed in (("pre", self.pre, ops.PRE), ("post", self.post, ops.POST)):
+            if isinstance(chain, str) or not isinstance(chain, list | tuple):
+                raise ValueError(f"{stage}={chain!r} must be a list of op names; allowed: {list(allowed)}")
+            if not 1 <= len(chain) <= MAX_CHAIN:
+                raise ValueError(f"{stage}={list(chain)!r} must hold 1 to {MAX_CHAIN} ops (use 'no_op' for none)")
+            for op in chain:
+                if not isinstance(op, str) or op not in allowed:
+                    raise ValueError(f"{stage} op {op!r} is not allowed; allowed: {list(allowed)}")
         object.__setattr__(self, "pre", tuple(self.pre))
         object.__setattr__(self, "post", tuple(self.post))
-        for op in self.pre:
-            if op not in ops.PRE:
-                raise ValueError(f"pre op {op!r} is not allowed; allowed: {list(ops.PRE)}")
-        if self.reduction not in ops.REDUCTIONS:
+        if not isinstance(self.reduction, str) or self.reduction not in ops.REDUCTIONS:
             raise ValueError(f"reduction={self.reduction!r} is not allowed; allowed: {list(ops.REDUCTIONS)}")
-        for op in self.post:
-            if op not in ops.POST:
-                raise ValueError(f"post op {op!r} is not allowed; allowed: {list(ops.POST)}")
         check_lambda(self.lam)
-        if self.direction not in (1, -1):
+        if isinstance(self.direction, bool) or self.direction not in (1, -1):
             raise ValueError(f"direction={self.direction!r} must be 1 or -1")
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite={self.nonfinite!r} is not allowed; allowed: {list(NONFINITE)}")
 
     # ------------------------------------------------------------------ data
     def to_dict(self) -> dict:
@@ -60,12 +77,19 @@ class AllocationFunction:
 
     @classmethod
     def from_dict(cls, data: dict) -> AllocationFunction:
-        unknown = set(data) - {"pre", "reduction", "post", "lam", "direction", "name"}
+        if not isinstance(data, dict):
+            raise ValueError(f"allocation function must be a JSON object, got {type(data).__name__}")
+        allowed = {"pre", "reduction", "post", "lam", "direction", "name", "nonfinite"}
+        unknown = set(data) - allowed
         if unknown:
-            raise ValueError(f"unknown fields in allocation function: {sorted(unknown)}")
-        return cls(pre=tuple(data.get("pre", ("no_op",))), reduction=data.get("reduction", "mean"),
-                   post=tuple(data.get("post", ("no_op",))), lam=float(data.get("lam", 0.08)),
-                   direction=int(data.get("direction", 1)), name=data.get("name", ""))
+            raise ValueError(f"unknown fields in allocation function: {sorted(unknown)}; allowed: {sorted(allowed)}")
+        lam = data.get("lam", 0.08)
+        if isinstance(lam, bool) or not isinstance(lam, int | float):
+            raise ValueError(f"lam={lam!r} must be a number")
+        return cls(pre=data.get("pre", ("no_op",)), reduction=data.get("reduction", "mean"),
+                   post=data.get("post", ("no_op",)), lam=float(lam),
+                   direction=data.get("direction", 1), name=str(data.get("name", "")),
+                   nonfinite=data.get("nonfinite", "invalid"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -73,9 +97,10 @@ class AllocationFunction:
     @classmethod
     def from_json(cls, text: str) -> AllocationFunction:
         try:
-            return cls.from_dict(json.loads(text))
+            data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"allocation function is not valid JSON: {err}") from None
+            raise ValueError(f"function: allocation function is not valid JSON ({err})") from None
+        return cls.from_dict(data)
 
     def key(self) -> str:
         """Identity of the function's behaviour (the name does not count)."""
@@ -83,36 +108,75 @@ class AllocationFunction:
         d.pop("name")
         return json.dumps(d, sort_keys=True)
 
-    # ------------------------------------------------------------------ evaluation
-    def block_values(self, block_scores: list[list[torch.Tensor]]) -> list[float]:
-        """v_l for each block, from the score matrices of its linears, after the post ops."""
-        try:
-            with warnings.catch_warnings():  # degenerate inputs warn (var of one value); the guard decides
-                warnings.simplefilter("ignore")
-                return self._block_values(block_scores)
-        except RuntimeError as err:  # an op that cannot run on these shapes (torch raises RuntimeError)
-            raise InvalidFunction(f"{self.key()}: {str(err).splitlines()[0]}") from None
-
-    def _block_values(self, block_scores: list[list[torch.Tensor]]) -> list[float]:
-        values = []
-        with torch.no_grad():
-            for mats in block_scores:
-                mats = [m.float() for m in mats]
-                for op in self.pre:
-                    mats = [ops.PRE[op](m) for m in mats]
-                flat = torch.cat([m.reshape(-1) for m in mats])
-                _check_finite(flat, "pre ops", ",".join(self.pre))  # matrix reductions (SVD) need finite input
-                values.append(ops.reduce(self.reduction, flat, mats))
-            v = torch.stack(values).double()
-            _check_finite(v, "reduction", self.reduction)
-            for op in self.post:
-                v = ops.POST[op](v)
-                _check_finite(v, "post op", op)
-        return v.tolist()
+    def reduced_key(self) -> str:
+        """Identity of the values before the post ops (pre ops and reduction)."""
+        return json.dumps({"pre": list(self.pre), "reduction": self.reduction, "nonfinite": self.nonfinite})
 
     def stages_key(self) -> str:
         """Identity of the block values (pre ops, reduction, post ops; λ and direction only map them)."""
-        return json.dumps({"pre": list(self.pre), "reduction": self.reduction, "post": list(self.post)})
+        return json.dumps({"pre": list(self.pre), "reduction": self.reduction, "post": list(self.post),
+                           "nonfinite": self.nonfinite})
+
+    # ------------------------------------------------------------------ evaluation
+    def reduced_values(self, block_scores: list[list[torch.Tensor]]) -> tuple[list[float], list[float]]:
+        """Per block: the reduction of the pre-processed concatenated score vector, and its scale."""
+        values, scales = [], []
+        strict = self.nonfinite == "invalid"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degenerate inputs warn (var of one value); the checks decide
+            for mats in block_scores:
+                shapes = [tuple(m.shape) for m in mats]
+                flat = torch.cat([m.reshape(-1) for m in mats]).double()  # the block's vector, as the public code
+                for op in self.pre:
+                    flat = ops.PRE[op](flat)
+                if strict:
+                    _check_finite(flat, "pre ops", ",".join(self.pre))
+                try:
+                    value, scale = ops.reduce(self.reduction, flat, shapes)
+                except RuntimeError as err:  # an op that cannot run on these values (torch raises RuntimeError)
+                    raise InvalidFunction(f"reduction {self.reduction!r}: {str(err).splitlines()[0]}") from None
+                values.append(value)
+                scales.append(scale)
+        v = torch.tensor(values, dtype=torch.float64)
+        if strict:
+            _check_finite(v, "reduction", self.reduction)
+        finite = torch.isfinite(v)
+        _check_spread(v[finite], max((s for s, f in zip(scales, finite.tolist(), strict=True) if f), default=0.0),
+                      f"reduction {self.reduction!r} after pre ops {list(self.pre)}")
+        return values, scales
+
+    def post_values(self, reduced: list[float]) -> list[float]:
+        """The post ops on the reduced block values, each checked for NaN/inf and collapse to rounding."""
+        v = torch.tensor(reduced, dtype=torch.float64)
+        for op in self.post:
+            v = ops.POST[op](v)
+            if self.nonfinite == "invalid":
+                _check_finite(v, "post op", op)
+            finite = v[torch.isfinite(v)]
+            _check_spread(finite, float(finite.abs().max()) if finite.numel() else 0.0, f"post op {op!r}")
+        if self.nonfinite == "reference":  # the public compute_importance: NaN -> 0, ±inf -> -1
+            v = torch.where(torch.isnan(v), torch.zeros_like(v), torch.where(torch.isinf(v), -torch.ones_like(v), v))
+            _check_spread(v, float(v.abs().max()), "the public NaN -> 0, inf -> -1 rule")
+        return v.tolist()
+
+    def block_values(self, block_scores: list[list[torch.Tensor]], memo: dict | None = None) -> list[float]:
+        """v_l for each block, from the score matrices of its linears, after the post ops; ``memo`` keeps
+        the reduced values per (pre ops, reduction), so functions that share them skip the pass over scores."""
+        key = self.reduced_key()
+        if memo is not None and key in memo:
+            ok, reduced = memo[key]
+            if not ok:
+                raise reduced
+        else:
+            try:
+                reduced = self.reduced_values(block_scores)[0]
+            except InvalidFunction as err:
+                if memo is not None:
+                    memo[key] = (False, err)
+                raise
+            if memo is not None:
+                memo[key] = (True, reduced)
+        return self.post_values(reduced)
 
     def sparsities(self, block_scores: list[list[torch.Tensor]], sparsity: float,
                    weights: list[float] | None = None, values: list[float] | None = None) -> list[float]:
@@ -130,11 +194,30 @@ def _check_finite(v: torch.Tensor, stage: str, op: str) -> None:
         raise InvalidFunction(f"{stage} {op!r} gave non-finite values ({bad[:3]}...)")
 
 
+def _check_spread(v: torch.Tensor, scale: float, where: str) -> None:
+    """Refuse block values whose spread is rounding noise: max − min <= NOISE_RTOL · scale (fewer than two
+    finite values under the reference rule: nothing to compare yet)."""
+    if v.numel() < 2:
+        return
+    spread = float(v.max() - v.min())
+    if spread <= NOISE_RTOL * scale:
+        raise InvalidFunction(f"{where}: block values are constant up to rounding (spread {spread:.3g} <= "
+                              f"{NOISE_RTOL:g} x scale {scale:.3g}); min-max would stretch noise into sparsities")
+
+
 PRESETS = {
-    # DSA poster, final discovered function
-    "poster": AllocationFunction(("normalize",), "var", ("abs", "no_op"), 0.08, 1, "poster"),
-    # DSA README example; asin of a value > 1 is NaN, which the guard reports
-    "readme": AllocationFunction(("abslog",), "var", ("atan", "asin"), 0.08, 1, "readme"),
+    # DSA README example (lliai/DSA: W:(ABSLOG)-(VAR)-(ATAN,ASIN), λ = --Lamda 0.08), with the public code's
+    # NaN -> 0 rule: asin(atan(v)) is NaN where v > tan(1) = 1.557, and such blocks get the value 0
+    # (on SmolLM2 11 of 30 blocks; under the project's rule the function would be invalid there)
+    "readme": AllocationFunction(("abslog",), "var", ("atan", "asin"), 0.08, 1, "readme", "reference"),
+}
+
+# Named functions that no faithful reading makes an allocation: refused with the reason.
+DEGENERATE = {
+    "poster": "function='poster' (the DSA poster's final function [normalize, var, abs, no_op]) is degenerate: "
+              "the public code z-scores the block's concatenated scores, whose variance is then 1 for every "
+              "block, so the block values differ only by rounding (the per-layer reading gives (n−k)/(n−1), "
+              "equal for blocks of equal shapes). Use 'readme', a searched function, or a JSON function.",
 }
 
 
@@ -144,12 +227,24 @@ def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
         return spec
     if isinstance(spec, dict):
         return AllocationFunction.from_dict(spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"function={spec!r} must be a preset name, a JSON file, JSON text or a mapping")
+    if spec in DEGENERATE:
+        raise InvalidFunction(DEGENERATE[spec])
     if spec in PRESETS:
         return PRESETS[spec]
-    if Path(spec).is_file():
-        return AllocationFunction.from_json(Path(spec).read_text())
     if spec.lstrip().startswith("{"):
         return AllocationFunction.from_json(spec)
+    path = Path(spec)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"function={spec!r}: cannot read the file ({err})") from None
+        try:
+            return AllocationFunction.from_json(text)
+        except ValueError as err:
+            raise ValueError(f"function={spec!r}: {err}") from None
     raise ValueError(f"function={spec!r} is neither a preset {list(PRESETS)}, a JSON file nor JSON")
 
 
@@ -159,15 +254,17 @@ def block_scores(inputs: AllocationInput) -> list[list[torch.Tensor]]:
 
 
 @register_allocator("dsa", needs_scores=True)
-def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | AllocationFunction = "poster",
+def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | AllocationFunction = "readme",
         cached_block_scores: list[list[torch.Tensor]] | None = None):
     """Per-block sparsities from a DSA allocation function (``cached_block_scores`` skips recomputing)."""
     fn = load_function(function)
     grouped = groups(inputs, "block")
     weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
+    memo = inputs.memo.setdefault("dsa_reduced", {})  # reduced values per (pre, reduction), kept with the scores
 
     def values() -> list[float]:
-        return fn.block_values(cached_block_scores if cached_block_scores is not None else block_scores(inputs))
+        scores = cached_block_scores if cached_block_scores is not None else block_scores(inputs)
+        return fn.block_values(scores, memo)
 
     known = list(inputs.memoised(("dsa_block_values", fn.stages_key()), values))
     ratios = fn.sparsities([], sparsity, weights, values=known)

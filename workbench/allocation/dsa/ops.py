@@ -1,11 +1,19 @@
 """The operations DSA allocation functions are made of (names are data; no eval/exec anywhere).
 
-Stages of a function (see ``function.py``):
-* PRE: element-wise on a block's score tensor (all its linears' Wanda scores, flattened together);
-* REDUCTIONS: the tensor (and the layers' score matrices, for the matrix ones) to one number;
-* POST: on the vector of per-block numbers (element-wise, except softmax over blocks).
-Every op may produce NaN/inf or fail on its domain (log of 0, asin of 1.5); the caller checks and
-reports the function invalid, never silently turning bad values into zeros.
+Stages of a function (see ``function.py``), as in the public DSA code (lliai/DSA, ``lib/autolayer.py``
+``LayerEngine`` applied in ``lib/prune_all.py``):
+
+* PRE ("stick" ops): element-wise on the block's score *vector*: the Wanda scores of all the block's
+  linears, flattened and concatenated first (so ``normalize`` and ``minmax`` use the block's statistics);
+* REDUCTIONS ("deform" ops): the vector to one number per block;
+* POST (transform and post-process ops): on each block's number, one block at a time.
+
+Everything runs in float64. Where an op is defined by the public code, it is the same op, including its
+handling of zeros (``log``: x <= 0 -> 1, then log(x + 1e-6); ``abslog``: x == 0 -> 1, then log|x|;
+``normalize``: a constant vector gives zeros). The one deliberate difference everywhere: where the public
+code turns NaN into 0 and inf into -1 (``compute_importance``), here a NaN or inf makes the function
+*invalid* (the caller raises with the stage and op); asin of 1.5 or log of a negative number is not a value.
+Ops that deviate further say so in their docstring.
 """
 
 from __future__ import annotations
@@ -14,23 +22,42 @@ from collections.abc import Callable
 
 import torch
 
-EPS = 1e-12
 MATRIX_SIDE = 256  # matrix reductions look at a strided <= 256 x 256 view of each layer's scores
 
 
+# --------------------------------------------------------------------------- pre ops (block vector)
+
+def _log(x: torch.Tensor) -> torch.Tensor:
+    """Public ``element_wise_log_op``: entries <= 0 become 1, then log(x + 1e-6)."""
+    return torch.log(torch.where(x <= 0, torch.ones_like(x), x) + 1e-6)
+
+
+def _abslog(x: torch.Tensor) -> torch.Tensor:
+    """Public ``element_wise_abslog_op``: exact zeros become 1 (log 1 = 0), then log|x|."""
+    return torch.log(torch.where(x == 0, torch.ones_like(x), x).abs())
+
+
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean()) / (x.std() + EPS)
+    """Public ``normalize_op``: z-score with the unbiased std over the whole block vector; 0/0 -> 0 (a
+    constant vector gives zeros). A block of one element has no std: NaN, so invalid here."""
+    centred = x - x.mean()
+    std = x.std()
+    if bool(std == 0):
+        return torch.zeros_like(x)
+    return centred / std
 
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.min()) / (x.max() - x.min() + EPS)
+    """Public ``MMS``: (x − min) / (max − min + 1e-9)."""
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo + 1e-9)
 
 
 PRE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "no_op": lambda x: x,
     "abs": torch.abs,
-    "log": torch.log,
-    "abslog": lambda x: torch.log(torch.abs(x)),
+    "log": _log,
+    "abslog": _abslog,
     "pow": lambda x: x * x,
     "exp": torch.exp,
     "normalize": _normalize,
@@ -40,38 +67,62 @@ PRE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# --------------------------------------------------------------------------- reductions (block vector -> number)
+
 def _entropy(x: torch.Tensor) -> torch.Tensor:
-    p = x.abs() / (x.abs().sum() + EPS)
-    return -(p * torch.log(p + EPS)).sum()
+    """Public ``entropy_op`` on a vector: the entries are taken as probabilities after dropping negative
+    ones and renormalising; H = −Σ p log p (0 log 0 = 0). No non-negative mass left: NaN (invalid)."""
+    p = x[x >= 0]
+    total = p.sum()
+    if p.numel() == 0 or not bool(total > 0):
+        return torch.tensor(float("nan"), dtype=x.dtype)
+    p = p / total
+    return -(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))).sum()
 
 
 def _geomean(x: torch.Tensor) -> torch.Tensor:
-    return torch.exp(torch.log(x.abs() + EPS).mean())
+    """(Π x)^(1/n). Deviation: computed as exp(mean log x), since the public ``torch.prod`` under- or
+    overflows for any block of realistic size (the product of 10⁶ scores is 0 or inf). An exact zero gives
+    0 (as the product does); a negative entry makes the value undefined (NaN: invalid)."""
+    if bool((x < 0).any()):
+        return torch.tensor(float("nan"), dtype=x.dtype)
+    if bool((x == 0).any()):
+        return torch.zeros((), dtype=x.dtype)
+    return torch.exp(torch.log(x).mean())
 
 
 TENSOR_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": torch.mean,
-    "var": torch.var,
-    "std": torch.std,
-    "fro": torch.linalg.vector_norm,
-    "l1": lambda x: x.abs().mean(),
+    "var": torch.var,                      # unbiased, as torch.var in the public code
+    "std": torch.std,                      # unbiased
+    "fro": torch.linalg.vector_norm,       # public FROBENIUS_NORM of the vector: sqrt(Σ x²)
+    "gram": lambda x: torch.dot(x, x),     # public GRAM on a vector: x @ x.T is the dot product Σ x²
+    "l1": lambda x: x.abs().sum() / x.numel(),  # public L1_NORM: Σ|x| / numel
     "entropy": _entropy,
     "geomean": _geomean,
+}
+
+# How large a reduction's value is before block-to-block differences matter: the spread of the block
+# values is compared with it to tell a property of the scores from float64 rounding (``function.py``).
+# A mean near 0 can be all rounding (the mean of z-scores is ~1e-17), so its scale is the magnitude of
+# its terms; every other reduction is computed to a relative accuracy of its own value.
+SCALES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mean": lambda x: x.abs().mean(),
 }
 
 
 def _view(m: torch.Tensor) -> torch.Tensor:
     rs = max(1, m.shape[0] // MATRIX_SIDE)
     cs = max(1, m.shape[1] // MATRIX_SIDE)
-    return m[::rs, ::cs][:MATRIX_SIDE, :MATRIX_SIDE].double()
+    return m[::rs, ::cs][:MATRIX_SIDE, :MATRIX_SIDE]
 
 
-def _rank(m: torch.Tensor) -> torch.Tensor:
+def _layer_rank(m: torch.Tensor) -> torch.Tensor:
     v = _view(m)
     return torch.linalg.matrix_rank(v).double() / min(v.shape)
 
 
-def _gram(m: torch.Tensor) -> torch.Tensor:
+def _layer_corr(m: torch.Tensor) -> torch.Tensor:
     """Mean absolute off-diagonal correlation between rows."""
     v = _view(m)
     if v.shape[0] < 2:
@@ -81,25 +132,29 @@ def _gram(m: torch.Tensor) -> torch.Tensor:
     return off.abs().sum() / (c.numel() - c.shape[0])
 
 
-def _slogdet(m: torch.Tensor) -> torch.Tensor:
+def _layer_slogdet(m: torch.Tensor) -> torch.Tensor:
     v = _view(m)
     g = v @ v.t() / v.shape[1]
     return torch.linalg.slogdet(g + 1e-6 * torch.eye(g.shape[0], dtype=g.dtype))[1] / g.shape[0]
 
 
+# Project extensions, not the public code's ops: the public RANK / CORREF / SLOGDET / DETERMINANT /
+# DIAGONAL receive the block's 1-D vector, where they raise (rank, slogdet, det, diagonal) or are the
+# constant 1 (corrcoef), so they can never give an allocation there. These look instead at each layer's
+# matrix (the block vector after the pre ops, cut back into the layers' shapes; a strided
+# <= 256 x 256 view) and average over the block's layers.
 MATRIX_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "rank": _rank,
-    "gram": _gram,
-    "slogdet": _slogdet,
+    "layer_rank": _layer_rank,
+    "layer_corr": _layer_corr,
+    "layer_slogdet": _layer_slogdet,
 }
 REDUCTIONS = (*TENSOR_REDUCTIONS, *MATRIX_REDUCTIONS)
 
 
-def _softmax(v: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(v, dim=0)
-
+# --------------------------------------------------------------------------- post ops (one block's number)
 
 POST: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # the public _POST_OPS, applied to each block's number (element-wise over the vector of blocks)
     "no_op": lambda v: v,
     "sin": torch.sin,
     "cos": torch.cos,
@@ -113,16 +168,22 @@ POST: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
     "softplus": torch.nn.functional.softplus,
-    "softmax": _softmax,
-    "sqrt": torch.sqrt,
+    "sqrt": torch.sqrt,  # in the paper's operation table (not in the public _POST_OPS)
 }
+# The paper's table also lists softmax; on one block's number (as the public code applies post ops) it
+# is the constant 1, and over the vector of blocks min-max(softmax v) = min-max(exp v): left out.
 
 
-def reduce(name: str, flat: torch.Tensor, matrices: list[torch.Tensor]) -> torch.Tensor:
-    """Apply reduction ``name``: tensor reductions to the pre-processed flat scores, matrix reductions to
-    each pre-processed layer matrix, averaged over the block's layers."""
+def reduce(name: str, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> tuple[float, float]:
+    """Reduction ``name`` of one block's pre-processed vector (float64) and the scale its spread is
+    judged against; matrix reductions cut ``flat`` back into the layers' ``shapes`` and average."""
     if name in TENSOR_REDUCTIONS:
-        return TENSOR_REDUCTIONS[name](flat.double())
+        value = TENSOR_REDUCTIONS[name](flat)
+        scale = SCALES[name](flat) if name in SCALES else value.abs()
+        return float(value), float(scale)
     if name in MATRIX_REDUCTIONS:
-        return torch.stack([MATRIX_REDUCTIONS[name](m) for m in matrices]).mean()
+        mats = torch.split(flat, [r * c for r, c in shapes])
+        value = torch.stack([MATRIX_REDUCTIONS[name](m.view(shape)) for m, shape in zip(mats, shapes, strict=True)])
+        value = value.mean()
+        return float(value), abs(float(value))
     raise ValueError(f"reduction={name!r} is not allowed; allowed: {list(REDUCTIONS)}")
