@@ -145,13 +145,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Evolutionary search over DSA allocation functions (+ random baseline), checkpointed in --out."""
-    from .allocation.dsa.search import Search, SearchConfig, SearchContext
     from .models import load_model, model_hash
     from .prune import DenseCache
+    from .search import Search, SearchConfig, SearchContext
 
     data_mod.check_dataset(args.calib_dataset)
+    data_mod.check_dataset(args.fitness_dataset)
     config = SearchConfig(sparsity=args.sparsity, population=args.population, generations=args.generations,
-                          elite=args.elite, seed=args.seed, random_baseline=not args.no_random_baseline)
+                          elite=args.elite, seed=args.seed, random_baseline=not args.no_random_baseline,
+                          fitness=args.fitness, fitness_windows=args.fitness_windows,
+                          fitness_seqlen=args.fitness_seqlen, cheap_fitness=args.cheap_fitness,
+                          cheap_windows=args.cheap_windows, cheap_seqlen=args.cheap_seqlen, promote=args.promote)
     out = Path(args.out)
     if (out / "state.json").exists() and not args.resume:
         raise ValueError(f"--out {out} already holds a search; add --resume to continue it")
@@ -159,14 +163,14 @@ def cmd_search(args: argparse.Namespace) -> int:
                                   trust_remote_code=args.trust_remote_code)
     calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
     cache = DenseCache.build(model, calibration, ("sq_norm",))
-    ctx = SearchContext(model, tokenizer, cache, args.sparsity, fitness_seqlen=args.fitness_seqlen,
-                        fitness_windows=args.fitness_windows)
+    ctx = SearchContext(model, tokenizer, cache, config, dataset=args.fitness_dataset)
     meta = {"model": {"id": args.model, "weight_sha256": model_hash(model)}, "calibration": cache.calibration,
             "fitness": ctx.fitness_data, "metric": "wanda"}
     best = Search(ctx, config, out, resume=args.resume, meta=meta).run()
     for kind, rec in best.items():
         if rec:
-            print(f"best {kind:9s}: validation ppl {rec['fitness']:.3f}  {json_dumps(rec['function'])}")
+            print(f"best {kind:9s}: validation {config.fitness} {rec['full_fitness']:.3f}  "
+                  f"{json_dumps(rec['function'])}")
     print(f"history: {out / 'history.json'}  best: {out / 'best.json'}")
     return 0
 
@@ -265,15 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="evolutionary search over DSA allocation functions")
     _add_model_args(p)
     p.add_argument("--sparsity", type=float, default=0.7)
-    p.add_argument("--population", type=int, default=16)
-    p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--population", type=int, default=32)
+    p.add_argument("--generations", type=int, default=14)
     p.add_argument("--elite", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib-dataset", default="embedded")
     p.add_argument("--nsamples", type=int, default=None)
     p.add_argument("--seqlen", type=int, default=None)
-    p.add_argument("--fitness-seqlen", type=int, default=512, help="window length of the validation fitness")
-    p.add_argument("--fitness-windows", type=int, default=8, help="validation windows per candidate")
+    p.add_argument("--fitness-dataset", default="embedded", help="dataset whose validation split scores candidates")
+    p.add_argument("--fitness", choices=("ppl", "kl"), default="ppl", help="full-fidelity fitness")
+    p.add_argument("--fitness-seqlen", type=int, default=512, help="window length of the full-fidelity fitness")
+    p.add_argument("--fitness-windows", type=int, default=8, help="validation windows at full fidelity")
+    p.add_argument("--cheap-fitness", choices=("ppl", "kl"), default="kl", help="first-stage fitness")
+    p.add_argument("--cheap-seqlen", type=int, default=128, help="window length of the first stage")
+    p.add_argument("--cheap-windows", type=int, default=1,
+                   help="validation windows of the first stage (0: every candidate at full fidelity)")
+    p.add_argument("--promote", type=int, default=2,
+                   help="new candidates per generation scored at full fidelity (the best of the first stage)")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
     p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")

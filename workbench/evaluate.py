@@ -69,6 +69,30 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, prog
     return out
 
 
+@torch.inference_mode()
+def window_log_probs(model, ids: torch.Tensor, seqlen: int) -> list[torch.Tensor]:
+    """Next-token log-probabilities (float32, (seqlen-1, vocab)) of each non-overlapping window: the
+    reference a KL fitness compares a pruned model with (cached once per search)."""
+    device = next(model.parameters()).device
+    return [torch.log_softmax(model(w[None].to(device)).logits[0, :-1].float(), dim=-1)
+            for w in _windows(ids, seqlen)]
+
+
+@torch.inference_mode()
+def window_kl(model, ids: torch.Tensor, seqlen: int, reference: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over predicted tokens of KL(reference ‖ model) of each window (float64):
+    Σ_v p(v)·(log p(v) − log q(v)), p the reference's next-token distribution, q the model's."""
+    windows = _windows(ids, seqlen)
+    if len(reference) != windows.shape[0]:
+        raise ValueError(f"reference has {len(reference)} windows, ids give {windows.shape[0]}")
+    device = next(model.parameters()).device
+    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    for i, (w, ref) in enumerate(zip(windows, reference, strict=True)):
+        logq = torch.log_softmax(model(w[None].to(device)).logits[0, :-1].float(), dim=-1)
+        out[i] = (ref.exp() * (ref - logq)).sum(dim=-1).double().mean()
+    return out
+
+
 def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, progress: bool = True) -> float:
     """The protocol's perplexity of a 1-D token tensor: exp(sum_w nll_w * seqlen / (n * seqlen))."""
     nlls = window_nlls(model, ids, seqlen, batch_size=batch_size, progress=progress)

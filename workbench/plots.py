@@ -42,34 +42,32 @@ def sparsity_curves(profiles: Mapping[str, SparsityProfile], title: str | None =
 
 
 def search_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """Best-so-far validation fitness against distinct candidates evaluated, per search kind.
-
-    x counts evaluations a search paid for (results served from its cache, such as surviving elites,
-    add none), so evolution and the random baseline are compared at equal budget.
-    """
-    best: dict[str, float] = {}
-    spent: dict[str, int] = {}
-    points: dict[str, dict[int, float]] = {}
+    """Best-so-far full-fidelity validation fitness against distinct candidates scored, per search kind
+    (a step each time a better full-fidelity fitness becomes known; x = the candidates that kind had
+    scored by then, ``full_at`` in the records), so evolution and random search compare at equal budget."""
+    events: dict[str, list[tuple[int, float]]] = {}
     for rec in history:
-        kind = rec.get("kind", "evolution")
-        if not rec.get("cached"):
-            spent[kind] = spent.get(kind, 0) + 1
-        if rec.get("valid") and rec.get("fitness") is not None:
-            best[kind] = min(best.get(kind, float("inf")), float(rec["fitness"]))
-        if kind in best:
-            points.setdefault(kind, {})[spent.get(kind, 0)] = best[kind]
-    return {kind: (list(p), list(p.values())) for kind, p in points.items()}
+        if rec.get("valid") and rec.get("full_fitness") is not None and rec.get("full_at") is not None:
+            events.setdefault(rec.get("kind", "evolution"), []).append((int(rec["full_at"]), float(rec["full_fitness"])))
+    out = {}
+    for kind, evs in events.items():
+        best, points = float("inf"), {}
+        for at, value in sorted(evs):
+            best = min(best, value)
+            points[at] = best
+        out[kind] = (list(points), list(points.values()))
+    return out
 
 
 def search_progress(history: list[dict]) -> go.Figure:
     """Best validation perplexity so far versus candidates evaluated: evolution beside the random baseline."""
     fig = go.Figure()
     for kind, (x, y) in search_series(history).items():
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=kind,
-                                 hovertemplate=f"{kind}<br>%{{x}} evaluated<br>best ppl %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(title="DSA search: best validation perplexity so far",
-                      xaxis_title="distinct candidates evaluated",
-                      yaxis_title="validation perplexity", yaxis_type="log", template="plotly_white", height=380)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=kind, line_shape="hv",
+                                 hovertemplate=f"{kind}<br>%{{x}} scored<br>best %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title="DSA search: best full-fidelity validation fitness so far",
+                      xaxis_title="distinct candidates scored",
+                      yaxis_title="validation fitness (full fidelity)", template="plotly_white", height=380)
     return fig
 
 

@@ -33,7 +33,7 @@ class SearchMonitor:
         self.history = history
         plots.sync_figure(self.figure, plots.search_progress(history))
         best = {k: y[-1] for k, (_x, y) in plots.search_series(history).items()}
-        self.status.value = f"{len(history)} candidates; best validation ppl: " + ", ".join(
+        self.status.value = f"{len(history)} candidates; best full-fidelity fitness: " + ", ".join(
             f"{k} {v:.3f}" for k, v in best.items())
         return len(history)
 

@@ -1,0 +1,489 @@
+"""Evolutionary search over DSA allocation functions (the part the public DSA code lacks), beside a
+random search of the same budget; multi-fidelity fitness as in EvoPress (IST-DASLab/EvoPress).
+
+Fitness is measured on the *validation* split (never test) after pruning the dense model with the
+candidate's allocation (Wanda scores of the dense model, per-row masks). Two fidelities:
+
+* cheap: ``cheap_fitness`` (default ``kl``: mean next-token KL divergence from the dense model, whose
+  log-probabilities are cached once) on ``cheap_windows`` x ``cheap_seqlen`` validation tokens;
+* full: ``fitness`` (default ``ppl``: the papers' perplexity protocol) on ``fitness_windows`` x
+  ``fitness_seqlen`` validation tokens.
+
+Every new candidate is scored cheaply; of each generation's new candidates only the ``promote`` best
+(``max(promote, elite)`` in generation 0) are scored at full fidelity. Elites and the best are chosen and
+compared only at full fidelity; parents are ranked with full-fidelity candidates first (by full fitness),
+then cheap-only ones (by cheap fitness). ``cheap_windows=0`` scores every candidate at full fidelity.
+
+Evolution: truncation (the worse half of the ranked pool does not breed), tournament selection, crossover
+between stages, mutation of one part, elitism (the ``elite`` best full-fidelity functions survive, at no
+cost). Every new individual is a function not evaluated before (redrawn up to ``NOVELTY_TRIES`` times).
+The random baseline draws, chunk by chunk, as many distinct functions as the evolution's generations
+scored and promotes as many per chunk: the same budget at both fidelities.
+
+A candidate is cheap: dense statistics, scores and each row's sort order are computed once
+(:class:`SearchContext`); block values are memoised per (pre ops, reduction); masks change only where a
+linear's count of pruned weights changed (pruned positions zeroed, un-pruned ones restored from the dense
+copy); a function whose counts equal an evaluated one's reuses its fitness. Seeded and deterministic on
+the CPU; the state is written atomically after every generation, and ``resume=True`` ends exactly where
+an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import kernels
+from .allocation import AllocationInput, layer_infos
+from .allocation.dsa import ops
+from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
+from .allocation.mapping import LAMBDA_MAX
+from .allocation.owl import groups
+from .data import eval_tokens
+from .evaluate import window_kl, window_log_probs, window_nlls
+from .models import prunable_linears
+from .results import write_json_atomic
+
+STATE_VERSION = 4  # 4: multi-fidelity records, faithful DSA ops
+NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
+FITNESS = ("ppl", "kl")
+FIDELITIES = ("cheap", "full")
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a search's result (a checkpoint resumes only with the same values)."""
+
+    sparsity: float
+    population: int = 32
+    generations: int = 14
+    elite: int = 2
+    tournament: int = 3
+    seed: int = 0
+    random_baseline: bool = True
+    fitness: str = "ppl"
+    fitness_windows: int = 8
+    fitness_seqlen: int = 512
+    cheap_fitness: str = "kl"
+    cheap_windows: int = 1
+    cheap_seqlen: int = 128
+    promote: int = 2
+
+    def __post_init__(self) -> None:
+        from .profile import check_sparsity
+
+        check_sparsity(self.sparsity, "sparsity")
+        for name, low in (("population", 2), ("generations", 1), ("tournament", 1), ("promote", 1),
+                          ("fitness_windows", 1), ("fitness_seqlen", 2), ("cheap_windows", 0), ("cheap_seqlen", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if isinstance(self.elite, bool) or not isinstance(self.elite, int) or not 0 <= self.elite < self.population:
+            raise ValueError(f"elite={self.elite!r} must be an integer in [0, population={self.population})")
+        for name in ("fitness", "cheap_fitness"):
+            if getattr(self, name) not in FITNESS:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {list(FITNESS)}")
+
+    @property
+    def multi_fidelity(self) -> bool:
+        return self.cheap_windows > 0
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------- cheap candidate evaluation
+
+class SearchContext:
+    """Everything a candidate needs, computed once from a DenseCache (Wanda statistics of the dense model).
+
+    The context owns the prunable weights of ``model`` while it is used: it keeps track of how many
+    weights of each row are pruned and changes only what a new allocation changes.
+    """
+
+    def __init__(self, model, tokenizer, cache, config: SearchConfig, dataset: str = "embedded"):
+        from .pruners import layer_scores
+
+        self.model, self.config, self.cache = model, config, cache
+        self.linears = prunable_linears(model)
+        ids, text = eval_tokens(tokenizer, dataset, "validation")
+        self._check_budget(ids.numel(), dataset)
+        stats = cache.calibrated.stats
+        cache.restore(model)
+        scores = {n: layer_scores("wanda", lin.weight, stats[n]) for n, lin in self.linears.items()}
+        self.inputs = AllocationInput(layer_infos(model), scores.__getitem__)
+        self.block_scores = [[scores[n] for n in names] for names in groups(self.inputs, "block").values()]
+        self.orders = {n: kernels.row_order(s) for n, s in scores.items()}
+        self.counts = {n: 0 for n in self.linears}  # pruned weights per row, as the model holds them now
+        self.stages = {"full": (config.fitness, config.fitness_windows, config.fitness_seqlen)}
+        if config.multi_fidelity:
+            self.stages["cheap"] = (config.cheap_fitness, config.cheap_windows, config.cheap_seqlen)
+        self.ids = {k: ids[: w * s] for k, (_m, w, s) in self.stages.items()}
+        self.reference = {k: window_log_probs(model, self.ids[k], s)  # dense log-probs, once per search
+                          for k, (m, _w, s) in self.stages.items() if m == "kl"}
+        self.fitness_data = {"dataset": dataset, "split": "validation", "text_sha256": text.sha256,
+                             **{k: {"metric": m, "windows": w, "seqlen": s} for k, (m, w, s) in self.stages.items()}}
+
+    def _check_budget(self, available: int, dataset: str) -> None:
+        c = self.config
+        for fidelity, (windows, seqlen) in (("fitness", (c.fitness_windows, c.fitness_seqlen)),
+                                            ("cheap", (c.cheap_windows, c.cheap_seqlen))):
+            if windows * seqlen > available:
+                raise ValueError(f"{fidelity}_windows={windows} x {fidelity}_seqlen={seqlen} needs {windows * seqlen} "
+                                 f"tokens; the validation split of {dataset!r} has {available} "
+                                 f"(allowed: {fidelity}_windows <= {available // seqlen} at this seqlen)")
+
+    # -- allocation
+    def allocation(self, fn: AllocationFunction) -> dict:
+        """Per-block ratios and per-linear counts of ``fn``, or invalid with the reason."""
+        try:
+            profile = dsa(self.inputs, self.config.sparsity, fn, cached_block_scores=self.block_scores)
+        except InvalidFunction as err:
+            return {"valid": False, "error": str(err), "ratios": None, "counts": None, "allocation_key": None}
+        counts = {n: int(lin.in_features * profile.layers[n]) for n, lin in self.linears.items()}
+        key = hashlib.sha256(json.dumps(list(counts.values())).encode()).hexdigest()[:16]
+        return {"valid": True, "error": None, "ratios": list(profile.block_means().values()), "counts": counts,
+                "allocation_key": key}
+
+    @torch.no_grad()
+    def set_counts(self, counts: dict[str, int]) -> None:
+        """Prune each row's lowest-scoring counts[name] weights, changing only the positions that differ
+        from the current masks (zeroed when newly pruned, restored from the dense copy when un-pruned)."""
+        for name, lin in self.linears.items():
+            old, new = self.counts[name], counts[name]
+            if new == old:
+                continue
+            lo, hi = min(old, new), max(old, new)
+            idx = self.orders[name][:, lo:hi].to(lin.weight.device).long()
+            if new > old:
+                lin.weight.scatter_(1, idx, 0.0)
+            else:
+                dense = self.cache.weights[name].to(lin.weight.device, lin.weight.dtype)
+                lin.weight.scatter_(1, idx, dense.gather(1, idx))
+            self.counts[name] = new
+
+    def restore(self) -> None:
+        """The dense weights back (the model as it was before the search)."""
+        self.set_counts({n: 0 for n in self.linears})
+
+    # -- fitness
+    def fitness(self, counts: dict[str, int], fidelity: str) -> float:
+        """Fitness of an allocation at ``fidelity`` (lower is better; inf if not finite)."""
+        metric, _windows, seqlen = self.stages[fidelity]
+        self.set_counts(counts)
+        ids = self.ids[fidelity]
+        if metric == "ppl":
+            value = math.exp(float(window_nlls(self.model, ids, seqlen, progress=False).mean()))
+        else:
+            value = float(window_kl(self.model, ids, seqlen, self.reference[fidelity]).mean())
+        return value if math.isfinite(value) else math.inf
+
+
+# --------------------------------------------------------------------------- genetic operators
+
+def random_function(rng: random.Random) -> AllocationFunction:
+    """A function drawn uniformly: 1–2 pre ops, a reduction, 1–2 post ops, λ in [0.02, 0.2], a direction."""
+    return AllocationFunction(
+        pre=tuple(rng.choice(list(ops.PRE)) for _ in range(rng.randint(1, 2))),
+        reduction=rng.choice(list(ops.REDUCTIONS)),
+        post=tuple(rng.choice(list(ops.POST)) for _ in range(rng.randint(1, 2))),
+        lam=round(rng.uniform(0.02, 0.2), 3), direction=rng.choice((1, -1)))
+
+
+def novel(draw, seen: set[str]) -> AllocationFunction:
+    """``draw()`` until its function's key is not in ``seen`` (at most NOVELTY_TRIES times); adds the key."""
+    for _ in range(NOVELTY_TRIES):
+        fn = draw()
+        if fn.key() not in seen:
+            break
+    seen.add(fn.key())
+    return fn
+
+
+def crossover(a: AllocationFunction, b: AllocationFunction, rng: random.Random) -> AllocationFunction:
+    """Each of pre / reduction / post / λ / direction from parent a or b with probability 1/2."""
+    pick = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
+    return AllocationFunction(pick(a.pre, b.pre), pick(a.reduction, b.reduction), pick(a.post, b.post),
+                              pick(a.lam, b.lam), pick(a.direction, b.direction))
+
+
+def mutate(f: AllocationFunction, rng: random.Random) -> AllocationFunction:
+    """One change: an op, the reduction, λ (log-normal step, kept in [0.01, 0.3]), the mapping direction, or
+    the length of the pre or post chain (an op added or dropped, keeping 1–2 ops as random functions have)."""
+    pre, reduction, post, lam, direction = list(f.pre), f.reduction, list(f.post), f.lam, f.direction
+    what = rng.choice(("pre", "reduction", "post", "lam", "direction", "length"))
+    if what == "pre":
+        pre[rng.randrange(len(pre))] = rng.choice(list(ops.PRE))
+    elif what == "reduction":
+        reduction = rng.choice(list(ops.REDUCTIONS))
+    elif what == "post":
+        post[rng.randrange(len(post))] = rng.choice(list(ops.POST))
+    elif what == "lam":
+        lam = round(min(0.3, LAMBDA_MAX, max(0.01, lam * math.exp(rng.gauss(0.0, 0.3)))), 4)
+    elif what == "direction":
+        direction = -direction
+    else:
+        chain, choices = (pre, ops.PRE) if rng.random() < 0.5 else (post, ops.POST)
+        if len(chain) > 1:
+            del chain[rng.randrange(len(chain))]
+        else:
+            chain.insert(rng.randrange(len(chain) + 1), rng.choice(list(choices)))
+    return AllocationFunction(tuple(pre), reduction, tuple(post), lam, direction)
+
+
+def rank_key(record: dict) -> tuple[int, float]:
+    """Order of a pool: full-fidelity candidates by full fitness, then cheap-only ones by cheap fitness,
+    then invalid ones (never compares fitness across fidelities)."""
+    if not record["valid"]:
+        return (2, math.inf)
+    if record["full_fitness"] is not None:
+        return (0, record["full_fitness"])
+    return (1, record["cheap_fitness"])
+
+
+def tournament(ranked: list, size: int, rng: random.Random):
+    """The best of ``size`` entries drawn with replacement from ``ranked`` (best first)."""
+    return ranked[min(rng.randrange(len(ranked)) for _ in range(size))]
+
+
+# --------------------------------------------------------------------------- state and checkpoints
+
+@dataclass
+class SearchState:
+    config: dict
+    generation: int = -1  # last completed generation of the evolution
+    elites: list[str] = field(default_factory=list)  # function keys of the current elites
+    rng: list | None = None
+    random_chunks: int = 0  # random-search chunks completed
+    random_rng: list | None = None
+    history: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"version": STATE_VERSION, "config": self.config, "generation": self.generation,
+                "elites": self.elites, "rng": self.rng, "random_chunks": self.random_chunks,
+                "random_rng": self.random_rng, "history": self.history, "meta": self.meta}
+
+
+def _rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng(rng: random.Random, state: list) -> None:
+    rng.setstate((state[0], tuple(state[1]), state[2]))
+
+
+def load_state(path: Path) -> SearchState:
+    """Read a checkpoint; a malformed or truncated one is a clear error (and is never overwritten)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"version {data.get('version')!r} is not {STATE_VERSION}")
+        state = SearchState(config=dict(data["config"]), generation=int(data["generation"]),
+                            elites=[str(k) for k in data["elites"]], rng=data["rng"],
+                            random_chunks=int(data["random_chunks"]), random_rng=data["random_rng"],
+                            history=list(data["history"]), meta=dict(data.get("meta", {})))
+        for rec in state.history:
+            AllocationFunction.from_dict(rec["function"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path} is malformed or truncated ({type(err).__name__}: {err}); "
+                         "remove it to start afresh or point --out elsewhere") from None
+
+
+# --------------------------------------------------------------------------- the search
+
+class Search:
+    """Evolution + random baseline over a SearchContext, checkpointed in ``out``."""
+
+    def __init__(self, context: SearchContext, config: SearchConfig, out: str | Path, resume: bool = False,
+                 progress: bool = True, meta: dict | None = None):
+        self.ctx, self.config, self.out, self.progress = context, config, Path(out), progress
+        self.state_path = self.out / "state.json"
+        if self.state_path.exists():
+            if not resume:
+                raise ValueError(f"out={str(self.out)!r} already holds a search; pass resume=True (--resume)")
+            self.state = load_state(self.state_path)
+            if self.state.config != config.to_dict():
+                raise ValueError(f"the checkpoint's configuration {self.state.config} differs from {config.to_dict()}")
+        else:
+            self.state = SearchState(config=config.to_dict(), meta=meta or {})
+        self._index()
+
+    def _index(self) -> None:
+        """Caches rebuilt from the history: records by function key, fitness by allocation key."""
+        self.by_function: dict[str, dict] = {}
+        self.by_allocation: dict[str, dict] = {}
+        for rec in self.state.history:
+            self.by_function.setdefault(rec["function_key"], rec)
+            if rec["valid"]:
+                known = self.by_allocation.setdefault(rec["allocation_key"], {"cheap": None, "full": None})
+                known["cheap"] = rec["cheap_fitness"] if known["cheap"] is None else known["cheap"]
+                known["full"] = rec["full_fitness"] if known["full"] is None else known["full"]
+
+    # -- scoring
+    def _spent(self, kind: str) -> int:
+        return sum(1 for h in self.state.history if h["kind"] == kind)
+
+    def _score(self, fn: AllocationFunction, kind: str, generation: int) -> dict:
+        """A new record for ``fn``: its allocation and its fitness at the first fidelity."""
+        start = time.perf_counter()
+        key = fn.key()
+        record = {"kind": kind, "generation": generation, "function": fn.to_dict(), "function_key": key,
+                  "cached": None, "cheap_fitness": None, "full_fitness": None, "fitness": None, "fidelity": None,
+                  "full_at": None}
+        if key in self.by_function:  # same behaviour, same result: evaluations are deterministic
+            old = self.by_function[key]
+            record.update({k: old[k] for k in ("valid", "error", "ratios", "allocation_key", "cheap_fitness",
+                                                "full_fitness")}, cached="function")
+            counts = None
+        else:
+            alloc = self.ctx.allocation(fn)
+            counts = alloc.pop("counts")
+            record.update(alloc)
+        if record["valid"] and record["cached"] is None:
+            known = self.by_allocation.get(record["allocation_key"])
+            first = "cheap" if self.config.multi_fidelity else "full"
+            if known and known[first] is not None:
+                record.update(cached="allocation", cheap_fitness=known["cheap"], full_fitness=known["full"])
+            else:
+                record[f"{first}_fitness"] = self.ctx.fitness(counts, first)
+            record["_counts"] = counts
+        self._settle(record)
+        record["seconds"] = time.perf_counter() - start
+        self.state.history.append(record)
+        if record["full_fitness"] is not None and record["full_at"] is None:
+            record["full_at"] = self._spent(kind)
+        self.by_function.setdefault(key, record)
+        return record
+
+    def _settle(self, record: dict) -> None:
+        """fitness/fidelity fields from what is known; a non-finite fitness makes the record invalid."""
+        for fidelity in ("full", "cheap"):
+            value = record[f"{fidelity}_fitness"]
+            if value is not None:
+                if not math.isfinite(value):
+                    record.update(valid=False, error=f"{fidelity} fitness not finite", fitness=None, fidelity=None)
+                    return
+                record.update(fitness=value, fidelity=fidelity)
+                break
+        if record["valid"]:
+            known = self.by_allocation.setdefault(record["allocation_key"], {"cheap": None, "full": None})
+            for fidelity in ("cheap", "full"):
+                if record[f"{fidelity}_fitness"] is not None:
+                    known[fidelity] = record[f"{fidelity}_fitness"]
+
+    def _promote(self, records: list[dict], count: int) -> None:
+        """Score the ``count`` best cheap-only records of ``records`` at full fidelity."""
+        pending = sorted((r for r in records if r["valid"] and r["full_fitness"] is None), key=rank_key)[:count]
+        for rec in pending:
+            start = time.perf_counter()
+            known = self.by_allocation.get(rec["allocation_key"], {})
+            if known.get("full") is not None:
+                rec["full_fitness"] = known["full"]
+            else:
+                counts = rec.get("_counts") or self.ctx.allocation(AllocationFunction.from_dict(rec["function"]))["counts"]
+                rec["full_fitness"] = self.ctx.fitness(counts, "full")
+            rec["full_at"] = self._spent(rec["kind"])
+            self._settle(rec)
+            rec["seconds"] += time.perf_counter() - start
+
+    def _checkpoint(self) -> None:
+        for rec in self.state.history:
+            rec.pop("_counts", None)
+        write_json_atomic(self.state_path, self.state.to_dict())
+        write_json_atomic(self.out / "history.json", self.state.history)
+        best = {kind: self.best(kind) for kind in ("evolution", "random")}
+        write_json_atomic(self.out / "best.json", {k: v for k, v in best.items() if v})
+        if best["evolution"]:  # ready for `prune --allocation dsa --alloc-param function=...`
+            write_json_atomic(self.out / "best_function.json", best["evolution"]["function"])
+
+    def best(self, kind: str = "evolution") -> dict | None:
+        """The record of ``kind`` with the lowest full-fidelity fitness (None before any)."""
+        full = [h for h in self.state.history if h["kind"] == kind and h["valid"] and h["full_fitness"] is not None]
+        return min(full, key=lambda h: h["full_fitness"]) if full else None
+
+    def evaluations(self, kind: str = "evolution") -> int:
+        """Distinct functions scored so far by ``kind``."""
+        return self._spent(kind)
+
+    # -- evolution
+    def _pool(self, generation: int) -> list[dict]:
+        """Generation ``generation``'s records plus the elites it started from, ranked (best first)."""
+        elites = [self.by_function[k] for k in self.state.elites]
+        new = [h for h in self.state.history if h["kind"] == "evolution" and h["generation"] == generation]
+        return sorted(elites + new, key=rank_key)
+
+    def _next_population(self, rng: random.Random) -> list[AllocationFunction]:
+        ranked = self._pool(self.state.generation)
+        parents = [AllocationFunction.from_dict(h["function"]) for h in ranked[: max(2, len(ranked) // 2)]]
+        seen = set(self.by_function)
+
+        def breed() -> AllocationFunction:
+            a, b = tournament(parents, self.config.tournament, rng), tournament(parents, self.config.tournament, rng)
+            return mutate(crossover(a, b, rng) if rng.random() < 0.9 else a, rng)
+
+        return [novel(breed, seen) for _ in range(self.config.population - len(self.state.elites))]
+
+    def _promotions(self, generation: int) -> int:
+        return max(self.config.promote, self.config.elite) if generation == 0 else self.config.promote
+
+    def run(self) -> dict:
+        """Run to the end (resuming from the checkpoint) and return the best of each kind."""
+        rng = random.Random(self.config.seed)
+        if self.state.rng is not None:
+            _set_rng(rng, self.state.rng)
+        for gen in tqdm(range(self.state.generation + 1, self.config.generations), desc="DSA evolution",
+                        disable=not self.progress):
+            if gen == 0:
+                seen: set[str] = set()
+                population = [novel(lambda: random_function(rng), seen) for _ in range(self.config.population)]
+            else:
+                population = self._next_population(rng)
+            self._generation(population, "evolution", gen, self._promotions(gen))
+            ranked = [h for h in self._pool(gen) if h["valid"] and h["full_fitness"] is not None]
+            self.state.elites = [h["function_key"] for h in ranked[: self.config.elite]]
+            self.state.generation, self.state.rng = gen, _rng_state(rng)
+            self._checkpoint()
+        if self.config.random_baseline:
+            self._random_search()
+        return {"evolution": self.best("evolution"), "random": self.best("random")}
+
+    def _generation(self, population: list[AllocationFunction], kind: str, gen: int, promote: int) -> None:
+        """Score ``population`` and promote; an exception rolls the history back (redone on resume)."""
+        rollback = len(self.state.history)
+        try:
+            records = [self._score(fn, kind, gen) for fn in population]
+            if self.config.multi_fidelity:
+                self._promote(records, promote)
+        except BaseException:
+            del self.state.history[rollback:]
+            self._index()
+            raise
+
+    def _random_search(self) -> None:
+        """Distinct random functions in chunks that mirror the evolution's generations (as many new
+        functions, as many promotions), checkpointed after every chunk."""
+        sizes = [sum(1 for h in self.state.history if h["kind"] == "evolution" and h["generation"] == g)
+                 for g in range(self.config.generations)]
+        seen = {h["function_key"] for h in self.state.history if h["kind"] == "random"}
+        rng = random.Random(self.config.seed + 1)
+        if self.state.random_rng is not None:
+            _set_rng(rng, self.state.random_rng)
+        for chunk in tqdm(range(self.state.random_chunks, len(sizes)), desc="random search",
+                          disable=not self.progress):
+            draws = [novel(lambda: random_function(rng), seen) for _ in range(sizes[chunk])]
+            self._generation(draws, "random", chunk, self._promotions(chunk))
+            self.state.random_chunks, self.state.random_rng = chunk + 1, _rng_state(rng)
+            self._checkpoint()
