@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", default=None,
                    help="allocation granularity: besa row | layer (default row); owl block | layer")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=poster|FILE.json)")
+                   help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=readme|FILE.json)")
     p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")
     p.add_argument("--pattern", default="unstructured", help="unstructured | N:M such as 2:4, 4:8")
     p.add_argument("--group", default=None, help="comparison group: row | matrix (default: the metric's own)")

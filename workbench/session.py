@@ -95,7 +95,7 @@ class Session:
         profile.params.pop("cached_block_scores", None)
         return profile
 
-    def curves(self, sparsity: float, lam: float = 0.08, M: float = 5.0, function: Any = "poster",
+    def curves(self, sparsity: float, lam: float = 0.08, M: float = 5.0, function: Any = "readme",
                allocators: tuple[str, ...] = CURVE_ALLOCATORS) -> tuple[dict[str, SparsityProfile], dict[str, str]]:
         """Profiles of ``allocators`` at one target; those that cannot allocate give a message instead."""
         params = {"uniform": {}, "owl": {"lam": lam, "M": M}, "dsa": {"function": function}}

@@ -111,7 +111,7 @@ class DashboardApp:
         self.target = pn.widgets.TextInput(name="target sparsity", value="0.7", css_classes=["wb-target"])
         self.lam = pn.widgets.TextInput(name="λ (OWL, DSA)", value="0.08", css_classes=["wb-lam"])
         self.M = pn.widgets.TextInput(name="M (OWL)", value="5", css_classes=["wb-M"])
-        self.function = pn.widgets.Select(name="DSA function", options=list(PRESETS), value="poster")
+        self.function = pn.widgets.Select(name="DSA function", options=list(PRESETS), value="readme")
         self.run_button = pn.widgets.Button(name="Prune & evaluate", button_type="primary", css_classes=["wb-run"])
         self.progress = pn.indicators.Progress(name="run", active=False, value=0, max=100, width=240)
         self.status = pn.pane.Markdown("No run yet.", css_classes=["wb-status"])

@@ -17,7 +17,7 @@ class SparsityCurves:
     """Sliders for target, λ, M and a DSA function; the figure re-allocates from cached statistics."""
 
     def __init__(self, session: Session, sparsity: float = 0.7, lam: float = 0.08, M: float = 5.0,
-                 function: str = "poster"):
+                 function: str = "readme"):
         self.session = session
         style = {"description_width": "110px"}
         self.sparsity = w.FloatSlider(value=sparsity, min=0.05, max=0.95, step=0.01, description="target sparsity",
