@@ -102,7 +102,8 @@ def search_cost(model, tok, cache, sparsity: float, generations: int) -> None:
             full = sum(h["full_fitness"] is not None and not h.get("cached") for h in hist)
             results[label] = wall / len(hist)
             print(f"{label:44s}: {len(hist)} distinct candidates ({valid} valid, {full} at full fidelity) in "
-                  f"{wall:6.1f} s = {wall / len(hist):5.2f} s per candidate, {wall / max(valid, 1):5.2f} s per valid one")
+                  f"{wall:6.1f} s = {wall / len(hist):5.2f} s per candidate, "
+                  f"{wall / max(valid, 1):5.2f} s per valid one")
         single, multi = results["single fidelity (every candidate 8 x 512)"], results["multi-fidelity (defaults)"]
         print(f"distinct candidates per hour: multi-fidelity {3600 / multi:.0f} vs single fidelity "
               f"{3600 / single:.0f}: ratio {single / multi:.1f}x (target >= 10x)")

@@ -268,7 +268,7 @@ def test_killed_search_resumes_to_the_same_result(context, tmp_path):
     for stop in (5, 11):  # inside generation 1; inside the random baseline
         calls = {"n": 0}
 
-        def dying(counts, fidelity, _stop=stop):
+        def dying(counts, fidelity, _stop=stop, calls=calls):
             calls["n"] += 1
             if calls["n"] > _stop:
                 raise KeyboardInterrupt("killed")
@@ -290,7 +290,8 @@ def test_killed_search_resumes_to_the_same_result(context, tmp_path):
         assert strip(again) == strip(reference)
     assert AllocationFunction.from_json((tmp_path / "full" / "best_function.json").read_text()).key() == \
         full["evolution"]["function_key"]
-    assert {"function", "ratios", "fitness", "fidelity", "cheap_fitness", "full_fitness", "seconds"} <= reference[0].keys()
+    fields = {"function", "ratios", "fitness", "fidelity", "cheap_fitness", "full_fitness", "seconds"}
+    assert fields <= reference[0].keys()
     for rec in reference:  # every record says at which fidelity its fitness was taken
         assert rec["fidelity"] in (("full", "cheap") if rec["valid"] else (None,))
         assert rec["fitness"] == (rec["full_fitness"] if rec["fidelity"] == "full" else rec["cheap_fitness"])

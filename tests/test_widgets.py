@@ -73,20 +73,20 @@ def test_runner_click_adds_the_same_row_a_direct_run_gives(session, text_file):
 
 
 def test_search_monitor_plots_best_so_far(tmp_path):
-    history = [{"kind": "evolution", "generation": 0, "valid": True, "fitness": 50.0},
-               {"kind": "evolution", "generation": 0, "valid": False, "fitness": None},
-               {"kind": "evolution", "generation": 1, "valid": True, "fitness": 50.0, "cached": True},  # an elite
-               {"kind": "evolution", "generation": 1, "valid": True, "fitness": 60.0},
-               {"kind": "evolution", "generation": 1, "valid": True, "fitness": 40.0},
-               {"kind": "random", "generation": 0, "valid": True, "fitness": 45.0},
-               {"kind": "random", "generation": 1, "valid": True, "fitness": 70.0}]
+    """Steps at the candidate count where a better *full-fidelity* fitness became known; cheap-only
+    records never move the curve, whatever their cheap fitness."""
+    def rec(kind, full=None, at=None, cheap=1.0, valid=True):
+        return {"kind": kind, "valid": valid, "cheap_fitness": cheap, "full_fitness": full, "full_at": at,
+                "fitness": full if full is not None else cheap, "fidelity": "full" if full is not None else "cheap"}
+
+    history = [rec("evolution", 50.0, 3), rec("evolution", cheap=0.01), rec("evolution", valid=False, cheap=None),
+               rec("evolution", 60.0, 5), rec("evolution", 40.0, 9), rec("random", 45.0, 2), rec("random", 70.0, 4)]
     monitor = SearchMonitor(tmp_path)
     assert monitor.refresh() == 0 and len(monitor.figure.data) == 0
     (tmp_path / "history.json").write_text(json.dumps(history))
     assert monitor.refresh() == 7
     curves = {t.name: (list(t.x), list(t.y)) for t in monitor.figure.data}
-    # x = distinct candidates evaluated: the cached elite costs nothing and adds no point
-    assert curves == {"evolution": ([1, 2, 3, 4], [50.0, 50.0, 50.0, 40.0]), "random": ([1, 2], [45.0, 45.0])}
+    assert curves == {"evolution": ([3, 5, 9], [50.0, 50.0, 40.0]), "random": ([2, 4], [45.0, 45.0])}
     assert "evolution 40.000" in monitor.status.value
 
 

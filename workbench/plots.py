@@ -48,7 +48,8 @@ def search_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]
     events: dict[str, list[tuple[int, float]]] = {}
     for rec in history:
         if rec.get("valid") and rec.get("full_fitness") is not None and rec.get("full_at") is not None:
-            events.setdefault(rec.get("kind", "evolution"), []).append((int(rec["full_at"]), float(rec["full_fitness"])))
+            kind = rec.get("kind", "evolution")
+            events.setdefault(kind, []).append((int(rec["full_at"]), float(rec["full_fitness"])))
     out = {}
     for kind, evs in events.items():
         best, points = float("inf"), {}

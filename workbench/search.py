@@ -393,7 +393,9 @@ class Search:
             if known.get("full") is not None:
                 rec["full_fitness"] = known["full"]
             else:
-                counts = rec.get("_counts") or self.ctx.allocation(AllocationFunction.from_dict(rec["function"]))["counts"]
+                counts = rec.get("_counts")
+                if counts is None:  # resumed: the allocation is recomputed (deterministic)
+                    counts = self.ctx.allocation(AllocationFunction.from_dict(rec["function"]))["counts"]
                 rec["full_fitness"] = self.ctx.fitness(counts, "full")
             rec["full_at"] = self._spent(rec["kind"])
             self._settle(rec)
@@ -420,9 +422,10 @@ class Search:
 
     # -- evolution
     def _pool(self, generation: int) -> list[dict]:
-        """Generation ``generation``'s records plus the elites it started from, ranked (best first)."""
-        elites = [self.by_function[k] for k in self.state.elites]
+        """Generation ``generation``'s records plus the current elites (each function once), ranked (best first)."""
         new = [h for h in self.state.history if h["kind"] == "evolution" and h["generation"] == generation]
+        keys = {h["function_key"] for h in new}  # an elite found in this generation is listed once
+        elites = [self.by_function[k] for k in self.state.elites if k not in keys]
         return sorted(elites + new, key=rank_key)
 
     def _next_population(self, rng: random.Random) -> list[AllocationFunction]:

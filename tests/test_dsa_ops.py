@@ -1,0 +1,334 @@
+"""Every DSA op against a formula written out here (plain ``math`` / numpy on small float64 inputs), and
+allocation functions on hand-made block scores (no model)."""
+
+import dataclasses
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.allocation.dsa import ops
+from workbench.allocation.dsa.function import PRESETS, AllocationFunction, InvalidFunction, load_function
+
+X = [0.0, -1.5, 2.0, 0.25, 3.0, -0.5, 0.0, 1.0]  # zeros, negatives, positives
+
+
+def t(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def close(got, expected, rel=1e-12, abs_=1e-12):
+    got = got.tolist() if isinstance(got, torch.Tensor) else got
+    expected = expected if isinstance(expected, list) else [expected]
+    got = got if isinstance(got, list) else [got]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        if math.isnan(e):
+            assert math.isnan(g), (got, expected)
+        else:
+            assert g == pytest.approx(e, rel=rel, abs=abs_), (got, expected)
+
+
+# --------------------------------------------------------------------------- pre ops
+
+def _normalize(x):
+    mean = sum(x) / len(x)
+    std = math.sqrt(sum((v - mean) ** 2 for v in x) / (len(x) - 1))
+    return [0.0] * len(x) if std == 0 else [(v - mean) / std for v in x]
+
+
+PRE_FORMULAS = {
+    "no_op": lambda x: list(x),
+    "abs": lambda x: [abs(v) for v in x],
+    "log": lambda x: [math.log((1.0 if v <= 0 else v) + 1e-6) for v in x],
+    "abslog": lambda x: [math.log(abs(1.0 if v == 0 else v)) for v in x],
+    "pow": lambda x: [v * v for v in x],
+    "exp": lambda x: [math.exp(v) for v in x],
+    "normalize": _normalize,
+    "sigmoid": lambda x: [1 / (1 + math.exp(-v)) for v in x],
+    "tanh": lambda x: [math.tanh(v) for v in x],
+    "minmax": lambda x: [(v - min(x)) / (max(x) - min(x) + 1e-9) for v in x],
+}
+PRE_INPUTS = [X, [1.0, 2.0, 4.0, 8.0], [2.5, 2.5, 2.5], [-3.0, -0.001, 0.0, 0.001]]
+
+
+def test_every_op_has_a_formula():
+    assert set(PRE_FORMULAS) == set(ops.PRE)
+    assert set(REDUCTION_FORMULAS) == set(ops.TENSOR_REDUCTIONS)
+    assert set(MATRIX_FORMULAS) == set(ops.MATRIX_REDUCTIONS)
+    assert set(POST_FORMULAS) == set(ops.POST)
+    assert set(ops.REDUCTIONS) == set(ops.TENSOR_REDUCTIONS) | set(ops.MATRIX_REDUCTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(ops.PRE))
+@pytest.mark.parametrize("values", PRE_INPUTS, ids=["mixed", "powers", "constant", "near_zero"])
+def test_pre_op_equals_its_formula(name, values):
+    assert name in PRE_FORMULAS, f"pre op {name!r} has no formula in this test"
+    close(ops.PRE[name](t(values)), PRE_FORMULAS[name](values))
+
+
+def test_pre_op_zero_handling_as_the_public_code():
+    close(ops.PRE["log"](t([0.0, -2.0, 1.0])), [math.log(1 + 1e-6)] * 2 + [math.log(1 + 1e-6)])
+    close(ops.PRE["abslog"](t([0.0, -2.0, 1e-300])), [0.0, math.log(2.0), math.log(1e-300)])
+    close(ops.PRE["normalize"](t([4.0] * 5)), [0.0] * 5)
+    close(ops.PRE["minmax"](t([4.0] * 3)), [0.0] * 3)
+
+
+# --------------------------------------------------------------------------- reductions
+
+def _entropy(x):
+    p = [v for v in x if v >= 0]
+    total = sum(p)
+    if not p or total <= 0:
+        return math.nan
+    p = [v / total for v in p]
+    return -sum(v * math.log(v) for v in p if v > 0)
+
+
+def _geomean(x):
+    if any(v < 0 for v in x):
+        return math.nan
+    if any(v == 0 for v in x):
+        return 0.0
+    return math.exp(sum(math.log(v) for v in x) / len(x))
+
+
+REDUCTION_FORMULAS = {
+    "mean": lambda x: sum(x) / len(x),
+    "var": statistics.variance,  # unbiased
+    "std": statistics.stdev,  # unbiased
+    "fro": lambda x: math.sqrt(sum(v * v for v in x)),
+    "gram": lambda x: sum(v * v for v in x),
+    "l1": lambda x: sum(abs(v) for v in x) / len(x),
+    "entropy": _entropy,
+    "geomean": _geomean,
+}
+REDUCTION_INPUTS = [X, [1.0, 2.0, 4.0, 8.0], [0.5, 0.0, 1.5, 3.0], [0.1, 0.2, 0.3, 0.4, 7.0], [-1.0, -2.0, -0.5]]
+
+
+@pytest.mark.parametrize("name", sorted(ops.TENSOR_REDUCTIONS))
+@pytest.mark.parametrize("values", REDUCTION_INPUTS, ids=["mixed", "powers", "with_zero", "positive", "negative"])
+def test_tensor_reduction_equals_its_formula(name, values):
+    assert name in REDUCTION_FORMULAS, f"reduction {name!r} has no formula in this test"
+    expected = REDUCTION_FORMULAS[name](values)
+    close(ops.TENSOR_REDUCTIONS[name](t(values)), expected)
+    value, scale = ops.reduce(name, t(values), [(1, len(values))])
+    close(value, expected)
+    if not math.isnan(expected):  # the spread of mean values is judged against the magnitude of the terms
+        close(scale, sum(abs(v) for v in values) / len(values) if name == "mean" else abs(expected))
+
+
+def test_entropy_and_geomean_edge_cases():
+    close(ops.TENSOR_REDUCTIONS["entropy"](t([1.0, 1.0, 1.0, 1.0])), math.log(4))
+    close(ops.TENSOR_REDUCTIONS["entropy"](t([-5.0, 2.0, 0.0, 2.0])), math.log(2))  # negatives dropped, 0 log 0 = 0
+    close(ops.TENSOR_REDUCTIONS["entropy"](t([0.0, 0.0])), math.nan)  # no mass
+    close(ops.TENSOR_REDUCTIONS["geomean"](t([2.0, 8.0])), 4.0)
+    close(ops.TENSOR_REDUCTIONS["geomean"](t([2.0, 0.0, 8.0])), 0.0)
+    close(ops.TENSOR_REDUCTIONS["geomean"](t([2.0, 0.0, -8.0])), math.nan)
+    big = t([1e-200] * 1000)  # the product would underflow; exp(mean log x) does not
+    close(ops.TENSOR_REDUCTIONS["geomean"](big), 1e-200, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- matrix reductions
+
+def _np_view(m):
+    rs, cs = max(1, m.shape[0] // 256), max(1, m.shape[1] // 256)
+    return m[::rs, ::cs][:256, :256]
+
+
+def _np_rank(m):
+    v = _np_view(m)
+    return np.linalg.matrix_rank(v) / min(v.shape)
+
+
+def _np_corr(m):
+    v = _np_view(m)
+    if v.shape[0] < 2:
+        return math.nan
+    c = np.corrcoef(v)
+    n = c.shape[0]
+    return sum(abs(c[i, j]) for i in range(n) for j in range(n) if i != j) / (n * n - n)
+
+
+def _np_slogdet(m):
+    v = _np_view(m)
+    g = v @ v.T / v.shape[1]
+    return np.linalg.slogdet(g + 1e-6 * np.eye(g.shape[0]))[1] / g.shape[0]
+
+
+MATRIX_FORMULAS = {"layer_rank": _np_rank, "layer_corr": _np_corr, "layer_slogdet": _np_slogdet}
+
+
+def _matrices():
+    rng = np.random.default_rng(0)
+    low_rank = rng.normal(size=(6, 2)) @ rng.normal(size=(2, 9))  # rank 2 of 6
+    return {"random": rng.normal(size=(5, 7)), "low_rank": low_rank, "wide": rng.normal(size=(3, 11)) ** 2,
+            "large": rng.normal(size=(600, 300))}  # a strided view: every 2nd row, 256 x 256
+
+
+@pytest.mark.parametrize("name", sorted(ops.MATRIX_REDUCTIONS))
+@pytest.mark.parametrize("which", sorted(_matrices()))
+def test_matrix_reduction_equals_its_formula(name, which):
+    assert name in MATRIX_FORMULAS, f"matrix reduction {name!r} has no formula in this test"
+    m = _matrices()[which]
+    close(ops.MATRIX_REDUCTIONS[name](torch.from_numpy(m)), MATRIX_FORMULAS[name](m), rel=1e-8, abs_=1e-10)
+
+
+def test_matrix_reductions_known_values_and_the_average_over_layers():
+    m = _matrices()["low_rank"]
+    close(ops.MATRIX_REDUCTIONS["layer_rank"](torch.from_numpy(m)), 2 / 6)
+    close(ops.MATRIX_REDUCTIONS["layer_corr"](t([[1.0, 2.0, 3.0]])), math.nan)  # one row: no pair
+    a, b = _matrices()["random"], _matrices()["wide"]
+    flat = torch.cat([torch.from_numpy(a).reshape(-1), torch.from_numpy(b).reshape(-1)])
+    for name, formula in MATRIX_FORMULAS.items():
+        value, scale = ops.reduce(name, flat, [a.shape, b.shape])
+        close(value, (formula(a) + formula(b)) / 2, rel=1e-8)
+        close(scale, abs(value))
+    with pytest.raises(ValueError, match="reduction='bogus'"):
+        ops.reduce("bogus", flat, [a.shape, b.shape])
+
+
+# --------------------------------------------------------------------------- post ops
+
+POST_FORMULAS = {
+    "no_op": lambda v: v,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "asin": math.asin,
+    "acos": math.acos,
+    "atan": math.atan,
+    "exp": math.exp,
+    "log": math.log,
+    "abs": abs,
+    "sigmoid": lambda v: 1 / (1 + math.exp(-v)),
+    "tanh": math.tanh,
+    "softplus": lambda v: math.log1p(math.exp(v)),
+    "sqrt": math.sqrt,
+}
+UNIT = [-0.9, -0.2, 0.0, 0.3, 0.95]  # the domain of asin / acos
+POSITIVE = [0.05, 1.0, 7.5, 123.0]  # the domain of log / sqrt
+ANY = [-3.0, -0.3, 0.0, 0.7, 3.0, 12.0]
+POST_INPUTS = {"asin": UNIT, "acos": UNIT, "log": POSITIVE, "sqrt": POSITIVE}
+
+
+@pytest.mark.parametrize("name", sorted(ops.POST))
+def test_post_op_equals_its_formula(name):
+    assert name in POST_FORMULAS, f"post op {name!r} has no formula in this test"
+    values = POST_INPUTS.get(name, ANY)
+    close(ops.POST[name](t(values)), [POST_FORMULAS[name](v) for v in values])
+
+
+def test_post_ops_outside_their_domain_are_not_finite():
+    for name, value in (("asin", 1.5), ("acos", -1.5), ("log", -1.0), ("sqrt", -4.0)):
+        assert math.isnan(float(ops.POST[name](t([value]))[0])), name
+    assert float(ops.POST["log"](t([0.0]))[0]) == -math.inf
+
+
+# --------------------------------------------------------------------------- functions on hand-made blocks
+
+def f32(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_pre_ops_see_the_blocks_concatenated_vector():
+    # matrices of very different scales in one block: z-scores / min-max over the concatenated vector
+    # differ from z-scores / min-max per matrix
+    blocks = [[f32([[1.0, 2.0], [3.0, 4.0]]), f32([[100.0, 130.0], [170.0, 400.0]])],
+              [f32([[1.0, 5.0, 2.0], [7.0, 3.0, 4.0]]), f32([[1000.0, 2000.0, 1500.0]])]]
+    vectors = [[v for m in block for v in m.double().reshape(-1).tolist()] for block in blocks]
+
+    # Σ z² of a z-scored vector of n entries is n − 1: 7 and 8 for the whole blocks of 8 and 9 entries,
+    # (4 − 1) + (4 − 1) = 6 and (6 − 1) + (3 − 1) = 7 if each matrix were z-scored on its own
+    gram = AllocationFunction(("normalize",), "gram").block_values(blocks)
+    close(gram, [7.0, 8.0])
+
+    # mean of the min-max'd block vector against the mean of per-matrix min-max
+    concatenated = [statistics.mean(PRE_FORMULAS["minmax"](v)) for v in vectors]
+    per_matrix = [statistics.mean([y for m in block for y in PRE_FORMULAS["minmax"](m.double().reshape(-1).tolist())])
+                  for block in blocks]
+    got = AllocationFunction(("minmax",), "mean").block_values(blocks)
+    close(got, concatenated)
+    assert all(abs(g - p) > 0.1 for g, p in zip(got, per_matrix, strict=True)), (got, per_matrix)
+
+    # mean |z| of the first matrix's entries inside the block is far from its own per-matrix value
+    z = PRE_FORMULAS["normalize"](vectors[0])
+    assert abs(statistics.mean(z[:4])) > 0.5  # the small matrix sits well below the block's mean
+    close(AllocationFunction(("normalize",), "l1").block_values(blocks),
+          [statistics.mean(abs(v) for v in PRE_FORMULAS["normalize"](vec)) for vec in vectors])
+
+    # matrix reductions get the block's pre-processed vector cut back into the layers' shapes
+    fn = AllocationFunction(("normalize",), "layer_slogdet")
+    expected = []
+    for block, vec in zip(blocks, vectors, strict=True):
+        z = np.array(PRE_FORMULAS["normalize"](vec))
+        parts, start = [], 0
+        for m in block:
+            parts.append(_np_slogdet(z[start:start + m.numel()].reshape(tuple(m.shape))))
+            start += m.numel()
+        expected.append(sum(parts) / len(parts))
+    close(fn.block_values(blocks), expected, rel=1e-8)
+
+
+def _random_blocks(shapes_per_block, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.rand(shape, generator=gen, dtype=torch.float32) * (b + 1) for shape in shapes]
+            for b, shapes in enumerate(shapes_per_block)]
+
+
+def test_normalize_var_is_constant_up_to_rounding():
+    blocks = _random_blocks([[(8, 16), (16, 8)], [(8, 16), (4, 8)], [(12, 5)]])
+    with pytest.raises(InvalidFunction, match="constant up to rounding"):
+        AllocationFunction(("normalize",), "var").block_values(blocks)
+    # std of z-scores as well; a var that is a property of the scores is fine
+    with pytest.raises(InvalidFunction, match="constant up to rounding"):
+        AllocationFunction(("normalize",), "std", ("abs",)).block_values(blocks)
+    assert len(set(AllocationFunction(("no_op",), "var").block_values(blocks))) == 3
+
+
+def test_the_poster_function_is_refused_by_name():
+    with pytest.raises(InvalidFunction, match="poster"):
+        load_function("poster")
+
+
+def test_readme_maps_nan_block_values_to_zero_under_the_reference_rule():
+    # abslog -> var -> atan -> asin: asin(atan(v)) is NaN where v > tan(1) = 1.557
+    blocks = [[f32([[1e-3, 1.0], [1e3, 1e-2]]), f32([[5.0, 0.0, 50.0]])],  # log|x| varies a lot
+              [f32([[1.0, 1.1], [0.9, 1.2]]), f32([[1.05, 0.0, 0.95]])],  # close to 1 (0 -> log 1 = 0)
+              [f32([[2.0, 3.0], [1.0, 2.5]]), f32([[1.5, 2.2, 1.2]])]]
+    variances = []
+    for block in blocks:
+        vec = [v for m in block for v in m.double().reshape(-1).tolist()]
+        variances.append(statistics.variance(PRE_FORMULAS["abslog"](vec)))
+    assert variances[0] > math.tan(1) > max(variances[1:])
+    fn = PRESETS["readme"]
+    assert (fn.pre, fn.reduction, fn.post, fn.lam, fn.nonfinite) == (("abslog",), "var", ("atan", "asin"), 0.08,
+                                                                      "reference")
+    expected = [0.0] + [math.asin(math.atan(v)) for v in variances[1:]]
+    close(fn.block_values(blocks), expected)
+    ratios = fn.sparsities(blocks, 0.5, weights=[7, 7, 7])
+    assert ratios[0] == pytest.approx(min(ratios))  # the NaN block got the lowest value: least pruned
+    strict = dataclasses.replace(fn, nonfinite="invalid")
+    with pytest.raises(InvalidFunction, match="post op 'asin' gave non-finite values"):
+        strict.block_values(blocks)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: AllocationFunction.from_json("not json"), "function: .*not valid JSON"),
+    (lambda: AllocationFunction(pre=("bogus",)), "pre op 'bogus' is not allowed"),
+    (lambda: AllocationFunction(post=("abs", "bogus")), "post op 'bogus' is not allowed"),
+    (lambda: AllocationFunction(reduction="bogus"), "reduction='bogus' is not allowed"),
+    (lambda: AllocationFunction(lam=0.7), "lam=0.7 must be"),
+    (lambda: AllocationFunction(lam=-0.1), "lam=-0.1 must be"),
+    (lambda: AllocationFunction(direction=0), "direction=0 must be 1 or -1"),
+    (lambda: AllocationFunction(pre="abs"), "pre='abs' must be a list"),
+    (lambda: AllocationFunction.from_json('{"pre": "abs"}'), "pre='abs' must be a list"),
+    (lambda: AllocationFunction.from_json('{"lam": "big"}'), "lam='big' must be a number"),
+    (lambda: AllocationFunction.from_json('{"lambda": 0.1}'), "unknown fields.*lambda"),
+    (lambda: load_function("no-such-preset"), "function='no-such-preset'"),
+])
+def test_bad_functions_name_the_parameter(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
