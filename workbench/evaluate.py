@@ -69,13 +69,18 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, prog
     return out
 
 
+def _log_probs(model, windows: torch.Tensor):
+    """Next-token log-probabilities (float32, (seqlen-1, vocab)) of each window, one forward pass each."""
+    device = next(model.parameters()).device
+    for w in windows:
+        yield torch.log_softmax(model(w[None].to(device)).logits[0, :-1].float(), dim=-1)
+
+
 @torch.inference_mode()
 def window_log_probs(model, ids: torch.Tensor, seqlen: int) -> list[torch.Tensor]:
-    """Next-token log-probabilities (float32, (seqlen-1, vocab)) of each non-overlapping window: the
-    reference a KL fitness compares a pruned model with (cached once per search)."""
-    device = next(model.parameters()).device
-    return [torch.log_softmax(model(w[None].to(device)).logits[0, :-1].float(), dim=-1)
-            for w in _windows(ids, seqlen)]
+    """Next-token log-probabilities of each non-overlapping window: the reference a KL fitness compares a
+    pruned model with (cached once per search)."""
+    return list(_log_probs(model, _windows(ids, seqlen)))
 
 
 @torch.inference_mode()
@@ -85,10 +90,8 @@ def window_kl(model, ids: torch.Tensor, seqlen: int, reference: list[torch.Tenso
     windows = _windows(ids, seqlen)
     if len(reference) != windows.shape[0]:
         raise ValueError(f"reference has {len(reference)} windows, ids give {windows.shape[0]}")
-    device = next(model.parameters()).device
     out = torch.empty(windows.shape[0], dtype=torch.float64)
-    for i, (w, ref) in enumerate(zip(windows, reference, strict=True)):
-        logq = torch.log_softmax(model(w[None].to(device)).logits[0, :-1].float(), dim=-1)
+    for i, (logq, ref) in enumerate(zip(_log_probs(model, windows), reference, strict=True)):
         out[i] = (ref.exp() * (ref - logq)).sum(dim=-1).double().mean()
     return out
 

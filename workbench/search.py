@@ -45,17 +45,15 @@ from . import kernels
 from .allocation import AllocationInput, layer_infos
 from .allocation.dsa import ops
 from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
-from .allocation.mapping import LAMBDA_MAX
 from .allocation.owl import groups
 from .data import eval_tokens
-from .evaluate import window_kl, window_log_probs, window_nlls
+from .evaluate import perplexity_from_ids, window_kl, window_log_probs
 from .models import prunable_linears
 from .results import write_json_atomic
 
 STATE_VERSION = 4  # 4: multi-fidelity records, faithful DSA ops
 NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
 FITNESS = ("ppl", "kl")
-FIDELITIES = ("cheap", "full")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -183,7 +181,7 @@ class SearchContext:
         self.set_counts(counts)
         ids = self.ids[fidelity]
         if metric == "ppl":
-            value = math.exp(float(window_nlls(self.model, ids, seqlen, progress=False).mean()))
+            value = perplexity_from_ids(self.model, ids, seqlen, progress=False)
         else:
             value = float(window_kl(self.model, ids, seqlen, self.reference[fidelity]).mean())
         return value if math.isfinite(value) else math.inf
@@ -229,7 +227,7 @@ def mutate(f: AllocationFunction, rng: random.Random) -> AllocationFunction:
     elif what == "post":
         post[rng.randrange(len(post))] = rng.choice(list(ops.POST))
     elif what == "lam":
-        lam = round(min(0.3, LAMBDA_MAX, max(0.01, lam * math.exp(rng.gauss(0.0, 0.3)))), 4)
+        lam = round(min(0.3, max(0.01, lam * math.exp(rng.gauss(0.0, 0.3)))), 4)
     elif what == "direction":
         direction = -direction
     else:
@@ -327,14 +325,17 @@ class Search:
         self.by_allocation: dict[str, dict] = {}
         for rec in self.state.history:
             self.by_function.setdefault(rec["function_key"], rec)
-            if rec["valid"]:
-                known = self.by_allocation.setdefault(rec["allocation_key"], {"cheap": None, "full": None})
-                known["cheap"] = rec["cheap_fitness"] if known["cheap"] is None else known["cheap"]
-                known["full"] = rec["full_fitness"] if known["full"] is None else known["full"]
+            self._remember(rec)
+
+    def _remember(self, record: dict) -> None:
+        """The fitness a valid record holds, kept by its allocation (the same counts give the same fitness)."""
+        if record["valid"]:
+            known = self.by_allocation.setdefault(record["allocation_key"], {"cheap": None, "full": None})
+            for fidelity in ("cheap", "full"):
+                if record[f"{fidelity}_fitness"] is not None:
+                    known[fidelity] = record[f"{fidelity}_fitness"]
 
     # -- scoring
-    def _spent(self, kind: str) -> int:
-        return sum(1 for h in self.state.history if h["kind"] == kind)
 
     def _score(self, fn: AllocationFunction, kind: str, generation: int) -> dict:
         """A new record for ``fn``: its allocation and its fitness at the first fidelity."""
@@ -364,7 +365,7 @@ class Search:
         record["seconds"] = time.perf_counter() - start
         self.state.history.append(record)
         if record["full_fitness"] is not None and record["full_at"] is None:
-            record["full_at"] = self._spent(kind)
+            record["full_at"] = self.evaluations(kind)
         self.by_function.setdefault(key, record)
         return record
 
@@ -378,11 +379,7 @@ class Search:
                     return
                 record.update(fitness=value, fidelity=fidelity)
                 break
-        if record["valid"]:
-            known = self.by_allocation.setdefault(record["allocation_key"], {"cheap": None, "full": None})
-            for fidelity in ("cheap", "full"):
-                if record[f"{fidelity}_fitness"] is not None:
-                    known[fidelity] = record[f"{fidelity}_fitness"]
+        self._remember(record)
 
     def _promote(self, records: list[dict], count: int) -> None:
         """Score the ``count`` best cheap-only records of ``records`` at full fidelity."""
@@ -397,7 +394,7 @@ class Search:
                 if counts is None:  # resumed: the allocation is recomputed (deterministic)
                     counts = self.ctx.allocation(AllocationFunction.from_dict(rec["function"]))["counts"]
                 rec["full_fitness"] = self.ctx.fitness(counts, "full")
-            rec["full_at"] = self._spent(rec["kind"])
+            rec["full_at"] = self.evaluations(rec["kind"])
             self._settle(rec)
             rec["seconds"] += time.perf_counter() - start
 
@@ -418,7 +415,7 @@ class Search:
 
     def evaluations(self, kind: str = "evolution") -> int:
         """Distinct functions scored so far by ``kind``."""
-        return self._spent(kind)
+        return sum(1 for h in self.state.history if h["kind"] == kind)
 
     # -- evolution
     def _pool(self, generation: int) -> list[dict]:

@@ -159,24 +159,9 @@ class AllocationFunction:
             _check_spread(v, float(v.abs().max()), "the public NaN -> 0, inf -> -1 rule")
         return v.tolist()
 
-    def block_values(self, block_scores: list[list[torch.Tensor]], memo: dict | None = None) -> list[float]:
-        """v_l for each block, from the score matrices of its linears, after the post ops; ``memo`` keeps
-        the reduced values per (pre ops, reduction), so functions that share them skip the pass over scores."""
-        key = self.reduced_key()
-        if memo is not None and key in memo:
-            ok, reduced = memo[key]
-            if not ok:
-                raise reduced
-        else:
-            try:
-                reduced = self.reduced_values(block_scores)[0]
-            except InvalidFunction as err:
-                if memo is not None:
-                    memo[key] = (False, err)
-                raise
-            if memo is not None:
-                memo[key] = (True, reduced)
-        return self.post_values(reduced)
+    def block_values(self, block_scores: list[list[torch.Tensor]]) -> list[float]:
+        """v_l for each block, from the score matrices of its linears, after the post ops."""
+        return self.post_values(self.reduced_values(block_scores)[0])
 
     def sparsities(self, block_scores: list[list[torch.Tensor]], sparsity: float,
                    weights: list[float] | None = None, values: list[float] | None = None) -> list[float]:
@@ -260,11 +245,13 @@ def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | Allocat
     fn = load_function(function)
     grouped = groups(inputs, "block")
     weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
-    memo = inputs.memo.setdefault("dsa_reduced", {})  # reduced values per (pre, reduction), kept with the scores
+
+    def reduced() -> list[float]:  # shared by every function with these pre ops and reduction
+        scores = cached_block_scores if cached_block_scores is not None else block_scores(inputs)
+        return fn.reduced_values(scores)[0]
 
     def values() -> list[float]:
-        scores = cached_block_scores if cached_block_scores is not None else block_scores(inputs)
-        return fn.block_values(scores, memo)
+        return fn.post_values(inputs.memoised(("dsa_reduced", fn.reduced_key()), reduced))
 
     known = list(inputs.memoised(("dsa_block_values", fn.stages_key()), values))
     ratios = fn.sparsities([], sparsity, weights, values=known)
