@@ -192,6 +192,8 @@ def _check_spread(v: torch.Tensor, scale: float, where: str) -> None:
                               f"{NOISE_RTOL:g} x scale {scale:.3g}); min-max would stretch noise into sparsities")
 
 
+REPO = Path(__file__).resolve().parents[3]  # the checkout: data/functions/ holds searched functions
+
 PRESETS = {
     # DSA README example (lliai/DSA: W:(ABSLOG)-(VAR)-(ATAN,ASIN), λ = --Lamda 0.08), with the public code's
     # NaN -> 0 rule: asin(atan(v)) is NaN where v > tan(1) = 1.557, and such blocks get the value 0
@@ -223,6 +225,8 @@ def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
     if spec.lstrip().startswith("{"):
         return AllocationFunction.from_json(spec)
     path = Path(spec)
+    if not path.is_file() and not path.is_absolute() and (REPO / path).is_file():
+        path = REPO / path  # shipped functions (data/functions/...) load from any working directory
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
