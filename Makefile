@@ -4,9 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint dashboard clean
+.PHONY: setup system demo reproduce lab test lint dashboard clean
 
-setup: $(STAMP)
+setup: system $(STAMP)
+
+# g++ and chromium (apt); installed when missing and allowed, else one line naming the command
+system:
+	@scripts/system_deps.sh
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +22,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: setup
 	$(PY) -m workbench demo
+
+# JupyterLab on the notebooks, loopback only, token on (the URL with the token is printed)
+lab: setup
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser notebooks
 
 dashboard: setup
 	$(PY) -m workbench dashboard

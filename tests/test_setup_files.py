@@ -62,3 +62,30 @@ def test_no_weights_or_third_party_text_committed():
     big = [p for p in ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts and p.is_file()
            and p.suffix in {".gguf", ".safetensors", ".bin", ".pt"}]
     assert big == []
+
+
+def _system_deps(**env):
+    import os
+    import subprocess
+
+    return subprocess.run(["bash", str(ROOT / "scripts" / "system_deps.sh")], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+
+
+def test_setup_checks_system_packages_and_names_the_command():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^setup: system", makefile, re.M) and "scripts/system_deps.sh" in makefile
+    missing = _system_deps(WORKBENCH_NO_APT="1", WORKBENCH_CHROMIUM="/nonexistent/chromium")
+    assert missing.returncode == 1
+    assert "sudo apt-get install -y chromium" in missing.stderr
+
+
+def test_system_check_passes_silently_when_everything_is_there():
+    import shutil
+
+    if not (shutil.which("g++") and Path("/usr/bin/chromium").exists()):
+        missing = _system_deps(WORKBENCH_NO_APT="1")  # this machine lacks one: the check must say so
+        assert missing.returncode == 1 and "apt-get install" in missing.stderr
+        return
+    done = _system_deps(WORKBENCH_NO_APT="1")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
