@@ -81,11 +81,13 @@ class ExperimentConfig:
 
 
 def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progress: bool = True,
-                   on_stage=None) -> dict[str, Any]:
+                   on_stage=None, cache=None) -> dict[str, Any]:
     """Load (unless given), prune in place, evaluate; return the result record (not written to disk).
 
     ``allocation="dense"`` evaluates the unpruned model. ``on_stage(name)`` is called as the run
-    moves through ``load``, ``prune``, ``ppl``, ``zero-shot`` (for progress displays).
+    moves through ``load``, ``prune``, ``ppl``, ``zero-shot`` (for progress displays). ``cache``: a
+    DenseCache of ``model`` built from this config's calibration; dense-mode runs then prune from it
+    (no forward pass). It is refused when its calibration is not the config's.
     """
     from .evaluate import perplexity
     from .models import load_model, model_hash
@@ -104,13 +106,15 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
     if config.allocation != "dense":
         stage("prune")
         calibration = None
-        if config.metric != "magnitude" or config.allocation != "uniform":
+        if cache is not None:
+            check_cache(config, cache)
+        elif config.metric != "magnitude" or config.allocation != "uniform":
             calibration = data_mod.calibration_samples(tokenizer, config.calib_dataset, config.nsamples,
                                                        config.seqlen, config.seed)
         result = prune(model, tokenizer, metric=config.metric, allocation=config.allocation,
                        sparsity=config.sparsity, pattern=config.pattern, calibration=calibration,
                        mode=config.mode, group=config.group, allocation_params=dict(config.alloc_params),
-                       progress=progress)
+                       cache=cache, progress=progress)
         metrics["actual_sparsity"] = result.report["actual"]
         data["calibration"] = result.calibration
         extra = {"profile": result.profile.to_dict(), "sparsity_report": result.report, "timings": result.timings}
@@ -137,3 +141,29 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
                          method=method, data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
                          extra={"config": config.to_dict(), **extra})
     return record
+
+
+
+def _calibration_of(config: ExperimentConfig) -> dict[str, Any]:
+    """The calibration provenance ``config`` asks for (dataset defaults filled in)."""
+    defaults = data_mod.default_calibration(config.calib_dataset)
+    return {"dataset": config.calib_dataset, "nsamples": config.nsamples or defaults["nsamples"],
+            "seqlen": config.seqlen or defaults["seqlen"], "seed": config.seed}
+
+
+def cache_fits(config: ExperimentConfig, cache) -> bool:
+    """Whether a run of ``config`` may prune from ``cache``: dense mode, the same calibration, the
+    metric's statistics present (e.g. SparseGPT needs X^T X, which a Wanda cache lacks)."""
+    from .pruners import NEEDS
+
+    if config.mode != "dense" or config.allocation == "dense":
+        return False
+    same = all(cache.calibration.get(k) == v for k, v in _calibration_of(config).items())
+    return same and cache.has(NEEDS[config.metric])
+
+
+def check_cache(config: ExperimentConfig, cache) -> None:
+    """Refuse a cache a run cannot use (its record would name a calibration it did not use)."""
+    if not cache_fits(config, cache):
+        raise ValueError(f"cache: a DenseCache of calibration {cache.calibration} cannot serve mode={config.mode!r}, "
+                         f"metric={config.metric!r}, calibration {_calibration_of(config)}")

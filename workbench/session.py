@@ -16,7 +16,7 @@ import torch
 
 from .allocation import AllocationInput, allocate, check_allocator, layer_infos
 from .data import calibration_samples
-from .experiment import ExperimentConfig, run_experiment
+from .experiment import ExperimentConfig, cache_fits, run_experiment
 from .profile import SparsityProfile
 
 CURVE_ALLOCATORS = ("uniform", "owl", "dsa")
@@ -109,12 +109,15 @@ class Session:
 
     # ------------------------------------------------------------------ runs
     def run(self, config: ExperimentConfig, on_stage=None) -> dict[str, Any]:
-        """Prune-and-evaluate on the session's model (dense weights restored first); queued by a lock."""
+        """Prune-and-evaluate on the session's model (dense weights restored first); queued by a lock.
+        A dense-mode run on the session's calibration prunes from the session's dense statistics."""
         if config.model != self.model_name:
             raise ValueError(f"config.model={config.model!r} differs from the session's model {self.model_name!r}")
         with self.run_lock:
             self.cache.restore(self.model)
             try:
-                return run_experiment(config, self.model, self.tokenizer, progress=self.progress, on_stage=on_stage)
+                cache = self.cache if cache_fits(config, self.cache) else None
+                return run_experiment(config, self.model, self.tokenizer, progress=self.progress, on_stage=on_stage,
+                                      cache=cache)
             finally:
                 self.cache.restore(self.model)
