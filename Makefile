@@ -23,6 +23,10 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	$(PY) -m workbench demo
 
+# the full demo grid as the papers prune (sequential, 3 sparsities; resumable)
+reproduce: setup
+	$(PY) -m workbench reproduce --grid data/grids/demo.yaml
+
 # JupyterLab on the notebooks, loopback only, token on (the URL with the token is printed)
 lab: setup
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser notebooks

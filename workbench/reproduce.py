@@ -222,17 +222,19 @@ CAPTIONS = {
 }
 
 
-def build_tables(records: list[dict], folder: Path) -> dict[str, str]:
-    """Write both tables as .md/.csv/.html and the sparsity-curve figure; return the Markdown texts."""
+def build_tables(records: list[dict], folder: Path, protocol: str | None = None) -> dict[str, str]:
+    """Write both tables as .md/.csv/.html and the sparsity-curve figure; return the Markdown texts
+    (each opens with its caption; ``protocol`` is added to the captions when the runs differ from the papers')."""
     out = {}
     for name, builder in (("perplexity", perplexity_table), ("zeroshot", zeroshot_table)):
         header, rows = builder(records)
         if not rows:
             continue
-        md = to_markdown(header, rows)
-        write_text_atomic(folder / f"{name}.md", f"{CAPTIONS[name]}\n\n{md}")
+        caption = CAPTIONS[name] + (f". Protocol: {protocol}" if protocol else "")
+        md = f"{caption}\n\n{to_markdown(header, rows)}"
+        write_text_atomic(folder / f"{name}.md", md)
         write_text_atomic(folder / f"{name}.csv", to_csv(header, rows))
-        write_text_atomic(folder / f"{name}.html", to_html(header, rows, CAPTIONS[name]))
+        write_text_atomic(folder / f"{name}.html", to_html(header, rows, caption))
         out[name] = md
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
