@@ -20,7 +20,8 @@ def main(folders: list[str]) -> None:
             rec = records[kind]
             best[kind].append(rec)
             print(f"seed {seed} {kind:9s}: validation ppl {rec['full_fitness']:.3f}  {json.dumps(rec['function'])}")
-        (OUT / f"dsa-study-evo-seed{seed}.json").write_text(json.dumps(records["evolution"]["function"], indent=1) + "\n")
+        evolved = json.dumps(records["evolution"]["function"], indent=1) + "\n"
+        (OUT / f"dsa-study-evo-seed{seed}.json").write_text(evolved)
     for kind, name in (("evolution", "dsa-evolved.json"), ("random", "dsa-study-random-best.json")):
         rec = min(best[kind], key=lambda r: r["full_fitness"])
         (OUT / name).write_text(json.dumps(rec["function"], indent=1) + "\n")
