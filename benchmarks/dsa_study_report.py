@@ -21,10 +21,35 @@ COLORS = {"evolution": "#d62728", "random": "#7f7f7f"}
 DASH = ["solid", "dash", "dot", "dashdot"]
 
 
+def baselines(folder: Path) -> dict[str, float]:
+    """Validation fitness of uniform, OWL and the readme preset, measured as this search measured its
+    candidates (its calibration, the same 8 x 512 validation windows, the same row-wise Wanda masks)."""
+    from workbench.allocation import allocate
+    from workbench.data import calibration_samples
+    from workbench.models import load_model
+    from workbench.prune import DenseCache
+    from workbench.search import SearchConfig, SearchContext
+
+    state = json.loads((folder / "state.json").read_text())
+    config, calib = SearchConfig(**state["config"]), state["meta"]["calibration"]
+    model, tok = load_model(state["meta"]["model"]["id"])
+    samples = calibration_samples(tok, calib["dataset"], calib["nsamples"], calib["seqlen"], calib["seed"])
+    ctx = SearchContext(model, tok, DenseCache.build(model, samples, ("sq_norm",), progress=False), config)
+    out = {}
+    for name, allocation, params in (("uniform", "uniform", {}), ("OWL", "owl", {"lam": 0.08, "M": 5}),
+                                     ("DSA readme", "dsa", {"function": "readme"})):
+        if allocation == "dsa":
+            params["cached_block_scores"] = ctx.block_scores
+        out[name] = ctx.fitness(ctx.counts_of(allocate(allocation, ctx.inputs, config.sparsity, **params)), "full")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default="runs/study")
     parser.add_argument("--png", default="benchmarks/results/dsa_convergence.png")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip the uniform / OWL / readme validation lines (they need the model: ~1 min)")
     args = parser.parse_args()
     fig = go.Figure()
     print("| seed | kind | distinct candidates | valid | at full fidelity | best validation ppl | best function |")
@@ -41,6 +66,16 @@ def main() -> None:
             print(f"| {folder.name[-1]} | {kind} | {len(recs)} | {sum(h['valid'] for h in recs)} | {len(full)} | "
                   f"{best['full_fitness']:.2f} | {f['pre']} → {f['reduction']} → {f['post']}, λ {f['lam']}, "
                   f"dir {f['direction']:+d} |")
+    if args.baselines:
+        per_seed = {folder.name: baselines(folder) for folder in sorted(Path(args.root).glob("search-seed*"))}
+        for seed, values in per_seed.items():
+            for name, value in values.items():
+                print(f"| {seed[-1]} | {name} (hand-made) | 1 | 1 | 1 | {value:.2f} | |")
+        for name, dash in zip(next(iter(per_seed.values())), ("dot", "dash", "dashdot"), strict=False):
+            mean = sum(v[name] for v in per_seed.values()) / len(per_seed)
+            fig.add_hline(y=mean, line={"color": "#1f77b4", "dash": dash, "width": 1},
+                          annotation_text=f"{name} {mean:.1f} (mean over the seeds' calibrations)",
+                          annotation_position="top right")
     fig.update_layout(title="DSA search on SmolLM2-135M at 70%: best validation perplexity so far",
                       xaxis_title="distinct candidates scored", yaxis_title="validation perplexity (full fidelity)",
                       yaxis_type="log", template="plotly_white", height=450, width=800)

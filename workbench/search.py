@@ -148,10 +148,14 @@ class SearchContext:
             profile = dsa(self.inputs, self.config.sparsity, fn, cached_block_scores=self.block_scores)
         except InvalidFunction as err:
             return {"valid": False, "error": str(err), "ratios": None, "counts": None, "allocation_key": None}
-        counts = {n: int(lin.in_features * profile.layers[n]) for n, lin in self.linears.items()}
+        counts = self.counts_of(profile)
         key = hashlib.sha256(json.dumps(list(counts.values())).encode()).hexdigest()[:16]
         return {"valid": True, "error": None, "ratios": list(profile.block_means().values()), "counts": counts,
                 "allocation_key": key}
+
+    def counts_of(self, profile) -> dict[str, int]:
+        """Pruned weights per row of each linear under a per-layer profile (as the search prunes)."""
+        return {n: int(lin.in_features * profile.layers[n]) for n, lin in self.linears.items()}
 
     @torch.no_grad()
     def set_counts(self, counts: dict[str, int]) -> None:
