@@ -115,3 +115,31 @@ def test_a_besa_run_adds_its_learned_curve(session, text_file):
     from workbench.profile import SparsityProfile
 
     assert ys["besa"] == pytest.approx(list(SparsityProfile.from_dict(learned).block_means().values()))
+
+
+def test_what_the_curves_show_is_what_the_runner_prunes(session, text_file):
+    """λ and M moved on the curves, a custom DSA function typed in: the runs use exactly those, on the
+    curves' target, and prune to the plotted per-layer sparsities."""
+    curves = SparsityCurves(session, sparsity=0.6)
+    runner = PruneRunner(session, eval_seqlen=64, mode="dense", curves=curves, eval_dataset=str(text_file))
+    curves.sparsity.value, curves.lam.value, curves.M.value = 0.65, 0.17, 7.0
+    assert runner.sparsity.value == 0.65 and runner.sparsity.disabled
+    runner.allocation.value = "owl"
+    assert runner.config().alloc_params == {"lam": 0.17, "M": 7.0}
+    runner.start()
+    runner.wait(timeout=300)
+    record = runner.records[-1]
+    assert record["method"]["params"] == {"lam": 0.17, "M": 7.0} and record["method"]["sparsity"] == 0.65
+    assert record["profile"]["layers"] == pytest.approx(curves.profiles["owl"].layers, abs=1e-12)
+    assert "lam=0.17, M=7" in runner.table.value
+    curves.custom.value = json.dumps({"pre": ["abs"], "reduction": "mean", "post": ["no_op"], "direction": -1})
+    runner.allocation.value = "dsa"
+    runner.start()
+    runner.wait(timeout=300)
+    record = runner.records[-1]
+    assert record["method"]["params"]["function"]["lam"] == 0.17  # the λ slider, as the curve was drawn
+    assert record["profile"]["layers"] == pytest.approx(curves.profiles["dsa"].layers, abs=1e-12)
+    runner.allocation.value, runner.pattern.value = "uniform", "2:4"
+    runner.start()
+    runner.wait(timeout=300)
+    assert runner.rows[-1]["target"] == "0.5 (2:4)" and runner.rows[-1]["actual"] == pytest.approx(0.5, abs=0.01)

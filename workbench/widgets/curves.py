@@ -51,15 +51,29 @@ class SparsityCurves:
         spec.setdefault("lam", self.lam.value)
         return spec
 
-    def refresh(self) -> None:
-        """Re-allocate at the controls' values and redraw the figure in place."""
-        notes = []
+    def _function_spec(self) -> tuple[dict, list[str]]:
+        """The DSA function the curve shows (a preset follows the λ slider), and any note on the custom text."""
         try:
             function = self._dsa_function()
         except ValueError as err:
             function, notes = self.function.value, [str(err)]
+        else:
+            notes = []
         if isinstance(function, str):  # presets carry their own λ; follow the slider
             function = {**PRESETS[function].to_dict(), "lam": self.lam.value}
+        return function, notes
+
+    def params(self, allocation: str) -> dict:
+        """The allocator parameters the plotted curve of ``allocation`` was drawn with (what a run must use)."""
+        if allocation == "owl":
+            return {"lam": self.lam.value, "M": self.M.value}
+        if allocation == "dsa":
+            return {"function": self._function_spec()[0]}
+        return {}
+
+    def refresh(self) -> None:
+        """Re-allocate at the controls' values and redraw the figure in place."""
+        function, notes = self._function_spec()
         profiles, errors = self.session.curves(self.sparsity.value, lam=self.lam.value, M=self.M.value,
                                                function=function)
         profiles.update(self.extra)

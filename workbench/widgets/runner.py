@@ -15,14 +15,15 @@ from ..session import Session
 ALLOCATIONS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
 PATTERNS = ("unstructured", "2:4", "4:8")
 STAGES = {"load": 0.05, "prune": 0.1, "ppl": 0.6}
-COLUMNS = ("allocation", "metric", "pattern", "target", "actual", "perplexity", "seconds", "error")
+COLUMNS = ("allocation", "params", "metric", "pattern", "target", "actual", "perplexity", "seconds", "error")
 
 
 class PruneRunner:
     """Runs never block the kernel: each executes in a thread; the table grows when one finishes."""
 
-    def __init__(self, session: Session, eval_seqlen: int | None = None, mode: str = "sequential", curves=None):
-        self.session, self.eval_seqlen, self.curves = session, eval_seqlen, curves
+    def __init__(self, session: Session, eval_seqlen: int | None = None, mode: str = "sequential", curves=None,
+                 eval_dataset: str = "embedded"):
+        self.session, self.eval_seqlen, self.curves, self.eval_dataset = session, eval_seqlen, curves, eval_dataset
         self.allocation = w.Dropdown(options=ALLOCATIONS, value="uniform", description="allocation")
         self.metric = w.Dropdown(options=METRICS, value="wanda", description="metric")
         self.pattern = w.Dropdown(options=PATTERNS, value="unstructured", description="pattern")
@@ -36,15 +37,25 @@ class PruneRunner:
         self.records: list[dict] = []
         self._thread: threading.Thread | None = None
         self.button.on_click(lambda _b: self.start())
+        if curves is not None:  # one target on screen: the curves' slider drives the run
+            w.link((curves.sparsity, "value"), (self.sparsity, "value"))
+            self.sparsity.disabled = True
+            self.sparsity.description = "target (curves)"
         self.widget = w.VBox([w.HBox([self.allocation, self.metric, self.pattern]),
                               w.HBox([self.sparsity, self.mode, self.button]), self.progress, self.table])
         self._render()
+
+    def params(self) -> dict:
+        """Allocator parameters: exactly those the curves plot for this allocation (none without curves)."""
+        return self.curves.params(self.allocation.value) if self.curves is not None else {}
 
     def config(self) -> ExperimentConfig:
         """The run the controls describe (raises ValueError on an invalid combination)."""
         return ExperimentConfig(model=self.session.model_name, metric=self.metric.value,
                                 allocation=self.allocation.value, sparsity=round(self.sparsity.value, 4),
-                                pattern=self.pattern.value, mode=self.mode.value, eval_seqlen=self.eval_seqlen)
+                                pattern=self.pattern.value, mode=self.mode.value, eval_seqlen=self.eval_seqlen,
+                                eval_dataset=self.eval_dataset, alloc_params=self.params(),
+                                **self.session.calib)  # the calibration the curves were computed from
 
     def start(self) -> threading.Thread:
         """Start a run in a background thread (runs queue behind each other in the session)."""
@@ -64,7 +75,10 @@ class PruneRunner:
     def _run(self) -> None:
         start = time.perf_counter()
         row = {"allocation": self.allocation.value, "metric": self.metric.value, "pattern": self.pattern.value,
-               "target": round(self.sparsity.value, 4)}
+               "target": round(self.sparsity.value, 4), "params": _compact(self.params())}
+        if self.pattern.value != "unstructured":  # N:M fixes every layer at N/M whatever the slider says
+            n, m = (int(x) for x in self.pattern.value.split(":"))
+            row["target"] = f"{n / m:g} ({self.pattern.value})"
         self.button.disabled = True
         try:
             record = self.session.run(self.config(), on_stage=self._stage)
@@ -97,3 +111,16 @@ class PruneRunner:
         from IPython.display import display
 
         display(self.widget)
+
+
+def _compact(params: dict) -> str:
+    """Allocator parameters in a table cell: numbers rounded, a DSA function as its stages and λ."""
+    parts = []
+    for key, value in params.items():
+        if key == "function" and isinstance(value, dict):
+            value = (f"{'+'.join(value.get('pre', []))} → {value.get('reduction')} → "
+                     f"{'+'.join(value.get('post', []))}, λ {value.get('lam', 0):.3g}")
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
