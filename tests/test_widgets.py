@@ -143,3 +143,13 @@ def test_what_the_curves_show_is_what_the_runner_prunes(session, text_file):
     runner.start()
     runner.wait(timeout=300)
     assert runner.rows[-1]["target"] == "0.5 (2:4)" and runner.rows[-1]["actual"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_the_notebook_figure_keeps_the_full_layout(session):
+    """The widget's FigureWidget shows the same axes, integer block ticks and theme as the static figure."""
+    curves = SparsityCurves(session, sparsity=0.6)
+    static = plots.sparsity_curves(curves.profiles)
+    live = curves.figure.layout
+    assert live.xaxis.title.text == "block" and live.yaxis.title.text == static.layout.yaxis.title.text
+    assert live.xaxis.dtick == 1 and live.template.layout.paper_bgcolor == static.layout.template.layout.paper_bgcolor
+    assert live.height == 420

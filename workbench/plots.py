@@ -81,4 +81,4 @@ def sync_figure(target: go.Figure, source: go.Figure) -> None:
         else:
             for live, new in zip(target.data, source.data, strict=True):
                 live.update(new.to_plotly_json())
-        target.layout.title = source.layout.title
+        target.layout = source.layout  # the whole layout: axis titles, ticks, theme, legend, size
