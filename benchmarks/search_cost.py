@@ -89,7 +89,7 @@ def search_cost(model, tok, cache, sparsity: float, generations: int) -> None:
                 set_counts = ctx.set_counts
 
                 def from_scratch(counts, _set=set_counts, _ctx=ctx):
-                    _ctx.restore()
+                    _set({n: 0 for n in _ctx.linears})  # dense again, then every mask rebuilt
                     _set(counts)
 
                 ctx.set_counts = from_scratch
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--functions", type=int, default=60)
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--skip-correlation", action="store_true", help="only the cost per candidate")
     args = parser.parse_args()
 
     model, tok = load_model(args.model)
@@ -127,7 +128,8 @@ def main() -> None:
     cache = DenseCache.build(model, calib, ("sq_norm",), progress=False)
     print(f"model={args.model} calibration={args.nsamples}x{args.seqlen} sparsity={args.sparsity} "
           f"threads={torch.get_num_threads()}")
-    correlation(contexts(model, tok, cache, args.sparsity), args.functions, args.seed)
+    if not args.skip_correlation:
+        correlation(contexts(model, tok, cache, args.sparsity), args.functions, args.seed)
     search_cost(model, tok, cache, args.sparsity, args.generations)
 
 
