@@ -332,3 +332,17 @@ def test_readme_maps_nan_block_values_to_zero_under_the_reference_rule():
 def test_bad_functions_name_the_parameter(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_shipped_functions_load_by_preset_name_and_repo_relative_path(tmp_path, monkeypatch):
+    import json
+
+    from workbench.allocation.dsa.function import PRESETS, REPO, AllocationFunction, load_function
+
+    shipped = REPO / "data" / "functions" / "dsa-evolved.json"
+    expected = AllocationFunction.from_dict(json.loads(shipped.read_text()))
+    assert PRESETS["searched"] == expected
+    monkeypatch.chdir(tmp_path)  # data/functions/... does not exist here: found in the checkout
+    assert load_function("data/functions/dsa-evolved.json") == expected
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_function("data/functions/no-such.json")

@@ -22,7 +22,7 @@ from .results import read_record, write_json_atomic
 METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("uniform", "uniform", {}),
     ("OWL", "owl", {"lam": 0.08, "M": 5}),
-    ("DSA (searched)", "dsa", {"function": "data/functions/dsa-evolved.json"}),
+    ("DSA (searched)", "dsa", {"function": "searched"}),
     ("BESA (row)", "besa", {"granularity": "row", "sigmoid": False}),
 )
 

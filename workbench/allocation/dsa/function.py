@@ -201,6 +201,10 @@ PRESETS = {
     "readme": AllocationFunction(("abslog",), "var", ("atan", "asin"), 0.08, 1, "readme", "reference"),
 }
 
+SEARCHED = REPO / "data" / "functions" / "dsa-evolved.json"  # the DSA study's best evolved function
+if SEARCHED.is_file():  # SmolLM2-135M, 70%, Wanda scores; chosen on validation perplexity (README: the study)
+    PRESETS["searched"] = AllocationFunction.from_json(SEARCHED.read_text(encoding="utf-8"))
+
 # Named functions that no faithful reading makes an allocation: refused with the reason.
 DEGENERATE = {
     "poster": "function='poster' (the DSA poster's final function [normalize, var, abs, no_op]) is degenerate: "
