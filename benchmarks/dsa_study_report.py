@@ -54,9 +54,12 @@ def main() -> None:
     fig = go.Figure()
     print("| seed | kind | distinct candidates | valid | at full fidelity | best validation ppl | best function |")
     print("|---|---|---|---|---|---|---|")
-    for i, folder in enumerate(sorted(Path(args.root).glob("search-seed*"))):
+    folders = sorted(p for p in Path(args.root).glob("search-seed*") if p.is_dir())
+    lowest, highest = float("inf"), 0.0
+    for i, folder in enumerate(folders):
         history = json.loads((folder / "history.json").read_text())
         for kind, (x, y) in search_series(history).items():
+            lowest, highest = min(lowest, *y), max(highest, *y)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line_shape="hv", name=f"{kind} {folder.name[-5:]}",
                                      line={"color": COLORS[kind], "dash": DASH[i % len(DASH)]}))
             recs = [h for h in history if h["kind"] == kind]
@@ -67,18 +70,24 @@ def main() -> None:
                   f"{best['full_fitness']:.2f} | {f['pre']} → {f['reduction']} → {f['post']}, λ {f['lam']}, "
                   f"dir {f['direction']:+d} |")
     if args.baselines:
-        per_seed = {folder.name: baselines(folder) for folder in sorted(Path(args.root).glob("search-seed*"))}
+        cached = Path(args.root) / "baselines.json"  # measured once (about 5 min), reused by later reports
+        if cached.exists():
+            per_seed = json.loads(cached.read_text())
+        else:
+            per_seed = {folder.name: baselines(folder) for folder in folders}
+            cached.write_text(json.dumps(per_seed, indent=1))
         for seed, values in per_seed.items():
             for name, value in values.items():
                 print(f"| {seed[-1]} | {name} (hand-made) | 1 | 1 | 1 | {value:.2f} | |")
         for name, dash in zip(next(iter(per_seed.values())), ("dot", "dash", "dashdot"), strict=False):
             mean = sum(v[name] for v in per_seed.values()) / len(per_seed)
+            highest = max(highest, mean)
             fig.add_hline(y=mean, line={"color": "#1f77b4", "dash": dash, "width": 1},
                           annotation_text=f"{name} {mean:.1f} (mean over the seeds' calibrations)",
                           annotation_position="top right")
     fig.update_layout(title="DSA search on SmolLM2-135M at 70%: best validation perplexity so far",
                       xaxis_title="distinct candidates scored", yaxis_title="validation perplexity (full fidelity)",
-                      yaxis_type="log", template="plotly_white", height=450, width=800)
+                      yaxis_range=[lowest * 0.95, highest * 1.05], template="plotly_white", height=450, width=900)
     png = Path(args.png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(png.with_suffix(".html"))
