@@ -90,7 +90,7 @@ def main() -> None:
                       yaxis_range=[lowest * 0.95, highest * 1.05], template="plotly_white", height=450, width=900)
     png = Path(args.png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(png.with_suffix(".html"))
+    fig.write_html(png.with_suffix(".html"), include_plotlyjs="cdn")  # not committed: the PNG is
     pio.write_image(fig, str(png))
     print(f"figure: {png} (and .html)")
 

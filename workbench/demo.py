@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .experiment import ExperimentConfig
-from .reproduce import Run, build_tables
-from .results import read_record, write_json_atomic
+from .reproduce import Run, build_tables, finish_record
+from .results import read_record
 
 # label, allocation, allocator parameters (the DSA function is the study's searched one, shipped as data)
 METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -81,26 +81,21 @@ def run_demo(config: DemoConfig | None = None, out: str | Path = "runs/demo", pr
         path = root / run.id / "result.json"
         record = read_record(path) if path.exists() else None
         if record is None or record.get("status") != "ok":
-            record = _execute(session, run, experiment)
-            write_json_atomic(path, record)
+            record = _execute(session, run, experiment, path)
         records.append(record)
     tables = build_tables(_as_tables(records), root / "tables", protocol=config.protocol())
     return {"root": root, "tables": tables, "records": records, "seconds": time.perf_counter() - start,
             "failed": [r for r in records if r.get("status") != "ok"]}
 
 
-def _execute(session, run: Run, experiment: ExperimentConfig) -> dict[str, Any]:
-    """One run on the session's model; a failure is recorded (the demo goes on)."""
+def _execute(session, run: Run, experiment: ExperimentConfig, path: Path) -> dict[str, Any]:
+    """One run on the session's model, its record written to ``path``; a failure is recorded (the demo goes on)."""
     t0 = time.perf_counter()
     try:
         record = session.run(experiment)
-        record["status"] = "ok"
     except (ValueError, RuntimeError) as err:
         record = {"status": "error", "error": f"{type(err).__name__}: {err}"}
-    record["run"] = {"id": run.id, "table": "demo", "label": run.label, "sparsity": run.sparsity,
-                     "params": experiment.to_dict()}
-    record["run_seconds"] = time.perf_counter() - t0
-    return record
+    return finish_record(record, run, experiment.to_dict(), time.perf_counter() - t0, path)
 
 
 def _as_tables(records: list[dict]) -> list[dict]:

@@ -143,7 +143,6 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
     return record
 
 
-
 def _calibration_of(config: ExperimentConfig) -> dict[str, Any]:
     """The calibration provenance ``config`` asks for (dataset defaults filled in)."""
     defaults = data_mod.default_calibration(config.calib_dataset)

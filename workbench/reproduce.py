@@ -111,10 +111,15 @@ def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") ->
         record = read_record(result_path)
     except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, the grid goes on
         record = {"status": "error", "error": _error_text(err), "traceback": traceback.format_exc(limit=3)}
+    return finish_record(record, run, params, time.perf_counter() - start, result_path)
+
+
+def finish_record(record: dict, run: Run, params: dict, seconds: float, path: Path) -> dict[str, Any]:
+    """Stamp a run's record (status, which run, its parameters, seconds) and write it atomically."""
     record.update(status=record.get("status", "ok"), run={"id": run.id, "table": run.table, "label": run.label,
                                                           "sparsity": run.sparsity, "params": params},
-                  run_seconds=time.perf_counter() - start)
-    write_json_atomic(result_path, record)
+                  run_seconds=seconds)
+    write_json_atomic(path, record)
     return record
 
 
