@@ -186,13 +186,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(), args.out)
+    _print_tables(result)
+    print(f"records, tables (md/csv/html) and sparsity_curves (html, png) under {result['root']}; "
+          f"{result['seconds'] / 60:.1f} min. The full grid, as the papers prune: make reproduce")
+    return 1 if result["failed"] else 0
+
+
+def _print_tables(result: dict) -> None:
+    """The tables of a demo or grid run, then its failed runs (on stderr)."""
     for name, table in result["tables"].items():
         print(f"\n{name} table ({result['root'] / 'tables' / (name + '.md')}):\n{table}")
     for record in result["failed"]:
         print(f"failed run {record['run']['id']}: {record.get('error')}", file=sys.stderr)
-    print(f"records, tables (md/csv/html) and sparsity_curves (html, png) under {result['root']}; "
-          f"{result['seconds'] / 60:.1f} min. The full grid, as the papers prune: make reproduce")
-    return 1 if result["failed"] else 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -200,10 +205,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import run_grid
 
     result = run_grid(args.grid, args.out)
-    for name, table in result["tables"].items():
-        print(f"\n{name} table ({result['root'] / 'tables' / (name + '.md')}):\n{table}")
-    for record in result["failed"]:
-        print(f"failed run {record['run']['id']}: {record.get('error')}", file=sys.stderr)
+    _print_tables(result)
     print(f"runs, tables (md/csv/html) and sparsity_curves (html, png) under {result['root']}")
     return 0
 
