@@ -7,6 +7,7 @@
    8 x 512 validation pass. Target: >= 10x more distinct candidates per hour.
 
     .venv/bin/python benchmarks/search_cost.py [--model smollm2-135m] [--functions 60] [--generations 3]
+        [--promote N] [--skip-correlation]
 """
 
 import argparse
@@ -23,7 +24,8 @@ from workbench.models import load_model
 from workbench.prune import DenseCache
 from workbench.search import Search, SearchConfig, SearchContext, random_function
 
-CHEAP = {"kl 1x128 (default)": ("kl", 1, 128), "kl 2x128": ("kl", 2, 128), "kl 1x256": ("kl", 1, 256),
+CHEAP = {"kl 1x64 (default)": ("kl", 1, 64), "kl 1x128": ("kl", 1, 128), "kl 2x128": ("kl", 2, 128),
+         "kl 1x256": ("kl", 1, 256),
          "ppl 1x128": ("ppl", 1, 128), "ppl 2x256": ("ppl", 2, 256)}
 
 
@@ -46,7 +48,7 @@ def contexts(model, tok, cache, sparsity):
 
 def correlation(ctxs: dict, n_functions: int, seed: int) -> None:
     rng, full, cheap, seconds = random.Random(seed), [], {k: [] for k in ctxs}, {k: 0.0 for k in ctxs}
-    base = ctxs["kl 1x128 (default)"]
+    base = ctxs["kl 1x64 (default)"]
     drawn = invalid = 0
     t_full = 0.0
     while len(full) < n_functions:
@@ -75,12 +77,15 @@ def correlation(ctxs: dict, n_functions: int, seed: int) -> None:
               f"{seconds[name] / len(full):.2f} s per candidate (forward only)")
 
 
-def search_cost(model, tok, cache, sparsity: float, generations: int) -> None:
+def search_cost(model, tok, cache, sparsity: float, generations: int, promote: int | None = None) -> None:
     root = tempfile.mkdtemp(prefix="search-cost-")
     try:
         results = {}
         # the single-fidelity rate is taken on one generation of 16 (each candidate costs a full pass)
-        for label, extra in (("multi-fidelity (defaults)", {"population": 32, "generations": generations}),
+        multi = {"population": 32, "generations": generations}
+        if promote is not None:
+            multi["promote"] = promote
+        for label, extra in ((f"multi-fidelity (promote {SearchConfig(sparsity, **multi).promote})", multi),
                              ("single fidelity (every candidate 8 x 512)",
                               {"cheap_windows": 0, "population": 16, "generations": 1})):
             cfg = SearchConfig(sparsity=sparsity, random_baseline=False, **extra)
@@ -94,7 +99,7 @@ def search_cost(model, tok, cache, sparsity: float, generations: int) -> None:
 
                 ctx.set_counts = from_scratch
             t0 = time.perf_counter()
-            search = Search(ctx, cfg, f"{root}/{len(results)}", progress=False)
+            search = Search(ctx, cfg, f"{root}/{len(results)}", progress=False, baselines=False)
             search.run()
             wall = time.perf_counter() - t0
             hist = search.state.history
@@ -104,7 +109,7 @@ def search_cost(model, tok, cache, sparsity: float, generations: int) -> None:
             print(f"{label:44s}: {len(hist)} distinct candidates ({valid} valid, {full} at full fidelity) in "
                   f"{wall:6.1f} s = {wall / len(hist):5.2f} s per candidate, "
                   f"{wall / max(valid, 1):5.2f} s per valid one")
-        single, multi = results["single fidelity (every candidate 8 x 512)"], results["multi-fidelity (defaults)"]
+        single, multi = results.pop("single fidelity (every candidate 8 x 512)"), results.popitem()[1]
         print(f"distinct candidates per hour: multi-fidelity {3600 / multi:.0f} vs single fidelity "
               f"{3600 / single:.0f}: ratio {single / multi:.1f}x (target >= 10x)")
     finally:
@@ -120,7 +125,9 @@ def main() -> None:
     parser.add_argument("--functions", type=int, default=60)
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--promote", type=int, default=None, help="promotions per generation (default: the search's)")
     parser.add_argument("--skip-correlation", action="store_true", help="only the cost per candidate")
+    parser.add_argument("--skip-cost", action="store_true", help="only the rank correlation")
     args = parser.parse_args()
 
     model, tok = load_model(args.model)
@@ -130,7 +137,8 @@ def main() -> None:
           f"threads={torch.get_num_threads()}")
     if not args.skip_correlation:
         correlation(contexts(model, tok, cache, args.sparsity), args.functions, args.seed)
-    search_cost(model, tok, cache, args.sparsity, args.generations)
+    if not args.skip_cost:
+        search_cost(model, tok, cache, args.sparsity, args.generations, args.promote)
 
 
 if __name__ == "__main__":

@@ -272,6 +272,42 @@ def test_pre_ops_see_the_blocks_concatenated_vector():
     close(fn.block_values(blocks), expected, rel=1e-8)
 
 
+NP_PRE = {"abs": np.abs, "pow": np.square, "exp": np.exp, "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+          "abslog": lambda x: np.log(np.abs(np.where(x == 0, 1.0, x))),
+          "minmax": lambda x: (x - x.min()) / (x.max() - x.min() + 1e-9),
+          "normalize": lambda x: (x - x.mean()) / x.std(ddof=1)}
+
+
+def _whole_vector_oracle(fn, blocks):
+    """Reduced block values the slow way: every pre op (numpy) on the whole block vector,
+    the vector cut back into the layers' matrices, then the matrix formula on each and the mean."""
+    values = []
+    for block in blocks:
+        z = np.concatenate([m.double().numpy().reshape(-1) for m in block])
+        for op in fn.pre:
+            z = NP_PRE[op](z)
+        parts, start = [], 0
+        for m in block:
+            parts.append(MATRIX_FORMULAS[fn.reduction](z[start:start + m.numel()].reshape(tuple(m.shape))))
+            start += m.numel()
+        values.append(sum(parts) / len(parts))
+    return values
+
+
+@pytest.mark.parametrize("pre", [("abs",), ("tanh", "pow"), ("sigmoid",), ("abslog", "exp"), ("minmax",),
+                                 ("tanh", "normalize")])
+@pytest.mark.parametrize("reduction", sorted(ops.MATRIX_REDUCTIONS))
+def test_matrix_reductions_read_strided_views_of_the_pre_processed_block(pre, reduction):
+    # layers larger than the 256 x 256 view: element-wise chains run on the views only, chains with
+    # block statistics (minmax, normalize) on the whole vector; both equal the whole-vector oracle
+    blocks = _random_blocks([[(300, 40), (20, 520)], [(520, 30), (40, 20)]], seed=3)
+    blocks[1][0] = blocks[1][0][torch.arange(520) % 10]  # 10 distinct rows: rank 10 of 30 after any pre op
+    before = [[m.clone() for m in b] for b in blocks]
+    fn = AllocationFunction(pre, reduction)
+    close(fn.reduced_values(blocks)[0], _whole_vector_oracle(fn, blocks), rel=1e-8, abs_=1e-10)
+    assert all(torch.equal(m, o) for b, ob in zip(blocks, before, strict=True) for m, o in zip(b, ob, strict=True))
+
+
 def _random_blocks(shapes_per_block, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [[torch.rand(shape, generator=gen, dtype=torch.float32) * (b + 1) for shape in shapes]

@@ -289,10 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fitness-seqlen", type=int, default=512, help="window length of the full-fidelity fitness")
     p.add_argument("--fitness-windows", type=int, default=8, help="validation windows at full fidelity")
     p.add_argument("--cheap-fitness", choices=("ppl", "kl"), default="kl", help="first-stage fitness")
-    p.add_argument("--cheap-seqlen", type=int, default=128, help="window length of the first stage")
+    p.add_argument("--cheap-seqlen", type=int, default=64,
+                   help="window length of the first stage")
     p.add_argument("--cheap-windows", type=int, default=1,
                    help="validation windows of the first stage (0: every candidate at full fidelity)")
-    p.add_argument("--promote", type=int, default=2,
+    p.add_argument("--promote", type=int, default=1,
                    help="new candidates per generation scored at full fidelity (the best of the first stage)")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
     p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")

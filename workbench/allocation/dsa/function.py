@@ -119,16 +119,21 @@ class AllocationFunction:
 
     # ------------------------------------------------------------------ evaluation
     def reduced_values(self, block_scores: list[list[torch.Tensor]]) -> tuple[list[float], list[float]]:
-        """Per block: the reduction of the pre-processed concatenated score vector, and its scale."""
+        """Per block: the reduction of the pre-processed concatenated score vector, and its scale.
+
+        A matrix reduction after element-wise pre ops only reads each layer's strided view, so the ops
+        (and the finiteness check) run on the views: the same values, 1/8 of the work on SmolLM2."""
         values, scales = [], []
         strict = self.nonfinite == "invalid"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate inputs warn (var of one value); the checks decide
+            on_views = self.reduction in ops.MATRIX_REDUCTIONS and set(self.pre) <= ops.ELEMENTWISE
             for mats in block_scores:
+                if on_views:  # the reduction reads only each layer's strided view: the pre ops run there
+                    mats = [ops.matrix_view(m) for m in mats]
                 shapes = [tuple(m.shape) for m in mats]
                 flat = torch.cat([m.reshape(-1) for m in mats]).double()  # the block's vector, as the public code
-                for op in self.pre:
-                    flat = ops.PRE[op](flat)
+                flat = ops.apply_pre(self.pre, flat)
                 if strict:
                     _check_finite(flat, "pre ops", ",".join(self.pre))
                 try:
