@@ -1,32 +1,14 @@
 """The Panel dashboard in a real browser (Debian's chromium driven by Playwright; no browser download)."""
 
-import os
-import shutil
-import socket
 import time
-from pathlib import Path
 
 import pytest
+from browser_support import ARTIFACTS, free_port, launch, require_chromium
 
 from workbench.dashboard import DashboardConfig, serve
 from workbench.dashboard import app as app_mod
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-if not shutil.which(CHROMIUM) and os.environ.get("WORKBENCH_SKIP_BROWSER") != "1":
-    pytest.fail(f"browser tests need {CHROMIUM} (`apt-get install chromium`, as .ci/run does); "
-                "set WORKBENCH_SKIP_BROWSER=1 to skip them on a machine without it", pytrace=False)
-if os.environ.get("WORKBENCH_SKIP_BROWSER") == "1":
-    pytest.skip("WORKBENCH_SKIP_BROWSER=1", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +19,7 @@ def server(tmp_path_factory):
     (reproduce / "g" / "tables" / "perplexity.md").write_text("| method | 50% |\n|---|---|\n| uniform | 12.34 |\n")
     config = DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4, seqlen=64,
                              eval_seqlen=256, results_dir=results, reproduce_dir=reproduce)
-    port = _free_port()
+    port = free_port()
     thread = serve(config, port=port, threaded=True)
     yield f"http://127.0.0.1:{port}/", config
     thread.stop()
@@ -48,7 +30,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        b = launch(p)
         yield b
         b.close()
 

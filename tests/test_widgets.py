@@ -42,16 +42,28 @@ def test_curves_follow_the_sliders_and_match_the_allocators(session):
     assert "weighted mean" in curves.message.value and "owl 0.5000" in curves.message.value
 
 
-def test_custom_dsa_function_and_bad_json_reach_the_message(session):
+def test_custom_dsa_function_and_bad_input_show_a_message_and_change_nothing(session, tmp_path):
     curves = SparsityCurves(session, sparsity=0.6)
     curves.custom.value = '{"pre": ["sigmoid"], "reduction": "l1", "post": ["sqrt"]}'
     expected = session.profile("dsa", 0.6, function={"pre": ["sigmoid"], "reduction": "l1", "post": ["sqrt"],
                                                     "lam": curves.lam.value})
     assert _ys(curves.figure)["dsa"] == pytest.approx(list(expected.block_means().values()))
-    curves.custom.value = '{"pre": ['
-    assert "not valid JSON" in curves.message.value
-    curves.custom.value = '{"pre": ["cube_root"], "reduction": "var", "post": []}'
-    assert "dsa:" in curves.message.value and "cube_root" in curves.message.value
+    shown, params = _ys(curves.figure), curves.params("dsa")
+    for typed, match in (('{"pre": [', "not valid JSON"), ('{"pre": ["cube_root"], "reduction": "var"}', "cube_root"),
+                         ("no/such/function.json", "neither a preset"), ('{"lam": 0.9}', "lam")):
+        curves.custom.value = typed
+        assert match in curves.error.value and "nothing changed" in curves.error.value
+        assert _ys(curves.figure) == shown and curves.params("dsa") == params
+    for typed, match in (("1.5", "1.5 is out of range; allowed: [0.05, 0.95]"), ("abc", "'abc' is not a number")):
+        curves.target_text.value = typed
+        assert match in curves.error.value
+        assert curves.sparsity.value == 0.6 and curves.target_text.value == "0.6" and _ys(curves.figure) == shown
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps({"pre": ["abs"], "reduction": "var", "post": ["no_op"], "lam": 0.05}))
+    curves.custom.value = str(path)  # a function file: its own λ
+    assert curves.error.value == "" and curves.params("dsa")["function"]["lam"] == 0.05
+    curves.target_text.value = "0.4"  # typed: the slider follows and the curves redraw
+    assert curves.sparsity.value == 0.4 and _ys(curves.figure)["uniform"] == pytest.approx([0.4] * 3)
 
 
 def test_runner_click_adds_the_same_row_a_direct_run_gives(session, text_file):
@@ -91,6 +103,26 @@ def test_search_monitor_plots_best_so_far(tmp_path):
     curves = {t.name: (list(t.x), list(t.y)) for t in monitor.figure.data}
     assert curves == {"evolution": ([3, 5, 9], [50.0, 50.0, 40.0]), "random": ([2, 4], [45.0, 45.0])}
     assert "evolution 40.000" in monitor.status.value
+
+
+def test_search_monitor_shows_baselines_progress_and_eta(tmp_path):
+    """Lines run on to the candidates scored; uniform/OWL as flat lines; the status counts what the x-axis
+    shows and estimates the time left from the steps done."""
+    history = [{"kind": "evolution", "valid": True, "full_fitness": f, "full_at": i + 1, "cheap_fitness": 1.0}
+               for i, f in enumerate([30.0, 20.0])]
+    history += [{"kind": "evolution", "valid": True, "full_fitness": None, "full_at": None, "cheap_fitness": 0.5}] * 4
+    progress = {"phase": "evolution", "steps_done": 2, "steps": 8, "generation": 2, "generations": 4,
+                "random_chunks": 0, "seconds": 90.0, "baselines": {"uniform": 300.0, "owl": 310.5}}
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    (tmp_path / "progress.json").write_text(json.dumps(progress))
+    monitor = SearchMonitor(tmp_path)
+    assert monitor.refresh() == 6
+    traces = {t.name: (list(t.x), list(t.y)) for t in monitor.figure.data}
+    assert traces["evolution"] == ([1, 2, 6], [30.0, 20.0, 20.0])  # on to the 6 scored
+    assert traces["uniform 300.00"] == ([0, 6], [300.0, 300.0]) and traces["owl 310.50"] == ([0, 6], [310.5, 310.5])
+    status = monitor.status.value
+    assert "step 2/8" in status and "evolution 6" in status and "elapsed 1:30" in status and "ETA 4:30" in status
+    assert "uniform 300.000" in status
 
 
 def test_sparsity_curve_figure_is_the_block_means(session):

@@ -44,11 +44,14 @@ def sparsity_curves(profiles: Mapping[str, SparsityProfile], title: str | None =
 def search_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     """Best-so-far full-fidelity validation fitness against distinct candidates scored, per search kind
     (a step each time a better full-fidelity fitness becomes known; x = the candidates that kind had
-    scored by then, ``full_at`` in the records), so evolution and random search compare at equal budget."""
+    scored by then, ``full_at`` in the records), so evolution and random search compare at equal budget.
+    Each line runs on to the candidates its kind has scored so far (the x-axis agrees with the count)."""
     events: dict[str, list[tuple[int, float]]] = {}
+    scored: dict[str, int] = {}
     for rec in history:
+        kind = rec.get("kind", "evolution")
+        scored[kind] = scored.get(kind, 0) + 1
         if rec.get("valid") and rec.get("full_fitness") is not None and rec.get("full_at") is not None:
-            kind = rec.get("kind", "evolution")
             events.setdefault(kind, []).append((int(rec["full_at"]), float(rec["full_fitness"])))
     out = {}
     for kind, evs in events.items():
@@ -56,16 +59,25 @@ def search_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]
         for at, value in sorted(evs):
             best = min(best, value)
             points[at] = best
+        if scored[kind] > max(points):
+            points[scored[kind]] = best
         out[kind] = (list(points), list(points.values()))
     return out
 
 
-def search_progress(history: list[dict]) -> go.Figure:
-    """Best validation perplexity so far versus candidates evaluated: evolution beside the random baseline."""
+def search_progress(history: list[dict], baselines: dict[str, float] | None = None) -> go.Figure:
+    """Best validation fitness so far versus candidates scored: evolution beside the random baseline, step
+    lines, with the hand-made allocations' fitness (uniform, OWL) as dashed horizontal lines."""
     fig = go.Figure()
-    for kind, (x, y) in search_series(history).items():
+    series = search_series(history)
+    for kind, (x, y) in series.items():
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=kind, line_shape="hv",
                                  hovertemplate=f"{kind}<br>%{{x}} scored<br>best %{{y:.3f}}<extra></extra>"))
+    right = max([x[-1] for x, _y in series.values()], default=1)
+    for name, value in (baselines or {}).items():
+        fig.add_trace(go.Scatter(x=[0, right], y=[value, value], mode="lines", name=f"{name} {value:.2f}",
+                                 line={"dash": "dash", "width": 1.5},
+                                 hovertemplate=f"{name}: {value:.3f}<extra></extra>"))
     fig.update_layout(title="DSA search: best full-fidelity validation fitness so far",
                       xaxis_title="distinct candidates scored",
                       yaxis_title="validation fitness (full fidelity)", template="plotly_white", height=380)

@@ -74,8 +74,8 @@ class SearchConfig:
     fitness_seqlen: int = 512
     cheap_fitness: str = "kl"
     cheap_windows: int = 1
-    cheap_seqlen: int = 128
-    promote: int = 2
+    cheap_seqlen: int = 64  # KL 1 x 64: Spearman 0.922 with the full fitness (benchmarks/search_cost.py)
+    promote: int = 1
 
     def __post_init__(self) -> None:
         from .profile import check_sparsity
@@ -173,6 +173,14 @@ class SearchContext:
                 dense = self.cache.weights[name].to(lin.weight.device, lin.weight.dtype)
                 lin.weight.scatter_(1, idx, dense.gather(1, idx))
             self.counts[name] = new
+
+    def baselines(self) -> dict[str, float]:
+        """Full-fidelity fitness of the hand-made allocations a search should beat: uniform, and OWL at its
+        defaults (same scores, same masking as every candidate)."""
+        from .allocation import allocate
+
+        return {name: self.fitness(self.counts_of(allocate(name, self.inputs, self.config.sparsity)), "full")
+                for name in ("uniform", "owl")}
 
     def restore(self) -> None:
         """The dense weights back (the model as it was before the search)."""
@@ -310,8 +318,9 @@ class Search:
     """Evolution + random baseline over a SearchContext, checkpointed in ``out``."""
 
     def __init__(self, context: SearchContext, config: SearchConfig, out: str | Path, resume: bool = False,
-                 progress: bool = True, meta: dict | None = None):
+                 progress: bool = True, meta: dict | None = None, baselines: bool = True):
         self.ctx, self.config, self.out, self.progress = context, config, Path(out), progress
+        self.want_baselines = baselines
         self.state_path = self.out / "state.json"
         if self.state_path.exists():
             if not resume:
@@ -407,10 +416,25 @@ class Search:
             rec.pop("_counts", None)
         write_json_atomic(self.state_path, self.state.to_dict())
         write_json_atomic(self.out / "history.json", self.state.history)
+        self._write_progress()
         best = {kind: self.best(kind) for kind in ("evolution", "random")}
         write_json_atomic(self.out / "best.json", {k: v for k, v in best.items() if v})
         if best["evolution"]:  # ready for `prune --allocation dsa --alloc-param function=...`
             write_json_atomic(self.out / "best_function.json", best["evolution"]["function"])
+
+    def _write_progress(self, phase: str | None = None) -> None:
+        """``progress.json`` for monitors: steps done of all, seconds spent, the hand-made baselines."""
+        c, st = self.config, self.state
+        total = c.generations * (2 if c.random_baseline else 1)
+        done = st.generation + 1 + st.random_chunks
+        seconds = sum(h.get("seconds", 0.0) for h in st.history) + st.meta.get("baseline_seconds", 0.0)
+        write_json_atomic(self.out / "progress.json", {
+            "phase": phase or ("done" if done >= total else "random" if st.generation + 1 >= c.generations
+                               else "evolution"),
+            "steps_done": done, "steps": total, "generation": st.generation + 1, "generations": c.generations,
+            "random_chunks": st.random_chunks, "seconds": seconds,
+            "candidates": {k: self.evaluations(k) for k in ("evolution", "random")},
+            "baselines": st.meta.get("baselines", {})})
 
     def best(self, kind: str = "evolution") -> dict | None:
         """The record of ``kind`` with the lowest full-fidelity fitness (None before any)."""
@@ -445,6 +469,14 @@ class Search:
 
     def run(self) -> dict:
         """Run to the end (resuming from the checkpoint) and return the best of each kind."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        # a context may have no hand-made baselines (the synthetic fitness of the tests has none)
+        if self.want_baselines and hasattr(self.ctx, "baselines") and "baselines" not in self.state.meta:
+            self._write_progress("baselines")
+            start = time.perf_counter()
+            self.state.meta["baselines"] = self.ctx.baselines()
+            self.state.meta["baseline_seconds"] = time.perf_counter() - start
+        self._write_progress()
         rng = random.Random(self.config.seed)
         if self.state.rng is not None:
             _set_rng(rng, self.state.rng)

@@ -12,7 +12,6 @@ import csv
 import datetime as _dt
 import io
 import json
-import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from workbench import plots
 from workbench.allocation.dsa.function import PRESETS
 from workbench.dashboard.jobs import Job, JobQueue
 from workbench.experiment import ExperimentConfig
+from workbench.inputs import parse_number
 from workbench.pruners import METRICS
 from workbench.results import write_json_atomic
 from workbench.session import Session
@@ -65,18 +65,6 @@ def job_queue() -> JobQueue:
         if _QUEUE is None:
             _QUEUE = JobQueue()
         return _QUEUE
-
-
-def parse_number(text: str, name: str, low: float, high: float, high_open: bool = True) -> float:
-    """A number typed in a field, or a ValueError that names the field and the allowed range."""
-    allowed = f"[{low:g}, {high:g}{')' if high_open else ']'}"
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise ValueError(f"{name}: {text!r} is not a number; allowed: {allowed}") from None
-    if not math.isfinite(value) or value < low or value > high or (high_open and value == high):
-        raise ValueError(f"{name}: {value:g} is out of range; allowed: {allowed}")
-    return value
 
 
 def record_csv(record: dict) -> str:

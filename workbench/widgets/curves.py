@@ -8,77 +8,117 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from .. import plots
-from ..allocation.dsa.function import PRESETS
+from ..allocation.dsa.function import PRESETS, load_function
+from ..inputs import parse_number
 from ..profile import SparsityProfile
 from ..session import Session
 
+TARGET_RANGE = (0.05, 0.95)
+
 
 class SparsityCurves:
-    """Sliders for target, λ, M and a DSA function; the figure re-allocates from cached statistics."""
+    """Sliders for target, λ, M and a DSA function; the figure re-allocates from cached statistics.
+
+    The target can also be typed (``target_text``); a custom DSA function is JSON or a file path. Input
+    that is not allowed shows a message and changes nothing: the figure, and what a run uses
+    (:meth:`params`), stay those of the last valid input."""
 
     def __init__(self, session: Session, sparsity: float = 0.7, lam: float = 0.08, M: float = 5.0,
                  function: str = "readme"):
         self.session = session
         style = {"description_width": "110px"}
-        self.sparsity = w.FloatSlider(value=sparsity, min=0.05, max=0.95, step=0.01, description="target sparsity",
-                                      continuous_update=False, style=style)
+        low, high = TARGET_RANGE
+        self.sparsity = w.FloatSlider(value=sparsity, min=low, max=high, step=0.01, description="target sparsity",
+                                      continuous_update=False, readout=False, style=style)
+        self.target_text = w.Text(value=f"{sparsity:g}", continuous_update=False, layout={"width": "70px"})
         self.lam = w.FloatSlider(value=lam, min=0.0, max=0.3, step=0.005, description="λ (OWL, DSA)",
                                  readout_format=".3f", continuous_update=False, style=style)
         self.M = w.FloatSlider(value=M, min=0.5, max=20.0, step=0.5, description="M (OWL)",
                                continuous_update=False, style=style)
         self.function = w.Dropdown(options=list(PRESETS), value=function, description="DSA function", style=style)
-        self.custom = w.Text(value="", placeholder='optional JSON, e.g. {"pre":["normalize"],"reduction":"var",'
-                             '"post":["abs"]}', description="custom DSA", continuous_update=False, style=style,
-                             layout={"width": "640px"})
+        self.custom = w.Text(value="", placeholder='optional: JSON, e.g. {"pre":["abslog"],"reduction":"var",'
+                             '"post":["abs"]}, or a function file', description="custom DSA", continuous_update=False,
+                             style=style, layout={"width": "640px"})
         self.message = w.HTML()
+        self.error = w.HTML()  # the last refused input, in the page
         self.extra: dict[str, SparsityProfile] = {}
         self.profiles: dict[str, SparsityProfile] = {}
+        self._custom_function: dict | None = None  # the last valid custom function (lam None: the slider's)
         self.figure = go.FigureWidget()
-        for control in (self.sparsity, self.lam, self.M, self.function, self.custom):
+        for control in (self.lam, self.M, self.function):
             control.observe(lambda _change: self.refresh(), names="value")
-        self.widget = w.VBox([w.HBox([self.sparsity, self.lam, self.M]), w.HBox([self.function, self.custom]),
-                              self.figure, self.message])
+        self.sparsity.observe(self._slider_moved, names="value")
+        self.target_text.observe(self._target_typed, names="value")
+        self.custom.observe(self._custom_typed, names="value")
+        self.widget = w.VBox([w.HBox([self.sparsity, self.target_text, self.lam, self.M]),
+                              w.HBox([self.function, self.custom]), self.error, self.figure, self.message])
         self.refresh()
 
-    def _dsa_function(self):
-        text = self.custom.value.strip()
-        if not text:
-            return self.function.value
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"custom DSA function is not valid JSON: {err.msg}") from None
-        spec.setdefault("lam", self.lam.value)
-        return spec
+    # ------------------------------------------------------------------ input
+    def _refuse(self, text: str) -> None:
+        self.error.value = f'<span class="wb-error" style="color:#b00020">⚠ {text}; nothing changed</span>'
 
-    def _function_spec(self) -> tuple[dict, list[str]]:
-        """The DSA function the curve shows (a preset follows the λ slider), and any note on the custom text."""
+    def _slider_moved(self, change) -> None:
+        self.target_text.value = f"{change['new']:g}"
+        self.refresh()
+
+    def _target_typed(self, change) -> None:
+        if change["new"] == f"{self.sparsity.value:g}":
+            return
         try:
-            function = self._dsa_function()
+            value = parse_number(change["new"], "target sparsity", *TARGET_RANGE, high_open=False)
         except ValueError as err:
-            function, notes = self.function.value, [str(err)]
-        else:
-            notes = []
-        if isinstance(function, str):  # presets carry their own λ; follow the slider
-            function = {**PRESETS[function].to_dict(), "lam": self.lam.value}
-        return function, notes
+            self._refuse(str(err))
+            self.target_text.value = f"{self.sparsity.value:g}"  # back to what is plotted
+            return
+        self.sparsity.value = value  # redraws through the slider
+
+    def _custom_typed(self, change) -> None:
+        text = change["new"].strip()
+        try:
+            if not text:
+                function = None
+            elif text.startswith("{"):
+                spec = json.loads(text)
+                if not isinstance(spec, dict):
+                    raise ValueError("custom DSA function must be a JSON object")
+                load_function({"lam": self.lam.value, **spec})  # validated; λ follows the slider unless given
+                function = spec if "lam" in spec else {**spec, "lam": None}
+            else:
+                function = load_function(text).to_dict()  # a file (or a preset name)
+        except json.JSONDecodeError as err:
+            self._refuse(f"custom DSA function is not valid JSON: {err.msg}")
+            return
+        except ValueError as err:
+            self._refuse(f"custom DSA function: {err}")
+            return
+        self._custom_function = function
+        self.refresh()
+
+    # ------------------------------------------------------------------ state
+    def function_spec(self) -> dict:
+        """The DSA function the curve shows: the custom one, else the preset at the λ slider."""
+        if self._custom_function is not None:
+            spec = self._custom_function
+            return load_function({**spec, "lam": self.lam.value if spec["lam"] is None else spec["lam"]}).to_dict()
+        return {**PRESETS[self.function.value].to_dict(), "lam": self.lam.value}
 
     def params(self, allocation: str) -> dict:
         """The allocator parameters the plotted curve of ``allocation`` was drawn with (what a run must use)."""
         if allocation == "owl":
             return {"lam": self.lam.value, "M": self.M.value}
         if allocation == "dsa":
-            return {"function": self._function_spec()[0]}
+            return {"function": self.function_spec()}
         return {}
 
     def refresh(self) -> None:
         """Re-allocate at the controls' values and redraw the figure in place."""
-        function, notes = self._function_spec()
+        self.error.value = ""
         profiles, errors = self.session.curves(self.sparsity.value, lam=self.lam.value, M=self.M.value,
-                                               function=function)
+                                               function=self.function_spec())
         profiles.update(self.extra)
         self.profiles = profiles
-        notes += [f"{name}: {msg}" for name, msg in errors.items()]
+        notes = [f"{name}: {msg}" for name, msg in errors.items()]
         if profiles:
             plots.sync_figure(self.figure, plots.sparsity_curves(profiles))
         means = ", ".join(f"{k} {p.mean():.4f}" for k, p in profiles.items())
