@@ -1,5 +1,6 @@
 """The Panel dashboard in a real browser (Debian's chromium driven by Playwright; no browser download)."""
 
+import threading
 import time
 
 import pytest
@@ -17,7 +18,7 @@ def server(tmp_path_factory):
     reproduce = tmp_path_factory.mktemp("repro")
     (reproduce / "g" / "tables").mkdir(parents=True)
     (reproduce / "g" / "tables" / "perplexity.md").write_text("| method | 50% |\n|---|---|\n| uniform | 12.34 |\n")
-    config = DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4, seqlen=64,
+    config = DashboardConfig(models=("tiny-llama", "tiny-qwen2"), default_model="tiny-llama", nsamples=4, seqlen=64,
                              eval_seqlen=256, results_dir=results, reproduce_dir=reproduce)
     port = free_port()
     thread = serve(config, port=port, threaded=True)
@@ -142,3 +143,96 @@ def test_bad_input_shows_a_message_and_changes_nothing(server, browser, typed, m
     assert _text(page.locator(".wb-curve")) == before
     assert _rows(page) == 0 and len(list(config.results_dir.glob("*.json"))) == records
     page.close()
+
+
+DEEP_PLOT_TITLES = """() => { const out = []; const walk = n => { if (n.classList && n.classList.contains('js-plotly-plot'))
+  out.push((n.layout && n.layout.title && n.layout.title.text) || ''); if (n.shadowRoot) walk(n.shadowRoot);
+  for (const c of n.children || []) walk(c); }; walk(document.body); return out; }"""
+
+
+def _plot_title(page) -> str:
+    """The title of the sparsity-curves figure (the first plotly figure, inside Panel's shadow roots)."""
+    titles = page.evaluate(DEEP_PLOT_TITLES)
+    return titles[0] if titles else ""
+
+
+def test_model_switch_redraws_at_once_and_a_besa_run_keeps_its_config(server, browser):
+    """Switching the model shows that model's curves without touching another control; BESA runs with
+    the sigmoid option the page offers; the row shows its parameters and rounded numbers; the
+    perplexity-vs-sparsity chart gets the run and the dense baseline."""
+    url, config = server
+    page = _open(browser, url)
+    page.locator(".wb-model select").select_option("tiny-qwen2")
+    _wait_text(page.locator(".wb-curve"), lambda t: t.startswith("uniform @"), timeout=60)
+    expected = app_mod.shared_session("tiny-qwen2", config).profile("uniform", 0.7)
+    assert len(expected.block_means()) == 3
+    deadline = time.monotonic() + 60
+    while "tiny-qwen2" not in _plot_title(page) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _plot_title(page).startswith("tiny-qwen2"), _plot_title(page)
+    page.locator(".wb-allocator select").select_option("besa")
+    _wait_text(page.locator(".wb-message"), lambda t: "press Prune & evaluate" in t, timeout=30)
+    page.locator(".wb-run button").click()
+    text = _wait_text(page.locator(".wb-results"), lambda t: "done" in t or "Error" in t, timeout=300)
+    assert "done" in text and "sigmoid=False" in text, text
+    _wait_text(page.locator(".wb-curve"), lambda t: t.startswith("besa @ 0.7"), timeout=60)
+    cells = page.locator(".wb-results .tabulator-row .tabulator-cell").all_inner_texts()
+    numbers = [c for c in cells if c.replace(".", "", 1).isdigit()]
+    assert len(numbers) >= 4 and all(len(c.partition(".")[2]) <= 4 for c in numbers), cells  # no 0.6892361111111112
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard_besa.png"), full_page=True)
+    page.close()
+
+
+def test_error_rows_keep_their_configuration_and_the_chart_has_the_dense_line(tmp_path):
+    """Without a browser: a run that fails keeps allocation, params and target in its row; a run that
+    works adds a point to the perplexity-vs-sparsity chart beside the dense baseline."""
+    config = DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4, seqlen=64,
+                             eval_seqlen=128, results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
+    app = app_mod.DashboardApp(config)
+    app.allocation.value, app.besa_sigmoid.value = "besa", True  # 0.7 is outside what the sigmoid reaches
+    failing = app.start_run()
+    app.allocation.value = "owl"
+    working = app.start_run()
+    deadline = time.monotonic() + 300
+    while (failing.status not in ("done", "error") or working.status not in ("done", "error")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    app.poll()
+    rows = app.results.value.to_dict("records")
+    bad, good = rows
+    assert bad["allocation"] == "besa" and bad["target"] == 0.7 and bad["params"] == "sigmoid=True"
+    assert "sigmoid=False" in bad["status"]  # the message recommends what the page offers
+    assert good["status"] == "done" and good["params"] == "lam=0.08, M=5" and good["actual"] == round(good["actual"], 4)
+    fig = app.ppl_plot.object
+    assert [t.name for t in fig.data] == ["owl"] and list(fig.data[0].y) == [good["perplexity"]]
+    dense = fig.layout.shapes[0].y0
+    from workbench.experiment import ExperimentConfig, run_experiment
+    from workbench.models import load_model
+
+    direct = run_experiment(ExperimentConfig(model="tiny-llama", allocation="dense", eval_seqlen=128),
+                            *load_model("tiny-llama"), progress=False)  # the dense model, evaluated here
+    assert dense == pytest.approx(direct["metrics"]["perplexity"], rel=1e-9)
+
+
+def test_curves_are_computed_off_the_server_thread(tmp_path):
+    """update_curves returns with a busy line; poll draws once the worker is done."""
+    config = DashboardConfig(models=("tiny-llama", "tiny-neox"), default_model="tiny-llama", nsamples=4, seqlen=64,
+                             results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
+    app = app_mod.DashboardApp(config)
+    gate = threading.Event()
+    original = app_mod._compute_curves
+    app_mod._compute_curves = lambda *a: (gate.wait(60), original(*a))[1]  # hold the worker
+    try:
+        app.model.value = "tiny-neox"
+        assert app._pending is not None and not app._pending[1].done()
+        app.poll()
+        assert "computing" in app.busy.object and "tiny-neox" in app.busy.object
+        assert app.plot.object.layout.title.text.startswith("tiny-neox: computing")
+    finally:
+        gate.set()
+        app_mod._compute_curves = original
+    app._pending[1].result(timeout=120)
+    app.poll()
+    assert app.busy.object == "" and app.plot.object.layout.title.text.startswith("tiny-neox: layer-wise")
+    assert app.curve_text.object.startswith("uniform @ 0.7: 0.7000 0.7000 0.7000")

@@ -142,8 +142,9 @@ class Notebook:
     def figures(self) -> list[list[dict]]:
         """Every plotly figure in the page: its traces' name, x and y as the browser holds them."""
         return self.page.eval_on_selector_all(
-            f"{PANEL} .js-plotly-plot", "els => els.map(e => (e.data || []).map(t => ({name: t.name, x: Array.from(t.x || []),"
-                               " y: Array.from(t.y || [])})))")
+            f"{PANEL} .js-plotly-plot",
+            "els => els.map(e => (e.data || []).map(t => ({name: t.name, x: Array.from(t.x || []),"
+            " y: Array.from(t.y || [])})))")
 
     def curves(self) -> dict[str, list[float]]:
         """The sparsity-curves figure's traces by allocator (the first word of the trace name)."""

@@ -84,6 +84,26 @@ def search_progress(history: list[dict], baselines: dict[str, float] | None = No
     return fig
 
 
+def perplexity_vs_sparsity(runs: list[dict], dense: float | None = None) -> go.Figure:
+    """Perplexity against actual sparsity across runs (``allocation``, ``actual``, ``perplexity`` each),
+    one line per allocation, with the dense model's perplexity as a dashed line."""
+    fig = go.Figure()
+    by_alloc: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        if run.get("actual") is not None and run.get("perplexity") is not None:
+            by_alloc.setdefault(str(run.get("allocation")), []).append((float(run["actual"]), float(run["perplexity"])))
+    for name, points in by_alloc.items():
+        points.sort()
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=name,
+                                 line={"color": COLORS.get(name)},
+                                 hovertemplate=f"{name}<br>sparsity %{{x:.3f}}<br>ppl %{{y:.2f}}<extra></extra>"))
+    if dense is not None:
+        fig.add_hline(y=dense, line_dash="dash", line_color="#333", annotation_text=f"dense {dense:.2f}")
+    fig.update_layout(title="Perplexity vs sparsity (this page's runs)", xaxis_title="actual sparsity",
+                      yaxis_title="perplexity", template="plotly_white", height=360)
+    return fig
+
+
 def sync_figure(target: go.Figure, source: go.Figure) -> None:
     """Make ``target`` (e.g. a FigureWidget) show ``source``'s traces and layout, updating in place."""
     with target.batch_update():

@@ -82,3 +82,16 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     """Load one result record."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def compact_params(params: dict) -> str:
+    """Allocator parameters in a table cell: numbers rounded, a DSA function as its stages and λ."""
+    parts = []
+    for key, value in params.items():
+        if key == "function" and isinstance(value, dict):
+            value = (f"{'+'.join(value.get('pre', []))} → {value.get('reduction')} → "
+                     f"{'+'.join(value.get('post', []))}, λ {value.get('lam', 0):.3g}")
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)

@@ -13,6 +13,8 @@ import datetime as _dt
 import io
 import json
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +27,15 @@ from workbench.dashboard.jobs import Job, JobQueue
 from workbench.experiment import ExperimentConfig
 from workbench.inputs import parse_number
 from workbench.pruners import METRICS
-from workbench.results import write_json_atomic
+from workbench.results import compact_params, write_json_atomic
 from workbench.session import Session
 
 ALLOCATORS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
-COLUMNS = ["run", "model", "allocation", "metric", "target", "actual", "perplexity", "seconds", "status"]
+COLUMNS = ["run", "model", "allocation", "params", "metric", "target", "actual", "perplexity", "seconds", "status"]
+# Curves are computed here, never on the server thread (dense statistics of a new model, `global`'s
+# sort over every weight): the page polls the future and shows a busy line with the elapsed time.
+_CURVES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="workbench-curves")
+_DENSE_PPL: dict[tuple, float] = {}  # dense perplexity per (model, eval settings), for the chart
 
 
 @dataclass
@@ -100,12 +106,19 @@ class DashboardApp:
         self.lam = pn.widgets.TextInput(name="λ (OWL, DSA)", value="0.08", css_classes=["wb-lam"])
         self.M = pn.widgets.TextInput(name="M (OWL)", value="5", css_classes=["wb-M"])
         self.function = pn.widgets.Select(name="DSA function", options=list(PRESETS), value="readme")
+        # BESA's own option: with the sigmoid only targets near 0.5 are reachable (its error says so)
+        self.besa_sigmoid = pn.widgets.Checkbox(name="BESA: sigmoid on the logits (targets ~0.38-0.62)", value=False,
+                                                css_classes=["wb-besa-sigmoid"])
         self.run_button = pn.widgets.Button(name="Prune & evaluate", button_type="primary", css_classes=["wb-run"])
         self.progress = pn.indicators.Progress(name="run", active=False, value=0, max=100, width=240)
         self.status = pn.pane.Markdown("No run yet.", css_classes=["wb-status"])
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["wb-message"])
         self.plot = pn.pane.Plotly(plots.sparsity_curves({}), height=440, sizing_mode="stretch_width")
-        self.curve_text = pn.pane.Str("computing dense statistics…", css_classes=["wb-curve"])
+        self.curve_text = pn.pane.Str("computing dense statistics…", css_classes=["wb-curve"],
+                                      styles={"white-space": "pre-wrap", "word-break": "break-word"},
+                                      sizing_mode="stretch_width")
+        self.busy = pn.pane.Markdown("", css_classes=["wb-busy"])
+        self.ppl_plot = pn.pane.Plotly(plots.perplexity_vs_sparsity([]), height=360, sizing_mode="stretch_width")
         self.results = pn.widgets.Tabulator(pd.DataFrame(columns=COLUMNS), disabled=True, show_index=False,
                                             sizing_mode="stretch_width", css_classes=["wb-results"])
         self.record_select = pn.widgets.Select(name="result record", options=[])
@@ -118,7 +131,10 @@ class DashboardApp:
         self.jobs: list[Job] = []
         self.learned: dict[str, object] = {}  # BESA profiles learned by this page's runs, by target
         self._shown: set[int] = set()
-        self._drawn_for: tuple | None = None
+        self._configs: dict[int, ExperimentConfig] = {}  # job id -> the run it was asked for
+        self._pending: tuple[tuple, Future, float] | None = None  # (request, future, started)
+        self._dense: float | None = None
+        self._shown_model: str | None = None  # the model whose curves the plot shows
 
         for widget in (self.model, self.allocation, self.target, self.lam, self.M, self.function):
             widget.param.watch(lambda _event: self.update_curves(), "value")
@@ -126,18 +142,11 @@ class DashboardApp:
         self.run_button.on_click(lambda _event: self.start_run())
         self.refresh_records()
         self.refresh_tables()
-        self._warm(self.model.value)
+        self.update_curves()
 
     # ------------------------------------------------------------------ curves
     def session(self) -> Session:
         return shared_session(self.model.value, self.config)
-
-    def _warm(self, model: str) -> None:
-        """Compute the model's dense statistics off the server thread; the poll draws when they are ready."""
-        threading.Thread(target=lambda: shared_session(model, self.config).cache, daemon=True).start()
-
-    def _ready(self) -> bool:
-        return self.session()._cache is not None
 
     def inputs(self) -> dict:
         """The typed fields, validated (ValueError names the field and the allowed range)."""
@@ -149,44 +158,64 @@ class DashboardApp:
         self.message.object, self.message.visible = text, True
 
     def update_curves(self) -> None:
-        """Redraw the curves for the current fields; bad input shows a message and changes nothing."""
+        """Ask for the curves of the current fields (computed off the server thread; :meth:`poll` draws
+        them). Bad input shows a message and changes nothing."""
         try:
             values = self.inputs()
         except ValueError as err:
             self._fail(str(err))
             return
-        if not self._ready():
-            self._warm(self.model.value)
-            self.curve_text.object = "computing dense statistics…"
-            return
-        session, chosen = self.session(), self.allocation.value
-        profiles, errors = session.curves(values["sparsity"], lam=values["lam"], M=values["M"],
-                                          function={**PRESETS[self.function.value].to_dict(), "lam": values["lam"]})
+        chosen, model = self.allocation.value, self.model.value
+        function = {**PRESETS[self.function.value].to_dict(), "lam": values["lam"]}
         if chosen == "besa":  # learned while pruning: available after a run of this page
             key = f"{values['sparsity']:g}"
             if key not in self.learned:
                 self._fail("BESA learns its allocation while pruning: press Prune & evaluate to see its curve "
                            f"at {values['sparsity']:g}")
                 return
-            profiles["besa"] = self.learned[key]
-        elif chosen not in profiles and chosen not in errors:
-            try:
-                profiles[chosen] = session.profile(chosen, values["sparsity"])
-            except ValueError as err:
-                errors[chosen] = str(err)
+        if model != self._shown_model:  # another model: never show the old one's curves
+            self.plot.object = plots.sparsity_curves({}, title=f"{model}: computing dense statistics…")
+            self.curve_text.object = f"{model}: computing dense statistics…"
+        request = (model, chosen, values["sparsity"], values["lam"], values["M"], json.dumps(function, sort_keys=True))
+        session = shared_session(model, self.config)
+        future = _CURVES.submit(_compute_curves, session, chosen, values, function)
+        self._pending = (request, future, time.monotonic())
+        self._show_busy()
+
+    def _show_busy(self) -> None:
+        if self._pending is None or self._pending[1].done():
+            self.busy.object = ""
+            return
+        (model, chosen, *_rest), _future, started = self._pending
+        what = "dense statistics and curves" if shared_session(model, self.config)._cache is None else "curves"
+        self.busy.object = f"⏳ computing {what} for {model} ({chosen})… {time.monotonic() - started:.1f} s"
+
+    def _draw_pending(self) -> None:
+        """Draw the latest requested curves once computed (older requests are superseded)."""
+        if self._pending is None or not self._pending[1].done():
+            return
+        (model, chosen, sparsity, *_rest), future, _started = self._pending
+        self._pending = None
+        self.busy.object = ""
+        try:
+            profiles, errors = future.result()
+        except Exception as err:  # noqa: BLE001 - shown on the page
+            self._fail(f"{chosen}: {type(err).__name__}: {err}")
+            return
+        if chosen == "besa":
+            profiles["besa"] = self.learned[f"{sparsity:g}"]
         if chosen in errors:
             self._fail(f"{chosen}: {errors[chosen]}")
             return
         self.message.visible = False
-        fig = plots.sparsity_curves(profiles)
+        fig = plots.sparsity_curves(profiles, title=f"{model}: layer-wise sparsity, target {sparsity:.2f}")
         for trace in fig.data:
             trace.line.width = 5 if trace.name.startswith(f"{chosen} ") else 1.5
         self.plot.object = fig
+        self._shown_model = model
         curve = profiles[chosen].block_means()
-        self.curve_text.object = (f"{chosen} @ {values['sparsity']:g}: "
-                                  + " ".join(f"{v:.4f}" for v in curve.values())
+        self.curve_text.object = (f"{chosen} @ {sparsity:g}: " + " ".join(f"{v:.4f}" for v in curve.values())
                                   + f"  (mean {profiles[chosen].mean():.4f})")
-        self._drawn_for = (self.model.value, chosen)
 
     # ------------------------------------------------------------------ runs
     def start_run(self) -> Job | None:
@@ -194,7 +223,8 @@ class DashboardApp:
         try:
             values = self.inputs()
             params = {"owl": {"lam": values["lam"], "M": values["M"]},
-                      "dsa": {"function": {**PRESETS[self.function.value].to_dict(), "lam": values["lam"]}}}
+                      "dsa": {"function": {**PRESETS[self.function.value].to_dict(), "lam": values["lam"]}},
+                      "besa": {"sigmoid": self.besa_sigmoid.value}}
             config = ExperimentConfig(model=self.model.value, metric=self.metric.value,
                                       allocation=self.allocation.value, sparsity=values["sparsity"],
                                       alloc_params=params.get(self.allocation.value, {}), nsamples=self.config.nsamples,
@@ -210,28 +240,33 @@ class DashboardApp:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
             path = out_dir / f"{stamp}-{config.model}-{config.allocation}-{config.sparsity:g}.json"
             write_json_atomic(path, record)
-            return {"record": record, "path": str(path)}
+            return {"record": record, "path": str(path), "dense_perplexity": _dense_perplexity(session, config, stage)}
 
         job = job_queue().submit(f"{config.allocation} {config.metric} {config.sparsity:g}", work)
+        self._configs[job.id] = config
         self.jobs.append(job)
         self.poll()
         return job
 
     def poll(self) -> None:
         """Periodic callback on the server thread: draw pending curves, show job progress and finished rows."""
-        if self._drawn_for is None and self._ready():
-            self.update_curves()
+        self._draw_pending()
+        self._show_busy()
         active = [j for j in self.jobs if j.status in ("queued", "running")]
         self.progress.active = bool(active)
         if active:
             j = active[0]
             ahead = job_queue().pending()
-            self.status.object = (f"run {j.id} ({j.label}): {j.status}"
+            since = f", {time.time() - j.started:.0f} s" if j.started else ""
+            self.status.object = (f"run {j.id} ({j.label}): {j.status}{since}"
                                   + (f", stage {j.stage}" if j.stage else "") + (f"; {ahead} queued" if ahead else ""))
         for job in self.jobs:
             if job.status in ("done", "error") and job.id not in self._shown:
                 self._shown.add(job.id)
                 self._add_row(job)
+                if (job.result or {}).get("dense_perplexity") is not None:
+                    self._dense = job.result["dense_perplexity"]
+                self.ppl_plot.object = plots.perplexity_vs_sparsity(self.results.value.to_dict("records"), self._dense)
                 record = (job.result or {}).get("record", {})
                 if record.get("method", {}).get("allocation") == "besa":
                     from workbench.profile import SparsityProfile
@@ -243,12 +278,12 @@ class DashboardApp:
                 self.refresh_records()
 
     def _add_row(self, job: Job) -> None:
-        record = (job.result or {}).get("record", {})
-        metrics, method = record.get("metrics", {}), record.get("method", {})
-        row = {"run": job.id, "model": record.get("model", {}).get("id", self.model.value),
-               "allocation": method.get("allocation"), "metric": method.get("metric"),
-               "target": method.get("sparsity"), "actual": metrics.get("actual_sparsity"),
-               "perplexity": metrics.get("perplexity"),
+        """A row for a finished job: the configuration it was asked for (also when it failed), numbers rounded."""
+        config, metrics = self._configs[job.id], ((job.result or {}).get("record") or {}).get("metrics", {})
+        row = {"run": job.id, "model": config.model, "allocation": config.allocation,
+               "params": compact_params(config.alloc_params), "metric": config.metric,
+               "target": round(config.sparsity, 4),
+               "actual": _round(metrics.get("actual_sparsity"), 4), "perplexity": _round(metrics.get("perplexity"), 2),
                "seconds": round((job.finished or 0) - (job.started or 0), 1), "status": job.error or job.status}
         self.results.value = pd.concat([self.results.value, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
 
@@ -284,18 +319,45 @@ class DashboardApp:
     # ------------------------------------------------------------------ layout
     def view(self) -> pn.viewable.Viewable:
         controls = pn.Column(self.model, self.metric, self.allocation, self.target, self.lam, self.M, self.function,
-                             self.run_button, self.progress, width=300)
+                             self.besa_sigmoid, self.run_button, self.progress, width=300)
         refresh = pn.widgets.Button(name="Refresh tables")
         refresh.on_click(lambda _e: self.refresh_tables())
-        tabs = pn.Tabs(("Runs", pn.Column(self.status, self.results)),
+        tabs = pn.Tabs(("Runs", pn.Column(self.status, self.results, self.ppl_plot)),
                        ("Records", pn.Column(self.record_select, pn.Row(self.download_json, self.download_csv),
                                              self.record_view)),
                        ("Tables", pn.Column(refresh, self.tables)))
         page = pn.Column(pn.pane.Markdown("## Sparsity Allocation Workbench"), self.message,
-                         pn.Row(controls, pn.Column(self.plot, self.curve_text, sizing_mode="stretch_width")),
+                         pn.Row(controls, pn.Column(self.busy, self.plot, self.curve_text,
+                                                    sizing_mode="stretch_width")),
                          tabs, sizing_mode="stretch_width")
         pn.state.add_periodic_callback(self.poll, period=self.config.poll_ms)
         return page
+
+
+def _compute_curves(session: Session, chosen: str, values: dict, function: dict) -> tuple[dict, dict]:
+    """uniform / OWL / DSA curves and the chosen allocator's (on a curve worker; dense statistics first)."""
+    profiles, errors = session.curves(values["sparsity"], lam=values["lam"], M=values["M"], function=function)
+    if chosen not in profiles and chosen not in errors and chosen != "besa":
+        try:
+            profiles[chosen] = session.profile(chosen, values["sparsity"])
+        except ValueError as err:
+            errors[chosen] = str(err)
+    return profiles, errors
+
+
+def _dense_perplexity(session: Session, config: ExperimentConfig, stage) -> float | None:
+    """The dense model's perplexity on the run's evaluation settings (once per server; on the job worker)."""
+    key = (config.model, config.eval_dataset, config.eval_seqlen)
+    if key not in _DENSE_PPL:
+        stage("dense baseline")
+        dense = ExperimentConfig(model=config.model, allocation="dense", eval_dataset=config.eval_dataset,
+                                 eval_seqlen=config.eval_seqlen)
+        _DENSE_PPL[key] = session.run(dense)["metrics"]["perplexity"]
+    return _DENSE_PPL[key]
+
+
+def _round(value, digits: int):
+    return None if value is None else round(float(value), digits)
 
 
 def create_app(config: DashboardConfig | None = None) -> pn.viewable.Viewable:

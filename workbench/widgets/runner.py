@@ -10,6 +10,7 @@ import ipywidgets as w
 
 from ..experiment import ExperimentConfig
 from ..pruners import METRICS
+from ..results import compact_params as _compact
 from ..session import Session
 
 ALLOCATIONS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
@@ -111,16 +112,3 @@ class PruneRunner:
         from IPython.display import display
 
         display(self.widget)
-
-
-def _compact(params: dict) -> str:
-    """Allocator parameters in a table cell: numbers rounded, a DSA function as its stages and λ."""
-    parts = []
-    for key, value in params.items():
-        if key == "function" and isinstance(value, dict):
-            value = (f"{'+'.join(value.get('pre', []))} → {value.get('reduction')} → "
-                     f"{'+'.join(value.get('post', []))}, λ {value.get('lam', 0):.3g}")
-        elif isinstance(value, float):
-            value = f"{value:.4g}"
-        parts.append(f"{key}={value}")
-    return ", ".join(parts)
