@@ -32,6 +32,18 @@ def smollm():
     return load_model("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (browser tests call ``browser_support.require_chromium`` first)."""
+    from browser_support import launch
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
 @pytest.fixture()
 def text_file(tmp_path):
     """A small local UTF-8 text file, project-made."""

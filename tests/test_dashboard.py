@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from browser_support import ARTIFACTS, free_port, launch, require_chromium
+from browser_support import ARTIFACTS, free_port, require_chromium
 
 from workbench.dashboard import DashboardConfig, serve
 from workbench.dashboard import app as app_mod
@@ -24,16 +24,6 @@ def server(tmp_path_factory):
     thread = serve(config, port=port, threaded=True)
     yield f"http://127.0.0.1:{port}/", config
     thread.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 DEEP_TEXT = """e => { const walk = n => { let t = n.shadowRoot ? walk(n.shadowRoot) : '';
@@ -145,7 +135,8 @@ def test_bad_input_shows_a_message_and_changes_nothing(server, browser, typed, m
     page.close()
 
 
-DEEP_PLOT_TITLES = """() => { const out = []; const walk = n => { if (n.classList && n.classList.contains('js-plotly-plot'))
+DEEP_PLOT_TITLES = """() => { const out = []; const walk = n => {
+  if (n.classList && n.classList.contains('js-plotly-plot'))
   out.push((n.layout && n.layout.title && n.layout.title.text) || ''); if (n.shadowRoot) walk(n.shadowRoot);
   for (const c of n.children || []) walk(c); }; walk(document.body); return out; }"""
 

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_support import ARTIFACTS, free_port, launch, require_chromium
+from browser_support import ARTIFACTS, free_port, require_chromium
 
 require_chromium()
 
@@ -83,16 +83,6 @@ def lab(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 class Notebook:
@@ -181,11 +171,9 @@ class Notebook:
         self.page.keyboard.press("Enter")  # edit mode in the new cell
         self.page.keyboard.insert_text(code)
         self.page.keyboard.press("Shift+Enter")
-        cell = self.page.locator(".jp-CodeCell").last.locator(".jp-OutputArea-output")
         self.page.wait_for_timeout(300)
         wait_for(lambda: self.page.locator(".jp-CodeCell").nth(-2).locator(".jp-OutputArea-output").count() > 0,
                  60, lambda: "the inserted cell gave no output")
-        del cell
         return self.page.locator(".jp-CodeCell").nth(-2).locator(".jp-OutputArea-output").first.inner_text()
 
     def shot(self, name: str) -> None:

@@ -66,6 +66,9 @@ class FakeContext:
         key = f"{fn.reduction}|{fn.direction}" if self.coarse else fn.key()
         return {"valid": True, "error": None, "ratios": [0.5], "counts": {"key": key}, "allocation_key": key}
 
+    def baselines(self) -> dict[str, float]:
+        return {}  # no hand-made allocations in a synthetic fitness
+
     def fitness(self, counts: dict, fidelity: str) -> float:
         assert fidelity in ("cheap", "full")
         key = counts["key"]
@@ -449,6 +452,9 @@ class Dying:
 
     def allocation(self, fn):
         return self.inner.allocation(fn)
+
+    def baselines(self):
+        return self.inner.baselines()
 
     def fitness(self, counts, fidelity):
         self.n += 1

@@ -433,7 +433,6 @@ class Search:
                                else "evolution"),
             "steps_done": done, "steps": total, "generation": st.generation + 1, "generations": c.generations,
             "random_chunks": st.random_chunks, "seconds": seconds,
-            "candidates": {k: self.evaluations(k) for k in ("evolution", "random")},
             "baselines": st.meta.get("baselines", {})})
 
     def best(self, kind: str = "evolution") -> dict | None:
@@ -470,8 +469,7 @@ class Search:
     def run(self) -> dict:
         """Run to the end (resuming from the checkpoint) and return the best of each kind."""
         self.out.mkdir(parents=True, exist_ok=True)
-        # a context may have no hand-made baselines (the synthetic fitness of the tests has none)
-        if self.want_baselines and hasattr(self.ctx, "baselines") and "baselines" not in self.state.meta:
+        if self.want_baselines and "baselines" not in self.state.meta:
             self._write_progress("baselines")
             start = time.perf_counter()
             self.state.meta["baselines"] = self.ctx.baselines()

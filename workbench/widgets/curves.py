@@ -43,7 +43,7 @@ class SparsityCurves:
         self.error = w.HTML()  # the last refused input, in the page
         self.extra: dict[str, SparsityProfile] = {}
         self.profiles: dict[str, SparsityProfile] = {}
-        self._custom_function: dict | None = None  # the last valid custom function (lam None: the slider's)
+        self._custom_function: dict | None = None  # the last valid custom function, as typed
         self.figure = go.FigureWidget()
         for control in (self.lam, self.M, self.function):
             control.observe(lambda _change: self.refresh(), names="value")
@@ -82,10 +82,10 @@ class SparsityCurves:
                 spec = json.loads(text)
                 if not isinstance(spec, dict):
                     raise ValueError("custom DSA function must be a JSON object")
-                load_function({"lam": self.lam.value, **spec})  # validated; λ follows the slider unless given
-                function = spec if "lam" in spec else {**spec, "lam": None}
+                self._load_custom(spec)  # validated here; drawn by function_spec
+                function = spec
             else:
-                function = load_function(text).to_dict()  # a file (or a preset name)
+                function = load_function(text).to_dict()  # a file (or a preset name): its own λ
         except json.JSONDecodeError as err:
             self._refuse(f"custom DSA function is not valid JSON: {err.msg}")
             return
@@ -96,11 +96,14 @@ class SparsityCurves:
         self.refresh()
 
     # ------------------------------------------------------------------ state
+    def _load_custom(self, spec: dict) -> dict:
+        """A custom function as data; λ follows the slider unless the function gives its own."""
+        return load_function({"lam": self.lam.value, **spec}).to_dict()
+
     def function_spec(self) -> dict:
         """The DSA function the curve shows: the custom one, else the preset at the λ slider."""
         if self._custom_function is not None:
-            spec = self._custom_function
-            return load_function({**spec, "lam": self.lam.value if spec["lam"] is None else spec["lam"]}).to_dict()
+            return self._load_custom(self._custom_function)
         return {**PRESETS[self.function.value].to_dict(), "lam": self.lam.value}
 
     def params(self, allocation: str) -> dict:

@@ -10,7 +10,7 @@ import ipywidgets as w
 
 from ..experiment import ExperimentConfig
 from ..pruners import METRICS
-from ..results import compact_params as _compact
+from ..results import compact_params
 from ..session import Session
 
 ALLOCATIONS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
@@ -76,7 +76,7 @@ class PruneRunner:
     def _run(self) -> None:
         start = time.perf_counter()
         row = {"allocation": self.allocation.value, "metric": self.metric.value, "pattern": self.pattern.value,
-               "target": round(self.sparsity.value, 4), "params": _compact(self.params())}
+               "target": round(self.sparsity.value, 4), "params": compact_params(self.params())}
         if self.pattern.value != "unstructured":  # N:M fixes every layer at N/M whatever the slider says
             n, m = (int(x) for x in self.pattern.value.split(":"))
             row["target"] = f"{n / m:g} ({self.pattern.value})"
