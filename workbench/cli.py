@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import data as data_mod
+from .allocation import ALLOCATORS, describe_allocators
 
 
 def _default_out(kind: str, *parts: str) -> Path:
@@ -247,14 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="result record path (default runs/eval-...json)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("prune", help="prune a model with a metric and an allocation; optionally evaluate")
+    p = sub.add_parser("prune", help="prune a model with a metric and an allocation; optionally evaluate",
+                       epilog="allocators and their parameters (--alloc-param KEY=VALUE):\n" + describe_allocators(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     p.add_argument("--metric", default="wanda", help="magnitude | wanda | sparsegpt")
-    p.add_argument("--allocation", default="uniform", help="uniform | er | er_plus | global | owl | dsa | besa")
+    p.add_argument("--allocation", default="uniform", help=" | ".join(ALLOCATORS) + " (parameters: see below)")
     p.add_argument("--granularity", default=None,
-                   help="allocation granularity: besa row | layer (default row); owl block | layer")
+                   help="the allocator's granularity parameter (same as --alloc-param granularity=...)")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=readme|FILE.json)")
+                   help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=readme|FILE.json, beta=auto)")
     p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")
     p.add_argument("--pattern", default="unstructured", help="unstructured | N:M such as 2:4, 4:8")
     p.add_argument("--group", default=None, help="comparison group: row | matrix (default: the metric's own)")

@@ -66,6 +66,10 @@ class ExperimentConfig:
             resolve_tasks(self.tasks)
         if not isinstance(self.alloc_params, dict):
             raise ValueError(f"alloc_params={self.alloc_params!r} must be a mapping of allocator parameters")
+        if self.allocation != "dense":
+            from .allocation import check_params
+
+            check_params(self.allocation, self.alloc_params, self.metric)
         if self.pattern != "unstructured" and self.allocation not in ("uniform", "dense"):
             raise ValueError(f"pattern={self.pattern!r} fixes every layer at N/M: use allocation='uniform' "
                              f"(got allocation={self.allocation!r})")
@@ -111,13 +115,16 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         elif config.metric != "magnitude" or config.allocation != "uniform":
             calibration = data_mod.calibration_samples(tokenizer, config.calib_dataset, config.nsamples,
                                                        config.seqlen, config.seed)
+        params, tuning = _resolve_auto(config, model, tokenizer, calibration, cache, progress)
         result = prune(model, tokenizer, metric=config.metric, allocation=config.allocation,
                        sparsity=config.sparsity, pattern=config.pattern, calibration=calibration,
-                       mode=config.mode, group=config.group, allocation_params=dict(config.alloc_params),
+                       mode=config.mode, group=config.group, allocation_params=params,
                        cache=cache, progress=progress)
         metrics["actual_sparsity"] = result.report["actual"]
         data["calibration"] = result.calibration
         extra = {"profile": result.profile.to_dict(), "sparsity_report": result.report, "timings": result.timings}
+        if tuning is not None:
+            extra["tuning"] = tuning
         result_profile = result.profile
     else:
         result_profile = None
@@ -133,14 +140,30 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         result = zero_shot(model, tokenizer, tasks=config.tasks, limit=config.limit, batch_size=config.zs_batch_size)
         metrics.update(result.metrics())
         data["zero_shot"] = result.to_dict()
+    params_used = extra["profile"]["params"] if "tuning" in extra else config.alloc_params
     method = {"metric": config.metric, "allocation": config.allocation, "sparsity": config.sparsity,
-              "pattern": config.pattern, "mode": config.mode, "group": config.group, "params": config.alloc_params}
+              "pattern": config.pattern, "mode": config.mode, "group": config.group,
+              "params": {k: params_used[k] for k in config.alloc_params}}
     record = make_record("prune" if result_profile is not None else "eval",
                          model={"id": config.model, "weight_sha256": model_hash(model), "dtype": config.dtype,
                                 "device": config.device},
                          method=method, data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
                          extra={"config": config.to_dict(), **extra})
     return record
+
+
+def _resolve_auto(config: ExperimentConfig, model, tokenizer, calibration, cache, progress: bool):
+    """The run's allocator parameters with ``"auto"`` values searched on the validation split
+    (:mod:`workbench.tuning`), and the search's record (None when nothing was ``"auto"``)."""
+    from .prune import DenseCache
+    from .tuning import resolve_auto
+
+    params = dict(config.alloc_params)
+    if "auto" not in params.values():
+        return params, None
+    if cache is None:
+        cache = DenseCache.build(model, calibration, ("sq_norm",), progress=progress)
+    return resolve_auto(config.allocation, params, model, tokenizer, cache, config.sparsity)
 
 
 def _calibration_of(config: ExperimentConfig) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import plotly.graph_objects as go
 from .profile import SparsityProfile
 
 COLORS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa": "#d62728", "besa": "#2ca02c", "er": "#9467bd",
-          "er_plus": "#8c564b", "global": "#e377c2"}
+          "er_plus": "#8c564b", "global": "#e377c2", "global_per_row": "#f7b6d2", "alphapruning": "#ff7f0e",
+          "dlp": "#17becf", "atp": "#bcbd22"}  # others get plotly's default colours
 
 
 def block_curve(profile: SparsityProfile) -> tuple[list[int], list[float]]:

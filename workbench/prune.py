@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .allocation import AllocationInput, allocate, check_allocator, layer_infos
+from .allocation import AllocationInput, allocate, check_allocator, check_params, layer_infos
 from .calibrate import MODES, Calibrated, LayerStats, calibrate
 from .data import Calibration, calibration_samples
 from .models import prunable_linears
@@ -85,7 +85,8 @@ def _scores_fn(model: nn.Module, stats: dict[str, LayerStats] | None, score: str
     return lambda name: layer_scores(score, linears[name].weight, stats[name] if stats else None)
 
 
-def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache) -> tuple[int, int]:
+def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
+              allocation_params) -> tuple[int, int]:
     """Every check that can fail, done before the model is touched."""
     check_metric(metric, group)
     n, m = parse_pattern(pattern)
@@ -105,7 +106,7 @@ def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile
         profile.validate()
         profile.check_matches(linears)
     else:
-        check_allocator(allocation)
+        check_params(allocation, allocation_params or {}, metric)
     if cache is not None and mode != "dense":
         raise ValueError("cache= holds dense statistics: use mode='dense' with it")
     return n, m
@@ -121,14 +122,14 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     ``calibration`` defaults to the embedded corpus' defaults (needs ``tokenizer``); ``profile``
     overrides ``allocation``; ``cache`` (dense mode) re-prunes from stored dense statistics.
     """
-    n, m = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache)
-    params = dict(allocation_params or {})
+    n, m = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache, allocation_params)
+    given = dict(allocation_params or {})
+    params = check_params(allocation, given, metric) if profile is None else given
     if profile is None and check_allocator(allocation).in_loop:
+        params["progress"] = given.get("progress", progress)
         return _prune_in_loop(model, tokenizer, metric, allocation, sparsity, (n, m), calibration, mode, group,
                               params, cache, progress)
     needs_scores = profile is None and check_allocator(allocation).needs_scores
-    if needs_scores and allocation == "global":
-        params.setdefault("score", "magnitude" if metric == "magnitude" else "wanda")
     score = params.get("score", "wanda")
     statistics = set(NEEDS[metric]) | ({"sq_norm"} if needs_scores and score == "wanda" else set())
     if cache is not None and not cache.has(tuple(statistics)):
@@ -151,7 +152,9 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
         timings["forward_s"] += time.perf_counter() - start
 
     start = time.perf_counter()
-    inputs = AllocationInput(layer_infos(model), _scores_fn(model, dense_stats, score) if needs_scores else None)
+    linears = prunable_linears(model)
+    inputs = AllocationInput(layer_infos(model), _scores_fn(model, dense_stats, score) if needs_scores else None,
+                             weights=lambda name: linears[name].weight)
     if profile is None:
         target = n / m if n else sparsity
         profile = allocate("uniform" if n else allocation, inputs, target, **params)
@@ -159,7 +162,8 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
             profile.params["pattern"] = pattern
     timings["prune_s"] += time.perf_counter() - start
 
-    linears = prunable_linears(model)
+    if group is None and metric != "sparsegpt":  # an allocator may fix the comparison group (the papers' Global)
+        group = profile.params.get("mask_group")
 
     def prune_layers(names, stats):
         t0 = time.perf_counter()
@@ -191,8 +195,6 @@ def _prune_in_loop(model: nn.Module, tokenizer, metric: str, allocation: str, sp
     if pattern[0] or group is not None:
         raise ValueError(f"allocation={allocation!r} chooses its own unstructured masks: leave pattern "
                          f"'unstructured' and group unset")
-    params.setdefault("importance", metric)  # the metric ranks the weights (wanda | magnitude | sparsegpt)
-    params.setdefault("progress", progress)
     learner = check_allocator(allocation).fn(AllocationInput(layer_infos(model)), sparsity, **params)
     if calibration is None:
         if tokenizer is None:

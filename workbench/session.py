@@ -77,7 +77,7 @@ class Session:
                     scores[name] = layer_scores("wanda", cache.weights[name], stats[name])
                 return scores[name]
 
-            self._inputs = AllocationInput(layer_infos(self.model), score)
+            self._inputs = AllocationInput(layer_infos(self.model), score, weights=cache.weights.__getitem__)
         return self._inputs
 
     # ------------------------------------------------------------------ allocation
@@ -96,13 +96,15 @@ class Session:
         return profile
 
     def curves(self, sparsity: float, lam: float = 0.08, M: float = 5.0, function: Any = "readme",
-               allocators: tuple[str, ...] = CURVE_ALLOCATORS) -> tuple[dict[str, SparsityProfile], dict[str, str]]:
-        """Profiles of ``allocators`` at one target; those that cannot allocate give a message instead."""
-        params = {"uniform": {}, "owl": {"lam": lam, "M": M}, "dsa": {"function": function}}
+               allocators: tuple[str, ...] = CURVE_ALLOCATORS, params: dict[str, dict] | None = None,
+               ) -> tuple[dict[str, SparsityProfile], dict[str, str]]:
+        """Profiles of ``allocators`` at one target (OWL at ``lam``/``M``, DSA with ``function``, any other at
+        ``params[name]`` or its declared defaults); those that cannot allocate give a message instead."""
+        chosen = {"owl": {"lam": lam, "M": M}, "dsa": {"function": function}, **(params or {})}
         profiles, errors = {}, {}
         for name in allocators:
             try:
-                profiles[name] = self.profile(name, sparsity, **params.get(name, {}))
+                profiles[name] = self.profile(name, sparsity, **chosen.get(name, {}))
             except ValueError as err:
                 errors[name] = str(err)
         return profiles, errors

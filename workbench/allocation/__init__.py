@@ -1,13 +1,19 @@
 """Allocators: pure functions (layer statistics, target sparsity, parameters) -> SparsityProfile.
 
-Each allocator lives in its own file and registers itself with ``@register_allocator(name)``.
+Each allocator lives in its own file and registers itself with ``@register_allocator(name, params=...)``,
+declaring its parameters (:class:`Param`: type, range, default, one-line meaning). Parameters are checked
+against these declarations by :func:`check_params` (an unknown key names the allocator, the key, the
+allowed keys and the closest match); front ends render their controls and help from them.
 ``allocate(name, layers, sparsity, **params)`` is the one entry point that front ends call.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +41,7 @@ class AllocationInput:
 
     layers: dict[str, LayerInfo]
     scores: Callable[[str], torch.Tensor] | None = None  # (out, in) importance scores of a layer
+    weights: Callable[[str], torch.Tensor] | None = None  # (out, in) dense weights (data-free allocators)
     # statistics allocators derive from the scores (OWL's LOD per M, a DSA function's block values), kept so
     # that re-allocating at another target or λ costs no pass over the scores; the scores must not change
     memo: dict = field(default_factory=dict, repr=False, compare=False)
@@ -63,23 +70,98 @@ class AllocationInput:
                                granularity=granularity, params=params, blocks=self.blocks())
 
 
+KINDS = ("float", "int", "bool", "choice", "any")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared allocator parameter. ``low``/``high`` bound numbers (``open`` excludes the bounds),
+    ``special`` lists strings accepted besides numbers (``"auto"``), ``by_metric`` overrides the default
+    for a pruning metric, ``internal`` ones are passed by the workbench itself and never shown."""
+
+    name: str
+    default: Any
+    help: str
+    kind: str = "float"
+    low: float | None = None
+    high: float | None = None
+    open: bool = False
+    choices: tuple = ()
+    special: tuple[str, ...] = ()
+    optional: bool = False  # None is accepted (meaning: the allocator's own default)
+    by_metric: tuple[tuple[str, Any], ...] = ()
+    internal: bool = False
+
+    def describe(self) -> str:
+        """The allowed values in words, for help texts and errors."""
+        if self.kind == "choice":
+            return f"one of {list(self.choices)}"
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind in ("float", "int"):
+            lo, hi = ("(", ")") if self.open else ("[", "]")
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            words = f"{'an integer' if self.kind == 'int' else 'a number'} in {lo}{low}, {high}{hi}"
+            return words + "".join(f" or {v!r}" for v in self.special)
+        return "any value the allocator documents"
+
+    def check(self, allocator: str, value: Any) -> Any:
+        """``value`` if allowed (ints accepted for floats), else a ValueError naming allocator and key."""
+        if value is None and self.optional or self.kind == "any" or value in self.special:
+            return value
+        bad = ValueError(f"allocation={allocator!r}: {self.name}={value!r} is not allowed; "
+                         f"allowed: {self.describe()}")
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise bad
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        number = int | float if self.kind == "float" else int
+        if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value):
+            raise bad
+        below = self.low is not None and (value <= self.low if self.open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.open else value > self.high)
+        if below or above:
+            raise bad
+        return float(value) if self.kind == "float" else value
+
+    def default_for(self, metric: str | None) -> Any:
+        return dict(self.by_metric).get(metric, self.default)
+
+
 @dataclass(frozen=True)
 class Allocator:
     name: str
     fn: Callable[..., SparsityProfile]
     needs_scores: bool
     in_loop: bool = False  # learns inside the sequential capture loop (BESA): fn returns a per-block learner
+    params: tuple[Param, ...] = ()
+    needs_weights: bool = False  # reads the dense weights themselves (AlphaPruning's spectra)
+    summary: str = ""
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def public_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if not p.internal)
 
 
 ALLOCATORS: dict[str, Allocator] = {}
 
 
-def register_allocator(name: str, needs_scores: bool = False, in_loop: bool = False):
+def register_allocator(name: str, needs_scores: bool = False, in_loop: bool = False,
+                       params: tuple[Param, ...] = (), needs_weights: bool = False):
     """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``
-    (``in_loop``: ``fn`` returns a learner whose ``step`` runs per block inside ``prune``'s sequential loop)."""
+    (``in_loop``: ``fn`` returns a learner whose ``step`` runs per block inside ``prune``'s sequential loop).
+    ``params`` declares every keyword ``fn`` takes; the first docstring line becomes the summary."""
 
     def wrap(fn):
-        ALLOCATORS[name] = Allocator(name, fn, needs_scores, in_loop)
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        ALLOCATORS[name] = Allocator(name, fn, needs_scores, in_loop, tuple(params), needs_weights, summary)
         return fn
 
     return wrap
@@ -87,8 +169,50 @@ def register_allocator(name: str, needs_scores: bool = False, in_loop: bool = Fa
 
 def check_allocator(name: str) -> Allocator:
     if name not in ALLOCATORS:
-        raise ValueError(f"allocation={name!r} is not allowed; allowed: {sorted(ALLOCATORS)}")
+        close = difflib.get_close_matches(str(name), list(ALLOCATORS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"allocation={name!r} is not allowed; allowed: {sorted(ALLOCATORS)}{hint}")
     return ALLOCATORS[name]
+
+
+def describe_allocators() -> str:
+    """Every allocator with its summary and public parameters (default, allowed values, meaning), for help."""
+    lines = []
+    for name, allocator in ALLOCATORS.items():
+        lines.append(f"  {name:<15} {allocator.summary}")
+        for p in allocator.public_params():
+            extra = "".join(f", {metric}: {value!r}" for metric, value in p.by_metric)
+            lines.append(f"  {'':<17}{p.name}={p.default!r}{extra}  {p.help} ({p.describe()})")
+    return "\n".join(lines)
+
+
+def curve_allocators() -> list[str]:
+    """Allocators whose curve can be drawn from dense statistics alone (not those that learn while pruning)."""
+    return [name for name, a in ALLOCATORS.items() if not a.in_loop]
+
+
+def check_params(name: str, params: dict[str, Any], metric: str | None = None) -> dict[str, Any]:
+    """``params`` checked against allocator ``name``'s declarations, with the defaults of the keys not
+    given filled in (``metric`` picks metric-dependent defaults). Raises a ValueError for an unknown key
+    (naming the allowed keys and the closest match) or a value out of its declared range."""
+    allocator = check_allocator(name)
+    if not isinstance(params, dict):
+        raise ValueError(f"alloc_params={params!r} must be a mapping of parameter names to values")
+    known = [p.name for p in allocator.params]
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        spec = allocator.param(key)
+        if spec is None:
+            public = [p.name for p in allocator.public_params()]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"allocation={name!r} has no parameter {key!r}; allowed: "
+                             f"{public or 'none'}{hint}")
+        out[key] = spec.check(name, value)
+    for spec in allocator.params:
+        if spec.name not in out:
+            out[spec.name] = spec.default_for(metric)
+    return out
 
 
 def allocate(name: str, inputs: AllocationInput, sparsity: float, **params) -> SparsityProfile:
@@ -98,8 +222,11 @@ def allocate(name: str, inputs: AllocationInput, sparsity: float, **params) -> S
         raise ValueError(f"allocation={name!r} learns block by block on calibration data while pruning: "
                          f"use prune(model, tokenizer, allocation={name!r}, ...)")
     check_sparsity(sparsity, "sparsity")
+    params = check_params(name, params)
     if allocator.needs_scores and inputs.scores is None:
         raise ValueError(f"allocation={name!r} needs layer scores (calibration statistics)")
+    if allocator.needs_weights and inputs.weights is None:
+        raise ValueError(f"allocation={name!r} needs the layers' dense weights")
     return allocator.fn(inputs, sparsity, **params)
 
 
@@ -116,6 +243,8 @@ def layer_infos(model: nn.Module) -> dict[str, LayerInfo]:
     return out
 
 
-# Register the built-in allocators (each file adds itself to ALLOCATORS).
-from . import besa, er, global_, owl, uniform  # noqa: E402,F401
+# Register the built-in allocators (each file adds itself to ALLOCATORS, in this order in every menu).
+from . import uniform  # noqa: E402,F401,I001
+from . import owl  # noqa: E402,F401
 from .dsa import function as _dsa_function  # noqa: E402,F401
+from . import besa, er, global_, alphapruning, dlp, atp  # noqa: E402,F401

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from .. import kernels
 from ..profile import SparsityProfile, check_sparsity
 from ..pruners import layer_scores
-from . import AllocationInput, register_allocator
+from . import AllocationInput, Param, register_allocator
 
 if TYPE_CHECKING:
     from ..calibrate import BlockData
@@ -444,11 +444,31 @@ def _prodigy():
     return Prodigy
 
 
-@register_allocator("besa", in_loop=True)
+PARAMS = (
+    Param("granularity", "row", "learn one sparsity per row (the paper) or per linear", kind="choice",
+          choices=GRANULARITIES),
+    Param("importance", "wanda", "score that ranks the weights (default: the pruning metric)", kind="choice",
+          choices=IMPORTANCES, by_metric=(("magnitude", "magnitude"), ("sparsegpt", "sparsegpt"))),
+    Param("beta", 5.0, "weight of the sparsity penalty β((ŝ − S)/S)²", low=0.0),
+    Param("epochs", 1, "passes over the calibration windows per block", kind="int", low=1),
+    Param("batch_size", 1, "calibration windows per optimiser step", kind="int", low=1),
+    Param("optimizer", "adamw", "adamw, or prodigy (the paper's; needs prodigyopt)", kind="choice",
+          choices=OPTIMIZERS),
+    Param("lr", None, "learning rate (default: 0.05 for adamw, 1 for prodigy)", low=0.0, open=True, optional=True),
+    Param("d_coef", 1.0, "Prodigy's d_coef", low=0.0, open=True),
+    Param("reference", "pruned", "block outputs to match: on the pruned model's inputs (paper) or the dense model's",
+          kind="choice", choices=REFERENCES),
+    Param("sigmoid", True, "p = softmax(sigmoid(logits)) as the paper (false: softmax(logits))", kind="bool"),
+    Param("exact_target", True, "shift the learned ratios so each block meets the target exactly", kind="bool"),
+    Param("progress", True, "progress bars", kind="bool", internal=True),
+)
+
+
+@register_allocator("besa", in_loop=True, params=PARAMS)
 def besa(inputs: AllocationInput, sparsity: float, granularity: str = "row", importance: str = "wanda",
          beta: float = 5.0, epochs: int = 1, batch_size: int = 1, optimizer: str = "adamw", lr: float | None = None,
          d_coef: float = 1.0, reference: str = "pruned", sigmoid: bool = True, exact_target: bool = True,
          progress: bool = True) -> BesaLearner:
-    """A BESA learner for ``prune``'s sequential loop (validated now, before any forward pass)."""
+    """Blockwise learned sparsities (BESA); a learner for ``prune``'s sequential loop."""
     return BesaLearner(inputs, sparsity, granularity, importance, beta, epochs, batch_size, optimizer, lr, d_coef,
                        reference, sigmoid, exact_target, progress)

@@ -44,12 +44,12 @@ def _profile(inputs: AllocationInput, sparsity: float, name: str, dense: set[str
 
 @register_allocator("er")
 def er(inputs: AllocationInput, sparsity: float):
-    """Erdős–Rényi allocation (see module docstring)."""
+    """Erdős–Rényi: density ∝ (n_in + n_out)/(n_in · n_out), larger layers pruned more."""
     return _profile(inputs, sparsity, "er", set())
 
 
 @register_allocator("er_plus")
 def er_plus(inputs: AllocationInput, sparsity: float):
-    """ER with the last linear of the last block kept dense (see module docstring)."""
+    """ER with the last linear of the last block kept dense."""
     final = list(inputs.layers)[-1]
     return _profile(inputs, sparsity, "er_plus", {final})

@@ -1,19 +1,35 @@
 """Global allocation: one threshold over the scores of all prunable layers together.
 
-No reference exists for LLMs. The workbench's choice: the score is the Wanda score |W|·||X|| by
-default (``score="wanda"``), or |W| (``score="magnitude"``); the scores handed in by the caller decide.
-The threshold removes the int(S · Σ N_l) lowest scores of the model; a layer's sparsity is the fraction
-of its scores below the threshold. Scores are not comparable across layers (activation scales differ),
-which is why Global collapses at high sparsity in the papers (5147 ppl at 70% on LLaMA-7B).
+No reference exists for LLMs. The workbench's choice: the score is the pruning metric's (Wanda
+|W|·||X|| for Wanda and SparseGPT, |W| for magnitude; ``score=`` overrides it), computed on the dense
+model. The threshold removes the int(S · Σ N_l) lowest scores of the model; a layer's sparsity is the
+fraction of its scores below the threshold. Scores are not comparable across layers (activation scales
+differ), which is why Global collapses at high sparsity in the papers (5147 ppl at 70% on LLaMA-7B).
 A layer that would be pruned entirely is capped at ``max_layer_sparsity`` and the remaining budget is
 taken from the other layers, so every ratio stays below 1.
+
+Two allocators share these ratios:
+
+* ``global`` (the papers' baseline): the threshold *is* the mask. Each layer prunes its lowest-scoring
+  weights over the whole matrix (comparison group ``matrix``, no per-row re-selection), which on the
+  dense scores is exactly {score < threshold}. In sequential mode a layer's count comes from the dense
+  threshold and its current scores pick the weights. SparseGPT chooses its own mask per column block.
+* ``global_per_row``: the same per-layer ratios, each applied with the metric's own comparison group
+  (per row for Wanda): a layer-wise allocation derived from a global threshold.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import AllocationInput, register_allocator
+from . import AllocationInput, Param, register_allocator
+
+PARAMS = (
+    Param("score", "wanda", "score the threshold is taken over (default: the pruning metric's)", kind="choice",
+          choices=("wanda", "magnitude"), by_metric=(("magnitude", "magnitude"),)),
+    Param("max_layer_sparsity", 0.99, "cap on one layer's sparsity (its excess budget goes to the others)",
+          low=0.0, high=1.0, open=True),
+)
 
 
 def kth_smallest(values: torch.Tensor, k: int, sample: int = 1 << 20, margin: float = 0.002) -> torch.Tensor:
@@ -35,9 +51,24 @@ def kth_smallest(values: torch.Tensor, k: int, sample: int = 1 << 20, margin: fl
     return torch.kthvalue(values, k).values
 
 
-@register_allocator("global", needs_scores=True)
-def global_threshold(inputs: AllocationInput, sparsity: float, max_layer_sparsity: float = 0.99,
-                     score: str = "wanda"):
+@register_allocator("global", needs_scores=True, params=PARAMS)
+def global_threshold(inputs: AllocationInput, sparsity: float, score: str = "wanda",
+                     max_layer_sparsity: float = 0.99):
+    """One model-wide score threshold that is the mask (the papers' Global)."""
+    profile = global_ratios(inputs, sparsity, score, max_layer_sparsity, "global")
+    profile.params["mask_group"] = "matrix"
+    return profile
+
+
+@register_allocator("global_per_row", needs_scores=True, params=PARAMS)
+def global_per_row(inputs: AllocationInput, sparsity: float, score: str = "wanda",
+                   max_layer_sparsity: float = 0.99):
+    """Per-layer ratios from one model-wide threshold, applied per row (Wanda's group)."""
+    return global_ratios(inputs, sparsity, score, max_layer_sparsity, "global_per_row")
+
+
+def global_ratios(inputs: AllocationInput, sparsity: float, score: str, max_layer_sparsity: float,
+                  name: str):
     """Per-layer sparsities from one model-wide score threshold (see module docstring)."""
     if not 0.0 < max_layer_sparsity < 1.0:
         raise ValueError(f"max_layer_sparsity={max_layer_sparsity} must be in (0, 1)")
@@ -69,5 +100,5 @@ def global_threshold(inputs: AllocationInput, sparsity: float, max_layer_sparsit
             layers.update({n: below[n] / numel[n] for n in free})
             break
         capped.update({n: int(max_layer_sparsity * numel[n]) / numel[n] for n in new_caps})
-    return inputs.profile({n: layers[n] for n in names}, sparsity, "global", "layer",
+    return inputs.profile({n: layers[n] for n in names}, sparsity, name, "layer",
                           {"score": score, "max_layer_sparsity": max_layer_sparsity})

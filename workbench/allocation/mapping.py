@@ -59,10 +59,10 @@ def map_to_sparsity(values: Sequence[float], sparsity: float, lam: float, direct
     total = sum(weights)
     mean = sum(w * x for w, x in zip(weights, n, strict=True)) / total
     raw = [sparsity + direction * 2 * lam * (x - mean) for x in n]
-    return _renormalise(raw, weights, sparsity, max_sparsity)
+    return renormalise(raw, weights, sparsity, max_sparsity)
 
 
-def _renormalise(raw: list[float], weights: list[float], target: float, max_sparsity: float) -> list[float]:
+def renormalise(raw: list[float], weights: list[float], target: float, max_sparsity: float) -> list[float]:
     """Clip to [0, max_sparsity] and shift by one offset so that the weighted mean is ``target``
     (bisection on the offset: the clipped weighted mean is monotone in it)."""
     if not 0.0 <= target <= max_sparsity:

@@ -10,8 +10,8 @@ defaults are M = 3). ``granularity="layer"`` computes one LOD per linear instead
 from __future__ import annotations
 
 from .. import kernels
-from . import AllocationInput, register_allocator
-from .mapping import map_to_sparsity
+from . import AllocationInput, Param, register_allocator
+from .mapping import CLAMPS, LAMBDA_MAX, map_to_sparsity
 
 GRANULARITIES = ("block", "layer")
 
@@ -36,7 +36,18 @@ def groups(inputs: AllocationInput, granularity: str) -> dict[str, list[str]]:
     return out
 
 
-@register_allocator("owl", needs_scores=True)
+PARAMS = (
+    Param("lam", 0.08, "spread of the sparsities (they span 2·lam around the target)", low=0.0, high=LAMBDA_MAX),
+    Param("M", 5.0, "outlier threshold: a score counts as an outlier above M x the group's mean", low=0.0,
+          open=True),
+    Param("clamp", "safe", "safe: keep ratios in [0, 0.99] at the target; reference: the public code's clamp",
+          kind="choice", choices=CLAMPS),
+    Param("granularity", "block", "one ratio per block (the paper) or per linear", kind="choice",
+          choices=GRANULARITIES),
+)
+
+
+@register_allocator("owl", needs_scores=True, params=PARAMS)
 def owl(inputs: AllocationInput, sparsity: float, lam: float = 0.08, M: float = 5.0, clamp: str = "safe",
         granularity: str = "block"):
     """Per-block (or per-layer) sparsities from the layer-wise outlier distribution."""

@@ -5,5 +5,5 @@ from . import AllocationInput, register_allocator
 
 @register_allocator("uniform")
 def uniform(inputs: AllocationInput, sparsity: float):
-    """s_l = S for every layer."""
+    """Every layer at the target: s_l = S."""
     return inputs.profile(dict.fromkeys(inputs.layers, float(sparsity)), sparsity, "uniform", "uniform", {})

@@ -22,6 +22,7 @@ import pandas as pd
 import panel as pn
 
 from workbench import plots
+from workbench.allocation import ALLOCATORS as REGISTRY
 from workbench.allocation.dsa.function import PRESETS
 from workbench.dashboard.jobs import Job, JobQueue
 from workbench.experiment import ExperimentConfig
@@ -30,7 +31,7 @@ from workbench.pruners import METRICS
 from workbench.results import compact_params, write_json_atomic
 from workbench.session import Session
 
-ALLOCATORS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
+ALLOCATORS = tuple(REGISTRY)  # every registered allocator, in registration order
 COLUMNS = ["run", "model", "allocation", "params", "metric", "target", "actual", "perplexity", "seconds", "status"]
 # Curves are computed here, never on the server thread (dense statistics of a new model, `global`'s
 # sort over every weight): the page polls the future and shows a busy line with the elapsed time.

@@ -8,12 +8,13 @@ import time
 
 import ipywidgets as w
 
+from ..allocation import ALLOCATORS
 from ..experiment import ExperimentConfig
 from ..pruners import METRICS
 from ..results import compact_params
 from ..session import Session
 
-ALLOCATIONS = ("uniform", "owl", "dsa", "besa", "er", "er_plus", "global")
+ALLOCATIONS = tuple(ALLOCATORS)  # every registered allocator, in registration order
 PATTERNS = ("unstructured", "2:4", "4:8")
 STAGES = {"load": 0.05, "prune": 0.1, "ppl": 0.6}
 COLUMNS = ("allocation", "params", "metric", "pattern", "target", "actual", "perplexity", "seconds", "error")

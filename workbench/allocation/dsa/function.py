@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .. import AllocationInput, register_allocator
+from .. import AllocationInput, Param, register_allocator
 from ..mapping import check_lambda, map_to_sparsity
 from ..owl import groups
 from . import ops
@@ -253,10 +253,19 @@ def block_scores(inputs: AllocationInput) -> list[list[torch.Tensor]]:
     return [[inputs.scores(n) for n in names] for names in groups(inputs, "block").values()]
 
 
-@register_allocator("dsa", needs_scores=True)
+PARAMS = (
+    Param("function", "readme", "a preset name, a JSON file, or a function dict (pre, reduction, post, lam)",
+          kind="any"),
+    Param("cached_block_scores", None, "block scores computed once by the caller", kind="any", internal=True),
+)
+
+
+@register_allocator("dsa", needs_scores=True, params=PARAMS)
 def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | AllocationFunction = "readme",
         cached_block_scores: list[list[torch.Tensor]] | None = None):
-    """Per-block sparsities from a DSA allocation function (``cached_block_scores`` skips recomputing)."""
+    """Per-block sparsities from a DSA allocation function of the block's Wanda scores.
+
+    ``cached_block_scores`` skips recomputing them."""
     fn = load_function(function)
     grouped = groups(inputs, "block")
     weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
