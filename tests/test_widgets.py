@@ -185,3 +185,21 @@ def test_the_notebook_figure_keeps_the_full_layout(session):
     assert live.xaxis.title.text == "block" and live.yaxis.title.text == static.layout.yaxis.title.text
     assert live.xaxis.dtick == 1 and live.template.layout.paper_bgcolor == static.layout.template.layout.paper_bgcolor
     assert live.height == 420
+
+
+def test_every_registered_allocator_can_be_plotted_and_runs_as_plotted(session):
+    from workbench.allocation import ALLOCATORS, curve_allocators, declared_defaults
+
+    curves = SparsityCurves(session, sparsity=0.6)
+    others = [n for n in curve_allocators() if n not in ("uniform", "owl", "dsa")]
+    assert list(curves.others.options) == others and {"alphapruning", "dlp", "atp", "global"} <= set(others)
+    curves.others.value = ("alphapruning", "atp")
+    shown = _ys(curves.figure)
+    for name in ("alphapruning", "atp"):
+        assert curves.params(name) == declared_defaults(name)
+        expected = session.profile(name, 0.6, **declared_defaults(name))
+        assert shown[name] == pytest.approx(list(expected.block_means().values()))
+    runner = PruneRunner(session, curves=curves)
+    assert list(runner.allocation.options) == list(ALLOCATORS)
+    runner.allocation.value = "atp"
+    assert runner.params() == {"beta": 0.01}

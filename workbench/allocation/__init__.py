@@ -186,6 +186,12 @@ def describe_allocators() -> str:
     return "\n".join(lines)
 
 
+def declared_defaults(name: str) -> dict[str, Any]:
+    """The public parameters' defaults (metric-independent), as a curve drawn "at defaults" uses them: a run
+    given these is the run the curve shows."""
+    return {p.name: p.default for p in check_allocator(name).public_params() if p.default is not None}
+
+
 def curve_allocators() -> list[str]:
     """Allocators whose curve can be drawn from dense statistics alone (not those that learn while pruning)."""
     return [name for name, a in ALLOCATORS.items() if not a.in_loop]

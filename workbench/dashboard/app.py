@@ -23,6 +23,7 @@ import panel as pn
 
 from workbench import plots
 from workbench.allocation import ALLOCATORS as REGISTRY
+from workbench.allocation import declared_defaults
 from workbench.allocation.dsa.function import PRESETS
 from workbench.dashboard.jobs import Job, JobQueue
 from workbench.experiment import ExperimentConfig
@@ -228,7 +229,8 @@ class DashboardApp:
                       "besa": {"sigmoid": self.besa_sigmoid.value}}
             config = ExperimentConfig(model=self.model.value, metric=self.metric.value,
                                       allocation=self.allocation.value, sparsity=values["sparsity"],
-                                      alloc_params=params.get(self.allocation.value, {}), nsamples=self.config.nsamples,
+                                      alloc_params=params.get(self.allocation.value, _defaults(self.allocation.value)),
+                                      nsamples=self.config.nsamples,
                                       seqlen=self.config.seqlen, eval_seqlen=self.config.eval_seqlen)
         except ValueError as err:
             self._fail(str(err))
@@ -335,12 +337,17 @@ class DashboardApp:
         return page
 
 
+def _defaults(allocation: str) -> dict:
+    """The parameters the chosen allocator's curve is drawn with and its run uses (besa: its own, learned)."""
+    return {} if REGISTRY[allocation].in_loop else declared_defaults(allocation)
+
+
 def _compute_curves(session: Session, chosen: str, values: dict, function: dict) -> tuple[dict, dict]:
     """uniform / OWL / DSA curves and the chosen allocator's (on a curve worker; dense statistics first)."""
     profiles, errors = session.curves(values["sparsity"], lam=values["lam"], M=values["M"], function=function)
     if chosen not in profiles and chosen not in errors and chosen != "besa":
         try:
-            profiles[chosen] = session.profile(chosen, values["sparsity"])
+            profiles[chosen] = session.profile(chosen, values["sparsity"], **_defaults(chosen))
         except ValueError as err:
             errors[chosen] = str(err)
     return profiles, errors

@@ -1,4 +1,5 @@
-"""SparsityCurves: uniform / OWL / DSA layer-wise sparsity over block index, redrawn in place."""
+"""SparsityCurves: uniform / OWL / DSA (and any other registered allocator) layer-wise sparsity over block
+index, redrawn in place."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from .. import plots
+from ..allocation import curve_allocators, declared_defaults
 from ..allocation.dsa.function import PRESETS, load_function
 from ..inputs import parse_number
 from ..profile import SparsityProfile
-from ..session import Session
+from ..session import CURVE_ALLOCATORS, Session
 
 TARGET_RANGE = (0.05, 0.95)
 
@@ -39,19 +41,23 @@ class SparsityCurves:
         self.custom = w.Text(value="", placeholder='optional: JSON, e.g. {"pre":["abslog"],"reduction":"var",'
                              '"post":["abs"]}, or a function file', description="custom DSA", continuous_update=False,
                              style=style, layout={"width": "640px"})
+        others = [name for name in curve_allocators() if name not in CURVE_ALLOCATORS]
+        self.others = w.SelectMultiple(options=others, value=(), rows=min(len(others), 4), description="also plot",
+                                       style=style)  # at their declared defaults (see ``params``)
         self.message = w.HTML()
         self.error = w.HTML()  # the last refused input, in the page
         self.extra: dict[str, SparsityProfile] = {}
         self.profiles: dict[str, SparsityProfile] = {}
         self._custom_function: dict | None = None  # the last valid custom function, as typed
         self.figure = go.FigureWidget()
-        for control in (self.lam, self.M, self.function):
+        for control in (self.lam, self.M, self.function, self.others):
             control.observe(lambda _change: self.refresh(), names="value")
         self.sparsity.observe(self._slider_moved, names="value")
         self.target_text.observe(self._target_typed, names="value")
         self.custom.observe(self._custom_typed, names="value")
         self.widget = w.VBox([w.HBox([self.sparsity, self.target_text, self.lam, self.M]),
-                              w.HBox([self.function, self.custom]), self.error, self.figure, self.message])
+                              w.HBox([self.function, self.custom]), self.others, self.error, self.figure,
+                              self.message])
         self.refresh()
 
     # ------------------------------------------------------------------ input
@@ -112,13 +118,17 @@ class SparsityCurves:
             return {"lam": self.lam.value, "M": self.M.value}
         if allocation == "dsa":
             return {"function": self.function_spec()}
-        return {}
+        if allocation in CURVE_ALLOCATORS or allocation not in curve_allocators():
+            return {}
+        return declared_defaults(allocation)  # what the curve shows
 
     def refresh(self) -> None:
         """Re-allocate at the controls' values and redraw the figure in place."""
         self.error.value = ""
+        shown = (*CURVE_ALLOCATORS, *self.others.value)
         profiles, errors = self.session.curves(self.sparsity.value, lam=self.lam.value, M=self.M.value,
-                                               function=self.function_spec())
+                                               function=self.function_spec(), allocators=shown,
+                                               params={name: self.params(name) for name in self.others.value})
         profiles.update(self.extra)
         self.profiles = profiles
         notes = [f"{name}: {msg}" for name, msg in errors.items()]
