@@ -106,6 +106,7 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
                                       trust_remote_code=config.trust_remote_code)
     metrics: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    params = dict(config.alloc_params)  # with any "auto" value replaced by the value searched
     extra: dict[str, Any] = {}
     if config.allocation != "dense":
         stage("prune")
@@ -115,7 +116,10 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         elif config.metric != "magnitude" or config.allocation != "uniform":
             calibration = data_mod.calibration_samples(tokenizer, config.calib_dataset, config.nsamples,
                                                        config.seqlen, config.seed)
-        params, tuning = _resolve_auto(config, model, tokenizer, calibration, cache, progress)
+        from .tuning import resolve_auto
+
+        params, tuning = resolve_auto(config.allocation, config.alloc_params, model, tokenizer, config.sparsity,
+                                      cache=cache, calibration=calibration, progress=progress)
         result = prune(model, tokenizer, metric=config.metric, allocation=config.allocation,
                        sparsity=config.sparsity, pattern=config.pattern, calibration=calibration,
                        mode=config.mode, group=config.group, allocation_params=params,
@@ -140,30 +144,14 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         result = zero_shot(model, tokenizer, tasks=config.tasks, limit=config.limit, batch_size=config.zs_batch_size)
         metrics.update(result.metrics())
         data["zero_shot"] = result.to_dict()
-    params_used = extra["profile"]["params"] if "tuning" in extra else config.alloc_params
     method = {"metric": config.metric, "allocation": config.allocation, "sparsity": config.sparsity,
-              "pattern": config.pattern, "mode": config.mode, "group": config.group,
-              "params": {k: params_used[k] for k in config.alloc_params}}
+              "pattern": config.pattern, "mode": config.mode, "group": config.group, "params": params}
     record = make_record("prune" if result_profile is not None else "eval",
                          model={"id": config.model, "weight_sha256": model_hash(model), "dtype": config.dtype,
                                 "device": config.device},
                          method=method, data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
                          extra={"config": config.to_dict(), **extra})
     return record
-
-
-def _resolve_auto(config: ExperimentConfig, model, tokenizer, calibration, cache, progress: bool):
-    """The run's allocator parameters with ``"auto"`` values searched on the validation split
-    (:mod:`workbench.tuning`), and the search's record (None when nothing was ``"auto"``)."""
-    from .prune import DenseCache
-    from .tuning import resolve_auto
-
-    params = dict(config.alloc_params)
-    if "auto" not in params.values():
-        return params, None
-    if cache is None:
-        cache = DenseCache.build(model, calibration, ("sq_norm",), progress=progress)
-    return resolve_auto(config.allocation, params, model, tokenizer, cache, config.sparsity)
 
 
 def _calibration_of(config: ExperimentConfig) -> dict[str, Any]:

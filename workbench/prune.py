@@ -86,8 +86,9 @@ def _scores_fn(model: nn.Module, stats: dict[str, LayerStats] | None, score: str
 
 
 def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
-              allocation_params) -> tuple[int, int]:
-    """Every check that can fail, done before the model is touched."""
+              allocation_params) -> tuple[int, int, dict]:
+    """Every check that can fail, done before the model is touched; returns N, M and the allocator's
+    parameters with the defaults filled in (as given when a profile is passed)."""
     check_metric(metric, group)
     n, m = parse_pattern(pattern)
     if mode not in MODES:
@@ -105,11 +106,12 @@ def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile
     if profile is not None:
         profile.validate()
         profile.check_matches(linears)
+        params = dict(allocation_params or {})
     else:
-        check_params(allocation, allocation_params or {}, metric)
+        params = check_params(allocation, allocation_params or {}, metric)
     if cache is not None and mode != "dense":
         raise ValueError("cache= holds dense statistics: use mode='dense' with it")
-    return n, m
+    return n, m, params
 
 
 def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: str = "uniform",
@@ -122,11 +124,10 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     ``calibration`` defaults to the embedded corpus' defaults (needs ``tokenizer``); ``profile``
     overrides ``allocation``; ``cache`` (dense mode) re-prunes from stored dense statistics.
     """
-    n, m = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache, allocation_params)
-    given = dict(allocation_params or {})
-    params = check_params(allocation, given, metric) if profile is None else given
+    n, m, params = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
+                             allocation_params)
     if profile is None and check_allocator(allocation).in_loop:
-        params["progress"] = given.get("progress", progress)
+        params["progress"] = (allocation_params or {}).get("progress", progress)
         return _prune_in_loop(model, tokenizer, metric, allocation, sparsity, (n, m), calibration, mode, group,
                               params, cache, progress)
     needs_scores = profile is None and check_allocator(allocation).needs_scores

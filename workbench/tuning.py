@@ -52,10 +52,20 @@ def tune_beta(model, tokenizer, cache, sparsity: float, dataset: str = "embedded
             "finalists": sorted([b, f] for b, f in full.items()), "fitness": ctx.fitness_data}
 
 
-def resolve_auto(allocation: str, params: dict[str, Any], model, tokenizer, cache, sparsity: float,
-                 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``params`` with every ``"auto"`` value searched (today: ATP's β), and the search's record (or None)."""
-    if params.get("beta") != "auto" or allocation != "atp":
-        return params, None
-    tuning = tune_beta(model, tokenizer, cache, sparsity)
-    return {**params, "beta": tuning["value"]}, tuning
+TUNERS = {("atp", "beta"): tune_beta}  # the parameters that declare "auto" (Param.special), and their search
+
+
+def resolve_auto(allocation: str, params: dict[str, Any], model, tokenizer, sparsity: float, cache=None,
+                 calibration=None, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``params`` with an ``"auto"`` value searched, and the search's record (None when nothing was ``"auto"``).
+    ``cache``: a DenseCache of ``model``; without one it is built from ``calibration``."""
+    auto = [key for key, value in params.items() if isinstance(value, str) and value == "auto"]
+    if not auto:
+        return dict(params), None
+    key = auto[0]
+    if cache is None:
+        from .prune import DenseCache
+
+        cache = DenseCache.build(model, calibration, ("sq_norm",), progress=progress)
+    tuning = TUNERS[(allocation, key)](model, tokenizer, cache, sparsity)
+    return {**params, key: tuning["value"]}, tuning

@@ -70,9 +70,6 @@ class AllocationInput:
                                granularity=granularity, params=params, blocks=self.blocks())
 
 
-KINDS = ("float", "int", "bool", "choice", "any")
-
-
 @dataclass(frozen=True)
 class Param:
     """One declared allocator parameter. ``low``/``high`` bound numbers (``open`` excludes the bounds),

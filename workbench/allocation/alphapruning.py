@@ -22,6 +22,7 @@ import hashlib
 import torch
 
 from . import AllocationInput, Param, register_allocator
+from .mapping import minmax
 from .owl import GRANULARITIES, groups
 
 BINS = 100
@@ -86,11 +87,8 @@ def alphapruning(inputs: AllocationInput, sparsity: float, epsilon: float = 0.2,
     grouped = groups(inputs, granularity)
     alphas = inputs.memoised(("alphapruning", granularity), lambda: [
         sum(matrix_alpha(inputs.weights(n)) for n in names) / len(names) for names in grouped.values()])
-    lo, hi = min(alphas), max(alphas)
-    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-        raise ValueError("alphapruning: every group has the same α; the mapping is undefined")
     weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
-    raw = [(a - lo) / (hi - lo) * 2 * epsilon + (1 - epsilon) for a in alphas]
+    raw = [n * 2 * epsilon + (1 - epsilon) for n in minmax(alphas)]
     scale = sparsity * sum(weights) / sum(w * r for w, r in zip(weights, raw, strict=True))
     ratios = [r * scale for r in raw]
     if max(ratios) >= 1.0:

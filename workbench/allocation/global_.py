@@ -69,9 +69,8 @@ def global_per_row(inputs: AllocationInput, sparsity: float, score: str = "wanda
 
 def global_ratios(inputs: AllocationInput, sparsity: float, score: str, max_layer_sparsity: float,
                   name: str):
-    """Per-layer sparsities from one model-wide score threshold (see module docstring)."""
-    if not 0.0 < max_layer_sparsity < 1.0:
-        raise ValueError(f"max_layer_sparsity={max_layer_sparsity} must be in (0, 1)")
+    """Per-layer sparsities from one model-wide score threshold (see module docstring; the parameters are
+    checked against ``PARAMS`` by ``allocate``)."""
     names = list(inputs.layers)
     flat = {n: inputs.scores(n).reshape(-1).float().cpu() for n in names}
     numel = {n: flat[n].numel() for n in names}

@@ -51,8 +51,6 @@ PARAMS = (
 def owl(inputs: AllocationInput, sparsity: float, lam: float = 0.08, M: float = 5.0, clamp: str = "safe",
         granularity: str = "block"):
     """Per-block (or per-layer) sparsities from the layer-wise outlier distribution."""
-    if isinstance(M, bool) or not isinstance(M, int | float) or M <= 0:
-        raise ValueError(f"M={M!r} must be a number > 0")
     grouped = groups(inputs, granularity)
     lod = list(inputs.memoised(("owl_lod", granularity, float(M)),
                                lambda: [outlier_ratio(inputs, names, M) for names in grouped.values()]))

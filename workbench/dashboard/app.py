@@ -345,7 +345,7 @@ def _defaults(allocation: str) -> dict:
 def _compute_curves(session: Session, chosen: str, values: dict, function: dict) -> tuple[dict, dict]:
     """uniform / OWL / DSA curves and the chosen allocator's (on a curve worker; dense statistics first)."""
     profiles, errors = session.curves(values["sparsity"], lam=values["lam"], M=values["M"], function=function)
-    if chosen not in profiles and chosen not in errors and chosen != "besa":
+    if chosen not in profiles and chosen not in errors and not REGISTRY[chosen].in_loop:
         try:
             profiles[chosen] = session.profile(chosen, values["sparsity"], **_defaults(chosen))
         except ValueError as err:

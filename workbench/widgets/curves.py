@@ -118,9 +118,7 @@ class SparsityCurves:
             return {"lam": self.lam.value, "M": self.M.value}
         if allocation == "dsa":
             return {"function": self.function_spec()}
-        if allocation in CURVE_ALLOCATORS or allocation not in curve_allocators():
-            return {}
-        return declared_defaults(allocation)  # what the curve shows
+        return declared_defaults(allocation) if allocation in curve_allocators() else {}  # what the curve shows
 
     def refresh(self) -> None:
         """Re-allocate at the controls' values and redraw the figure in place."""
