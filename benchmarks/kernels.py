@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from workbench import kernels
+from workbench.backend import kernels
 
 # Bytes each kernel must move per weight (per activation element for sq_norm), float32 scores.
 BYTES_PER_WEIGHT = {

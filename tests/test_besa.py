@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from workbench import kernels
 from workbench.allocation import AllocationInput, allocate, layer_infos
 from workbench.allocation import besa as besa_mod
+from workbench.backend import kernels
+from workbench.backend.reference import prune_counts
 from workbench.calibrate import calibrate
 from workbench.cli import main as cli_main
 from workbench.data import calibration_samples
 from workbench.models import load_model, prunable_linears, weight_hash
 from workbench.prune import prune
 from workbench.pruners import layer_scores
-from workbench.pruners.masks import prune_counts
 
 Q0 = "model.layers.0.self_attn.q_proj"
 
@@ -240,7 +240,7 @@ def test_learned_profile_reapplied_reproduces_the_counts(calib):
 def test_block0_prunes_the_lowest_ranked_weights_of_each_importance(calib, importance):
     model, tok = fresh()
     dense = prunable_linears(model)[Q0].weight.detach().clone()
-    stats = calibrate(model, calib.input_ids, "dense", ("sq_norm", "xtx"), progress=False).stats[Q0]
+    stats = calibrate(model, calib.input_ids, "dense", ("sq_norm", "xtx"), progress=False)[Q0]
     scores = layer_scores(importance, dense, stats)
     res = prune(model, tok, importance, "besa", 0.5, calibration=calib, progress=False)
     assert res.profile.params["importance"] == importance

@@ -8,8 +8,8 @@ import pytest
 import torch
 from emu.harness import EmulatedModule
 
-from workbench import kernels
-from workbench.pruners import masks as ref
+from workbench.backend import kernels
+from workbench.backend import reference as ref
 
 FILES = [p.name for p in kernels.kernel_files()]
 T = 256

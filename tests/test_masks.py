@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from workbench.pruners import masks
+from workbench.backend import reference as masks
 
 
 def test_row_mask_prunes_the_k_lowest_of_each_row():

@@ -55,7 +55,7 @@ def planted(alpha: float, n: int = 400, out: int = 600, seed: int = 0) -> torch.
 
 def tiny_inputs(model, calib):
     """Layer infos, dense Wanda scores |W|·sqrt(Σx²/N) (computed here, not by the pruners) and weights."""
-    stats = calibrate(model, calib.input_ids, "dense", ("sq_norm",), progress=False).stats
+    stats = calibrate(model, calib.input_ids, "dense", ("sq_norm",), progress=False)
     linears = prunable_linears(model)
     n = calib.input_ids.shape[0]
     scores = {name: lin.weight.detach().abs() * torch.sqrt(stats[name].sq_norm / n)[None, :]

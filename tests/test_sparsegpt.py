@@ -132,10 +132,10 @@ def test_inputs_untouched_and_dtype_kept(dtype):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(sparsity=1.0), r"sparsity=1.0 must be in \[0, 1\)"), (dict(sparsity=-0.1), r"sparsity=-0.1 must be in"),
-    (dict(prune_n=4, prune_m=4), "prune_n=4, prune_m=4: need 0 < N < M"),
-    (dict(prune_n=5, prune_m=4), "prune_n=5, prune_m=4: need 0 < N < M"),
-    (dict(prune_n=2, prune_m=0), "prune_n=2, prune_m=0: need 0 < N < M"),
-    (dict(prune_n=2, prune_m=5), "prune_m=5: in_features=32 is not divisible"),
+    (dict(prune_n=4, prune_m=4), "pattern 4:4: N:M needs 0 < N < M"),
+    (dict(prune_n=5, prune_m=4), "pattern 5:4: N:M needs 0 < N < M"),
+    (dict(prune_n=2, prune_m=0), "pattern 2:0: N:M needs 0 < N < M"),
+    (dict(prune_n=2, prune_m=5), r"pattern 2:5: in_features \(32\) is not divisible by M=5"),
     (dict(blocksize=0), "blocksize=0 must be >= 1"), (dict(percdamp=-1.0), "percdamp=-1.0 must be >= 0"),
 ])
 def test_bad_input(kwargs, match):

@@ -14,7 +14,6 @@ import yaml
 
 from workbench.cli import main
 from workbench.data import DatasetUnavailable, embedded_text
-from workbench.evaluate import zero_shot
 from workbench.tasks import (
     EMBEDDED_TASKS,
     MAX_ITEMS,
@@ -24,7 +23,7 @@ from workbench.tasks import (
     prose_sentences,
     swap_two_words,
 )
-from workbench.zeroshot import PAPER_TASKS, resolve_tasks
+from workbench.zeroshot import PAPER_TASKS, resolve_tasks, zero_shot
 
 DELIMITER = {"wb_ending": " ", "wb_word_order": "", "wb_cloze": " "}
 

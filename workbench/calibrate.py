@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import kernels
-from .models import block_prefix, find_linears, get_blocks
+from .backend import kernels
+from .models import get_blocks, structure
 
 MODES = ("sequential", "dense")
 STATISTICS = ("sq_norm", "xtx")
@@ -41,7 +41,6 @@ class LayerStats:
     """Input statistics of one linear over the calibration tokens (float32, on the model's device)."""
 
     n_windows: int = 0
-    n_tokens: int = 0
     sq_norm: torch.Tensor | None = None  # (in,)
     xtx: torch.Tensor | None = None      # (in, in)
 
@@ -56,14 +55,6 @@ class LayerStats:
         if self.xtx is None:
             raise ValueError("these statistics have no xtx (calibrate with statistics including 'xtx')")
         return self.xtx * (2.0 / max(self.n_windows, 1))
-
-
-@dataclass
-class Calibrated:
-    """Statistics of every prunable linear (full name -> LayerStats) and the capture mode."""
-
-    stats: dict[str, LayerStats]
-    mode: str
 
 
 @dataclass
@@ -132,7 +123,6 @@ def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, LayerStats], whi
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
             st = stats[name]
             st.n_windows += args[0].shape[0] if args[0].dim() == 3 else 1
-            st.n_tokens += x.shape[0]
             if "sq_norm" in which:
                 if st.sq_norm is None:
                     st.sq_norm = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
@@ -150,7 +140,7 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
               statistics: tuple[str, ...] = ("sq_norm",),
               on_block: Callable[[int, dict[str, nn.Linear], dict[str, LayerStats]], None] | None = None,
               progress: bool = True, block_step: Callable[[BlockData], None] | None = None,
-              dense_reference: bool = False) -> Calibrated:
+              dense_reference: bool = False) -> dict[str, LayerStats]:
     """Run the capture loop over ``input_ids`` (n_windows, seqlen) and return every linear's statistics.
 
     In ``sequential`` mode ``on_block(index, linears, stats)`` is called after block ``index``'s
@@ -167,14 +157,12 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
         raise ValueError(f"input_ids must have shape (n_windows >= 1, seqlen), got {tuple(input_ids.shape)}")
     if (block_step is not None or dense_reference) and mode != "sequential":
         raise ValueError(f"block_step and dense_reference need mode='sequential', got mode={mode!r}")
-    prefix = block_prefix(model)
+    layout = structure(model)
     inputs, kwargs = capture_block_inputs(model, input_ids)
     dense_inputs = list(inputs) if dense_reference else None
     all_stats: dict[str, LayerStats] = {}
-    blocks = get_blocks(model)
-    for index in tqdm(range(len(blocks)), desc=f"calibrate ({mode})", disable=not progress, leave=False):
-        block = blocks[index]
-        linears = {f"{prefix}.{index}.{n}": m for n, m in find_linears(block).items()}
+    for index in tqdm(range(len(layout.blocks)), desc=f"calibrate ({mode})", disable=not progress, leave=False):
+        block, linears = layout.blocks[index], dict(layout.block_linears[index])
         stats = {name: LayerStats() for name in linears}
         handles = _stat_hooks(linears, stats, tuple(statistics))
         try:
@@ -194,4 +182,4 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
             for st in stats.values():  # Hessians are used up: keep memory at one block's worth
                 st.xtx = None
         inputs, dense_inputs = outputs, dense_outputs
-    return Calibrated(stats=all_stats, mode=mode)
+    return all_stats

@@ -165,7 +165,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
     cache = DenseCache.build(model, calibration, ("sq_norm",))
     ctx = SearchContext(model, tokenizer, cache, config, dataset=args.fitness_dataset)
-    meta = {"model": {"id": args.model, "weight_sha256": model_hash(model)}, "calibration": cache.calibration,
+    meta = {"model": {"id": args.model, "weight_sha256": model_hash(model)}, "calibration": cache.provenance,
             "fitness": ctx.fitness_data, "metric": "wanda"}
     best = Search(ctx, config, out, resume=args.resume, meta=meta).run()
     for kind, rec in best.items():

@@ -173,21 +173,14 @@ def embedded_text(split: str) -> Text:
 
 
 def _write_embedded_cache(folder: Path) -> None:
-    import tempfile
+    from .results import atomic_directory
 
     texts = split_documents(embedded_documents())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    for split, text in texts.items():
-        (tmp / f"{split}.txt").write_text(text, encoding="utf-8")
-    manifest = {s: {"chars": len(t), "sha256": Text("embedded", s, t).sha256} for s, t in texts.items()}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process built it first: keep theirs
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(folder, replace=False) as tmp:  # another process may build it first: keep theirs
+        for split, text in texts.items():
+            (tmp / f"{split}.txt").write_text(text, encoding="utf-8")
+        manifest = {s: {"chars": len(t), "sha256": Text("embedded", s, t).sha256} for s, t in texts.items()}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 # --------------------------------------------------------------------------- paper datasets

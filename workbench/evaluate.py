@@ -117,6 +117,4 @@ def perplexity(model, tokenizer, dataset: str = "embedded", split: str = "test",
                       n_tokens=n * seqlen, text_sha256=text.sha256)
 
 
-from .zeroshot import PAPER_TASKS, ZeroShot, zero_shot  # noqa: E402  (zero-shot lives in zeroshot.py)
-
-__all__ = ["PAPER_TASKS", "Perplexity", "ZeroShot", "perplexity", "perplexity_from_ids", "window_nlls", "zero_shot"]
+__all__ = ["Perplexity", "perplexity", "perplexity_from_ids", "window_nlls"]

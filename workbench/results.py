@@ -11,8 +11,12 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``target`` to fill; on success it takes ``target``'s name, on any
+    failure it is removed and ``target`` is untouched. ``replace=False`` keeps a ``target`` that already
+    exists (a cache another process built first) and drops the new one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists() and not replace:
+            return
+        old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:8]}") if target.exists() else None
+        if old is not None:
+            target.rename(old)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if old is not None:
+                old.rename(target)
+            if replace or not target.exists():
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:

@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import kernels
 from .allocation import AllocationInput, layer_infos
 from .allocation.dsa import ops
 from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
 from .allocation.owl import groups
+from .backend import kernels
 from .data import eval_tokens
 from .evaluate import perplexity_from_ids, window_kl, window_log_probs
 from .models import prunable_linears
@@ -116,7 +116,7 @@ class SearchContext:
         self.linears = prunable_linears(model)
         ids, text = eval_tokens(tokenizer, dataset, "validation")
         self._check_budget(ids.numel(), dataset)
-        stats = cache.calibrated.stats
+        stats = cache.stats
         cache.restore(model)
         scores = {n: layer_scores("wanda", lin.weight, stats[n]) for n, lin in self.linears.items()}
         self.inputs = AllocationInput(layer_infos(model), scores.__getitem__)

@@ -69,7 +69,7 @@ class Session:
             from .pruners import layer_scores
 
             cache = self.cache
-            stats = cache.calibrated.stats
+            stats = cache.stats
             scores: dict[str, torch.Tensor] = {}
 
             def score(name: str) -> torch.Tensor:

@@ -24,12 +24,12 @@ import hashlib
 import json
 import random
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from .results import atomic_directory
 
 GENERATOR_VERSION = 3
 SEED = 0
@@ -235,9 +235,7 @@ def embedded_tasks(cache: Path | None = None) -> EmbeddedTasks:
 
 def _write_tasks(folder: Path, text: str, text_sha256: str) -> None:
     sentences = prose_sentences(text)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_directory(folder, replace=False) as tmp:  # another process may build it first: keep theirs
         manifest = {"source": {"dataset": "embedded", "split": "test", "text_sha256": text_sha256,
                                "prose_sentences": len(sentences)},
                     "generator_version": GENERATOR_VERSION, "seed": SEED, "max_items": MAX_ITEMS, "tasks": {}}
@@ -253,10 +251,3 @@ def _write_tasks(folder: Path, text: str, text_sha256: str) -> None:
             manifest["tasks"][task] = {"items": len(items), "chance": EMBEDDED_TASKS[task],
                                        "jsonl_sha256": _sha256_file(jsonl)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process built it first: keep theirs (same content)
-            pass
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

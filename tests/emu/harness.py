@@ -1,7 +1,7 @@
 """Build a kernels/*.cu file *unmodified* with g++ and the CUDA-emulation header, and launch its kernels.
 
 Each source is concatenated after ``#include "cuda_emu.h"`` with generated ``launch_<name>`` wrappers
-(one per kernel listed in ``workbench.kernels.KERNELS``), compiled to a shared library and loaded
+(one per kernel listed in ``workbench.backend.kernels.KERNELS``), compiled to a shared library and loaded
 with ctypes. Libraries are cached by the hash of everything that goes into them.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.kernels import KERNELS, kernel_source
+from workbench.backend.kernels import KERNELS, kernel_source
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
 _CTYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong, "float": ctypes.c_float, "double": ctypes.c_double,

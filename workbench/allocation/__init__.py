@@ -235,15 +235,11 @@ def allocate(name: str, inputs: AllocationInput, sparsity: float, **params) -> S
 
 def layer_infos(model: nn.Module) -> dict[str, LayerInfo]:
     """LayerInfo of every prunable linear of ``model``, in model order."""
-    from ..models import block_prefix, find_linears, get_blocks
+    from ..models import structure
 
-    prefix = block_prefix(model)
-    out = {}
-    for i, block in enumerate(get_blocks(model)):
-        for name, lin in find_linears(block).items():
-            full = f"{prefix}.{i}.{name}"
-            out[full] = LayerInfo(full, i, lin.out_features, lin.in_features)
-    return out
+    layout = structure(model)
+    return {name: LayerInfo(name, i, lin.out_features, lin.in_features)
+            for i, block in enumerate(layout.block_linears) for name, lin in block.items()}
 
 
 # Register the built-in allocators (each file adds itself to ALLOCATORS, in this order in every menu).

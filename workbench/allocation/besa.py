@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import kernels
+from ..backend import kernels
 from ..profile import SparsityProfile, check_sparsity
 from ..pruners import layer_scores
 from . import AllocationInput, Param, register_allocator

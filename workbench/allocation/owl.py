@@ -9,7 +9,7 @@ defaults are M = 3). ``granularity="layer"`` computes one LOD per linear instead
 
 from __future__ import annotations
 
-from .. import kernels
+from ..backend import kernels
 from . import AllocationInput, Param, register_allocator
 from .mapping import CLAMPS, LAMBDA_MAX, map_to_sparsity
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .. import kernels
-from . import magnitude, masks, wanda
+from ..backend import kernels
+from ..backend.reference import prune_counts
+from . import magnitude, wanda
 
 if TYPE_CHECKING:
     from ..calibrate import LayerStats
@@ -76,9 +77,9 @@ def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerSt
     if n:
         mask = kernels.nm_mask(scores, n, m)
     elif row_sparsities is not None:
-        mask = kernels.row_mask(scores, masks.prune_counts(weight.shape[1], torch.tensor(row_sparsities)))
+        mask = kernels.row_mask(scores, prune_counts(weight.shape[1], torch.tensor(row_sparsities)))
     elif group == "row":
-        mask = kernels.row_mask(scores, masks.prune_counts(weight.shape[1], sparsity))
+        mask = kernels.row_mask(scores, prune_counts(weight.shape[1], sparsity))
     else:
         mask = kernels.matrix_mask(scores, int(weight.numel() * sparsity))
     kernels.apply_mask(weight, mask)

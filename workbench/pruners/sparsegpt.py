@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ..backend.reference import check_nm
+
 
 def _check(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n: int, prune_m: int,
            blocksize: int, percdamp: float) -> None:
@@ -32,10 +34,7 @@ def _check(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity={sparsity} must be in [0, 1)")
     if prune_n or prune_m:
-        if not 0 < prune_n < prune_m:
-            raise ValueError(f"prune_n={prune_n}, prune_m={prune_m}: need 0 < N < M")
-        if cols % prune_m:
-            raise ValueError(f"prune_m={prune_m}: in_features={cols} is not divisible by it")
+        check_nm(prune_n, prune_m, cols)
     if blocksize < 1:
         raise ValueError(f"blocksize={blocksize} must be >= 1")
     if percdamp < 0:

@@ -4,11 +4,6 @@
 (see ``LayerStats.act_norm``); the constant factor does not change a row's ranking.
 """
 
-import torch
+from ..backend.reference import wanda_scores  # noqa: F401  (the formula above, the kernels' CPU twin)
 
 DEFAULT_GROUP = "row"
-
-
-def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
-    """(out, in) scores |W| · ||X_j|| in float32."""
-    return weight.detach().abs().float() * act_norm.to(weight.device, torch.float32)[None, :]

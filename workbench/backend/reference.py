@@ -1,4 +1,4 @@
-"""Torch reference of the mask logic (the CPU path, and the oracle for the CUDA kernels).
+"""Torch reference of every kernel (the CPU path, and the oracle for the CUDA kernels in ``kernels.py``).
 
 Masks are boolean with True = *pruned* (the weight becomes zero). Ties are broken by index (a stable
 sort), so the same scores always give the same mask.
@@ -18,9 +18,18 @@ def parse_pattern(pattern: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"pattern={pattern!r} is not allowed; allowed: 'unstructured' or 'N:M' "
                          "such as '2:4', '4:8'") from None
-    if not 0 < n < m:
-        raise ValueError(f"pattern={pattern!r}: N:M needs 0 < N < M")
+    _check_pair(n, m, f"pattern={pattern!r}")
     return n, m
+
+
+def _check_pair(n: int, m: int, what: str) -> None:
+    if not 0 < n < m:
+        raise ValueError(f"{what}: N:M needs 0 < N < M")
+
+
+def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
+    """Wanda's (out, in) scores |W| · ||X_j|| in float32 (the math is explained in ``pruners/wanda.py``)."""
+    return weight.detach().abs().float() * act_norm.to(weight.device, torch.float32)[None, :]
 
 
 def prune_counts(in_features: int, sparsity: float | torch.Tensor) -> torch.Tensor:
@@ -58,12 +67,12 @@ def matrix_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
     return mask.view_as(scores)
 
 
-def check_nm(n: int, m: int, cols: int) -> None:
-    """Raise unless ``n:m`` is a valid pattern for a matrix with ``cols`` input columns."""
-    if not 0 < n < m:
-        raise ValueError(f"pattern {n}:{m}: N:M needs 0 < N < M")
+def check_nm(n: int, m: int, cols: int, layer: str = "") -> None:
+    """The one N:M check: raise unless ``n:m`` is a valid pattern for a matrix with ``cols`` input columns."""
+    _check_pair(n, m, f"pattern {n}:{m}")
     if cols % m:
-        raise ValueError(f"pattern {n}:{m}: in_features={cols} is not divisible by M={m}")
+        where = f" of {layer}" if layer else ""
+        raise ValueError(f"pattern {n}:{m}: in_features{where} ({cols}) is not divisible by M={m}")
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The scores-and-masks backend: CUDA kernels (kernels/*.cu through CuPy) for CUDA tensors, the torch
-reference (``pruners/masks.py``) for CPU tensors. The pruning engine calls only these functions.
+reference (``backend/reference.py``) for CPU tensors. The pruning engine calls only these functions.
 
 The ``.cu`` files sit outside the package (``kernels/`` at the repository root); they are compiled
 lazily with ``cupy.RawModule`` on first use, once per file, and run on torch's current CUDA stream.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .pruners import masks as ref
+from . import reference as ref
 
-KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
 THREADS = 256
 MAX_GRID = 65535
 NM_MAX_M = 32  # kernels/nm_mask.cu keeps one group in registers
@@ -140,12 +140,11 @@ def accumulate_sq_norm(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
     """|W| · ||X_j|| in float32."""
-    from .pruners.wanda import wanda_scores as reference
 
     if act_norm.shape != (weight.shape[-1],):
         raise ValueError(f"act_norm must have shape ({weight.shape[-1]},), got {tuple(act_norm.shape)}")
     if not weight.is_cuda:
-        return reference(weight, act_norm)
+        return ref.wanda_scores(weight, act_norm)
     w = _float_matrix("weight", weight)
     norm = act_norm.to(w.device, torch.float32).contiguous()
     out = torch.empty_like(w)
