@@ -1,0 +1,170 @@
+"""The house's layering (no import runs back up), the model structure found once, the one atomic writer."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workbench import models as models_mod
+from workbench.models import ModelStructure, load_model, prunable_linears, structure
+from workbench.prune import prune, save_pruned
+from workbench.results import atomic_directory
+
+PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
+
+# The layers of the package, bottom first (DESIGN's picture). A module may import from its own layer and
+# below, never from above; a package's __init__ belongs to the layer of the package.
+LAYERS = [
+    ("backend", "results", "inputs", "dashboard.jobs", "allocation.mapping", "allocation.dsa.ops"),
+    ("profile",),
+    ("models",),
+    ("data", "tasks"),
+    ("calibrate", "evaluate", "zeroshot", "", "plots"),  # "" is the package root (load_model, perplexity)
+    ("pruners",),
+    ("allocation",),
+    ("prune",),
+    ("search", "tuning"),
+    ("experiment",),
+    ("session",),
+    ("widgets", "dashboard", "demo", "reproduce"),
+    ("cli", "__main__"),
+]
+
+
+def _layer(module: str) -> int:
+    """Layer of a dotted module name relative to the package (longest listed prefix wins)."""
+    best, depth = None, -1
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".") or name == "") and len(name) > depth:
+                best, depth = index, len(name)
+    assert best is not None, f"module {module!r} is in no layer: add it to LAYERS"
+    return best
+
+
+def _imports(path: Path, text: str | None = None) -> tuple[str, set[str]]:
+    """(module, package-relative modules it imports, top-level or inside functions); ``text`` stands in
+    for the file's source."""
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    module = ".".join(parts)
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    out = set()
+    source = path.read_text(encoding="utf-8") if text is None else text
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+            target = [*base, *(node.module.split(".") if node.module else [])]
+            names = [".".join([*target, a.name]) for a in node.names] if node.module is None else [".".join(target)]
+            out.update(names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workbench"):
+            out.add(node.module.removeprefix("workbench").lstrip("."))
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("workbench")]
+            out.update(n.removeprefix("workbench").lstrip(".") for n in names)
+    return module, out - {module}
+
+
+def test_no_import_runs_back_up():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module, targets = _imports(path)
+        for target in targets:
+            if _layer(target) > _layer(module):
+                upward.append(f"{module} (layer {_layer(module)}) -> {target} (layer {_layer(target)})")
+    assert not upward, "imports that run back up:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_sees_the_old_upward_arrows():
+    """The arrows the old layout had (kernels importing the pruners' masks; evaluate importing zero-shot
+    is same-layer and allowed) are flagged when put back, lazily inside a function or at the top."""
+    kernels = PACKAGE / "backend" / "kernels.py"
+    module, targets = _imports(kernels, "def f():\n    from ..pruners import masks as ref\n")
+    assert module == "backend.kernels" and targets == {"pruners"}
+    assert _layer("pruners") > _layer(module)
+    module, targets = _imports(PACKAGE / "models.py", "from .allocation import LayerInfo\n")
+    assert targets == {"allocation"} and _layer("allocation") > _layer(module)
+
+
+def test_backend_imports_nothing_else_of_the_package():
+    for path in (PACKAGE / "backend").rglob("*.py"):
+        _module, targets = _imports(path)
+        assert all(t == "backend" or t.startswith("backend.") for t in targets), (path, targets)
+
+
+def test_perplexity_does_not_load_zero_shot():
+    code = ("import sys, workbench.evaluate; "
+            "print(any(m == 'lm_eval' or m.startswith('lm_eval.') or m == 'workbench.zeroshot' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_structure_found_once_per_model_and_shared(monkeypatch):
+    model, tok = load_model("tiny-llama")
+    calls = []
+    original = ModelStructure.discover.__func__
+
+    def counting(cls, m):
+        calls.append(m)
+        return original(cls, m)
+
+    monkeypatch.setattr(models_mod.ModelStructure, "discover", classmethod(counting))
+    prune(model, tok, metric="wanda", allocation="owl", sparsity=0.5, progress=False)
+    assert len(calls) == 1
+    layout = structure(model)
+    assert layout.prefix == "model.layers" and len(layout.blocks) == 3
+    assert list(prunable_linears(model)) == [n for b in layout.block_linears for n in b]
+    assert all(layout.block_of(n) == i for i, b in enumerate(layout.block_linears) for n in b)
+    assert {n.rsplit(".", 1)[1] for n in layout.block_linears[0]} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_structure_follows_a_new_block_list():
+    model, _ = load_model("tiny-llama")
+    first = structure(model)
+    model.model.layers = type(model.model.layers)(list(model.model.layers)[:2])
+    second = structure(model)
+    assert second is not first and len(second.block_linears) == 2
+
+
+def test_atomic_directory_replaces_on_success_and_keeps_the_old_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("second, half")
+        raise RuntimeError("halfway")
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old copy left
+
+
+def test_atomic_directory_without_replace_keeps_what_exists(tmp_path):
+    target = tmp_path / "cache"
+    with atomic_directory(target, replace=False) as tmp:
+        (tmp / "x").write_text("theirs")
+    with atomic_directory(target, replace=False) as tmp:
+        (tmp / "x").write_text("mine")
+    assert (target / "x").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_save_pruned_failing_halfway_leaves_the_previous_checkpoint(tmp_path):
+    model, tok = load_model("tiny-llama")
+    result = prune(model, tok, metric="magnitude", sparsity=0.5, progress=False)
+    out = save_pruned(model, tok, result.profile, tmp_path / "ckpt")
+    before = sorted(p.name for p in out.iterdir())
+
+    class Broken:
+        def save_pretrained(self, _path):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(model, Broken(), result.profile, out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
