@@ -35,7 +35,8 @@ def test_notebook_executes_on_its_defaults_and_writes_a_result(path, tmp_path):
     assert result.exists() and json.loads(result.read_text())
 
 
-def _grid(tmp_path, sparsities):
+def _grid(tmp_path, sparsities="[0.5]"):
+    """A grid whose second row is valid but fails while running (its evaluation window is longer than the text)."""
     grid = tmp_path / "g.yaml"
     grid.write_text(f"""name: g
 model: tiny-llama
@@ -45,16 +46,24 @@ perplexity:
   sparsities: {sparsities}
   methods:
     - {{label: uniform, allocation: uniform}}
+    - {{label: too long, allocation: uniform, eval_seqlen: 100000000}}
 """)
     return grid
 
 
+def test_an_invalid_grid_is_refused_before_any_run(tmp_path):
+    out = tmp_path / "runs"
+    with pytest.raises(ValueError, match=r"grid perplexity.methods\[uniform\] at sparsity 1.5: sparsity=1.5 must"):
+        reproduce.run_grid(_grid(tmp_path, "[0.5, 1.5]"), out, progress=False)
+    assert not out.exists()
+
+
 def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkeypatch):
     out = tmp_path / "runs"
-    result = reproduce.run_grid(_grid(tmp_path, "[0.5, 1.5]"), out, progress=False)
-    bad = out / "g" / "perplexity-uniform-1.5" / "result.json"
+    result = reproduce.run_grid(_grid(tmp_path), out, progress=False)
+    bad = out / "g" / "perplexity-too_long-0.5" / "result.json"
     good = out / "g" / "perplexity-uniform-0.5" / "result.json"
-    assert read_record(bad)["status"] == "error" and "sparsity=1.5" in read_record(bad)["error"]
+    assert read_record(bad)["status"] == "error" and "seqlen=100000000 is larger" in read_record(bad)["error"]
     assert (bad.parent / "executed.ipynb").exists()
     injected = [c for c in nbformat.read(good.parent / "executed.ipynb", as_version=4).cells
                 if "injected-parameters" in c.metadata.get("tags", [])]
@@ -65,9 +74,9 @@ def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkey
     assert read_record(good)["config"]["eval_seqlen"] is None and read_record(good)["data"]["eval"]["seqlen"] == 512
     assert read_record(good)["data"]["calibration"]["nsamples"] == 4
     table = (out / "g" / "tables" / "perplexity.md").read_text()
-    assert "| uniform | " + f"{ppl:.2f} |" in table and "150%" not in table
+    assert "| uniform | " + f"{ppl:.2f} |" in table and "too long" not in table
     assert (out / "g" / "tables" / "perplexity.csv").read_text().splitlines()[1].startswith(f"uniform,{ppl}")
-    assert "sparsity=1.5" in (out / "g" / "tables" / "failed.md").read_text()
+    assert "seqlen=100000000" in (out / "g" / "tables" / "failed.md").read_text()
     png = (out / "g" / "tables" / "sparsity_curves_50.png").read_bytes()  # kaleido through Debian's chromium
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert not list((out / "g" / "tables").glob(".*"))  # no temporary file left behind
@@ -80,8 +89,8 @@ def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkey
     calls = []
     real = reproduce.execute
     monkeypatch.setattr(reproduce, "execute", lambda run, *a, **k: calls.append(run.id) or real(run, *a, **k))
-    reproduce.run_grid(_grid(tmp_path, "[0.5, 1.5]"), out, progress=False)
-    assert calls == ["perplexity-uniform-1.5"]  # the finished run is skipped, the failed one retried
+    reproduce.run_grid(_grid(tmp_path), out, progress=False)
+    assert calls == ["perplexity-too_long-0.5"]  # the finished run is skipped, the failed one retried
 
 
 @pytest.mark.parametrize("text,match", [("name: x\nmodel: tiny-llama\nfoo: 1\nperplexity: {}\n", "unknown keys"),

@@ -14,6 +14,51 @@ from . import data as data_mod
 from .calibrate import MODES
 
 EVALS = ("ppl", "zero-shot")
+_TEXT = ("model", "metric", "allocation", "pattern", "mode", "calib_dataset", "eval_dataset", "dtype", "device")
+_COUNTS = {"nsamples": 1, "seqlen": 2, "eval_seqlen": 2, "limit": 1}  # optional integers and their minimum
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_types(config: ExperimentConfig) -> None:
+    """Each field's type (and integer ranges) before any value check, so no value reaches code that
+    assumes its type; an error names the field and what it accepts."""
+    for name in _TEXT:
+        if not isinstance(getattr(config, name), str):
+            raise ValueError(f"{name}={getattr(config, name)!r} must be a string")
+    if config.group is not None and not isinstance(config.group, str):
+        raise ValueError(f"group={config.group!r} must be None or a string (row | matrix)")
+    for name, low in _COUNTS.items():
+        value = getattr(config, name)
+        if value is not None and (not _is_int(value) or value < low):
+            raise ValueError(f"{name}={value!r} must be None (the default) or an integer >= {low}")
+    if not _is_int(config.seed) or config.seed < 0:
+        raise ValueError(f"seed={config.seed!r} must be an integer >= 0")
+    if not isinstance(config.trust_remote_code, bool):
+        raise ValueError(f"trust_remote_code={config.trust_remote_code!r} must be True or False")
+    if isinstance(config.evals, str) or not isinstance(config.evals, list | tuple) \
+            or not all(isinstance(e, str) for e in config.evals):
+        raise ValueError(f"evals={config.evals!r} must be a list of evaluations; allowed items: {list(EVALS)}")
+    if not isinstance(config.alloc_params, dict) or not all(isinstance(k, str) for k in config.alloc_params):
+        raise ValueError(f"alloc_params={config.alloc_params!r} must be a mapping of allocator parameter names "
+                         "to values")
+    if not isinstance(config.tasks, str) and not (isinstance(config.tasks, list | tuple) and config.tasks):
+        raise ValueError(f"tasks={config.tasks!r} must be 'embedded', 'paper' or task names")
+
+
+def _check_device(device: str) -> None:
+    """The device's form only: a grid written for a GPU machine is still valid here (load_model says
+    when the device is absent)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device; allowed: cpu, cuda, cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not supported; allowed: cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -44,9 +89,13 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         from .allocation import check_allocator
+        from .models import resolve_dtype
         from .pruners import check_metric
 
+        _check_types(self)
         self.evals = tuple(self.evals)
+        resolve_dtype(self.dtype)
+        _check_device(self.device)
         check_metric(self.metric, self.group)
         if self.allocation != "dense":
             check_allocator(self.allocation)
@@ -62,8 +111,6 @@ class ExperimentConfig:
 
             check_zero_shot_args(self.limit, self.zs_batch_size)
             resolve_tasks(self.tasks)
-        if not isinstance(self.alloc_params, dict):
-            raise ValueError(f"alloc_params={self.alloc_params!r} must be a mapping of allocator parameters")
         if self.allocation != "dense":
             from .allocation import check_params
 

@@ -54,6 +54,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
                trust_remote_code: bool = False, seed: int = 0):
     """Load ``(model, tokenizer)`` in eval mode on ``device``; see the module docstring for the names."""
     torch_dtype = resolve_dtype(dtype)
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: no CUDA device is available here; use device='cpu'")
     if name_or_path in EMBEDDED_MODELS:
         model, tokenizer = _load_embedded(name_or_path)
     elif name_or_path in TINY_MODELS:

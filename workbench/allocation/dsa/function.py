@@ -277,7 +277,10 @@ def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | Allocat
     def values() -> list[float]:
         return fn.post_values(inputs.memoised(("dsa_reduced", fn.reduced_key()), reduced))
 
-    known = list(inputs.memoised(("dsa_block_values", fn.stages_key()), values))
-    ratios = fn.sparsities([], sparsity, weights, values=known)
+    try:
+        known = list(inputs.memoised(("dsa_block_values", fn.stages_key()), values))
+        ratios = fn.sparsities([], sparsity, weights, values=known)
+    except InvalidFunction as err:  # say which allocator and function a front end's error line is about
+        raise InvalidFunction(f"allocation='dsa': function {fn.key()} is not valid on these scores: {err}") from None
     layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
     return inputs.profile(layers, sparsity, "dsa", "block", {"function": fn.to_dict()})
