@@ -108,6 +108,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .prune import save_pruned
     from .results import write_json_atomic
 
+    if args.allocation == "dense":
+        raise ValueError(f"allocation='dense' prunes nothing: use `workbench eval --model {args.model}` for the "
+                         f"dense model; allowed here: {sorted(ALLOCATORS)}")
     params = _parse_params(args.alloc_param)
     if args.granularity is not None:
         params["granularity"] = args.granularity

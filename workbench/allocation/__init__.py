@@ -88,6 +88,7 @@ class Param:
     optional: bool = False  # None is accepted (meaning: the allocator's own default)
     by_metric: tuple[tuple[str, Any], ...] = ()
     internal: bool = False
+    validate: Callable[[Any], Any] | None = None  # kind "any": raises ValueError for a value it cannot use
 
     def describe(self) -> str:
         """The allowed values in words, for help texts and errors."""
@@ -105,7 +106,13 @@ class Param:
 
     def check(self, allocator: str, value: Any) -> Any:
         """``value`` if allowed (ints accepted for floats), else a ValueError naming allocator and key."""
-        if value is None and self.optional or self.kind == "any" or value in self.special:
+        if self.kind == "any" and self.validate is not None and not (value is None and self.optional):
+            try:
+                self.validate(value)
+            except ValueError as err:
+                raise type(err)(f"allocation={allocator!r}: {err}") from None
+            return value
+        if value is None and self.optional or self.kind == "any" or _is_special(value, self.special):
             return value
         bad = ValueError(f"allocation={allocator!r}: {self.name}={value!r} is not allowed; "
                          f"allowed: {self.describe()}")
@@ -128,6 +135,10 @@ class Param:
 
     def default_for(self, metric: str | None) -> Any:
         return dict(self.by_metric).get(metric, self.default)
+
+
+def _is_special(value: Any, special: tuple[str, ...]) -> bool:
+    return isinstance(value, str) and value in special
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,7 @@ def block_scores(inputs: AllocationInput) -> list[list[torch.Tensor]]:
 
 PARAMS = (
     Param("function", "readme", "a preset name, a JSON file, or a function dict (pre, reduction, post, lam)",
-          kind="any"),
+          kind="any", validate=lambda spec: load_function(spec)),
     Param("cached_block_scores", None, "block scores computed once by the caller", kind="any", internal=True),
 )
 
