@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .allocation import learns_while_pruning
 from .experiment import ExperimentConfig
 from .reproduce import Run, build_tables, finish_record
 from .results import read_record
@@ -49,7 +50,7 @@ class DemoConfig:
         out = [(Run("demo", "dense", None), ExperimentConfig(allocation="dense", nsamples=self.nsamples, **shared))]
         for sparsity in self.sparsities:
             for label, allocation, params in self.methods:
-                sequential = allocation == "besa"  # BESA learns on the pruned model's block inputs
+                sequential = learns_while_pruning(allocation)  # BESA learns on the pruned blocks' inputs
                 config = ExperimentConfig(allocation=allocation, sparsity=sparsity, alloc_params=dict(params),
                                           mode="sequential" if sequential else "dense",
                                           nsamples=self.besa_nsamples if sequential else self.nsamples, **shared)

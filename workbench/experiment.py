@@ -14,6 +14,7 @@ from . import data as data_mod
 from .calibrate import MODES
 
 EVALS = ("ppl", "zero-shot")
+DENSE = "dense"  # the allocation of a run that prunes nothing (the dense baseline row)
 _TEXT = ("model", "metric", "allocation", "pattern", "mode", "calib_dataset", "eval_dataset", "dtype", "device")
 _COUNTS = {"nsamples": 1, "seqlen": 2, "eval_seqlen": 2, "limit": 1}  # optional integers and their minimum
 
@@ -97,7 +98,7 @@ class ExperimentConfig:
         resolve_dtype(self.dtype)
         _check_device(self.device)
         check_metric(self.metric, self.group)
-        if self.allocation != "dense":
+        if self.prunes:
             check_allocator(self.allocation)
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not allowed; allowed: {list(MODES)}")
@@ -111,13 +112,18 @@ class ExperimentConfig:
 
             check_zero_shot_args(self.limit, self.zs_batch_size)
             resolve_tasks(self.tasks)
-        if self.allocation != "dense":
+        if self.prunes:
             from .allocation import check_params
 
             check_params(self.allocation, self.alloc_params, self.metric)
         from .prune import check_target
 
         check_target(self.pattern, self.allocation, self.sparsity)
+
+    @property
+    def prunes(self) -> bool:
+        """False for the dense baseline (allocation ``"dense"``): nothing is calibrated or pruned."""
+        return self.allocation != DENSE
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -149,7 +155,7 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
     data: dict[str, Any] = {}
     params = dict(config.alloc_params)  # with any "auto" value replaced by the value searched
     extra: dict[str, Any] = {}
-    if config.allocation != "dense":
+    if config.prunes:
         stage("prune")
         calibration = None
         if cache is not None:
@@ -207,7 +213,7 @@ def cache_fits(config: ExperimentConfig, cache) -> bool:
     metric's statistics present (e.g. SparseGPT needs X^T X, which a Wanda cache lacks)."""
     from .pruners import NEEDS
 
-    if config.mode != "dense" or config.allocation == "dense":
+    if config.mode != "dense" or not config.prunes:
         return False
     same = all(cache.provenance.get(k) == v for k, v in _calibration_of(config).items())
     return same and cache.has(NEEDS[config.metric])

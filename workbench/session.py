@@ -83,9 +83,9 @@ class Session:
     # ------------------------------------------------------------------ allocation
     def profile(self, allocation: str, sparsity: float, **params: Any) -> SparsityProfile:
         """The allocator's profile for ``sparsity`` from the cached dense statistics (no forward pass)."""
-        check_allocator(allocation)
+        allocator = check_allocator(allocation)
         inputs = self.inputs()
-        if allocation == "dsa":
+        if allocator.param("cached_block_scores") is not None:  # DSA: block scores reused across functions
             from .allocation.dsa.function import block_scores
 
             if self._block_scores is None:

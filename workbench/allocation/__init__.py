@@ -183,6 +183,11 @@ def check_allocator(name: str) -> Allocator:
     return ALLOCATORS[name]
 
 
+def learns_while_pruning(name: str) -> bool:
+    """True for allocators that learn inside the sequential loop (BESA): no curve before a run, sequential only."""
+    return check_allocator(name).in_loop
+
+
 def describe_allocators() -> str:
     """Every allocator with its summary and public parameters (default, allowed values, meaning), for help."""
     lines = []

@@ -23,7 +23,7 @@ import panel as pn
 
 from workbench import plots
 from workbench.allocation import ALLOCATORS as REGISTRY
-from workbench.allocation import declared_defaults
+from workbench.allocation import declared_defaults, learns_while_pruning
 from workbench.allocation.dsa.function import PRESETS
 from workbench.dashboard.jobs import Job, JobQueue
 from workbench.experiment import ExperimentConfig
@@ -169,7 +169,7 @@ class DashboardApp:
             return
         chosen, model = self.allocation.value, self.model.value
         function = {**PRESETS[self.function.value].to_dict(), "lam": values["lam"]}
-        if chosen == "besa":  # learned while pruning: available after a run of this page
+        if learns_while_pruning(chosen):  # learned while pruning: available after a run of this page
             key = f"{values['sparsity']:g}"
             if key not in self.learned:
                 self._fail("BESA learns its allocation while pruning: press Prune & evaluate to see its curve "
@@ -204,8 +204,8 @@ class DashboardApp:
         except Exception as err:  # noqa: BLE001 - shown on the page
             self._fail(f"{chosen}: {type(err).__name__}: {err}")
             return
-        if chosen == "besa":
-            profiles["besa"] = self.learned[f"{sparsity:g}"]
+        if learns_while_pruning(chosen):
+            profiles[chosen] = self.learned[f"{sparsity:g}"]
         if chosen in errors:
             self._fail(f"{chosen}: {errors[chosen]}")
             return
@@ -271,7 +271,7 @@ class DashboardApp:
                     self._dense = job.result["dense_perplexity"]
                 self.ppl_plot.object = plots.perplexity_vs_sparsity(self.results.value.to_dict("records"), self._dense)
                 record = (job.result or {}).get("record", {})
-                if record.get("method", {}).get("allocation") == "besa":
+                if learns_while_pruning(record.get("method", {}).get("allocation", "uniform")):
                     from workbench.profile import SparsityProfile
 
                     self.learned[f"{record['method']['sparsity']:g}"] = SparsityProfile.from_dict(record["profile"])

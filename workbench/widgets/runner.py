@@ -8,7 +8,7 @@ import time
 
 import ipywidgets as w
 
-from ..allocation import ALLOCATORS
+from ..allocation import ALLOCATORS, learns_while_pruning
 from ..experiment import ExperimentConfig
 from ..pruners import METRICS
 from ..results import compact_params
@@ -86,7 +86,7 @@ class PruneRunner:
             record = self.session.run(self.config(), on_stage=self._stage)
             self.records.append(record)
             row.update(actual=record["metrics"].get("actual_sparsity"), perplexity=record["metrics"].get("perplexity"))
-            if self.curves is not None and record["method"]["allocation"] == "besa":  # learned: show it beside
+            if self.curves is not None and learns_while_pruning(record["method"]["allocation"]):  # learned: show it
                 from ..profile import SparsityProfile
 
                 self.curves.add_profile(f"besa {row['target']:g}", SparsityProfile.from_dict(record["profile"]))
