@@ -156,3 +156,46 @@ def test_bad_shapes_and_values():
         sparsegpt_prune(w, h.index_fill(0, torch.tensor([3]), float("nan")), 0.5)
     with pytest.raises(ValueError, match="percdamp=0"):  # indefinite Hessian, no damping: Cholesky fails
         sparsegpt_prune(w, torch.outer(h[0], h[0]) - torch.eye(32), 0.5, percdamp=0)
+
+
+def _inverses(h, percdamp=0.01):
+    """(H_FF)⁻¹ for F = {i, ..., C-1}, every i (explicit inverses of the damped Hessian's trailing blocks)."""
+    hd = _damped(h, percdamp)
+    return [torch.linalg.inv(hd[i:, i:]) for i in range(hd.shape[0])]
+
+
+def _obs_oracle_choosing_masks(w, invs, sparsity, blocksize):
+    """The whole algorithm with explicit inverses: at the start of each block of ``blocksize`` columns, on the
+    weights updated so far, prune jointly over the block the entries with the lowest OBS saliency
+    w_j² / [(H_FF)⁻¹]_00², F = {j, ..., C-1} (the reference's threshold: the k-th smallest, k = int(n·s), and
+    every score <= it); then the column-by-column OBS update of the oracle above."""
+    w = w.double().clone()
+    cols = w.shape[1]
+    mask = torch.zeros(w.shape, dtype=torch.bool)
+    u = torch.tensor([invs[j][0, 0].item() ** 0.5 for j in range(cols)], dtype=w.dtype)
+    for i in range(cols):
+        if i % blocksize == 0:
+            end = min(i + blocksize, cols)
+            score = w[:, i:end] ** 2 / u[None, i:end] ** 2
+            threshold = torch.sort(score.flatten()).values[int(score.numel() * sparsity)]
+            mask[:, i:end] = score <= threshold
+        inv = invs[i]
+        err = torch.where(mask[:, i], w[:, i], torch.zeros_like(w[:, i]))
+        w[:, i:] -= err[:, None] * (inv[0] / inv[0, 0])[None, :]
+        w[mask[:, i], i] = 0.0
+    return w, mask
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.7])
+def test_wider_than_one_block_matches_an_oracle_that_chooses_its_own_masks(sparsity):
+    """300 columns = blocks of 128, 128 and 44: later blocks' masks are chosen on weights the earlier
+    blocks' updates changed, which a single-block layer never exercises."""
+    w, h, _ = _problem(rows=12, cols=300, tokens=600, seed=3)
+    new, mask = sparsegpt_prune(w, h, sparsity, blocksize=128)
+    invs = _inverses(h)
+    expected, expected_mask = _obs_oracle_choosing_masks(w, invs, sparsity, 128)
+    assert torch.equal(mask, expected_mask)
+    assert torch.allclose(new.double(), expected, rtol=1e-3, atol=1e-3)
+    # and the mask of block 2 is not what it would be on the original weights (the update matters here)
+    u_first = _obs_oracle_choosing_masks(w, invs, sparsity, 300)[1]
+    assert not torch.equal(mask[:, 128:256], u_first[:, 128:256])
