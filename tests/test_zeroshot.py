@@ -180,11 +180,13 @@ def test_lm_eval_accuracy_equals_direct_loglikelihood_on_tiny_model(tiny):
     # the caller's global random generators are left as they were (lm-eval reseeds them)
     assert random.getstate() == py_state and torch.equal(torch.random.get_rng_state(), torch_state)
     assert list(result.tasks) == list(EMBEDDED_TASKS)
-    for task in EMBEDDED_TASKS:
-        acc, norm = direct_accuracy(model, tok, task, n)
+    direct = {task: direct_accuracy(model, tok, task, n) for task in EMBEDDED_TASKS}
+    for task, (acc, norm) in direct.items():
         row = result.tasks[task]
         assert row["n"] == n and row["acc"] == pytest.approx(acc) and row["acc_norm"] == pytest.approx(norm)
-    assert result.mean_acc == pytest.approx(sum(r["acc"] for r in result.tasks.values()) / 3)
+    # the two mean columns, from the direct accuracies: acc everywhere; acc_norm where the task reports one
+    assert result.mean_acc == pytest.approx(sum(a for a, _ in direct.values()) / 3)
+    assert result.mean_acc_norm == pytest.approx(sum(a if m is None else m for a, m in direct.values()) / 3)
     # record fields: harness and task versions, limit, embedded-task provenance
     d = result.to_dict()
     assert d["harness"]["version"] == version("lm_eval") and d["limit"] == n and d["num_fewshot"] == 0

@@ -1,0 +1,73 @@
+"""Independent oracles for what prune() does with the statistics it gathers: computed here with plain
+forward hooks on a full model forward and obvious torch code, never with the workbench's capture loop."""
+
+import pytest
+import torch
+
+from workbench.data import calibration_samples
+from workbench.models import load_model, prunable_linears
+from workbench.prune import prune
+
+
+def _dense_sq_norms(model, input_ids) -> dict[str, torch.Tensor]:
+    """Σ over calibration tokens of x_j² for every prunable linear, from full forwards of the dense model."""
+    sums, handles = {}, []
+    for name, lin in prunable_linears(model).items():
+        def hook(_m, args, _out, name=name):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + (x ** 2).sum(0)
+        handles.append(lin.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for row in input_ids:
+                model(row[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
+
+
+@pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
+def test_owl_ratios_inside_prune_come_from_the_dense_models_wanda_scores(metric):
+    """Sequential pruning changes the activations later blocks see; OWL's outlier ratios must still be
+    those of the dense model's Wanda scores |W|·||X|| (the paper computes them before pruning)."""
+    model, tok = load_model("tiny-llama")
+    calib = calibration_samples(tok, "embedded", 4, 64)
+    weights = {n: lin.weight.detach().double().clone() for n, lin in prunable_linears(model).items()}
+    norms = _dense_sq_norms(model, calib.input_ids)
+    lam, m, target = 0.05, 3.0, 0.5
+    result = prune(model, tok, metric=metric, allocation="owl", sparsity=target, calibration=calib,
+                   mode="sequential", allocation_params={"lam": lam, "M": m}, progress=False)
+
+    blocks: dict[int, list[str]] = {}
+    for name in weights:
+        blocks.setdefault(int(name.split(".")[2]), []).append(name)
+    lod, sizes = [], []
+    for names in blocks.values():
+        scores = torch.cat([(weights[n].abs() * norms[n].sqrt()[None, :]).flatten() for n in names])
+        lod.append(100.0 * float((scores > m * scores.mean()).sum()) / scores.numel())
+        sizes.append(scores.numel())
+    assert result.profile.params["lod"] == pytest.approx(lod, abs=1e-9)
+    lo, hi = min(lod), max(lod)
+    assert hi > lo, "the oracle needs blocks with different outlier ratios"
+    norm = [(v - lo) / (hi - lo) for v in lod]
+    mean = sum(s * v for s, v in zip(sizes, norm, strict=True)) / sum(sizes)
+    expected = [target - 2 * lam * (v - mean) for v in norm]  # no clipping at this target and λ
+    for block, names in blocks.items():
+        for name in names:
+            assert result.profile.layers[name] == pytest.approx(expected[block], abs=1e-9)
+
+
+def test_magnitude_compares_weights_across_the_whole_matrix():
+    """Magnitude pruning's group is the matrix: the int(numel·s) smallest |W| of each linear, whatever row."""
+    model, tok = load_model("tiny-llama")
+    before = {n: lin.weight.detach().clone() for n, lin in prunable_linears(model).items()}
+    prune(model, tok, metric="magnitude", allocation="uniform", sparsity=0.6, progress=False)
+    for name, lin in prunable_linears(model).items():
+        w0 = before[name].abs().flatten()
+        pruned = (lin.weight == 0).flatten()
+        k = int(w0.numel() * 0.6)
+        assert int(pruned.sum()) == k
+        assert w0[pruned].max() <= w0[~pruned].min()
+        rows = (lin.weight == 0).sum(1)
+        assert rows.max() != rows.min(), "a row-wise group would prune every row equally"
