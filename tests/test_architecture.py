@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from workbench import models as models_mod
+from workbench.data import calibration_samples
 from workbench.models import ModelStructure, load_model, prunable_linears, structure
 from workbench.prune import prune, save_pruned
 from workbench.results import atomic_directory
@@ -111,7 +112,8 @@ def test_structure_found_once_per_model_and_shared(monkeypatch):
         return original(cls, m)
 
     monkeypatch.setattr(models_mod.ModelStructure, "discover", classmethod(counting))
-    prune(model, tok, metric="wanda", allocation="owl", sparsity=0.5, progress=False)
+    calib = calibration_samples(tok, "embedded", 2, 32)
+    prune(model, tok, metric="wanda", allocation="owl", sparsity=0.5, calibration=calib, progress=False)
     assert len(calls) == 1
     layout = structure(model)
     assert layout.prefix == "model.layers" and len(layout.blocks) == 3
@@ -156,7 +158,7 @@ def test_atomic_directory_without_replace_keeps_what_exists(tmp_path):
 
 def test_save_pruned_failing_halfway_leaves_the_previous_checkpoint(tmp_path):
     model, tok = load_model("tiny-llama")
-    result = prune(model, tok, metric="magnitude", sparsity=0.5, progress=False)
+    result = prune(model, tok, metric="magnitude", sparsity=0.5, progress=False)  # magnitude: no calibration
     out = save_pruned(model, tok, result.profile, tmp_path / "ckpt")
     before = sorted(p.name for p in out.iterdir())
 
