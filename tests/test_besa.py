@@ -362,3 +362,22 @@ def test_smollm_block0_learned_masks_reconstruct_better_than_uniform_wanda(smoll
 
     assert learner.log[0].sparsity == pytest.approx(0.5, abs=0.005)
     assert loss(learned) < loss(uniform)
+
+
+def test_the_sparsity_penalty_pulls_the_learned_sparsity_to_the_target_without_the_exact_step(calib, monkeypatch):
+    """Start every distribution at ŝ = 0.3 while the target is 0.6 and turn the exact-target step off: with the
+    penalty (β = 5, lr high) the learned ŝ_block of every block moves most of the way to 0.6; without it
+    (β = 0) the reconstruction alone keeps it low. Fails if the penalty's sign, scale or target is wrong."""
+    real = besa_mod.initial_logits
+    monkeypatch.setattr(besa_mod, "initial_logits", lambda _t, cands, rows, sig: real(0.3, cands, rows, sig))
+
+    def learned(beta: float) -> list[float]:
+        model, tok = fresh()
+        res = prune(model, tok, "wanda", "besa", 0.6, calibration=calib, progress=False,
+                    allocation_params={"granularity": "layer", "epochs": 4, "lr": 0.2, "beta": beta,
+                                       "sigmoid": False, "exact_target": False})
+        return [entry["learned_sparsity"] for entry in res.profile.params["blocks"]]
+
+    with_penalty, without = learned(5.0), learned(0.0)
+    assert all(s > 0.3 + 0.5 * (0.6 - 0.3) for s in with_penalty), with_penalty
+    assert all(s < 0.3 + 0.5 * (0.6 - 0.3) for s in without), without
