@@ -28,7 +28,7 @@ class Session:
     def __init__(self, model: str = "smollm2-135m", nsamples: int | None = None, seqlen: int | None = None,
                  seed: int = 0, device: str = "cpu", progress: bool = False):
         self.model_name, self.device, self.progress = model, device, progress
-        self.calib = {"nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+        self.calibration_settings = {"nsamples": nsamples, "seqlen": seqlen, "seed": seed}
         self._model = self._tokenizer = self._cache = self._inputs = None
         self._block_scores = None
         self._state_lock = threading.Lock()  # lazy loading
@@ -43,8 +43,9 @@ class Session:
             if self._cache is not None:
                 return
             model, tokenizer = load_model(self.model_name, device=self.device)
-            calibration = calibration_samples(tokenizer, "embedded", self.calib["nsamples"], self.calib["seqlen"],
-                                              self.calib["seed"])
+            settings = self.calibration_settings
+            calibration = calibration_samples(tokenizer, "embedded", settings["nsamples"], settings["seqlen"],
+                                              settings["seed"])
             cache = DenseCache.build(model, calibration, ("sq_norm",), progress=self.progress)
             self._model, self._tokenizer, self._cache = model, tokenizer, cache
 

@@ -57,7 +57,7 @@ class PruneRunner:
                                 allocation=self.allocation.value, sparsity=round(self.sparsity.value, 4),
                                 pattern=self.pattern.value, mode=self.mode.value, eval_seqlen=self.eval_seqlen,
                                 eval_dataset=self.eval_dataset, alloc_params=self.params(),
-                                **self.session.calib)  # the calibration the curves were computed from
+                                **self.session.calibration_settings)  # the calibration the curves were computed from
 
     def start(self) -> threading.Thread:
         """Start a run in a background thread (runs queue behind each other in the session)."""
