@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from forward_oracle import full_forward_sq_norms
 
 from workbench import demo as demo_mod
 from workbench.allocation.dsa.function import AllocationFunction
@@ -21,7 +22,7 @@ from workbench.calibrate import calibrate
 from workbench.cli import main
 from workbench.data import calibration_samples, eval_tokens
 from workbench.evaluate import perplexity_from_ids
-from workbench.models import TINY_MODELS, load_model, prunable_linears
+from workbench.models import TINY_MODELS, load_model
 from workbench.prune import prune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,27 +98,11 @@ def test_dashboard_command_starts_answers_and_stops(tmp_path):
     assert proc.returncode is not None
 
 
-def _full_forward_sq_norms(model, input_ids):
-    """Σ x_j² per prunable linear through ordinary full forwards (hooks only; no capture loop)."""
-    sums, handles = {}, []
-    for name, lin in prunable_linears(model).items():
-        def hook(_m, args, _out, name=name):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + (x ** 2).sum(0)
-        handles.append(lin.register_forward_hook(hook))
-    with torch.no_grad():
-        for row in input_ids:
-            model(row[None])
-    for h in handles:
-        h.remove()
-    return sums
-
-
 @pytest.mark.parametrize("arch", [a for a in TINY_MODELS if a != "tiny-llama"])
 def test_capture_loop_equals_a_full_forward_and_pruning_runs(arch):
     model, tok = load_model(arch)
     calib = calibration_samples(tok, "embedded", 3, 48)
-    expected = _full_forward_sq_norms(model, calib.input_ids)
+    expected = full_forward_sq_norms(model, calib.input_ids)
     stats = calibrate(model, calib.input_ids, "dense", ("sq_norm",), progress=False)
     assert set(stats) == set(expected)
     for name, st in stats.items():

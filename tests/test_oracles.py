@@ -3,28 +3,11 @@ forward hooks on a full model forward and obvious torch code, never with the wor
 
 import pytest
 import torch
+from forward_oracle import full_forward_sq_norms
 
 from workbench.data import calibration_samples
 from workbench.models import load_model, prunable_linears
 from workbench.prune import prune
-
-
-def _dense_sq_norms(model, input_ids) -> dict[str, torch.Tensor]:
-    """Σ over calibration tokens of x_j² for every prunable linear, from full forwards of the dense model."""
-    sums, handles = {}, []
-    for name, lin in prunable_linears(model).items():
-        def hook(_m, args, _out, name=name):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + (x ** 2).sum(0)
-        handles.append(lin.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for row in input_ids:
-                model(row[None])
-    finally:
-        for h in handles:
-            h.remove()
-    return sums
 
 
 @pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
@@ -34,7 +17,7 @@ def test_owl_ratios_inside_prune_come_from_the_dense_models_wanda_scores(metric)
     model, tok = load_model("tiny-llama")
     calib = calibration_samples(tok, "embedded", 4, 64)
     weights = {n: lin.weight.detach().double().clone() for n, lin in prunable_linears(model).items()}
-    norms = _dense_sq_norms(model, calib.input_ids)
+    norms = full_forward_sq_norms(model, calib.input_ids)
     lam, m, target = 0.05, 3.0, 0.5
     result = prune(model, tok, metric=metric, allocation="owl", sparsity=target, calibration=calib,
                    mode="sequential", allocation_params={"lam": lam, "M": m}, progress=False)

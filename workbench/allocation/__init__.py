@@ -112,7 +112,7 @@ class Param:
             except ValueError as err:
                 raise type(err)(f"allocation={allocator!r}: {err}") from None
             return value
-        if value is None and self.optional or self.kind == "any" or _is_special(value, self.special):
+        if value is None and self.optional or self.kind == "any" or value in self.special:
             return value
         bad = ValueError(f"allocation={allocator!r}: {self.name}={value!r} is not allowed; "
                          f"allowed: {self.describe()}")
@@ -135,10 +135,6 @@ class Param:
 
     def default_for(self, metric: str | None) -> Any:
         return dict(self.by_metric).get(metric, self.default)
-
-
-def _is_special(value: Any, special: tuple[str, ...]) -> bool:
-    return isinstance(value, str) and value in special
 
 
 @dataclass(frozen=True)
