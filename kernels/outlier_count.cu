@@ -20,8 +20,7 @@ __device__ double block_sum(double v) {
   __syncthreads();
   v = (threadIdx.x < BLOCK / 32) ? warp_partial[threadIdx.x] : 0.0;
   v = warp_sum(v);  // every thread takes part; thread 0 holds the block's total
-  __syncthreads();  // warp_partial may be reused by a later call
-  return v;
+  return v;  // called once per kernel: a second call would first need a barrier (warp_partial is reused)
 }
 
 extern "C" __global__ void block_reduce(const float* __restrict__ s, long long n, int mode, float threshold,

@@ -42,7 +42,7 @@ extern "C" __global__ void row_select(const float* __restrict__ scores, const in
     prefix_mask = 0u;
     remaining = (unsigned int)kk;  // rank (1-based) of the k-th smallest among the keys still matching
   }
-  __syncthreads();
+  // no barrier needed here: the first pass's barrier after zeroing `hist` also publishes cache and prefix
 
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = tid; b < 256; b += THREADS) hist[b] = 0u;

@@ -81,6 +81,11 @@ def _stream():
 _SCALARS = {"int": "int32", "long long": "int64", "float": "float32", "double": "float64"}
 
 
+def _on_device(t: torch.Tensor) -> bool:
+    """Whether ``t`` takes the kernel path (the emulator tests route CPU tensors through it)."""
+    return t.is_cuda
+
+
 def _launch(name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
     """Launch a kernel on torch's current stream; scalars get the exact C type of the signature."""
     import numpy
@@ -126,7 +131,7 @@ def accumulate_sq_norm(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     x = x.reshape(-1, x.shape[-1])
     if out.shape != (x.shape[1],) or out.dtype != torch.float32:
         raise ValueError(f"out must be float32 of shape ({x.shape[1]},), got {out.dtype} {tuple(out.shape)}")
-    if not x.is_cuda:
+    if not _on_device(x):
         xf = x.float()
         return out.add_((xf * xf).sum(dim=0))
     x = x.float().contiguous()
@@ -143,7 +148,7 @@ def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
 
     if act_norm.shape != (weight.shape[-1],):
         raise ValueError(f"act_norm must have shape ({weight.shape[-1]},), got {tuple(act_norm.shape)}")
-    if not weight.is_cuda:
+    if not _on_device(weight):
         return ref.wanda_scores(weight, act_norm)
     w = _float_matrix("weight", weight)
     norm = act_norm.to(w.device, torch.float32).contiguous()
@@ -157,7 +162,7 @@ def row_mask(scores: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:
     s = _float_matrix("scores", scores)
     rows, cols = s.shape
     counts = _counts(counts, rows, cols).to(s.device)
-    if not s.is_cuda:
+    if not _on_device(s):
         return ref.row_mask(s, counts)
     out = torch.empty(rows, cols, dtype=torch.uint8, device=s.device)
     if rows:
@@ -185,7 +190,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Prune the n lowest of every m consecutive columns (ties by index); bool mask, True = pruned."""
     s = _float_matrix("scores", scores)
     ref.check_nm(n, m, s.shape[1])
-    if not s.is_cuda:
+    if not _on_device(s):
         return ref.nm_mask(s, n, m)
     if m > NM_MAX_M:
         raise ValueError(f"pattern {n}:{m}: the CUDA kernel supports M <= {NM_MAX_M}")
@@ -207,7 +212,7 @@ def score_sum_and_count(scores: torch.Tensor, threshold: float | None = None) ->
     s = scores.reshape(-1)
     if not s.is_floating_point():
         raise ValueError(f"scores must be floating point, got {s.dtype}")
-    if not s.is_cuda:
+    if not _on_device(s):
         total = float(s.double().sum())
         return total, int((s > threshold).sum()) if threshold is not None else 0
     s = s.float().contiguous()
@@ -238,7 +243,7 @@ def besa_keep_prob(ranks: torch.Tensor, probs: torch.Tensor, cands: torch.Tensor
         raise ValueError(f"probs must be (1 or {rows}, {cands.numel()}), got {tuple(probs.shape)}")
     if cands.numel() > 1 and bool((cands[1:] > cands[:-1]).any()):
         raise ValueError("cands must be sorted in descending order")
-    if not ranks.is_cuda:
+    if not _on_device(ranks):
         return ref.besa_keep_prob(ranks, probs, cands)
     if cands.numel() > BESA_MAX_K:
         raise ValueError(f"the CUDA kernel supports at most {BESA_MAX_K} candidates, got {cands.numel()}")
@@ -254,7 +259,7 @@ def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero ``weight`` where ``mask`` is True, in place (weight must be contiguous)."""
     if mask.shape != weight.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
-    if not weight.is_cuda:
+    if not _on_device(weight):
         ref.apply_mask(weight, mask.to(weight.device))
         return
     if not weight.is_contiguous():
