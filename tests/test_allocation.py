@@ -101,3 +101,14 @@ def test_kth_smallest_is_exact(k):
     values = torch.rand(5_000_000, generator=torch.Generator().manual_seed(3)) ** 3
     values[:1000] = 0.25  # ties
     assert kth_smallest(values, k) == torch.kthvalue(values, k).values
+
+
+def test_declared_defaults_are_the_published_ones_and_skip_unset_values():
+    from workbench.allocation import declared_defaults
+
+    assert declared_defaults("owl") == {"lam": 0.08, "M": 5.0, "clamp": "safe", "granularity": "block"}
+    assert declared_defaults("alphapruning") == {"epsilon": 0.2, "granularity": "block"}
+    assert declared_defaults("dlp") == {"alpha": 0.15, "strategy": "median", "clamp": "safe"}
+    assert declared_defaults("uniform") == {}
+    besa = declared_defaults("besa")
+    assert "lr" not in besa and besa["beta"] == 5.0  # lr has no metric-independent default (None)

@@ -1,5 +1,7 @@
 """BESA on the tiny model: keep-probabilities, the straight-through estimator, learned sparsities, bad input."""
 
+import sys
+
 import pytest
 import torch
 
@@ -307,6 +309,17 @@ def test_bad_input_is_refused_before_the_model_is_touched(calib, kwargs, match):
     args = dict(metric="wanda", allocation="besa", sparsity=0.5, calibration=calib, progress=False) | kwargs
     with pytest.raises((ValueError, TypeError), match=match):
         prune(model, tok, **args)
+    assert weight_hash(model) == before
+
+
+def test_prodigy_without_its_package_is_refused_before_the_model_is_touched(calib, monkeypatch):
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import fails as if not installed
+    model, tok = fresh()
+    before = weight_hash(model)
+    with pytest.raises(ValueError, match=r"optimizer='prodigy' needs the PyPI package prodigyopt \(pip install "
+                                         r"prodigyopt==1\.1\.2\)"):
+        prune(model, tok, "wanda", "besa", 0.5, calibration=calib, progress=False,
+              allocation_params={"optimizer": "prodigy"})
     assert weight_hash(model) == before
 
 

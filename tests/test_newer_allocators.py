@@ -87,6 +87,32 @@ def test_hill_alpha_equals_the_loop_oracle():
         assert hill_alpha(eigs) == pytest.approx(alpha_oracle(w), rel=1e-9)
 
 
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e3])  # 1e3: the window's lower bound log10(0.95·peak) bites
+def test_hill_alpha_equals_the_loop_oracle_at_any_scale(scale):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(80, 40, generator=g, dtype=torch.float64) ** 3 * scale
+    assert hill_alpha(torch.linalg.svdvals(w) ** 2) == pytest.approx(alpha_oracle(w), rel=1e-9)
+
+
+def test_hill_alpha_edge_cases_of_the_public_fit():
+    # one candidate xmin (λ = 1 is the peak; 2 > 1.5·peak): α = 1 + 3 / (ln 2 + ln 1e6)
+    assert hill_alpha(torch.tensor([1.0, 2.0, 1e6])) == pytest.approx(1 + 3 / (math.log(2) + math.log(1e6)))
+    # no candidate: the fullest bin's eigenvalues all lie above 1.5 x its left edge -> the public code's 0
+    assert hill_alpha(torch.tensor([1.0, 6.0e9, 6.2e9, 1e20])) == 0.0
+    for bad in (torch.tensor([3.0]), torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-1.0, 2.0])):
+        with pytest.raises(ValueError, match="hill_alpha needs at least two positive eigenvalues"):
+            hill_alpha(bad)
+
+
+def test_matrix_alpha_cache_tells_shapes_apart():
+    w = planted(3.0, n=60, out=80).float()
+    same_bytes = w.reshape(60, 80)  # identical content, another matrix
+    assert matrix_alpha(w) == pytest.approx(hill_alpha(torch.linalg.svdvals(w.double()) ** 2), rel=1e-4)
+    assert matrix_alpha(same_bytes) == pytest.approx(hill_alpha(torch.linalg.svdvals(same_bytes.double()) ** 2),
+                                                     rel=1e-4)
+    assert matrix_alpha(same_bytes) != matrix_alpha(w)
+
+
 def test_alphapruning_ratios_on_tiny_llama(calib):
     model, _ = load_model("tiny-llama")
     inputs, _ = tiny_inputs(model, calib)

@@ -157,6 +157,7 @@ class Allocator:
 ALLOCATORS: dict[str, Allocator] = {}
 
 
+# pragma: no mutate block -- runs at import, before mutmut can switch a mutant on (the registry tests cover it)
 def register_allocator(name: str, needs_scores: bool = False, in_loop: bool = False,
                        params: tuple[Param, ...] = (), needs_weights: bool = False):
     """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``

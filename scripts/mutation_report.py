@@ -1,0 +1,80 @@
+"""Mutation score per module from mutmut's results (``mutants/**/*.meta``), and the surviving mutants.
+
+    make mutation                                   # mutmut run, then this report
+    .venv/bin/python scripts/mutation_report.py [--survivors] [--equivalent data/mutation/equivalent.txt]
+
+Score = (killed + timeout) / (killed + timeout + survived + no tests): a mutant no test runs counts
+against the score. Mutants listed in the equivalent file
+(one mutant name per line, '#' comments: why it is equivalent) are counted apart and not as survivors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", None: "not checked",
+          34: "skipped", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
+          37: "type check", -11: "segfault", -9: "segfault"}
+
+
+def load(root: Path) -> dict[str, str]:
+    """mutant name -> status, over every mutated file under ``root``."""
+    out = {}
+    for meta in sorted(root.rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            out[name] = STATUS.get(code, "suspicious")
+    return out
+
+
+def module_of(mutant: str) -> str:
+    head = mutant.split("__mutmut_")[0]
+    parts = head.split(".")
+    return ".".join(p for p in parts[:-1])
+
+
+def equivalent_names(path: Path | None) -> set[str]:
+    if path is None or not path.exists():
+        return set()
+    return {line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mutants", type=Path, default=Path("mutants"))
+    ap.add_argument("--equivalent", type=Path, default=Path("data/mutation/equivalent.txt"))
+    ap.add_argument("--survivors", action="store_true", help="list every surviving non-equivalent mutant")
+    args = ap.parse_args()
+    status = load(args.mutants)
+    if not status:
+        raise SystemExit(f"no mutmut results under {args.mutants}/ (run `make mutation` first)")
+    equivalent = equivalent_names(args.equivalent)
+    per_module: dict[str, Counter] = {}
+    for name, st in status.items():
+        st = "equivalent" if st == "survived" and name in equivalent else st
+        per_module.setdefault(module_of(name), Counter())[st] += 1
+    total = Counter()
+    print(f"{'module':45} {'mutants':>7} {'checked':>7} {'killed':>6} {'surv.':>5} {'equiv.':>6} {'no test':>7}  score")
+    for module, c in sorted(per_module.items()):
+        total.update(c)
+        _row(module, c)
+    _row("all", total)
+    if args.survivors:
+        for name, st in sorted(status.items()):
+            if st == "survived" and name not in equivalent:
+                print("survived:", name)
+
+
+def _row(module: str, c: Counter) -> None:
+    killed = c["killed"] + c["timeout"]
+    tested = killed + c["survived"] + c["no tests"]
+    checked = sum(v for k, v in c.items() if k != "not checked")
+    score = f"{100 * killed / tested:5.1f}%" if tested else "  -  "
+    print(f"{module:45} {sum(c.values()):7} {checked:7} {killed:6} {c['survived']:5} {c['equivalent']:6} "
+          f"{c['no tests']:7}  {score}")
+
+
+if __name__ == "__main__":
+    main()
