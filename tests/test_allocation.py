@@ -112,3 +112,12 @@ def test_declared_defaults_are_the_published_ones_and_skip_unset_values():
     assert declared_defaults("uniform") == {}
     besa = declared_defaults("besa")
     assert "lr" not in besa and besa["beta"] == 5.0  # lr has no metric-independent default (None)
+
+
+def test_only_besa_learns_while_pruning_and_every_other_allocator_has_a_curve():
+    from workbench.allocation import curve_allocators, learns_while_pruning
+
+    assert [n for n in sorted(ALLOCATORS) if learns_while_pruning(n)] == ["besa"]
+    assert curve_allocators() == [n for n in ALLOCATORS if n != "besa"]
+    with pytest.raises(ValueError, match="allocation='bogus' is not allowed"):
+        learns_while_pruning("bogus")
