@@ -72,6 +72,47 @@ def test_global_caps_layers_below_one():
     assert prof.mean() == pytest.approx(0.5, abs=1e-6)
 
 
+def _global_oracle(table: dict[str, torch.Tensor], budget: int) -> dict[str, float]:
+    """The budget lowest scores of the model, ties taken in layer order then position (a stable sort)."""
+    names = list(table)
+    flat = torch.cat([table[n].flatten() for n in names])
+    owner = torch.cat([torch.full((table[n].numel(),), i) for i, n in enumerate(names)])
+    chosen = owner[torch.sort(flat, stable=True).indices[:budget]]
+    return {n: float((chosen == i).sum()) / table[n].numel() for i, n in enumerate(names)}
+
+
+@pytest.mark.parametrize("name", ["global", "global_per_row"])
+def test_global_ties_at_the_threshold_go_to_the_earlier_layers(name):
+    g = torch.Generator().manual_seed(1)
+    table = {n: torch.randint(0, 5, (li.out_features, li.in_features), generator=g).float()
+             for n, li in _inputs().layers.items()}  # five values: every threshold is a tie
+    total = sum(t.numel() for t in table.values())
+    for s in (0.3, 0.55):
+        prof = allocate(name, _inputs(table.__getitem__), s)
+        assert prof.layers == pytest.approx(_global_oracle(table, int(s * total)), abs=1e-12)
+        assert prof.allocator == name
+        assert prof.params["score"] == "wanda" and prof.params["max_layer_sparsity"] == 0.99
+
+
+def test_global_with_a_budget_of_zero_or_one_weight():
+    table = {n: torch.arange(li.out_features * li.in_features, dtype=torch.float32).reshape(
+        li.out_features, li.in_features) + (1000 if n != "b1.q" else 0) for n, li in _inputs().layers.items()}
+    total = sum(t.numel() for t in table.values())
+    zero = allocate("global", _inputs(table.__getitem__), 0.5 / total)  # int(S * total) = 0
+    assert set(zero.layers.values()) == {0.0}
+    one = allocate("global", _inputs(table.__getitem__), 1.5 / total)  # exactly one weight: b1.q's smallest
+    assert one.layers["b1.q"] == 1 / table["b1.q"].numel()
+    assert sum(v for n, v in one.layers.items() if n != "b1.q") == 0.0
+
+
+def test_global_refuses_a_sparsity_above_the_layer_cap():
+    table = {n: torch.rand(li.out_features, li.in_features) for n, li in _inputs().layers.items()}
+    with pytest.raises(ValueError, match=r"sparsity=0.7 cannot be reached with max_layer_sparsity=0.5.*allowed"):
+        allocate("global", _inputs(table.__getitem__), 0.7, max_layer_sparsity=0.5)
+    prof = allocate("global", _inputs(table.__getitem__), 0.5, max_layer_sparsity=0.5)  # reachable exactly
+    assert prof.layers == pytest.approx(dict.fromkeys(table, 0.5))
+
+
 def test_global_needs_scores():
     with pytest.raises(ValueError, match="needs layer scores"):
         allocate("global", _inputs(), 0.5)

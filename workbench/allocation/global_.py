@@ -74,9 +74,15 @@ def global_ratios(inputs: AllocationInput, sparsity: float, score: str, max_laye
     names = list(inputs.layers)
     flat = {n: inputs.scores(n).reshape(-1).float().cpu() for n in names}
     numel = {n: flat[n].numel() for n in names}
-    budget = int(sparsity * sum(numel.values()))
+    total = sum(numel.values())
+    budget = int(sparsity * total)
+    reachable = sum(int(max_layer_sparsity * numel[n]) for n in names)  # every layer at its cap
+    if budget > reachable:
+        raise ValueError(f"sparsity={sparsity} cannot be reached with max_layer_sparsity={max_layer_sparsity} "
+                         f"(at most {reachable / total:.4f} with every layer capped); allowed: a larger "
+                         "max_layer_sparsity or a smaller sparsity")
     capped: dict[str, float] = {}
-    while True:
+    while True:  # with budget <= reachable, a capping round always leaves free layers and budget for them
         free = [n for n in names if n not in capped]
         remaining = budget - sum(round(capped[n] * numel[n]) for n in capped)
         layers = dict(capped)
@@ -84,8 +90,6 @@ def global_ratios(inputs: AllocationInput, sparsity: float, score: str, max_laye
             layers.update(dict.fromkeys(free, 0.0))
             break
         pool = torch.cat([flat[n] for n in free])
-        if remaining >= pool.numel():
-            raise ValueError(f"sparsity={sparsity} cannot be reached with max_layer_sparsity={max_layer_sparsity}")
         threshold = kth_smallest(pool, remaining)
         below = {n: int(torch.count_nonzero(flat[n] < threshold)) for n in free}
         ties = {n: int(torch.count_nonzero(flat[n] == threshold)) for n in free}
