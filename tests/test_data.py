@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from hub_standins import standin_hub
 
 from workbench import data
 from workbench.data import DatasetUnavailable, calibration_samples, load_text, split_documents
@@ -121,32 +122,10 @@ def test_paper_protocols_with_a_fake_hub(monkeypatch, tok):
     assert ids.numel() <= data.C4_EVAL_WINDOWS * 2
 
 
-def _standin_hub(calls):
-    """Local stand-ins with the hub datasets' real schemas (datasets.Dataset): every split of every paper
-    dataset has distinct, tagged rows, so a test can tell which split and which documents a loader used."""
-    from datasets import Dataset
-
-    def fake_load(path, name=None, *, split, **kwargs):
-        calls.append((path, name, split, kwargs))
-        if path == "Salesforce/wikitext":
-            assert name == "wikitext-2-raw-v1"
-            return Dataset.from_dict({"text": [f" {split}-wiki-{i} words here .\n" for i in range(50)]})
-        if path == "ptb-text-only/ptb_text_only":
-            assert name == "penn_treebank" and kwargs.get("revision") == "refs/convert/parquet"
-            return Dataset.from_dict({"sentence": [f"{split}-ptb-{i} a b c" for i in range(50)]})
-        assert path == "allenai/c4" and name is None
-        n = 1200 if split == "validation" else 30
-        texts = [f"{split}-c4-{i:04d} " + "lorem ipsum dolor sit amet " * 12 for i in range(n)]
-        return Dataset.from_dict({"text": texts, "timestamp": ["2019-04-25T00:00:00Z"] * n,
-                                  "url": [f"https://example.org/{i}" for i in range(n)]})
-
-    return fake_load
-
-
 @pytest.mark.parametrize("dataset", ["wikitext2", "ptb", "c4"])
 def test_loader_protocols_on_local_standins_with_the_real_schema(monkeypatch, tok, dataset):
     calls = []
-    monkeypatch.setattr(data, "_load_dataset", _standin_hub(calls))
+    monkeypatch.setattr(data, "_load_dataset", standin_hub(calls))
     cal = calibration_samples(tok, dataset, nsamples=4, seqlen=16, seed=0)
     assert {c[2] for c in calls} == {"train"}, "calibration must come from the training split only"
     window_text = tok.decode(cal.input_ids.flatten())

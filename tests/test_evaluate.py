@@ -72,3 +72,27 @@ def test_embedded_model_dense_perplexity(smollm):
     # a pretrained model on English documentation: far below a random model's ~49152
     assert 2.0 < res.ppl < 60.0, res
     assert res.n_windows >= 10
+
+
+def test_perplexity_reads_the_split_it_is_given_at_the_default_seqlen(tiny):
+    from workbench.data import eval_tokens
+
+    model, tok = tiny
+    res = perplexity(model, tok, "embedded", "validation", progress=False)  # seqlen: 512 off the paper datasets
+    ids, _ = eval_tokens(tok, "embedded", "validation")
+    assert not torch.equal(ids, eval_tokens(tok, "embedded", "test")[0])
+    assert (res.dataset, res.split, res.seqlen, res.n_windows) == ("embedded", "validation", 512, ids.numel() // 512)
+    assert res.ppl == pytest.approx(perplexity_from_ids(model, ids, 512, progress=False), rel=1e-9)
+
+
+def test_perplexity_on_c4_reads_256_windows_of_the_validation_shard(tiny, monkeypatch):
+    from hub_standins import standin_hub
+
+    from workbench import data
+
+    calls = []
+    monkeypatch.setattr(data, "_load_dataset", standin_hub(calls))
+    model, tok = tiny
+    res = perplexity(model, tok, "c4", "test", seqlen=16, progress=False)
+    assert [c[2] for c in calls] == ["validation"]
+    assert (res.n_windows, res.n_tokens, res.dataset, res.split) == (data.C4_EVAL_WINDOWS, 256 * 16, "c4", "test")
