@@ -41,6 +41,31 @@ def test_er_caps_dense_layers_and_recomputes():
     assert (dens["tiny"] * 4 + dens["big"] * 1_000_000) / total == pytest.approx(0.9)
 
 
+def test_er_keeps_layers_fixed_dense_across_rounds():
+    # tiny goes over density 1 in the first round; the fixed final layer must stay dense after that
+    dens = er_densities({"tiny": (2, 2), "big": (1000, 1000), "final": (100, 100)}, 0.1, {"final"})
+    assert dens["tiny"] == 1.0 and dens["final"] == 1.0
+    total = 4 + 1_000_000 + 10_000
+    assert (4 + dens["big"] * 1_000_000 + 10_000) / total == pytest.approx(0.9)
+
+
+def test_er_budget_edges():
+    shapes = {"a": (10, 10), "final": (10, 10)}
+    with pytest.raises(ValueError, match=r"sparsity=0.5: the target cannot be reached with \['final'\] dense"):
+        er_densities(shapes, 0.5, {"final"})  # the dense final layer takes the whole budget
+    with pytest.raises(ValueError, match=r"sparsity=0.9: the target cannot be reached with \['final'\] dense"):
+        er_densities(shapes, 0.9, {"final"})
+    dens = er_densities(shapes, 0.4975, {"final"})  # half a weight of budget left for "a"
+    assert dens["a"] == pytest.approx(0.005)
+
+
+def test_help_lists_metric_dependent_defaults():
+    from workbench.allocation import describe_allocators
+
+    text = describe_allocators()
+    assert "epsilon=0.2, magnitude: 0.3" in text and "score='wanda', magnitude: 'magnitude'" in text
+
+
 def test_er_plus_keeps_the_final_layer_dense():
     prof = allocate("er_plus", _inputs(), 0.6)
     assert prof.layers["b1.down"] == 0.0

@@ -105,11 +105,13 @@ REDUCTION_FORMULAS = {
     "entropy": _entropy,
     "geomean": _geomean,
 }
-REDUCTION_INPUTS = [X, [1.0, 2.0, 4.0, 8.0], [0.5, 0.0, 1.5, 3.0], [0.1, 0.2, 0.3, 0.4, 7.0], [-1.0, -2.0, -0.5]]
+REDUCTION_INPUTS = [X, [1.0, 2.0, 4.0, 8.0], [0.5, 0.0, 1.5, 3.0], [0.1, 0.2, 0.3, 0.4, 7.0], [-1.0, -2.0, -0.5],
+                    [0.1, 0.2, 0.3]]
 
 
 @pytest.mark.parametrize("name", sorted(ops.TENSOR_REDUCTIONS))
-@pytest.mark.parametrize("values", REDUCTION_INPUTS, ids=["mixed", "powers", "with_zero", "positive", "negative"])
+@pytest.mark.parametrize("values", REDUCTION_INPUTS,
+                         ids=["mixed", "powers", "with_zero", "positive", "negative", "mass_below_one"])
 def test_tensor_reduction_equals_its_formula(name, values):
     assert name in REDUCTION_FORMULAS, f"reduction {name!r} has no formula in this test"
     expected = REDUCTION_FORMULAS[name](values)
@@ -124,6 +126,7 @@ def test_entropy_and_geomean_edge_cases():
     close(ops.TENSOR_REDUCTIONS["entropy"](t([1.0, 1.0, 1.0, 1.0])), math.log(4))
     close(ops.TENSOR_REDUCTIONS["entropy"](t([-5.0, 2.0, 0.0, 2.0])), math.log(2))  # negatives dropped, 0 log 0 = 0
     close(ops.TENSOR_REDUCTIONS["entropy"](t([0.0, 0.0])), math.nan)  # no mass
+    assert ops.TENSOR_REDUCTIONS["entropy"](torch.tensor([-1.0, 0.0], dtype=torch.float64)).dtype == torch.float64
     close(ops.TENSOR_REDUCTIONS["geomean"](t([2.0, 8.0])), 4.0)
     close(ops.TENSOR_REDUCTIONS["geomean"](t([2.0, 0.0, 8.0])), 0.0)
     close(ops.TENSOR_REDUCTIONS["geomean"](t([2.0, 0.0, -8.0])), math.nan)
