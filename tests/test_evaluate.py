@@ -83,6 +83,9 @@ def test_perplexity_reads_the_split_it_is_given_at_the_default_seqlen(tiny):
     assert not torch.equal(ids, eval_tokens(tok, "embedded", "test")[0])
     assert (res.dataset, res.split, res.seqlen, res.n_windows) == ("embedded", "validation", 512, ids.numel() // 512)
     assert res.ppl == pytest.approx(perplexity_from_ids(model, ids, 512, progress=False), rel=1e-9)
+    default = perplexity(model, tok, progress=False)  # the defaults: the embedded test split
+    assert (default.dataset, default.split, default.seqlen) == ("embedded", "test", 512)
+    assert default.ppl != res.ppl
 
 
 def test_perplexity_on_c4_reads_256_windows_of_the_validation_shard(tiny, monkeypatch):
