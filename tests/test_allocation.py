@@ -132,7 +132,9 @@ def test_global_with_a_budget_of_zero_or_one_weight():
 
 def test_global_refuses_a_sparsity_above_the_layer_cap():
     table = {n: torch.rand(li.out_features, li.in_features) for n, li in _inputs().layers.items()}
-    with pytest.raises(ValueError, match=r"sparsity=0.7 cannot be reached with max_layer_sparsity=0.5.*allowed"):
+    with pytest.raises(ValueError, match=r"sparsity=0.7 cannot be reached with max_layer_sparsity=0.5 \(at most "
+                                         r"0.5000 with every layer capped\); allowed: a larger max_layer_sparsity or a "
+                                         r"smaller sparsity"):
         allocate("global", _inputs(table.__getitem__), 0.7, max_layer_sparsity=0.5)
     prof = allocate("global", _inputs(table.__getitem__), 0.5, max_layer_sparsity=0.5)  # reachable exactly
     assert prof.layers == pytest.approx(dict.fromkeys(table, 0.5))
@@ -167,6 +169,20 @@ def test_kth_smallest_is_exact(k):
     values = torch.rand(5_000_000, generator=torch.Generator().manual_seed(3)) ** 3
     values[:1000] = 0.25  # ties
     assert kth_smallest(values, k) == torch.kthvalue(values, k).values
+
+
+def test_kth_smallest_stays_exact_when_its_sample_misleads():
+    """The seeded sample is known, so it can be made to lie: every sampled position holds 2.0 (the sample's
+    bracket is [2, 2]); the k-th smallest is then one of the values below the bracket."""
+    from workbench.allocation.global_ import kth_smallest
+
+    n, sample = 5_000_000, 1 << 20
+    probe = torch.randint(0, n, (sample,), generator=torch.Generator().manual_seed(0))
+    values = torch.rand(n, generator=torch.Generator().manual_seed(5))
+    values[probe] = 2.0
+    below = int((values < 2.0).sum())
+    for k in (1, below, below + 1, n):  # k == below: the answer lies just under the bracket
+        assert kth_smallest(values, k) == torch.kthvalue(values, k).values
 
 
 def test_declared_defaults_are_the_published_ones_and_skip_unset_values():
