@@ -59,6 +59,7 @@ class FakeContext:
     def __init__(self, cheap_scale: float = 1.0, coarse: bool = False):
         self.cheap_scale, self.coarse = cheap_scale, coarse
         self.calls: list[tuple[str, str]] = []  # (counts key, fidelity) of every fitness call
+        self.baseline_calls = 0
 
     def allocation(self, fn: AllocationFunction) -> dict:
         if fn.reduction == INVALID_REDUCTION:
@@ -67,6 +68,7 @@ class FakeContext:
         return {"valid": True, "error": None, "ratios": [0.5], "counts": {"key": key}, "allocation_key": key}
 
     def baselines(self) -> dict[str, float]:
+        self.baseline_calls += 1
         return {}  # no hand-made allocations in a synthetic fitness
 
     def fitness(self, counts: dict, fidelity: str) -> float:
@@ -492,6 +494,7 @@ def test_an_interrupted_search_resumes_to_the_same_history(tmp_path):
         resumed_search = Search(ctx, cfg, out, resume=True, progress=False)
         resumed = resumed_search.run()
         assert ctx.calls  # the rest was computed, not read back
+        assert ctx.baseline_calls == 0  # the baselines come back with the checkpoint's meta
         assert strip(json.loads((out / "history.json").read_text())) == strip(expected)
         assert strip(resumed_search.state.history) == strip(expected)
         for kind in ("evolution", "random"):
@@ -499,3 +502,15 @@ def test_an_interrupted_search_resumes_to_the_same_history(tmp_path):
             assert resumed[kind]["full_fitness"] == full[kind]["full_fitness"]
         assert resumed_search.state.elites == reference.state.elites
         assert json.loads((out / "best_function.json").read_text()) == full["evolution"]["function"]
+
+
+def test_a_checkpoint_of_another_version_is_refused_by_name(tmp_path):
+    cfg = SearchConfig(**(CFG | {"generations": 1, "random_baseline": False}))
+    Search(FakeContext(), cfg, tmp_path, progress=False).run()
+    state = tmp_path / "state.json"
+    data = json.loads(state.read_text())
+    data["version"] = 99
+    state.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"checkpoint .*state.json is malformed or truncated \(ValueError: "
+                                         rf"version 99 is not {search_mod.STATE_VERSION}\); remove it"):
+        Search(FakeContext(), cfg, tmp_path, resume=True, progress=False)
