@@ -21,7 +21,11 @@ SPARSITY = 0.7
 
 def alpha_oracle(weight: torch.Tensor) -> float:
     """The public code's PL_Alpha_Hill with xmin_peak, as a plain loop over candidate xmins."""
-    eigs = sorted(float(s) ** 2 for s in torch.linalg.svdvals(weight.detach().double()))
+    return spectrum_alpha_oracle([float(s) ** 2 for s in torch.linalg.svdvals(weight.detach().double())])
+
+
+def spectrum_alpha_oracle(eigenvalues: list[float]) -> float:
+    eigs = sorted(eigenvalues)
     logs = [math.log(e) for e in eigs]
     log10 = torch.tensor([math.log10(e) for e in eigs], dtype=torch.float64)
     counts = torch.histc(log10, 100, min=float(log10.min()), max=float(log10.max()))
@@ -94,7 +98,20 @@ def test_hill_alpha_equals_the_loop_oracle_at_any_scale(scale):
     assert hill_alpha(torch.linalg.svdvals(w) ** 2) == pytest.approx(alpha_oracle(w), rel=1e-9)
 
 
+def test_hill_alpha_window_lower_bound_is_the_public_codes():
+    """A power law from 3 upward plus a cluster near 1000 (the histogram's peak): the window's lower bound
+    log10(0.95 · peak) ≈ 2.98 admits the eigenvalues near 3, and the best fit starts there."""
+    g = torch.Generator().manual_seed(3)
+    a = 1.5 + 3 * torch.rand(1, generator=g).item()
+    q = (torch.arange(50, dtype=torch.float64) + 0.5) / 50
+    bump = 1000 * (1 + 0.01 * torch.rand(int(20 + 40 * torch.rand(1, generator=g).item()), generator=g,
+                                         dtype=torch.float64))
+    eigs = torch.cat([3.0 * (1 - q) ** (-1 / (a - 1)), bump])
+    assert hill_alpha(eigs) == pytest.approx(spectrum_alpha_oracle(eigs.tolist()), rel=1e-9)
+
+
 def test_hill_alpha_edge_cases_of_the_public_fit():
+    assert hill_alpha(torch.tensor([1.0, 4.0])) == pytest.approx(1 + 2 / math.log(4))  # two eigenvalues suffice
     # one candidate xmin (λ = 1 is the peak; 2 > 1.5·peak): α = 1 + 3 / (ln 2 + ln 1e6)
     assert hill_alpha(torch.tensor([1.0, 2.0, 1e6])) == pytest.approx(1 + 3 / (math.log(2) + math.log(1e6)))
     # no candidate: the fullest bin's eigenvalues all lie above 1.5 x its left edge -> the public code's 0
@@ -189,6 +206,15 @@ def test_atp_refuses_a_beta_with_no_valid_allocation():
         allocate("atp", AllocationInput(layer_infos(model)), SPARSITY, beta="auto")
     with pytest.raises(ValueError, match=r"beta='steep' is not allowed; allowed: a number .* or 'auto'"):
         allocate("atp", AllocationInput(layer_infos(model)), SPARSITY, beta="steep")
+
+
+def test_atp_beta_limit_is_the_public_legality_bound():
+    from workbench.allocation.atp import beta_limit
+
+    assert beta_limit(0.3, 3) == pytest.approx(0.3)  # min(2S, 2(1 - S)) / (L - 1): the 2S side
+    assert beta_limit(0.7, 3) == pytest.approx(0.3)  # the 2(1 - S) side
+    assert beta_limit(0.5, 2) == pytest.approx(1.0)
+    assert beta_limit(0.5, 1) == 0.0  # one block: no progression
 
 
 def test_atp_auto_searches_beta_on_validation():
