@@ -117,6 +117,10 @@ def test_dead_input_column_gives_no_nan(percdamp, sparsity):
     assert torch.isfinite(new).all() and (new[:, 5] == 0).all()
     if sparsity:
         assert mask[:, 5].all()  # saliency 0: always below the threshold
+    # the reference's fix: H_55 = 1 and W[:, 5] = 0 before anything else, so damping sees the 1
+    fixed_w, fixed_h = w.clone(), h.clone()
+    fixed_w[:, 5], fixed_h[5, 5] = 0.0, 1.0
+    assert torch.allclose(new.double(), _obs_oracle(fixed_w, fixed_h, mask, percdamp), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -152,9 +156,9 @@ def test_bad_shapes_and_values():
         sparsegpt_prune(w[0], h, 0.5)
     with pytest.raises(ValueError, match="floating point"):
         sparsegpt_prune(w.to(torch.int32), h, 0.5)
-    with pytest.raises(ValueError, match="hessian has non-finite"):
+    with pytest.raises(ValueError, match=r"^hessian has non-finite entries \(NaN or inf\)$"):
         sparsegpt_prune(w, h.index_fill(0, torch.tensor([3]), float("nan")), 0.5)
-    with pytest.raises(ValueError, match="percdamp=0"):  # indefinite Hessian, no damping: Cholesky fails
+    with pytest.raises(ValueError, match=r"percdamp=0.*increase percdamp or check the calibration statistics$"):
         sparsegpt_prune(w, torch.outer(h[0], h[0]) - torch.eye(32), 0.5, percdamp=0)
 
 
@@ -199,3 +203,17 @@ def test_wider_than_one_block_matches_an_oracle_that_chooses_its_own_masks(spars
     # and the mask of block 2 is not what it would be on the original weights (the update matters here)
     u_first = _obs_oracle_choosing_masks(w, invs, sparsity, 300)[1]
     assert not torch.equal(mask[:, 128:256], u_first[:, 128:256])
+
+
+def test_layer_stats_hessian_is_the_references_two_over_n_windows():
+    """The reference accumulates H with inputs scaled by sqrt(2 / nsamples): H = 2/N · Σ x xᵀ, N windows."""
+    from workbench.calibrate import LayerStats
+
+    _, _, x = _problem()
+    xtx = x.t() @ x
+    assert torch.allclose(LayerStats(n_windows=4, xtx=xtx).hessian(), xtx / 2)
+    assert torch.allclose(LayerStats(n_windows=1, xtx=xtx).hessian(), 2 * xtx)
+    assert torch.allclose(LayerStats(n_windows=0, xtx=xtx).hessian(), 2 * xtx)  # no windows: no division by 0
+    with pytest.raises(ValueError, match=r"^these statistics have no xtx \(calibrate with statistics including "
+                                         r"'xtx'\)$"):
+        LayerStats(n_windows=4).hessian()
