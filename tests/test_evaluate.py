@@ -99,3 +99,16 @@ def test_perplexity_on_c4_reads_256_windows_of_the_validation_shard(tiny, monkey
     res = perplexity(model, tok, "c4", "test", seqlen=16, progress=False)
     assert [c[2] for c in calls] == ["validation"]
     assert (res.n_windows, res.n_tokens, res.dataset, res.split) == (data.C4_EVAL_WINDOWS, 256 * 16, "c4", "test")
+
+
+def test_paper_datasets_default_to_seqlen_2048(tiny, monkeypatch):
+    from hub_standins import standin_hub
+
+    from workbench import data, evaluate
+
+    monkeypatch.setattr(data, "_load_dataset", standin_hub([]))
+    seen = []
+    monkeypatch.setattr(evaluate, "perplexity_from_ids", lambda model, ids, seqlen, **kw: seen.append(seqlen) or 1.0)
+    model, tok = tiny
+    res = perplexity(model, tok, "c4", "test", progress=False)
+    assert seen == [2048] and res.seqlen == 2048  # the papers' windows (the scoring itself is tested above)
