@@ -33,6 +33,15 @@ def test_owl_mapping_equals_the_closed_form(clamp, s, lam):
     assert max(got) - min(got) == pytest.approx(2 * lam)
 
 
+def test_default_direction_prunes_larger_values_more_and_bad_arguments_are_named():
+    got = map_to_sparsity(LOD, 0.5, 0.08)  # direction +1: s + 2λ(x − mean)
+    assert got == pytest.approx([2 * 0.5 - v for v in _closed_form(LOD, 0.5, 0.08)], abs=1e-9)
+    with pytest.raises(ValueError, match=r"^clamp='tight' is not allowed; allowed: \['safe', 'reference'\]$"):
+        map_to_sparsity(LOD, 0.5, 0.08, clamp="tight")
+    with pytest.raises(ValueError, match=r"^direction=2 must be 1 or -1$"):
+        map_to_sparsity(LOD, 0.5, 0.08, direction=2)
+
+
 def test_reference_clamp_only_raises_zero_to_0_01_and_refuses_ones():
     got = map_to_sparsity(LOD, 0.05, 0.1, direction=-1, clamp="reference")
     expected = [0.01 if v <= 0 else v for v in _closed_form(LOD, 0.05, 0.1)]
