@@ -112,3 +112,12 @@ def test_paper_datasets_default_to_seqlen_2048(tiny, monkeypatch):
     model, tok = tiny
     res = perplexity(model, tok, "c4", "test", progress=False)
     assert seen == [2048] and res.seqlen == 2048  # the papers' windows (the scoring itself is tested above)
+
+
+def test_seqlen_two_is_the_smallest_window_and_bools_are_refused(tiny, text_file):
+    model, tok = tiny
+    ids = tokenize(tok, text_file.read_text())[:100]
+    assert perplexity_from_ids(model, ids, 2, progress=False) > 1.0  # one predicted token per window
+    for bad in (True, 2.0, "64"):
+        with pytest.raises(ValueError, match=rf"^seqlen={bad!r} must be an integer >= 2$"):
+            perplexity(model, tok, dataset=str(text_file), seqlen=bad, progress=False)

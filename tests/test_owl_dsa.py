@@ -1,6 +1,7 @@
 """OWL and DSA allocators, allocation functions as data, and the evolutionary search."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -334,3 +335,36 @@ def test_fitness_budget_larger_than_the_validation_split_is_refused(context):
     ctx, tok, _calib, cache = context
     with pytest.raises(ValueError, match="fitness_windows=999 x fitness_seqlen=512 needs"):
         SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"fitness_windows": 999, "fitness_seqlen": 512})))
+
+
+def test_minmax_normalises_and_names_what_it_cannot_map():
+    from workbench.allocation.mapping import minmax
+
+    assert minmax([-1.0, 0.0, -0.5]) == [0.0, 1.0, 0.5]
+    assert minmax([0.0, 1.5e-12]) == [0.0, 1.0]  # just above the constant tolerance (1e-12 · max(1, |hi|))
+    for constant in ([0.0, 1e-12], [1e6, 1e6 + 1e-7], [3.0, 3.0]):
+        with pytest.raises(ValueError, match=r"^values are constant: min-max normalisation is undefined$"):
+            minmax(constant)
+    for bad in ([1.0, math.nan], [math.inf, 0.0]):
+        with pytest.raises(ValueError, match=r"^values contain NaN or inf$"):
+            minmax(bad)
+
+
+def test_renormalise_accepts_the_ends_of_its_range_and_names_the_rest():
+    from workbench.allocation.mapping import renormalise
+
+    raw, weights = [0.2, 0.5, 0.9], [1.0, 2.0, 1.0]
+    assert renormalise(raw, weights, 0.0, 0.99) == pytest.approx([0.0, 0.0, 0.0], abs=1e-9)
+    assert renormalise(raw, weights, 0.99, 0.99) == pytest.approx([0.99, 0.99, 0.99], abs=1e-9)
+    with pytest.raises(ValueError, match=r"^sparsity=0.995 must lie in \[0, 0.99\]$"):
+        renormalise(raw, weights, 0.995, 0.99)
+
+
+def test_groups_by_block_or_by_layer():
+    from workbench.allocation.owl import groups
+
+    inputs = AllocationInput({f"b{b}.{p}": LayerInfo(f"b{b}.{p}", b, 4, 4) for b in range(2) for p in "xy"})
+    assert groups(inputs, "block") == {"0": ["b0.x", "b0.y"], "1": ["b1.x", "b1.y"]}
+    assert groups(inputs, "layer") == {n: [n] for n in inputs.layers}
+    with pytest.raises(ValueError, match=r"^granularity='row' is not allowed; allowed: \['block', 'layer'\]$"):
+        groups(inputs, "row")
