@@ -203,3 +203,40 @@ def test_only_besa_learns_while_pruning_and_every_other_allocator_has_a_curve():
     assert curve_allocators() == [n for n in ALLOCATORS if n != "besa"]
     with pytest.raises(ValueError, match="allocation='bogus' is not allowed"):
         learns_while_pruning("bogus")
+
+
+def test_param_describes_its_allowed_values_in_words():
+    from workbench.allocation import Param
+
+    assert Param("x", 0.5, "h", low=0.0, high=1.0).describe() == "a number in [0, 1]"
+    assert Param("x", 0.5, "h", low=0.0, high=1.0, open=True).describe() == "a number in (0, 1)"
+    assert Param("n", 1, "h", kind="int", low=1).describe() == "an integer in [1, inf]"
+    assert Param("x", 0.5, "h", high=2.5).describe() == "a number in [-inf, 2.5]"
+    assert Param("b", 0.01, "h", special=("auto", "max")).describe() == "a number in [-inf, inf] or 'auto' or 'max'"
+    assert Param("g", "a", "h", kind="choice", choices=("a", "b")).describe() == "one of ['a', 'b']"
+    assert Param("s", True, "h", kind="bool").describe() == "true or false"
+    assert Param("f", "x", "h", kind="any").describe() == "any value the allocator documents"
+
+
+def test_param_check_names_allocator_key_and_allowed_values():
+    from workbench.allocation import Param
+
+    p = Param("eps", 0.2, "h", low=0.0, high=1.0, open=True)
+    assert p.check("alphapruning", 0.5) == 0.5
+    for bad in (1.0, 0.0, True, "0.5", float("nan")):
+        with pytest.raises(ValueError, match=rf"^allocation='alphapruning': eps={bad!r} is not allowed; "
+                                             r"allowed: a number in \(0, 1\)$"):
+            p.check("alphapruning", bad)
+    assert Param("lr", None, "h", optional=True, low=0.0).check("besa", None) is None
+    with pytest.raises(ValueError, match=r"lr=None is not allowed"):
+        Param("lr", 1.0, "h", low=0.0).check("besa", None)
+    seen = []
+
+    def refuse(value):
+        seen.append(value)
+        raise ValueError("no such function")
+
+    any_param = Param("function", "x", "h", kind="any", validate=refuse)
+    with pytest.raises(ValueError, match=r"^allocation='dsa': no such function$"):
+        any_param.check("dsa", "nope")
+    assert seen == ["nope"]
