@@ -368,3 +368,20 @@ def test_groups_by_block_or_by_layer():
     assert groups(inputs, "layer") == {n: [n] for n in inputs.layers}
     with pytest.raises(ValueError, match=r"^granularity='row' is not allowed; allowed: \['block', 'layer'\]$"):
         groups(inputs, "row")
+
+
+def test_check_lambda_accepts_its_closed_range_and_names_anything_else():
+    from workbench.allocation.mapping import check_lambda
+
+    assert check_lambda(0) == 0.0 and check_lambda(0.5) == 0.5
+    for bad in ("0.1", True, math.nan, -0.01, 0.51):
+        with pytest.raises(ValueError, match=r"must be a number in \[0, 0.5\]"):
+            check_lambda(bad)
+
+
+def test_reference_clamp_at_exactly_zero_and_exactly_one():
+    # minmax([0, 1]) = [0, 1], mean 0.5: s = S ± 0.25 exactly
+    assert map_to_sparsity([0.0, 1.0], 0.25, 0.25, clamp="reference") == [0.01, 0.5]  # 0 is raised to 0.01
+    with pytest.raises(ValueError, match=r"^lam=0.25: sparsity 1.000 >= 1 for some entries; no valid allocation "
+                                         r"\(lower lam or the target\)$"):
+        map_to_sparsity([0.0, 1.0], 0.75, 0.25, clamp="reference")  # 1.0 exactly is refused
