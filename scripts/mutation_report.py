@@ -15,9 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", None: "not checked",
-          34: "skipped", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
-          37: "type check", -11: "segfault", -9: "segfault"}
+from mutmut.stats import status_by_exit_code  # mutmut's own exit code -> verdict table
 
 
 def load(root: Path) -> dict[str, str]:
@@ -25,7 +23,7 @@ def load(root: Path) -> dict[str, str]:
     out = {}
     for meta in sorted(root.rglob("*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            out[name] = STATUS.get(code, "suspicious")
+            out[name] = status_by_exit_code[code]
     return out
 
 
