@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from workbench import models as models_mod
+from workbench.checkpoint import save_pruned
 from workbench.data import calibration_samples
 from workbench.models import ModelStructure, load_model, prunable_linears, structure
-from workbench.prune import prune, save_pruned
+from workbench.prune import prune
 from workbench.results import atomic_directory
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"

@@ -5,9 +5,10 @@ import torch
 
 from workbench import calibrate as calibrate_mod
 from workbench.allocation import AllocationInput, allocate, layer_infos
+from workbench.checkpoint import save_pruned
 from workbench.models import load_model, prunable_linears, weight_hash
 from workbench.profile import SparsityProfile
-from workbench.prune import DenseCache, prune, save_pruned
+from workbench.prune import DenseCache, prune
 
 Q0 = "model.layers.0.self_attn.q_proj"
 Q1 = "model.layers.1.self_attn.q_proj"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import data as data_mod
 from .allocation import ALLOCATORS, describe_allocators
+from .checkpoint import FORMATS
 
 
 def _default_out(kind: str, *parts: str) -> Path:
@@ -102,10 +103,10 @@ def _parse_params(items: list[str]) -> dict:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune a model, report target vs actual sparsity, optionally evaluate and save it; writes a record."""
+    from .checkpoint import resolve_format, save_pruned
     from .experiment import ExperimentConfig, run_experiment
     from .models import load_model
     from .profile import SparsityProfile
-    from .prune import save_pruned
     from .results import write_json_atomic
 
     if args.allocation == "dense":
@@ -114,6 +115,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     params = _parse_params(args.alloc_param)
     if args.granularity is not None:
         params["granularity"] = args.granularity
+    resolve_format(args.format, args.pattern)  # refused before any work, not after pruning
     evals = {None: (), "ppl": ("ppl",), "zero-shot": ("zero-shot",), "all": ("ppl", "zero-shot")}[args.eval]
     config = ExperimentConfig(model=args.model, metric=args.metric, allocation=args.allocation,
                               sparsity=args.sparsity, pattern=args.pattern, alloc_params=params, mode=args.mode,
@@ -138,8 +140,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if "zero_shot" in record["data"]:
         _print_zero_shot(record, args.limit)
     if args.save:
-        save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save)
-        print(f"pruned model: {args.save}")
+        save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save, args.format,
+                    args.pattern)
+        print(f"pruned model ({resolve_format(args.format, args.pattern)}): {args.save}")
     out = Path(args.out) if args.out else _default_out("prune", args.model, args.metric, args.allocation,
                                                        str(args.sparsity), args.pattern)
     write_json_atomic(out, record)
@@ -277,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seqlen", type=int, default=None)
     _add_zero_shot_args(p, default_tasks="embedded")
     p.add_argument("--save", default=None, metavar="DIR", help="write safetensors + sparsity_profile.json")
+    p.add_argument("--format", default="dense", choices=FORMATS,
+                   help="--save layout: dense (zeros stored, any from_pretrained reads it; default), compressed "
+                        "(sparse-24-bitmask for 2:4, else sparse-bitmask: compressed-tensors' layouts), or one "
+                        "of those two by name")
     p.add_argument("--out", default=None, help="result record path (default runs/prune-...json)")
     p.set_defaults(func=cmd_prune)
 

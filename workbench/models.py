@@ -7,7 +7,8 @@ Three kinds of names are understood by :func:`load_model`:
   safetensors under ``$WORKBENCH_CACHE`` (default ``~/.cache/workbench``) so later loads take < 2 s;
 * ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-opt``, ``tiny-neox``: small random models
   (seeded) with an offline byte-level tokenizer, for unit tests;
-* anything else: a Hugging Face model id or a local directory, via ``AutoModelForCausalLM``.
+* anything else: a Hugging Face model id or a local directory, via ``AutoModelForCausalLM`` (a directory
+  saved with ``--format compressed`` is decompressed by :mod:`workbench.checkpoint`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
 def _load_hf(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .checkpoint import compressed_layout, load_compressed
+
     path = Path(name_or_path)
     if path.exists() and not (path / "config.json").is_file():
         raise ValueError(f"model={name_or_path!r} is a path but not a model directory (no config.json); "
@@ -81,8 +84,11 @@ def _load_hf(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool):
                          "or a directory saved with save_pretrained")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype,
-                                                     trust_remote_code=trust_remote_code)
+        if path.is_dir() and compressed_layout(path) is not None:  # a sparse checkpoint written by --save
+            model = load_compressed(path, dtype, trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype,
+                                                         trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"model={name_or_path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "

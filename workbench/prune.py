@@ -1,4 +1,4 @@
-"""prune(): calibration -> allocation -> masks, in place, with a sparsity report. save_pruned() to disk.
+"""prune(): calibration -> allocation -> masks, in place, with a sparsity report (``checkpoint.save_pruned`` writes it).
 
 Everything that prunes (CLI, widgets, notebooks, dashboard, searches) goes through :func:`prune`.
 Two ways to run it:
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,7 +26,6 @@ from .data import Calibration, calibration_samples
 from .models import prunable_linears
 from .profile import SparsityProfile, check_sparsity
 from .pruners import NEEDS, check_metric, layer_scores, prune_linear
-from .results import atomic_directory
 
 
 @dataclass
@@ -214,15 +212,3 @@ def _prune_in_loop(model: nn.Module, tokenizer, metric: str, allocation: str, sp
     profile = learner.profile()
     timings = {"forward_s": total - learn, "prune_s": learn, "learn_s_per_block": learn / max(len(learner.log), 1)}
     return PruneResult(profile, sparsity_report(model, profile), calibration.provenance(), timings)
-
-
-def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory: str | Path) -> Path:
-    """Write the pruned model (safetensors), its tokenizer and ``sparsity_profile.json`` atomically;
-    the directory reloads with ``from_pretrained`` / ``load_model``."""
-    directory = Path(directory)
-    with atomic_directory(directory) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        profile.save(tmp / "sparsity_profile.json")
-    return directory

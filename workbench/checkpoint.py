@@ -1,0 +1,213 @@
+"""Pruned checkpoints on disk: dense safetensors, or compressed in compressed-tensors' sparse layouts.
+
+``dense`` is what ``save_pretrained`` writes (zeros stored; any ``from_pretrained`` reads it).
+``sparse-bitmask`` stores each pruned linear as its non-zero values, a bit per weight saying where they
+go, and per-row offsets; ``sparse-24-bitmask`` stores a 2:4 matrix as its two kept values per group of
+four plus the bitmask. Tensor names, the bit order and the ``quantization_config.sparsity_config`` entry
+of ``config.json`` are those of the compressed-tensors library, whose configs and bit packing are used
+here. That library stopped writing and reading sparse layouts in 0.15 (and transformers needs >= 0.15),
+so the writer and reader of the per-tensor layout live here; :func:`load_pruned` (and ``load_model``)
+read such a directory back bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .profile import SparsityProfile
+from .results import atomic_directory
+
+FORMATS = ("dense", "compressed", "sparse-bitmask", "sparse-24-bitmask")
+_PARTS = {"sparse-bitmask": ("shape", "compressed", "bitmask", "row_offsets"),
+          "sparse-24-bitmask": ("shape", "compressed", "bitmask")}
+
+
+def resolve_format(fmt: str, pattern: str) -> str:
+    """The on-disk layout for ``--format`` and the run's pattern; ``compressed`` picks 2:4 or bitmask."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not supported; allowed: {list(FORMATS)}")
+    if fmt == "compressed":
+        return "sparse-24-bitmask" if pattern == "2:4" else "sparse-bitmask"
+    if fmt == "sparse-24-bitmask" and pattern != "2:4":
+        raise ValueError(f"format='sparse-24-bitmask' needs a 2:4 profile, but the pattern is {pattern!r}; "
+                         "allowed for it: ['dense', 'compressed', 'sparse-bitmask']")
+    return fmt
+
+
+def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory: str | Path,
+                fmt: str = "dense", pattern: str = "unstructured", max_shard_size: str = "5GB") -> Path:
+    """Write the pruned model, its tokenizer and ``sparsity_profile.json`` atomically in layout ``fmt``;
+    nothing appears under ``directory`` unless the whole checkpoint was written."""
+    layout = resolve_format(fmt, pattern)
+    directory = Path(directory)
+    names = [f"{name}.weight" for name in profile.layers]
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        profile.save(tmp / "sparsity_profile.json")
+        if layout != "dense":
+            _compress_shards(tmp, set(names), layout)
+            _write_sparsity_config(tmp, layout, profile, pattern)
+    return directory
+
+
+def _shards(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory (one file, or the shards its index names)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / f for f in sorted(set(weight_map.values()))]
+    single = directory / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{directory} holds no model.safetensors or model.safetensors.index.json")
+    return [single]
+
+
+def _compress_shards(directory: Path, names: set[str], layout: str) -> None:
+    """Replace each pruned weight in every shard by its compressed parts (and update the shard index)."""
+    from safetensors.torch import load_file, save_file
+
+    renamed: dict[str, str] = {}
+    for shard in _shards(directory):
+        tensors = load_file(shard)
+        out: dict[str, torch.Tensor] = {}
+        for key, tensor in tensors.items():
+            if key not in names:
+                out[key] = tensor
+                continue
+            parts = compress_weight(tensor, layout, key)
+            for part, value in parts.items():
+                out[f"{key}.{part}"] = value
+                renamed[f"{key}.{part}"] = shard.name
+        save_file(out, shard, metadata={"format": "pt"})
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k: v for k, v in data["weight_map"].items() if k not in names} | renamed
+        index.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def compress_weight(weight: torch.Tensor, layout: str, name: str = "weight") -> dict[str, torch.Tensor]:
+    """One matrix in ``layout``: ``shape``, ``compressed`` (kept values, row by row), ``bitmask`` (a bit per
+    weight, little-endian within a byte, rows padded to whole bytes) and, for bitmask, ``row_offsets``."""
+    from compressed_tensors.utils import pack_bitmasks
+
+    weight = weight.detach().cpu()
+    if weight.dim() != 2:
+        raise ValueError(f"{name}: only 2-D weights are compressed, got shape {tuple(weight.shape)}")
+    keep = weight != 0
+    if layout == "sparse-24-bitmask":
+        keep = _two_of_four(weight, name)
+        return {"shape": torch.tensor(list(weight.shape)), "compressed": weight[keep].reshape(weight.shape[0], -1),
+                "bitmask": pack_bitmasks(keep)}
+    counts = keep.sum(dim=1)
+    return {"shape": torch.tensor(list(weight.shape)), "compressed": weight[keep], "bitmask": pack_bitmasks(keep),
+            "row_offsets": torch.cumsum(counts, 0) - counts}
+
+
+def _two_of_four(weight: torch.Tensor, name: str) -> torch.Tensor:
+    """Exactly two kept positions per group of four inputs: the non-zeros, topped up with zeros in order."""
+    rows, cols = weight.shape
+    if cols % 4:
+        raise ValueError(f"{name}: 2:4 needs a column count divisible by 4, got {cols}")
+    groups = (weight != 0).reshape(rows, cols // 4, 4)
+    if int(groups.sum(-1).max()) > 2:
+        raise ValueError(f"{name} is not 2:4 sparse (a group of four holds more than two non-zeros); "
+                         "save it with format='sparse-bitmask' or 'dense'")
+    # kept = the non-zeros, then the first zeros of the group until two are kept (stable: order by -kept, index)
+    order = torch.argsort((~groups).to(torch.int8), dim=-1, stable=True)[..., :2]
+    keep = torch.zeros_like(groups).scatter_(-1, order, True)
+    return keep.reshape(rows, cols)
+
+
+def decompress_weight(parts: dict[str, torch.Tensor], layout: str) -> torch.Tensor:
+    """The dense matrix back from :func:`compress_weight`'s parts (bit for bit)."""
+    from compressed_tensors.utils import unpack_bitmasks
+
+    shape = [int(s) for s in parts["shape"].flatten().tolist()]
+    keep = unpack_bitmasks(parts["bitmask"], shape)
+    values = parts["compressed"].flatten()
+    if int(keep.sum()) != values.numel():
+        raise ValueError(f"compressed weight of shape {shape}: bitmask marks {int(keep.sum())} weights, "
+                         f"{values.numel()} values stored")
+    dense = torch.zeros(shape, dtype=values.dtype)
+    dense[keep] = values
+    return dense
+
+
+def _write_sparsity_config(directory: Path, layout: str, profile: SparsityProfile, pattern: str) -> None:
+    """``config.json``'s ``quantization_config`` as compressed-tensors writes it for a sparse-only model."""
+    import compressed_tensors
+    from compressed_tensors.config import BitmaskConfig, Sparse24BitMaskConfig
+
+    cls = Sparse24BitMaskConfig if layout == "sparse-24-bitmask" else BitmaskConfig
+    sparsity = cls(global_sparsity=profile.mean(), sparsity_structure="2:4" if pattern == "2:4" else
+                   "unstructured", targets=sorted(profile.layers), ignore=["lm_head"]).model_dump()
+    sparsity.pop("registry_requires_subclass", None)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": layout,
+                                     "version": compressed_tensors.__version__, "sparsity_config": sparsity}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def compressed_layout(directory: str | Path) -> str | None:
+    """The sparse layout a checkpoint directory is stored in, or None for a plain (dense) checkpoint."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        return None
+    quant = json.loads(config_path.read_text()).get("quantization_config") or {}
+    layout = (quant.get("sparsity_config") or {}).get("format")
+    if layout is None:
+        return None
+    if layout not in _PARTS or any(k in quant for k in ("config_groups",)):
+        raise ValueError(f"{directory}: compressed format {layout!r} (or quantization) is not readable here; "
+                         f"readable: {sorted(_PARTS)} without quantization")
+    return layout
+
+
+def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
+                    trust_remote_code: bool = False) -> nn.Module:
+    """Build the model of a compressed checkpoint and load its weights, decompressed, bit for bit."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = Path(directory)
+    layout = compressed_layout(directory)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    state: dict[str, torch.Tensor] = {}
+    for shard in _shards(directory):
+        state.update(load_file(shard))
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key in list(state):
+        base, _, part = key.rpartition(".")
+        if part in _PARTS[layout] and base.endswith(".weight"):
+            parts.setdefault(base, {})[part] = state.pop(key)
+    for name, group in parts.items():
+        missing = sorted(set(_PARTS[layout]) - set(group))
+        if missing:
+            raise ValueError(f"{directory}: compressed tensor {name} lacks {[f'{name}.{m}' for m in missing]}")
+        state[name] = decompress_weight(group, layout)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or next(iter(state.values())).dtype,
+                                             trust_remote_code=trust_remote_code)
+    result = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {}) | set(
+        getattr(model, "_tied_weights_keys", None) or {})
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{directory}: checkpoint does not match its config: missing tensors {missing[:3]}, "
+                         f"unexpected {result.unexpected_keys[:3]}")
+    model.tie_weights()
+    return model.eval()
+
+
+def checkpoint_bytes(directory: str | Path) -> int:
+    """Bytes of a checkpoint's weight files on disk."""
+    return sum(p.stat().st_size for p in _shards(Path(directory)))
