@@ -217,6 +217,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_recipe(args: argparse.Namespace) -> int:
+    """Write an llm-compressor recipe whose per-layer sparsity is a profile's, checked against the model."""
+    from .recipe import export_recipe, load_profile_source
+
+    profile, known = load_profile_source(args.profile)
+    model_name = args.model or known.get("model")
+    if model_name is None:
+        raise ValueError(f"profile={args.profile!r} is a bare sparsity profile: give --model so its layers can be "
+                         "checked against the model's prunable linears")
+    metric = args.metric or known.get("metric") or "wanda"
+    pattern = args.pattern or known.get("pattern") or "unstructured"
+    out = Path(args.out) if args.out else Path(args.profile).with_suffix(".recipe.yaml")
+    export_recipe(profile, model_name, metric, pattern, out, args.trust_remote_code)
+    print(f"llm-compressor recipe ({metric}, {pattern}, {len(profile.layers)} linears, mean sparsity "
+          f"{profile.mean():.4f}): {out}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the Panel dashboard (blocks until interrupted)."""
     from .dashboard import DashboardConfig, serve
@@ -317,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", required=True, help="grid YAML, e.g. data/grids/demo.yaml or data/grids/paper.yaml")
     p.add_argument("--out", default="runs/reproduce", help="folder for <grid>/<run>/ and <grid>/tables/")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("export-recipe", help="write an llm-compressor recipe (YAML) with a profile's per-layer "
+                                             "sparsity, for production tooling")
+    p.add_argument("profile", metavar="PROFILE.json",
+                   help="a result record (runs/prune-...json) or a sparsity_profile.json written by --save")
+    p.add_argument("--model", default=None,
+                   help="model whose prunable linears the profile must name (default: the record's model)")
+    p.add_argument("--metric", default=None, choices=("wanda", "sparsegpt"),
+                   help="llm-compressor modifier to prune with (default: the record's metric, else wanda)")
+    p.add_argument("--pattern", default=None, help="unstructured | N:M (default: the record's pattern)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off)")
+    p.add_argument("--out", default=None, help="recipe path (default PROFILE.recipe.yaml)")
+    p.set_defaults(func=cmd_export_recipe)
 
     p = sub.add_parser("dashboard", help="serve the Panel dashboard in a browser (127.0.0.1 by default)")
     p.add_argument("--port", type=int, default=5006)

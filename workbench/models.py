@@ -70,6 +70,25 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     return model, tokenizer
 
 
+def skeleton(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
+    """The model's modules without its weights (meta device) where that is cheaper than loading it:
+    enough to read its structure (blocks, prunable linears and their shapes)."""
+    if name_or_path in EMBEDDED_MODELS or name_or_path in TINY_MODELS:
+        return load_model(name_or_path)[0]  # small or cached: loading is as cheap
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model={name_or_path!r}: no model config could be read ({type(err).__name__}); allowed: "
+                         f"{sorted(EMBEDDED_MODELS)}, {list(TINY_MODELS)}, a Hugging Face id or a model "
+                         "directory") from err
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
 # --------------------------------------------------------------------------- Hugging Face models
 
 def _load_hf(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool):

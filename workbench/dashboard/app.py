@@ -129,6 +129,8 @@ class DashboardApp:
                                                      label="Download JSON", button_type="default")
         self.download_csv = pn.widgets.FileDownload(callback=self._record_csv, filename="record.csv",
                                                     label="Download CSV", button_type="default")
+        self.download_recipe = pn.widgets.FileDownload(callback=self._record_recipe, filename="record.recipe.yaml",
+                                                       label="Download llm-compressor recipe")
         self.tables = pn.Column()
         self.jobs: list[Job] = []
         self.learned: dict[str, object] = {}  # BESA profiles learned by this page's runs, by target
@@ -305,12 +307,31 @@ class DashboardApp:
         self.record_view.object = self._record()
         stem = Path(self.record_select.value).stem if self.record_select.value else "record"
         self.download_json.filename, self.download_csv.filename = f"{stem}.json", f"{stem}.csv"
+        self.download_recipe.filename = f"{stem}.recipe.yaml"
 
     def _record_json(self) -> io.BytesIO:
         return io.BytesIO(json.dumps(self._record(), indent=2).encode())
 
     def _record_csv(self) -> io.BytesIO:
         return io.BytesIO(record_csv(self._record()).encode())
+
+    def _record_recipe(self) -> io.BytesIO:
+        """The selected record's profile as an llm-compressor recipe (the same code as ``export-recipe``);
+        a record that cannot be exported shows why and downloads only that reason."""
+        from workbench.profile import SparsityProfile
+        from workbench.recipe import recipe_text
+
+        record = self._record()
+        try:
+            if "profile" not in record:
+                raise ValueError("this record holds no sparsity profile (a dense or failed run)")
+            profile, method = SparsityProfile.from_dict(record["profile"]), record.get("method", {})
+            text = recipe_text(profile, record["model"]["id"], method.get("metric", "wanda"),
+                               method.get("pattern", "unstructured"))
+            return io.BytesIO(text.encode())
+        except ValueError as err:
+            self._fail(f"recipe: {err}")
+            return io.BytesIO(f"# no recipe: {err}\n".encode())
 
     def refresh_tables(self) -> None:
         panes = []
@@ -326,7 +347,8 @@ class DashboardApp:
         refresh = pn.widgets.Button(name="Refresh tables")
         refresh.on_click(lambda _e: self.refresh_tables())
         tabs = pn.Tabs(("Runs", pn.Column(self.status, self.results, self.ppl_plot)),
-                       ("Records", pn.Column(self.record_select, pn.Row(self.download_json, self.download_csv),
+                       ("Records", pn.Column(self.record_select, pn.Row(self.download_json, self.download_csv,
+                                                                                self.download_recipe),
                                              self.record_view)),
                        ("Tables", pn.Column(refresh, self.tables)))
         page = pn.Column(pn.pane.Markdown("## Sparsity Allocation Workbench"), self.message,

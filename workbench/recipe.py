@@ -1,0 +1,86 @@
+"""llm-compressor recipes from sparsity profiles: an allocation found here, applied by production tooling.
+
+llm-compressor's one-shot pruning modifiers (``WandaPruningModifier``, ``SparseGPTModifier``) take
+``sparsity`` as one number or as a list with one entry per module matched by ``targets``, in the
+model's module order, and prune every linear inside each matched module at its entry. Targets that
+name each prunable linear exactly therefore carry a per-layer profile one to one. Magnitude has no
+one-shot modifier there (``MagnitudePruningModifier`` is a training-time schedule with one sparsity),
+and a row-wise profile (BESA row) has no per-row field, so both are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .profile import SparsityProfile
+
+MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
+
+
+def load_profile_source(path: str | Path) -> tuple[SparsityProfile, dict[str, Any]]:
+    """A profile and what is known of its run, from a result record or a bare ``sparsity_profile.json``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"profile={str(path)!r} could not be read as JSON ({err})") from err
+    if isinstance(data, dict) and isinstance(data.get("profile"), dict):  # a result record
+        method = data.get("method", {})
+        known = {"metric": method.get("metric"), "pattern": method.get("pattern"),
+                 "model": data.get("model", {}).get("id")}
+        return SparsityProfile.from_dict(data["profile"]), known
+    if isinstance(data, dict) and "layers" in data:
+        return SparsityProfile.from_dict(data), {}
+    raise ValueError(f"profile={str(path)!r} is neither a result record (with 'profile') nor a sparsity profile "
+                     "(with 'layers')")
+
+
+def build_recipe(profile: SparsityProfile, module_order: list[str], metric: str = "wanda",
+                 pattern: str = "unstructured") -> dict[str, Any]:
+    """The recipe as a dict: one pruning modifier whose targets are the model's prunable linears in
+    ``module_order`` (the model's module order) and whose ``sparsity`` list is the profile's ratios."""
+    if metric not in MODIFIERS:
+        raise ValueError(f"metric={metric!r} has no one-shot llm-compressor modifier with per-layer sparsity; "
+                         f"allowed: {sorted(MODIFIERS)}")
+    if profile.granularity == "row" or profile.rows:
+        raise ValueError("a row-wise profile (per-row sparsities) cannot be expressed in an llm-compressor recipe, "
+                         "which takes one sparsity per module; export a layer-granularity profile")
+    profile.check_matches(module_order)
+    from .backend.reference import parse_pattern
+
+    n, m = parse_pattern(pattern)
+    modifier = {"sparsity": [float(profile.layers[name]) for name in module_order],
+                "mask_structure": f"{n}:{m}", "targets": list(module_order), "ignore": []}
+    return {"sparsity_stage": {"sparsity_modifiers": {MODIFIERS[metric]: modifier}}}
+
+
+def recipe_yaml(recipe: dict[str, Any], profile: SparsityProfile, model: str | None) -> str:
+    """The recipe as YAML, headed by comments that say where the profile came from."""
+    import yaml
+
+    params = json.dumps(profile.params, sort_keys=True)
+    head = (f"# llm-compressor recipe written by the Sparsity Allocation Workbench\n"
+            f"# model: {model or 'unknown'}; allocator: {profile.allocator} {params}\n"
+            f"# target sparsity {profile.target:.4f}, parameter-weighted mean {profile.mean():.4f}, "
+            f"{len(profile.layers)} linears\n"
+            "# apply: llmcompressor.oneshot(model=..., dataset=..., recipe=THIS_FILE)\n")
+    return head + yaml.safe_dump(recipe, sort_keys=False, width=120)
+
+
+def recipe_text(profile: SparsityProfile, model_name: str, metric: str = "wanda", pattern: str = "unstructured",
+                trust_remote_code: bool = False) -> str:
+    """The YAML recipe of ``profile``, checked against the prunable linears of ``model_name``."""
+    from .models import prunable_linears, skeleton
+
+    names = list(prunable_linears(skeleton(model_name, trust_remote_code)))
+    return recipe_yaml(build_recipe(profile, names, metric, pattern), profile, model_name)
+
+
+def export_recipe(profile: SparsityProfile, model_name: str, metric: str, pattern: str, out: str | Path,
+                  trust_remote_code: bool = False) -> Path:
+    """Write :func:`recipe_text` to ``out`` atomically (nothing is written when the profile is refused)."""
+    from .results import write_text_atomic
+
+    return write_text_atomic(out, recipe_text(profile, model_name, metric, pattern, trust_remote_code))
