@@ -2,6 +2,10 @@
 
     make mutation                                   # mutmut run, then this report
     .venv/bin/python scripts/mutation_report.py [--survivors] [--equivalent data/mutation/equivalent.txt]
+    # hours short? a stratified random sample of the unchecked mutants, run, then reported apart:
+    .venv/bin/python scripts/mutation_report.py --sample 150 --seed 0 > sample.txt
+    .venv/bin/mutmut run --max-children 2 $(cat sample.txt)
+    .venv/bin/python scripts/mutation_report.py --sampled sample.txt
 
 Score = (killed + timeout) / (killed + timeout + survived + no tests): a mutant no test runs counts
 against the score. Mutants listed in the equivalent file
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -44,10 +50,19 @@ def main() -> None:
     ap.add_argument("--mutants", type=Path, default=Path("mutants"))
     ap.add_argument("--equivalent", type=Path, default=Path("data/mutation/equivalent.txt"))
     ap.add_argument("--survivors", action="store_true", help="list every surviving non-equivalent mutant")
+    ap.add_argument("--sample", type=int, default=None, metavar="N",
+                    help="print N unchecked mutant names, drawn at random per module in proportion to its "
+                         "unchecked count")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampled", type=Path, default=None, metavar="FILE",
+                    help="also report the mutants named in FILE (a --sample draw) on their own, with a 95%% interval")
     args = ap.parse_args()
     status = load(args.mutants)
     if not status:
         raise SystemExit(f"no mutmut results under {args.mutants}/ (run `make mutation` first)")
+    if args.sample is not None:
+        print("\n".join(draw_sample(status, args.sample, args.seed)))
+        return
     equivalent = equivalent_names(args.equivalent)
     per_module: dict[str, Counter] = {}
     for name, st in status.items():
@@ -59,10 +74,38 @@ def main() -> None:
         total.update(c)
         _row(module, c)
     _row("all", total)
+    if args.sampled is not None:
+        report_sample(status, equivalent, args.sampled.read_text().split())
     if args.survivors:
         for name, st in sorted(status.items()):
             if st == "survived" and name not in equivalent:
                 print("survived:", name)
+
+
+def draw_sample(status: dict[str, str], n: int, seed: int) -> list[str]:
+    """``n`` unchecked mutants, stratified: each module gets its proportional share (rounded, at least one)."""
+    unchecked: dict[str, list[str]] = {}
+    for name, st in sorted(status.items()):
+        if st == "not checked":
+            unchecked.setdefault(module_of(name), []).append(name)
+    total = sum(len(v) for v in unchecked.values())
+    rng, out = random.Random(seed), []
+    for _module, names in sorted(unchecked.items()):
+        out += rng.sample(names, min(len(names), max(1, round(n * len(names) / total))))
+    return out
+
+
+def report_sample(status: dict[str, str], equivalent: set[str], names: list[str]) -> None:
+    """Kill rate of a random sample of once-unchecked mutants, with a Wilson 95% interval."""
+    c = Counter("equivalent" if status[n] == "survived" and n in equivalent else status[n] for n in names)
+    killed, tested = c["killed"] + c["timeout"], c["killed"] + c["timeout"] + c["survived"] + c["no tests"]
+    print(f"\nsample of {len(names)} unchecked mutants: {dict(c)}")
+    if tested:
+        p, z = killed / tested, 1.96
+        centre = (p + z * z / (2 * tested)) / (1 + z * z / tested)
+        half = z * math.sqrt(p * (1 - p) / tested + z * z / (4 * tested * tested)) / (1 + z * z / tested)
+        print(f"sample score {100 * p:.1f}% ({killed}/{tested}), 95% interval {100 * (centre - half):.1f}%"
+              f"-{100 * (centre + half):.1f}%")
 
 
 def _row(module: str, c: Counter) -> None:
