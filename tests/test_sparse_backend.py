@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -38,3 +41,43 @@ def test_sparsified_model_gives_the_pruned_models_logits(backend):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match=r"backend='mkl' is not supported; allowed: \['torch-csr', 'scipy-csr'\]"):
         SparseLinear(torch.nn.Linear(4, 4), "mkl")
+
+
+def test_eval_and_generate_with_a_sparse_backend_match_dense_linears(tmp_path, capsys):
+    from workbench.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    assert main(["prune", "--model", "tiny-llama", "--metric", "magnitude", "--sparsity", "0.7", "--save", str(ckpt),
+                 "--format", "compressed", "--out", str(tmp_path / "p.json")]) == 0
+    ppl = {}
+    for backend in (None, "torch-csr"):
+        extra = [] if backend is None else ["--sparse-backend", backend]
+        out = tmp_path / f"{backend}.json"
+        assert main(["eval", "--model", str(ckpt), "--seqlen", "128", "--out", str(out), *extra]) == 0
+        record = json.loads(out.read_text())
+        assert record["method"]["sparse_backend"] == backend
+        ppl[backend] = record["metrics"]["perplexity"]
+    assert ppl["torch-csr"] == pytest.approx(ppl[None], rel=1e-5)
+    capsys.readouterr()
+    texts = {}
+    for backend in (None, "scipy-csr"):
+        extra = [] if backend is None else ["--sparse-backend", backend]
+        assert main(["generate", "--model", str(ckpt), "--prompt", "def ", "--max-new-tokens", "12", *extra]) == 0
+        captured = capsys.readouterr()
+        texts[backend] = captured.out
+        assert re.search(r"12 tokens in [\d.]+ s \([\d.]+ tokens/s, greedy, batch 1", captured.err)
+    assert texts["scipy-csr"] == texts[None] and texts[None].startswith("def ")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "--model", "tiny-llama", "--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
+    (["eval", "--model", "tiny-llama", "--sparse-backend", "torch-csr", "--device", "cuda:0"],
+     "--sparse-backend torch-csr runs on the CPU; got --device cuda:0"),
+    (["eval", "--model", "tiny-llama", "--sparse-backend", "torch-csr", "--tasks", "embedded"],
+     "--sparse-backend applies to perplexity"),
+])
+def test_sparse_backend_refusals(argv, message, capsys):
+    from workbench.cli import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import data as data_mod
 from .allocation import ALLOCATORS, describe_allocators
 from .checkpoint import FORMATS
+from .sparse_backend import BACKENDS as SPARSE_BACKENDS
 
 
 def _default_out(kind: str, *parts: str) -> Path:
@@ -43,20 +44,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if getattr(args, "tasks", None) is not None:
         return _cmd_eval_zero_shot(args)
     from .evaluate import perplexity
-    from .models import load_model, model_hash
+    from .models import model_hash
     from .results import make_record, write_json_atomic
 
     data_mod.check_dataset(args.dataset)
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = _load_for_inference(args)
     result = perplexity(model, tokenizer, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
                         batch_size=args.batch_size)
     wall = time.perf_counter() - start
     record = make_record(
         "eval",
         model={"id": args.model, "weight_sha256": model_hash(model), "dtype": args.dtype, "device": args.device},
-        method={"name": "dense"},
+        method={"name": "dense", "sparse_backend": args.sparse_backend},
         data={"eval": result.to_dict()},
         metrics={"perplexity": result.ppl},
         wall_time_s=wall,
@@ -69,8 +69,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_for_inference(args: argparse.Namespace):
+    """``load_model`` from the arguments; with ``--sparse-backend``, its prunable linears become CSR linears."""
+    from .models import load_model
+
+    if args.sparse_backend is not None and args.device != "cpu":
+        raise ValueError(f"--sparse-backend {args.sparse_backend} runs on the CPU; got --device {args.device}")
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code)
+    if args.sparse_backend is not None:
+        from .sparse_backend import sparsify_linears
+
+        sparsify_linears(model, args.sparse_backend)
+    return model, tokenizer
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Greedy decoding at batch 1 with the KV cache; prints the text and the decoding speed."""
+    import torch
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    model, tokenizer = _load_for_inference(args)
+    ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
+                             pad_token_id=pad)
+        seconds = time.perf_counter() - start
+    new = out[0, ids.shape[1]:]
+    print(args.prompt + tokenizer.decode(new, skip_special_tokens=True))
+    print(f"{new.numel()} tokens in {seconds:.2f} s ({new.numel() / seconds:.1f} tokens/s, greedy, batch 1, "
+          f"{args.sparse_backend or 'dense'} linears)", file=sys.stderr)
+    return 0
+
+
 def _cmd_eval_zero_shot(args: argparse.Namespace) -> int:
     """Zero-shot accuracy of the dense model: the same run_experiment path as ``prune --eval zero-shot``."""
+    if args.sparse_backend is not None:
+        raise ValueError("--sparse-backend applies to perplexity (eval without --tasks) and generate")
     from .experiment import ExperimentConfig, run_experiment
     from .results import write_json_atomic
 
@@ -257,6 +295,12 @@ def _add_zero_shot_args(p: argparse.ArgumentParser, default_tasks: str | None) -
     p.add_argument("--zs-batch-size", type=int, default=8, help="zero-shot: lm-eval batch size (default 8)")
 
 
+def _add_sparse_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sparse-backend", default=None, choices=SPARSE_BACKENDS,
+                   help="run the prunable linears as CSR matrices on the CPU (faster decoding from ~50%% "
+                        "sparsity, slower prefill: see benchmarks/sparse_speed.py); default: dense linears")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Sparsity Allocation Workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,8 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=None, help="window length (default 512 embedded, 2048 paper)")
     p.add_argument("--batch-size", type=int, default=1)
     _add_zero_shot_args(p, default_tasks=None)
+    _add_sparse_backend_arg(p)
     p.add_argument("--out", default=None, help="result record path (default runs/eval-...json)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="greedy text generation at batch 1, with its speed (tokens/s)")
+    _add_model_args(p)
+    p.add_argument("--prompt", default="The Python standard library", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    _add_sparse_backend_arg(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("prune", help="prune a model with a metric and an allocation; optionally evaluate",
                        epilog="allocators and their parameters (--alloc-param KEY=VALUE):\n" + describe_allocators(),
