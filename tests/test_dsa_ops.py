@@ -385,3 +385,35 @@ def test_shipped_functions_load_by_preset_name_and_repo_relative_path(tmp_path, 
     assert load_function("data/functions/dsa-evolved.json") == expected
     with pytest.raises(ValueError, match="neither a preset"):
         load_function("data/functions/no-such.json")
+
+
+# --------------------------------------------------------------------------- non-finite and degenerate stages
+# (mutation testing: the stage named in each refusal, and which rule applies, were unasserted)
+
+def _blocks(*values):
+    """One 2 x 2 score matrix per block, every entry ``value``: blocks whose reductions are known by hand."""
+    return [[torch.full((2, 2), float(v))] for v in values]
+
+
+def test_invalid_rule_refuses_non_finite_pre_ops_and_reductions_by_stage():
+    blocks = _blocks(1000.0, 1.0, 2.0)  # exp(1000) = inf in the first block
+    with pytest.raises(InvalidFunction, match=r"pre ops 'exp' gave non-finite values \(\[inf"):
+        AllocationFunction(pre=("exp",), reduction="mean", nonfinite="invalid").reduced_values(blocks)
+    # the reference rule lets the pre ops through; the mean of the inf block is inf, mapped later
+    values, _ = AllocationFunction(pre=("exp",), reduction="mean", nonfinite="reference").reduced_values(blocks)
+    assert values[0] == math.inf and values[1:] == pytest.approx([math.e, math.e ** 2])
+    # finite pre ops, non-finite reduction: the Frobenius norm of 1e308s overflows -> refused at "reduction"
+    huge = [[torch.tensor([[v, v]], dtype=torch.float64)] for v in (1e308, 1.0, 3.0)]  # sums overflow, not values
+    with pytest.raises(InvalidFunction, match=r"reduction 'fro' gave non-finite values"):
+        AllocationFunction(reduction="fro", nonfinite="invalid").reduced_values(huge)
+
+
+def test_equal_block_values_are_refused_naming_reduction_and_pre_ops():
+    with pytest.raises(InvalidFunction, match=r"reduction 'mean' after pre ops \['abs'\]"):
+        AllocationFunction(pre=("abs",), reduction="mean").reduced_values(_blocks(2.0, -2.0, 2.0))
+
+
+def test_from_dict_keeps_the_name_and_defaults_to_a_no_op_pre_chain():
+    fn = AllocationFunction.from_dict({"reduction": "var", "post": ["abs"], "name": "mine"})
+    assert fn.name == "mine" and fn.pre == ("no_op",) and fn.nonfinite == "invalid"
+    assert AllocationFunction.from_dict({}).name == ""

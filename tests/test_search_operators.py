@@ -514,3 +514,31 @@ def test_a_checkpoint_of_another_version_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=rf"checkpoint .*state.json is malformed or truncated \(ValueError: "
                                          rf"version 99 is not {search_mod.STATE_VERSION}\); remove it"):
         Search(FakeContext(), cfg, tmp_path, resume=True, progress=False)
+
+
+# --------------------------------------------------------------------------- found by mutation testing
+
+def test_random_functions_draw_lambda_over_its_range():
+    rng = random.Random(0)
+    lams = [random_function(rng).lam for _ in range(300)]
+    assert min(lams) >= 0.02 and max(lams) <= 0.2
+    assert min(lams) < 0.04 and max(lams) > 0.18 and len(set(lams)) > 100
+
+
+def test_progress_file_counts_steps_and_seconds(tmp_path):
+    search, _result, _ctx = run_search(tmp_path, generations=3)
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    history = search.state.history
+    assert progress["phase"] == "done" and progress["steps"] == 6 and progress["steps_done"] == 6
+    assert progress["generation"] == 3 and progress["generations"] == 3 and progress["random_chunks"] == 3
+    assert progress["seconds"] == pytest.approx(sum(h["seconds"] for h in history)
+                                                + search.state.meta.get("baseline_seconds", 0.0))
+    assert progress["baselines"] == {}
+
+
+def test_search_config_bounds_are_the_documented_ones():
+    SearchConfig(**(CFG | {"population": 2, "elite": 1}))  # the smallest population that can breed
+    with pytest.raises(ValueError, match=r"population=1 must be an integer >= 2"):
+        SearchConfig(**(CFG | {"population": 1, "elite": 0}))
+    with pytest.raises(ValueError, match=r"^sparsity=1.0 must be a number in \[0, 1\)$"):
+        SearchConfig(**(CFG | {"sparsity": 1.0}))
