@@ -6,10 +6,11 @@
 Each configuration runs in its own process (so resident memory is its own): load the model, prune it
 with magnitude (the masks' sizes, not which weights, set the cost), then for the dense linears and for
 each sparse backend: a ``--prefill``-token forward pass (median of 3) and greedy decoding of ``--decode``
-tokens at batch 1 with the KV cache. Printed: tokens/s and resident memory (VmRSS after loading into
-memory of its own, pruning, converting and ``malloc_trim``) as ratios to the dense model in the same
-run, the bytes the linears occupy, and the largest logit difference between sparse and dense linears
-on the same pruned weights.
+tokens at batch 1 with the KV cache. Printed: tokens/s as ratios to the dense linears on the same
+pruned weights (measured just before: drift during the run cancels), resident memory (VmRSS after
+loading into memory of its own, pruning, converting and ``malloc_trim``) as a ratio to the dense
+model, the bytes the linears occupy, and the largest logit difference between sparse and dense
+linears on the same pruned weights.
 """
 
 from __future__ import annotations
@@ -110,19 +111,22 @@ def main() -> None:
 
 
 def _print(rows: list[dict], args: argparse.Namespace) -> None:
+    """Speed as ratios to the dense linears on the same pruned weights (measured just before, in the same
+    run); memory as a ratio to the dense model."""
     dense = rows[0]
-    pruned_dense = {r["sparsity"]: r for r in rows if r["backend"] == "dense"}
+    same_weights = {r["sparsity"]: r for r in rows if r["backend"] == "dense"}
     print(f"{args.model}, magnitude-pruned, {args.threads} threads; prefill {args.prefill} tokens, greedy decode "
-          f"{args.decode} tokens at batch 1; ratios to the dense model in this run")
-    print("| sparsity | linears | prefill tok/s | x dense | decode tok/s | x dense | RSS MiB | x dense | "
-          "linears MiB | same greedy tokens | max logit diff |")
+          f"{args.decode} tokens at batch 1; speed x = sparse / dense linears on the same weights; "
+          "memory x = / dense model")
+    print("| sparsity | linears | prefill tok/s | x | decode tok/s | x | RSS MiB | x | linears MiB | "
+          "same greedy tokens | max logit diff |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ref = pruned_dense[r["sparsity"]]["tokens"]
-        same = sum(a == b for a, b in zip(r["tokens"], ref, strict=True)) / len(ref)
+        ref = same_weights[r["sparsity"]]
+        same = sum(a == b for a, b in zip(r["tokens"], ref["tokens"], strict=True)) / len(ref["tokens"])
         print(f"| {r['sparsity']} | {r['backend']} | {r['prefill_tok_s']:.0f} | "
-              f"{r['prefill_tok_s'] / dense['prefill_tok_s']:.2f} | {r['decode_tok_s']:.1f} | "
-              f"{r['decode_tok_s'] / dense['decode_tok_s']:.2f} | {r['rss_mib']:.0f} | "
+              f"{r['prefill_tok_s'] / ref['prefill_tok_s']:.2f} | {r['decode_tok_s']:.1f} | "
+              f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f} | {r['rss_mib']:.0f} | "
               f"{r['rss_mib'] / dense['rss_mib']:.2f} | {r['linear_mib']:.0f} | {same:.2f} | "
               f"{r['max_logit_diff']:.1e} |")
 
