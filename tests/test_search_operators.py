@@ -542,3 +542,26 @@ def test_search_config_bounds_are_the_documented_ones():
         SearchConfig(**(CFG | {"population": 1, "elite": 0}))
     with pytest.raises(ValueError, match=r"^sparsity=1.0 must be a number in \[0, 1\)$"):
         SearchConfig(**(CFG | {"sparsity": 1.0}))
+
+
+def test_a_repeated_function_carries_its_first_records_results(tmp_path):
+    cfg = SearchConfig(**CFG)
+    search = Search(FakeContext(), cfg, tmp_path / "s", progress=False)
+    fn = AllocationFunction(("abs",), "var", ("sin",), 0.1, 1)
+    first, again = search._score(fn, "evolution", 0), search._score(fn, "evolution", 1)
+    assert again["cached"] == "function"
+    for key in ("valid", "error", "ratios", "allocation_key", "cheap_fitness", "full_fitness"):
+        assert again[key] == first[key], key
+    assert again["cheap_fitness"] is not None and again["allocation_key"] == fn.key()
+
+
+def test_promotion_after_resume_recomputes_the_allocation(tmp_path):
+    cfg = SearchConfig(**CFG)
+    ctx = FakeContext()
+    search = Search(ctx, cfg, tmp_path / "s", progress=False)
+    fn = AllocationFunction(("abs",), "var", ("sin",), 0.1, 1)
+    record = search._score(fn, "evolution", 0)
+    assert record["full_fitness"] is None  # cheap only: multi-fidelity
+    del record["_counts"]  # as after a checkpoint and --resume (counts are not saved)
+    search._promote([record], 1)
+    assert record["full_fitness"] == distance(fn) and ctx.calls[-1] == (fn.key(), "full")
