@@ -275,12 +275,21 @@ def test_dense_reference_carries_the_dense_models_activations(calib):
     assert res.report["actual"] == pytest.approx(0.5, abs=0.005)
 
 
-def test_prodigy_optimizer(calib):
-    pytest.importorskip("prodigyopt")
+def test_prodigy_optimizer(calib, monkeypatch):
+    prodigy = pytest.importorskip("prodigyopt").Prodigy
+    built = []
+
+    def spy(params, **kwargs):  # the optimizer really used, with the learner's settings
+        built.append(kwargs)
+        return prodigy(params, **kwargs)
+
+    monkeypatch.setattr(besa_mod, "_prodigy", lambda: spy)
     model, tok = fresh()
     res = prune(model, tok, "wanda", "besa", 0.5, calibration=calib, progress=False,
                 allocation_params={"optimizer": "prodigy", "granularity": "layer"})
     assert res.profile.params["optimizer"] == "prodigy" and res.profile.params["lr"] == 1.0
+    assert built and all(kw == {"lr": 1.0, "weight_decay": 0.0, "d_coef": 1.0} for kw in built)
+    assert res.profile.params["sigmoid"] is True and res.profile.params["exact_target"] is True  # the defaults
     assert res.report["actual"] == pytest.approx(0.5, abs=0.005)
 
 
@@ -394,3 +403,9 @@ def test_the_sparsity_penalty_pulls_the_learned_sparsity_to_the_target_without_t
     with_penalty, without = learned(5.0), learned(0.0)
     assert all(s > 0.3 + 0.5 * (0.6 - 0.3) for s in with_penalty), with_penalty
     assert all(s < 0.3 + 0.5 * (0.6 - 0.3) for s in without), without
+
+
+def test_learner_refuses_an_unknown_optimizer_by_name():
+    info = AllocationInput(layers={})
+    with pytest.raises(ValueError, match=r"^optimizer='sgd' is not allowed; allowed: \['adamw', 'prodigy'\]$"):
+        besa_mod.BesaLearner(info, 0.5, optimizer="sgd")
