@@ -20,9 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # below, never from above; a package's __init__ belongs to the layer of the package.
 LAYERS = [
     ("backend", "results", "inputs", "dashboard.jobs", "allocation.mapping", "allocation.dsa.ops"),
-    ("profile",),
+    ("profile", "checkpoint"),
     ("models",),
-    ("data", "tasks"),
+    ("data", "tasks", "recipe", "sparse_backend"),
     ("calibrate", "evaluate", "zeroshot", "", "plots"),  # "" is the package root (load_model, perplexity)
     ("pruners",),
     ("allocation",),
