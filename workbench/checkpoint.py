@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .backend.reference import check_nm, nm_mask
 from .profile import SparsityProfile
 from .results import atomic_directory
 
@@ -111,18 +112,16 @@ def compress_weight(weight: torch.Tensor, layout: str, name: str = "weight") -> 
 
 
 def _two_of_four(weight: torch.Tensor, name: str) -> torch.Tensor:
-    """Exactly two kept positions per group of four inputs: the non-zeros, topped up with zeros in order."""
-    rows, cols = weight.shape
-    if cols % 4:
-        raise ValueError(f"{name}: 2:4 needs a column count divisible by 4, got {cols}")
-    groups = (weight != 0).reshape(rows, cols // 4, 4)
-    if int(groups.sum(-1).max()) > 2:
+    """Exactly two kept positions per group of four inputs: the non-zeros, topped up with the group's first
+    zeros (the project's N:M mask prunes the two lowest-ranked; zeros rank below non-zeros, earlier above later)."""
+    check_nm(2, 4, weight.shape[1], name)
+    nonzero = weight != 0
+    rank = nonzero.to(torch.float32) + 0.5 * torch.linspace(1.0, 0.0, weight.shape[1])
+    keep = ~nm_mask(rank, 2, 4)
+    if bool(nonzero[~keep].any()):
         raise ValueError(f"{name} is not 2:4 sparse (a group of four holds more than two non-zeros); "
                          "save it with format='sparse-bitmask' or 'dense'")
-    # kept = the non-zeros, then the first zeros of the group until two are kept (stable: order by -kept, index)
-    order = torch.argsort((~groups).to(torch.int8), dim=-1, stable=True)[..., :2]
-    keep = torch.zeros_like(groups).scatter_(-1, order, True)
-    return keep.reshape(rows, cols)
+    return keep
 
 
 def decompress_weight(parts: dict[str, torch.Tensor], layout: str) -> torch.Tensor:
@@ -165,7 +164,7 @@ def compressed_layout(directory: str | Path) -> str | None:
     layout = (quant.get("sparsity_config") or {}).get("format")
     if layout is None:
         return None
-    if layout not in _PARTS or any(k in quant for k in ("config_groups",)):
+    if layout not in _PARTS or "config_groups" in quant:
         raise ValueError(f"{directory}: compressed format {layout!r} (or quantization) is not readable here; "
                          f"readable: {sorted(_PARTS)} without quantization")
     return layout

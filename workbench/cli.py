@@ -153,7 +153,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     params = _parse_params(args.alloc_param)
     if args.granularity is not None:
         params["granularity"] = args.granularity
-    resolve_format(args.format, args.pattern)  # refused before any work, not after pruning
+    layout = resolve_format(args.format, args.pattern)  # refused before any work, not after pruning
     evals = {None: (), "ppl": ("ppl",), "zero-shot": ("zero-shot",), "all": ("ppl", "zero-shot")}[args.eval]
     config = ExperimentConfig(model=args.model, metric=args.metric, allocation=args.allocation,
                               sparsity=args.sparsity, pattern=args.pattern, alloc_params=params, mode=args.mode,
@@ -180,7 +180,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.save:
         save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save, args.format,
                     args.pattern)
-        print(f"pruned model ({resolve_format(args.format, args.pattern)}): {args.save}")
+        print(f"pruned model ({layout}): {args.save}")
     out = Path(args.out) if args.out else _default_out("prune", args.model, args.metric, args.allocation,
                                                        str(args.sparsity), args.pattern)
     write_json_atomic(out, record)
@@ -257,15 +257,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_export_recipe(args: argparse.Namespace) -> int:
     """Write an llm-compressor recipe whose per-layer sparsity is a profile's, checked against the model."""
-    from .recipe import export_recipe, load_profile_source
+    from .recipe import export_recipe, load_profile_source, run_settings
 
     profile, known = load_profile_source(args.profile)
-    model_name = args.model or known.get("model")
-    if model_name is None:
-        raise ValueError(f"profile={args.profile!r} is a bare sparsity profile: give --model so its layers can be "
-                         "checked against the model's prunable linears")
-    metric = args.metric or known.get("metric") or "wanda"
-    pattern = args.pattern or known.get("pattern") or "unstructured"
+    model_name, metric, pattern = run_settings(known, args.profile, args.model, args.metric, args.pattern)
     out = Path(args.out) if args.out else Path(args.profile).with_suffix(".recipe.yaml")
     export_recipe(profile, model_name, metric, pattern, out, args.trust_remote_code)
     print(f"llm-compressor recipe ({metric}, {pattern}, {len(profile.layers)} linears, mean sparsity "

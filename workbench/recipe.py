@@ -20,12 +20,18 @@ MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
 
 
 def load_profile_source(path: str | Path) -> tuple[SparsityProfile, dict[str, Any]]:
-    """A profile and what is known of its run, from a result record or a bare ``sparsity_profile.json``."""
+    """:func:`read_profile_source` of a JSON file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"profile={str(path)!r} could not be read as JSON ({err})") from err
+    return read_profile_source(data, str(path))
+
+
+def read_profile_source(data: Any, where: str = "record") -> tuple[SparsityProfile, dict[str, Any]]:
+    """A profile and what is known of its run (model, metric, pattern), from a result record or a bare
+    ``sparsity_profile.json``."""
     if isinstance(data, dict) and isinstance(data.get("profile"), dict):  # a result record
         method = data.get("method", {})
         known = {"metric": method.get("metric"), "pattern": method.get("pattern"),
@@ -33,8 +39,19 @@ def load_profile_source(path: str | Path) -> tuple[SparsityProfile, dict[str, An
         return SparsityProfile.from_dict(data["profile"]), known
     if isinstance(data, dict) and "layers" in data:
         return SparsityProfile.from_dict(data), {}
-    raise ValueError(f"profile={str(path)!r} is neither a result record (with 'profile') nor a sparsity profile "
+    raise ValueError(f"profile={where!r} is neither a result record with a profile nor a sparsity profile "
                      "(with 'layers')")
+
+
+def run_settings(known: dict[str, Any], where: str, model: str | None = None, metric: str | None = None,
+                 pattern: str | None = None) -> tuple[str, str, str]:
+    """(model, metric, pattern) for a recipe: what is given, else what the record says, else the defaults
+    (wanda, unstructured); the model has no default, its layers must be checked."""
+    model = model or known.get("model")
+    if model is None:
+        raise ValueError(f"profile={where!r} is a bare sparsity profile: give --model so its layers can be checked "
+                         "against the model's prunable linears")
+    return model, metric or known.get("metric") or "wanda", pattern or known.get("pattern") or "unstructured"
 
 
 def build_recipe(profile: SparsityProfile, module_order: list[str], metric: str = "wanda",

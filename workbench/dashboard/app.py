@@ -318,17 +318,12 @@ class DashboardApp:
     def _record_recipe(self) -> io.BytesIO:
         """The selected record's profile as an llm-compressor recipe (the same code as ``export-recipe``);
         a record that cannot be exported shows why and downloads only that reason."""
-        from workbench.profile import SparsityProfile
-        from workbench.recipe import recipe_text
+        from workbench.recipe import read_profile_source, recipe_text, run_settings
 
-        record = self._record()
+        path = self.record_select.value or "record"
         try:
-            if "profile" not in record:
-                raise ValueError("this record holds no sparsity profile (a dense or failed run)")
-            profile, method = SparsityProfile.from_dict(record["profile"]), record.get("method", {})
-            text = recipe_text(profile, record["model"]["id"], method.get("metric", "wanda"),
-                               method.get("pattern", "unstructured"))
-            return io.BytesIO(text.encode())
+            profile, known = read_profile_source(self._record(), path)
+            return io.BytesIO(recipe_text(profile, *run_settings(known, path)).encode())
         except ValueError as err:
             self._fail(f"recipe: {err}")
             return io.BytesIO(f"# no recipe: {err}\n".encode())
