@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 LAYERS = [
     ("backend", "results", "inputs", "dashboard.jobs", "allocation.mapping", "allocation.dsa.ops"),
     ("profile", "checkpoint"),
-    ("models",),
+    ("models", "offload"),
     ("data", "tasks", "recipe", "sparse_backend"),
     ("calibrate", "evaluate", "zeroshot", "", "plots"),  # "" is the package root (load_model, perplexity)
     ("pruners",),

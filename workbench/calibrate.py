@@ -17,12 +17,15 @@ Methods that learn per block (BESA) pass ``block_step``: it gets a :class:`Block
 inputs and its outputs before pruning (the dense block on the pruned model's inputs), and optionally
 (``dense_reference=True``) the dense model's own inputs and outputs of that block, carried alongside.
 
-Memory stays at one block's activations (n_windows x seqlen x hidden) plus the statistics.
+Memory stays at one block's activations (n_windows x seqlen x hidden) plus the statistics; with a
+:mod:`workbench.offload` residency, blocks are onloaded or streamed from disk one at a time and the
+activations may wait in CPU memory or on disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backend import kernels
-from .models import get_blocks, structure
+from .models import find_blocks, get_blocks, structure
+from .offload import Residency
 
 MODES = ("sequential", "dense")
 STATISTICS = ("sq_norm", "xtx")
@@ -65,11 +69,11 @@ class BlockData:
     block: nn.Module
     linears: dict[str, nn.Linear]          # full name -> linear of this block
     stats: dict[str, LayerStats]
-    inputs: list[torch.Tensor]             # the block's inputs in this run (pruned model's), each (1, seqlen, hidden)
-    outputs: list[torch.Tensor]            # the block's outputs on ``inputs`` before the step (dense weights)
+    inputs: Sequence[torch.Tensor]         # the block's inputs in this run (pruned model's), each (1, seqlen, hidden)
+    outputs: Sequence[torch.Tensor]        # the block's outputs on ``inputs`` before the step (dense weights)
     kwargs: dict                           # keyword arguments of the block call (position embeddings, masks)
-    dense_inputs: list[torch.Tensor] | None = None   # the dense model's inputs of this block (dense_reference)
-    dense_outputs: list[torch.Tensor] | None = None  # the dense block on ``dense_inputs``
+    dense_inputs: Sequence[torch.Tensor] | None = None   # the dense model's inputs of this block (dense_reference)
+    dense_outputs: Sequence[torch.Tensor] | None = None  # the dense block on ``dense_inputs``
 
 
 class _Stop(Exception):
@@ -77,12 +81,13 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor,
+                         residency: Residency | None = None) -> tuple[Sequence[torch.Tensor], dict]:
     """Hidden states entering block 0 for every window (each (1, seqlen, hidden)), and the keyword
     arguments the model passes to its blocks (position embeddings, masks), identical for all windows."""
+    residency = residency or Residency()
     blocks = get_blocks(model)
-    device = next(model.parameters()).device
-    inputs: list[torch.Tensor] = []
+    inputs = residency.activations()
     kwargs: dict = {}
 
     def catch(_module, args, kw):
@@ -94,11 +99,13 @@ def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor) -> tuple[lis
 
     handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
     try:
-        for row in input_ids:
-            try:
-                model(row[None].to(device), use_cache=False)
-            except _Stop:
-                pass
+        with residency.outside(model):
+            device = residency.compute_device(model)
+            for row in input_ids:
+                try:
+                    model(row[None].to(device), use_cache=False)
+                except _Stop:
+                    pass
     finally:
         handle.remove()
     kwargs.pop("past_key_values", None)
@@ -107,12 +114,11 @@ def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor) -> tuple[lis
     return inputs, kwargs
 
 
-def _run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
-    outs = []
+def _run_block(block: nn.Module, inputs, kwargs: dict, out):
     for hidden in inputs:
-        out = block(hidden, **kwargs)
-        outs.append(out[0] if isinstance(out, tuple) else out)
-    return outs
+        result = block(hidden, **kwargs)
+        out.append(result[0] if isinstance(result, tuple) else result)
+    return out
 
 
 def _stat_hooks(linears: dict[str, nn.Linear], stats: dict[str, LayerStats], which: tuple[str, ...]):
@@ -140,13 +146,14 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
               statistics: tuple[str, ...] = ("sq_norm",),
               on_block: Callable[[int, dict[str, nn.Linear], dict[str, LayerStats]], None] | None = None,
               progress: bool = True, block_step: Callable[[BlockData], None] | None = None,
-              dense_reference: bool = False) -> dict[str, LayerStats]:
+              dense_reference: bool = False, residency: Residency | None = None) -> dict[str, LayerStats]:
     """Run the capture loop over ``input_ids`` (n_windows, seqlen) and return every linear's statistics.
 
     In ``sequential`` mode ``on_block(index, linears, stats)`` is called after block ``index``'s
     statistics are complete and before its outputs are computed (it may change the block's weights);
     ``block_step(BlockData)`` likewise, with the block's activations (``dense_reference=True`` also carries
-    the dense model's activations, one more block forward per block).
+    the dense model's activations, one more block forward per block). ``residency`` says where blocks and
+    activations live between turns (:mod:`workbench.offload`; default: all on the model's device).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
@@ -157,29 +164,92 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
         raise ValueError(f"input_ids must have shape (n_windows >= 1, seqlen), got {tuple(input_ids.shape)}")
     if (block_step is not None or dense_reference) and mode != "sequential":
         raise ValueError(f"block_step and dense_reference need mode='sequential', got mode={mode!r}")
+    stats, outputs, _kwargs = _block_loop(model, input_ids, mode, tuple(statistics), on_block, block_step,
+                                          dense_reference, residency or Residency(), progress)
+    outputs.close()
+    return stats
+
+
+@torch.no_grad()
+def block_outputs(model: nn.Module, input_ids: torch.Tensor, residency: Residency | None = None,
+                  progress: bool = True) -> tuple[Sequence[torch.Tensor], dict]:
+    """The last block's outputs for every window, computed block-major (all windows through block l, then
+    l+1), and the blocks' keyword arguments: what a streamed or onloaded evaluation runs the head on."""
+    _stats, outputs, kwargs = _block_loop(model, input_ids, "dense", (), None, None, False,
+                                          residency or Residency(), progress)
+    return outputs, kwargs
+
+
+def _block_loop(model, input_ids, mode, statistics, on_block, block_step, dense_reference, residency, progress):
+    """The loop itself: (statistics of every linear, the last block's outputs, the blocks' kwargs)."""
     layout = structure(model)
-    inputs, kwargs = capture_block_inputs(model, input_ids)
-    dense_inputs = list(inputs) if dense_reference else None
+    inputs, kwargs = capture_block_inputs(model, input_ids, residency)
+    dense_inputs = inputs if dense_reference else None
     all_stats: dict[str, LayerStats] = {}
-    for index in tqdm(range(len(layout.blocks)), desc=f"calibrate ({mode})", disable=not progress, leave=False):
+    desc = f"calibrate ({mode})" if statistics or on_block or block_step else "blocks"
+    for index in tqdm(range(len(layout.blocks)), desc=desc, disable=not progress, leave=False):
         block, linears = layout.blocks[index], dict(layout.block_linears[index])
+        residency.enter(index, block)
         stats = {name: LayerStats() for name in linears}
-        handles = _stat_hooks(linears, stats, tuple(statistics))
+        handles = _stat_hooks(linears, stats, statistics)
         try:
-            outputs = _run_block(block, inputs, kwargs)
+            outputs = _run_block(block, inputs, kwargs, residency.activations())
         finally:
             for h in handles:
                 h.remove()
         all_stats.update(stats)
-        dense_outputs = _run_block(block, dense_inputs, kwargs) if dense_inputs is not None else None
+        dense_outputs = (_run_block(block, dense_inputs, kwargs, residency.activations())
+                         if dense_inputs is not None else None)
         if mode == "sequential" and (on_block is not None or block_step is not None):
             if on_block is not None:
                 on_block(index, linears, stats)
             if block_step is not None:
                 block_step(BlockData(index, block, linears, stats, inputs, outputs, kwargs, dense_inputs,
                                      dense_outputs))
-            outputs = _run_block(block, inputs, kwargs)  # block l+1 sees the pruned block l
+            outputs.close()
+            outputs = _run_block(block, inputs, kwargs, residency.activations())  # l+1 sees the pruned block l
             for st in stats.values():  # Hessians are used up: keep memory at one block's worth
                 st.xtx = None
+        residency.exit(index, block)
+        inputs.close()
+        if dense_inputs is not None and dense_inputs is not inputs:
+            dense_inputs.close()
         inputs, dense_inputs = outputs, dense_outputs
-    return all_stats
+    return all_stats, inputs, kwargs
+
+
+class _Passthrough(nn.Module):
+    """Stands in for a decoder block in :func:`head_logits`: returns its input (the first one returns the
+    states handed to it), so the model's own code applies its final norm, projections and head."""
+
+    def __init__(self, states: list):
+        super().__init__()
+        self.states = states
+
+    def forward(self, hidden, *args, **kwargs):
+        return self.states.pop() if self.states else hidden
+
+
+@contextmanager
+def _blocks_replaced(model: nn.Module, states: list):
+    path, blocks = find_blocks(model)
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    stand_ins = nn.ModuleList([_Passthrough(states) for _ in blocks])
+    setattr(parent, attr, stand_ins)
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks)
+
+
+@torch.no_grad()
+def head_logits(model: nn.Module, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of window ``input_ids`` (1, seqlen) from its last block's output ``hidden``: the model's forward
+    with its blocks replaced by stand-ins (the caller makes the outside modules usable)."""
+    states = [hidden]
+    with _blocks_replaced(model, states):
+        logits = model(input_ids, use_cache=False).logits
+    if states:
+        raise RuntimeError(f"{type(model).__name__}: its forward did not pass through the decoder blocks")
+    return logits

@@ -43,18 +43,25 @@ def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory
                 fmt: str = "dense", pattern: str = "unstructured", max_shard_size: str = "5GB") -> Path:
     """Write the pruned model, its tokenizer and ``sparsity_profile.json`` atomically in layout ``fmt``;
     nothing appears under ``directory`` unless the whole checkpoint was written."""
-    layout = resolve_format(fmt, pattern)
+    resolve_format(fmt, pattern)
     directory = Path(directory)
-    names = [f"{name}.weight" for name in profile.layers]
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        profile.save(tmp / "sparsity_profile.json")
-        if layout != "dense":
-            _compress_shards(tmp, set(names), layout)
-            _write_sparsity_config(tmp, layout, profile, pattern)
+        complete_checkpoint(tmp, tokenizer, profile, fmt, pattern)
     return directory
+
+
+def complete_checkpoint(directory: Path, tokenizer, profile: SparsityProfile, fmt: str = "dense",
+                        pattern: str = "unstructured") -> None:
+    """Add the tokenizer and ``sparsity_profile.json`` to a directory of dense safetensors shards and
+    config, and store it in layout ``fmt`` (a streamed prune writes its shards itself, then calls this)."""
+    layout = resolve_format(fmt, pattern)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    profile.save(directory / "sparsity_profile.json")
+    if layout != "dense":
+        _compress_shards(directory, {f"{name}.weight" for name in profile.layers}, layout)
+        _write_sparsity_config(directory, layout, profile, pattern)
 
 
 def _shards(directory: Path) -> list[Path]:

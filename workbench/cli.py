@@ -29,6 +29,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off)")
 
 
+def _add_placement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onload", action="store_true",
+                   help="keep the model in CPU memory and move one block at a time to --device (chosen by itself "
+                        "on a CUDA device the model does not fit)")
+    p.add_argument("--offload-dir", default=None, metavar="DIR",
+                   help="stream the model's blocks from its safetensors checkpoint one at a time (never all in "
+                        "memory); DIR holds the run's scratch files (activations), removed afterwards")
+    p.add_argument("--activations", default=None, choices=("device", "cpu", "disk"),
+                   help="where the windows' hidden states wait between blocks (default: device; cpu with --onload; "
+                        "disk under --offload-dir with it)")
+
+
+def _placement(args: argparse.Namespace) -> dict:
+    return {"onload": args.onload, "offload_dir": args.offload_dir, "activations": args.activations}
+
+
+def _placed(args: argparse.Namespace) -> bool:
+    return bool(args.onload or args.offload_dir or args.activations)
+
+
 def _print_zero_shot(record: dict, limit: int | None) -> None:
     """The zero-shot table of a result record, with the harness version."""
     from .zeroshot import ZeroShot
@@ -42,6 +62,9 @@ def _print_zero_shot(record: dict, limit: int | None) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity (paper protocol) or, with --tasks, zero-shot accuracy; prints it and writes a record."""
     if getattr(args, "tasks", None) is not None:
+        if _placed(args):
+            raise ValueError("--tasks: zero-shot accuracy needs the model in memory (lm-eval drives it); leave out "
+                             "--onload/--offload-dir/--activations")
         return _cmd_eval_zero_shot(args)
     from .evaluate import perplexity
     from .models import model_hash
@@ -49,17 +72,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     data_mod.check_dataset(args.dataset)
     start = time.perf_counter()
-    model, tokenizer = _load_for_inference(args)
-    result = perplexity(model, tokenizer, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
-                        batch_size=args.batch_size)
+    if _placed(args):
+        if args.sparse_backend is not None:
+            raise ValueError("--sparse-backend needs the model in memory; leave out --onload/--offload-dir")
+        from .offload import placed_model
+
+        with placed_model(args.model, args.dtype, args.device, args.trust_remote_code, **_placement(args)) as (
+                model, tokenizer, residency):
+            result = perplexity(model, tokenizer, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
+                                batch_size=args.batch_size, residency=residency)
+            weights, placement = residency.weight_hash(model), residency.describe()
+    else:
+        model, tokenizer = _load_for_inference(args)
+        result = perplexity(model, tokenizer, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
+                            batch_size=args.batch_size)
+        weights, placement = model_hash(model), {"kind": "memory", "activations": "device"}
     wall = time.perf_counter() - start
     record = make_record(
         "eval",
-        model={"id": args.model, "weight_sha256": model_hash(model), "dtype": args.dtype, "device": args.device},
+        model={"id": args.model, "weight_sha256": weights, "dtype": args.dtype, "device": args.device},
         method={"name": "dense", "sparse_backend": args.sparse_backend},
         data={"eval": result.to_dict()},
         metrics={"perplexity": result.ppl},
         wall_time_s=wall,
+        extra={"residency": placement},
     )
     out = Path(args.out) if args.out else _default_out("eval", args.model, Path(args.dataset).name)
     write_json_atomic(out, record)
@@ -162,9 +198,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
                               eval_seqlen=args.eval_seqlen, tasks=args.tasks, limit=args.limit,
                               zs_batch_size=args.zs_batch_size, dtype=args.dtype, device=args.device,
                               trust_remote_code=args.trust_remote_code)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
-                                  trust_remote_code=args.trust_remote_code)
-    record = run_experiment(config, model, tokenizer)
+    if _placed(args):
+        record = _prune_placed(args, config)
+    else:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
+        record = run_experiment(config, model, tokenizer)
     rep, timings, metrics = record["sparsity_report"], record["timings"], record["metrics"]
     print(f"{args.model}: {args.metric} + {args.allocation} ({args.pattern}), target {rep['target']:.4f}, "
           f"allocated mean {rep['allocated_mean']:.4f}, actual {rep['actual']:.4f}")
@@ -177,15 +216,43 @@ def cmd_prune(args: argparse.Namespace) -> int:
               f"{metrics['perplexity']:.3f}")
     if "zero_shot" in record["data"]:
         _print_zero_shot(record, args.limit)
-    if args.save:
+    if args.save and not _placed(args):
         save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save, args.format,
                     args.pattern)
+    if args.save:
         print(f"pruned model ({layout}): {args.save}")
     out = Path(args.out) if args.out else _default_out("prune", args.model, args.metric, args.allocation,
                                                        str(args.sparsity), args.pattern)
     write_json_atomic(out, record)
     print(f"result record: {out}")
     return 0
+
+
+def _prune_placed(args: argparse.Namespace, config) -> dict:
+    """``prune`` with the model onloaded or streamed; a streamed run writes ``--save`` block by block (nothing
+    appears under that name unless the whole checkpoint was written)."""
+    from contextlib import nullcontext
+
+    from .checkpoint import complete_checkpoint
+    from .experiment import check_placed, run_experiment
+    from .offload import Stream, placed_model
+    from .profile import SparsityProfile
+    from .results import atomic_directory
+
+    check_placed(config)
+    save = atomic_directory(args.save) if args.save and args.offload_dir else nullcontext(None)
+    with save as out, placed_model(args.model, args.dtype, args.device, args.trust_remote_code, prunes=True,
+                                   out=out, **_placement(args)) as (model, tokenizer, residency):
+        record = run_experiment(config, model, tokenizer, residency=residency)
+        profile = SparsityProfile.from_dict(record["profile"])
+        if isinstance(residency, Stream) and out is not None:
+            residency.finish()
+            complete_checkpoint(out, tokenizer, profile, args.format, args.pattern)
+        elif args.save:
+            from .checkpoint import save_pruned
+
+            save_pruned(model, tokenizer, profile, args.save, args.format, args.pattern)
+    return record
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -309,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     _add_zero_shot_args(p, default_tasks=None)
     _add_sparse_backend_arg(p)
+    _add_placement_args(p)
     p.add_argument("--out", default=None, help="result record path (default runs/eval-...json)")
     p.set_defaults(func=cmd_eval)
 
@@ -349,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--save layout: dense (zeros stored, any from_pretrained reads it; default), compressed "
                         "(sparse-24-bitmask for 2:4, else sparse-bitmask: compressed-tensors' layouts), or one "
                         "of those two by name")
+    _add_placement_args(p)
     p.add_argument("--out", default=None, help="result record path (default runs/prune-...json)")
     p.set_defaults(func=cmd_prune)
 

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .calibrate import block_outputs, head_logits
 from .data import eval_tokens
+from .offload import Residency
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,45 @@ def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     return ids[: n * seqlen].view(n, seqlen)
 
 
+def _mean_nll(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL (float64) of each window of ``batch`` (b, seqlen) given its logits (b, seqlen, vocab)."""
+    logits = logits[:, :-1, :]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
+                          reduction="none").view(batch.shape[0], -1)
+    return nll.double().mean(dim=1).cpu()
+
+
 @torch.inference_mode()
-def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, progress: bool = True) -> torch.Tensor:
-    """Mean next-token NLL (float64) of each non-overlapping ``seqlen`` window of ``ids``."""
+def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, progress: bool = True,
+                residency: Residency | None = None) -> torch.Tensor:
+    """Mean next-token NLL (float64) of each non-overlapping ``seqlen`` window of ``ids``. With an onloading
+    or streaming ``residency`` (:mod:`workbench.offload`) the windows go through the model block-major."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
     windows = _windows(ids, seqlen)
+    if residency is not None and residency.blockwise:
+        return _window_nlls_blockwise(model, windows, residency, progress)
     device = next(model.parameters()).device
     out = torch.empty(windows.shape[0], dtype=torch.float64)
     starts = range(0, windows.shape[0], batch_size)
     for start in tqdm(starts, desc=f"perplexity (seqlen {seqlen})", disable=not progress, leave=False):
         batch = windows[start: start + batch_size].to(device)
-        logits = model(batch).logits[:, :-1, :]  # (b, seqlen-1, vocab)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
-                              reduction="none").view(batch.shape[0], -1)
-        out[start: start + batch.shape[0]] = nll.double().mean(dim=1).cpu()
+        out[start: start + batch.shape[0]] = _mean_nll(model(batch).logits, batch)
+    return out
+
+
+def _window_nlls_blockwise(model, windows: torch.Tensor, residency: Residency, progress: bool) -> torch.Tensor:
+    """All windows through block l, then block l+1 (one block resident), then the head window by window."""
+    hidden, _kwargs = block_outputs(model, windows, residency, progress)
+    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    try:
+        with residency.outside(model):
+            device = residency.compute_device(model)
+            for i, window in enumerate(windows):
+                batch = window[None].to(device)
+                out[i] = _mean_nll(head_logits(model, batch, hidden[i]), batch)[0]
+    finally:
+        hidden.close()
     return out
 
 
@@ -96,22 +122,24 @@ def window_kl(model, ids: torch.Tensor, seqlen: int, reference: list[torch.Tenso
     return out
 
 
-def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, progress: bool = True) -> float:
+def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, progress: bool = True,
+                        residency: Residency | None = None) -> float:
     """The protocol's perplexity of a 1-D token tensor: exp(sum_w nll_w * seqlen / (n * seqlen))."""
-    nlls = window_nlls(model, ids, seqlen, batch_size=batch_size, progress=progress)
+    nlls = window_nlls(model, ids, seqlen, batch_size=batch_size, progress=progress, residency=residency)
     return math.exp(float((nlls * seqlen).sum() / (nlls.numel() * seqlen)))
 
 
 def perplexity(model, tokenizer, dataset: str = "embedded", split: str = "test", seqlen: int | None = None,
-               batch_size: int = 1, progress: bool = True) -> Perplexity:
+               batch_size: int = 1, progress: bool = True, residency: Residency | None = None) -> Perplexity:
     """Perplexity of ``model`` on ``dataset``'s ``split`` with the paper protocol; seqlen defaults to
-    2048 for paper datasets and 512 otherwise (never to the model's maximum context)."""
+    2048 for paper datasets and 512 otherwise (never to the model's maximum context). ``residency``:
+    onloaded or streamed blocks (:mod:`workbench.offload`), evaluated block-major with the same numbers."""
     from .data import default_calibration
 
     seqlen = default_calibration(dataset)["seqlen"] if seqlen is None else seqlen
     _check_seqlen(seqlen)
     ids, text = eval_tokens(tokenizer, dataset, split, seqlen=seqlen)
-    ppl = perplexity_from_ids(model, ids, seqlen, batch_size=batch_size, progress=progress)
+    ppl = perplexity_from_ids(model, ids, seqlen, batch_size=batch_size, progress=progress, residency=residency)
     n = ids.numel() // seqlen
     return Perplexity(ppl=ppl, dataset=text.dataset, split=split, seqlen=seqlen, n_windows=n,
                       n_tokens=n * seqlen, text_sha256=text.sha256)

@@ -132,19 +132,25 @@ class ExperimentConfig:
 
 
 def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progress: bool = True,
-                   on_stage=None, cache=None) -> dict[str, Any]:
+                   on_stage=None, cache=None, residency=None) -> dict[str, Any]:
     """Load (unless given), prune in place, evaluate; return the result record (not written to disk).
 
     ``allocation="dense"`` evaluates the unpruned model. ``on_stage(name)`` is called as the run
     moves through ``load``, ``prune``, ``ppl``, ``zero-shot`` (for progress displays). ``cache``: a
     DenseCache of ``model`` built from this config's calibration; dense-mode runs then prune from it
-    (no forward pass). It is refused when its calibration is not the config's.
+    (no forward pass). It is refused when its calibration is not the config's. ``residency``: ``model`` is
+    onloaded or streamed block by block (:func:`workbench.offload.placed_model`); pruning and perplexity
+    then run block-major with the same numbers.
     """
     from .evaluate import perplexity
-    from .models import load_model, model_hash
+    from .models import load_model
+    from .offload import Residency
     from .prune import prune
     from .results import make_record
 
+    if residency is not None and residency.blockwise:
+        check_placed(config)
+    residency = residency or Residency()
     stage = on_stage or (lambda _name: None)
     start = time.perf_counter()
     if model is None:
@@ -170,7 +176,7 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         result = prune(model, tokenizer, metric=config.metric, allocation=config.allocation,
                        sparsity=config.sparsity, pattern=config.pattern, calibration=calibration,
                        mode=config.mode, group=config.group, allocation_params=params,
-                       cache=cache, progress=progress)
+                       cache=cache, progress=progress, residency=residency)
         metrics["actual_sparsity"] = result.report["actual"]
         data["calibration"] = result.provenance
         extra = {"profile": result.profile.to_dict(), "sparsity_report": result.report, "timings": result.timings}
@@ -181,7 +187,8 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         result_profile = None
     if "ppl" in config.evals:
         stage("ppl")
-        ppl = perplexity(model, tokenizer, dataset=config.eval_dataset, seqlen=config.eval_seqlen, progress=progress)
+        ppl = perplexity(model, tokenizer, dataset=config.eval_dataset, seqlen=config.eval_seqlen, progress=progress,
+                         residency=residency.after_prune() if result_profile is not None else residency)
         metrics["perplexity"] = ppl.ppl
         data["eval"] = ppl.to_dict()
     if "zero-shot" in config.evals:
@@ -194,11 +201,26 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
     method = {"metric": config.metric, "allocation": config.allocation, "sparsity": config.sparsity,
               "pattern": config.pattern, "mode": config.mode, "group": config.group, "params": params}
     record = make_record("prune" if result_profile is not None else "eval",
-                         model={"id": config.model, "weight_sha256": model_hash(model), "dtype": config.dtype,
-                                "device": config.device},
+                         model={"id": config.model, "weight_sha256": residency.weight_hash(model),
+                                "dtype": config.dtype, "device": config.device},
                          method=method, data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
-                         extra={"config": config.to_dict(), **extra})
+                         extra={"config": config.to_dict(), "residency": residency.describe(), **extra})
     return record
+
+
+def check_placed(config: ExperimentConfig) -> None:
+    """What an onloaded or streamed run (or one keeping activations off the device) cannot do, refused
+    before any work."""
+    if "zero-shot" in config.evals:
+        raise ValueError("evals: zero-shot accuracy needs the model in memory (lm-eval drives it); with "
+                         "--onload/--offload-dir evaluate perplexity, then run `workbench eval --tasks` on the "
+                         "saved checkpoint")
+    if any(v == "auto" for v in config.alloc_params.values()):
+        raise ValueError("alloc_params: 'auto' values are searched on an in-memory model; give the value "
+                         "itself with --onload/--offload-dir")
+    if config.prunes and config.mode != "sequential":
+        raise ValueError(f"mode={config.mode!r}: an onloaded or streamed model prunes block by block; "
+                         "use mode='sequential'")
 
 
 def _calibration_of(config: ExperimentConfig) -> dict[str, Any]:

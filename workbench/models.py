@@ -138,13 +138,19 @@ def _embedded_cache_path(name: str) -> Path:
     return cache_dir() / "models" / f"{name}-{key}"
 
 
+def embedded_checkpoint_dir(name: str = "smollm2-135m") -> Path:
+    """The embedded model's safetensors checkpoint directory, built from GGUF on first use."""
+    target = _embedded_cache_path(name)
+    if not (target / "workbench.json").is_file():
+        _build_embedded_cache(name, target)
+    return target
+
+
 def _load_embedded(name: str):
     """Load the embedded model from its safetensors cache, building the cache from GGUF on first use."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    target = _embedded_cache_path(name)
-    if not (target / "workbench.json").is_file():
-        _build_embedded_cache(name, target)
+    target = embedded_checkpoint_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(target)
     model = LlamaForCausalLM.from_pretrained(target, dtype=torch.float32)
     meta = json.loads((target / "workbench.json").read_text())
@@ -235,7 +241,8 @@ def _get_attr_path(obj, path: str):
     return obj
 
 
-def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(dotted path, module list) of the model's decoder blocks."""
     for path in _BLOCK_PATHS:
         blocks = _get_attr_path(model, path)
         if isinstance(blocks, nn.ModuleList):
@@ -259,7 +266,7 @@ class ModelStructure:
 
     @classmethod
     def discover(cls, model: nn.Module) -> ModelStructure:
-        prefix, blocks = _find_blocks(model)
+        prefix, blocks = find_blocks(model)
         per_block = tuple({f"{prefix}.{i}.{n}": m for n, m in find_linears(b).items()} for i, b in enumerate(blocks))
         return cls(prefix, blocks, per_block)
 
@@ -277,7 +284,7 @@ def structure(model: nn.Module) -> ModelStructure:
     """The model's :class:`ModelStructure`, discovered on first use and kept on the model (every later
     caller shares that one object; swapping a linear module for another needs ``forget_structure``)."""
     found = model.__dict__.get("_workbench_structure")
-    if found is None or found.blocks is not _find_blocks(model)[1]:
+    if found is None or found.blocks is not find_blocks(model)[1]:
         found = ModelStructure.discover(model)
         model.__dict__["_workbench_structure"] = found
     return found
@@ -298,11 +305,12 @@ def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return structure(model).linears
 
 
-def weight_hash(model: nn.Module) -> str:
-    """SHA-256 over every parameter's name, shape and bytes: identifies the exact weights of a run."""
+def weight_hash(model: nn.Module, read=None) -> str:
+    """SHA-256 over every parameter's name, shape and bytes: identifies the exact weights of a run.
+    ``read(name)`` supplies each tensor instead of the model (a streamed model's weights are on disk)."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
+        t = (tensor if read is None else read(name)).detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

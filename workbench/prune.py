@@ -23,7 +23,8 @@ from .allocation import AllocationInput, allocate, check_allocator, check_params
 from .backend.reference import check_nm, parse_pattern
 from .calibrate import MODES, LayerStats, calibrate
 from .data import Calibration, calibration_samples
-from .models import prunable_linears
+from .models import prunable_linears, structure
+from .offload import Residency
 from .profile import SparsityProfile, check_sparsity
 from .pruners import NEEDS, check_metric, layer_scores, prune_linear
 
@@ -66,20 +67,23 @@ class DenseCache:
         return all(getattr(first, s) is not None for s in statistics)
 
 
-def sparsity_report(model: nn.Module, profile: SparsityProfile) -> dict:
-    """Target vs actual sparsity (fraction of exact zeros) per layer and parameter-weighted overall."""
+def sparsity_report(model: nn.Module, profile: SparsityProfile, residency: Residency | None = None) -> dict:
+    """Target vs actual sparsity (fraction of exact zeros) per layer and parameter-weighted overall
+    (``residency`` reads weights that are not in memory, e.g. a streamed run's output)."""
+    residency = residency or Residency()
     layers, zeros, total = {}, 0, 0
     for name, lin in prunable_linears(model).items():
-        z = int((lin.weight == 0).sum())
-        n = lin.weight.numel()
+        weight = residency.weight(name, lin)
+        z = int((weight == 0).sum())
+        n = weight.numel()
         layers[name] = {"target": profile.layers[name], "actual": z / n, "numel": n}
         zeros, total = zeros + z, total + n
     return {"target": profile.target, "allocated_mean": profile.mean(), "actual": zeros / total, "layers": layers}
 
 
-def _scores_fn(model: nn.Module, stats: dict[str, LayerStats] | None, score: str):
+def _scores_fn(model: nn.Module, stats: dict[str, LayerStats] | None, score: str, residency: Residency):
     linears = prunable_linears(model)
-    return lambda name: layer_scores(score, linears[name].weight, stats[name] if stats else None)
+    return lambda name: layer_scores(score, residency.weight(name, linears[name]), stats[name] if stats else None)
 
 
 def check_target(pattern: str, allocation: str, sparsity: float, with_profile: bool = False) -> tuple[int, int]:
@@ -96,7 +100,7 @@ def check_target(pattern: str, allocation: str, sparsity: float, with_profile: b
 
 
 def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
-              allocation_params) -> tuple[int, int, dict]:
+              allocation_params, residency) -> tuple[int, int, dict]:
     """Every check that can fail, done before the model is touched; returns N, M and the allocator's
     parameters with the defaults filled in (as given when a profile is passed)."""
     check_metric(metric, group)
@@ -114,6 +118,9 @@ def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile
         params = check_params(allocation, allocation_params or {}, metric)
     if cache is not None and mode != "dense":
         raise ValueError("cache= holds dense statistics: use mode='dense' with it")
+    if type(residency) is not Residency and (mode != "sequential" or cache is not None):
+        raise ValueError(f"an onloaded or streamed model prunes block by block: use mode='sequential' without a "
+                         f"cache (got mode={mode!r})")
     return n, m, params
 
 
@@ -121,18 +128,20 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
           sparsity: float = 0.5, pattern: str = "unstructured", calibration: Calibration | None = None,
           mode: str = "sequential", group: str | None = None, allocation_params: dict | None = None,
           profile: SparsityProfile | None = None, cache: DenseCache | None = None,
-          progress: bool = True) -> PruneResult:
+          progress: bool = True, residency: Residency | None = None) -> PruneResult:
     """Prune ``model`` in place and return the applied profile and a sparsity report.
 
     ``calibration`` defaults to the embedded corpus' defaults (needs ``tokenizer``); ``profile``
-    overrides ``allocation``; ``cache`` (dense mode) re-prunes from stored dense statistics.
+    overrides ``allocation``; ``cache`` (dense mode) re-prunes from stored dense statistics;
+    ``residency`` onloads or streams the blocks one at a time (:mod:`workbench.offload`, sequential mode).
     """
+    residency = residency or Residency()
     n, m, params = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
-                             allocation_params)
+                             allocation_params, residency)
     if profile is None and check_allocator(allocation).in_loop:
         params["progress"] = (allocation_params or {}).get("progress", progress)
         return _prune_in_loop(model, tokenizer, metric, allocation, sparsity, (n, m), calibration, mode, group,
-                              params, cache, progress)
+                              params, cache, progress, residency)
     needs_scores = profile is None and check_allocator(allocation).needs_scores
     score = params.get("score", "wanda")
     statistics = set(NEEDS[metric]) | ({"sq_norm"} if needs_scores and score == "wanda" else set())
@@ -152,13 +161,15 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     dense_stats = cache.stats if cache is not None else None
     if needs_scores and dense_stats is None and score == "wanda":  # allocation needs the dense model's scores
         start = time.perf_counter()
-        dense_stats = calibrate(model, calibration.input_ids, "dense", ("sq_norm",), progress=progress)
+        dense_stats = calibrate(model, calibration.input_ids, "dense", ("sq_norm",), progress=progress,
+                                residency=residency.reader())
         timings["forward_s"] += time.perf_counter() - start
 
     start = time.perf_counter()
     linears = prunable_linears(model)
-    inputs = AllocationInput(layer_infos(model), _scores_fn(model, dense_stats, score) if needs_scores else None,
-                             weights=lambda name: linears[name].weight)
+    inputs = AllocationInput(layer_infos(model),
+                             _scores_fn(model, dense_stats, score, residency) if needs_scores else None,
+                             weights=lambda name: residency.weight(name, linears[name]))
     if profile is None:
         target = n / m if n else sparsity
         profile = allocate("uniform" if n else allocation, inputs, target, **params)
@@ -179,19 +190,23 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     if mode == "sequential" and statistics:
         start, prune_before = time.perf_counter(), timings["prune_s"]
         calibrate(model, calibration.input_ids, "sequential", tuple(sorted(statistics)),
-                  on_block=lambda _i, block_linears, stats: prune_layers(block_linears, stats), progress=progress)
+                  on_block=lambda _i, block_linears, stats: prune_layers(block_linears, stats), progress=progress,
+                  residency=residency)
         timings["forward_s"] += time.perf_counter() - start - (timings["prune_s"] - prune_before)
     else:
-        for name in tqdm(list(linears), desc=f"prune ({metric})", disable=not progress, leave=False):
-            prune_layers([name], dense_stats)
-    report = sparsity_report(model, profile)
+        layout = structure(model)
+        for index in tqdm(range(len(layout.blocks)), desc=f"prune ({metric})", disable=not progress, leave=False):
+            residency.enter(index, layout.blocks[index])
+            prune_layers(list(layout.block_linears[index]), dense_stats)
+            residency.exit(index, layout.blocks[index])
+    report = sparsity_report(model, profile, residency)
     calib = cache.provenance if cache is not None else (calibration.provenance() if calibration else {})
     return PruneResult(profile, report, calib, timings)
 
 
 def _prune_in_loop(model: nn.Module, tokenizer, metric: str, allocation: str, sparsity: float,
                    pattern: tuple[int, int], calibration: Calibration | None, mode: str, group: str | None,
-                   params: dict, cache: DenseCache | None, progress: bool) -> PruneResult:
+                   params: dict, cache: DenseCache | None, progress: bool, residency: Residency) -> PruneResult:
     """Allocators that learn while pruning (BESA): one sequential pass, the learner prunes each block."""
     if mode != "sequential" or cache is not None:
         raise ValueError(f"allocation={allocation!r} learns on the pruned model's block inputs: use "
@@ -206,9 +221,9 @@ def _prune_in_loop(model: nn.Module, tokenizer, metric: str, allocation: str, sp
         calibration = calibration_samples(tokenizer, "embedded")
     start = time.perf_counter()
     calibrate(model, calibration.input_ids, "sequential", tuple(sorted(learner.statistics)),
-              block_step=learner.step, dense_reference=learner.needs_dense, progress=progress)
+              block_step=learner.step, dense_reference=learner.needs_dense, progress=progress, residency=residency)
     total = time.perf_counter() - start
     learn = sum(b.seconds for b in learner.log)
     profile = learner.profile()
     timings = {"forward_s": total - learn, "prune_s": learn, "learn_s_per_block": learn / max(len(learner.log), 1)}
-    return PruneResult(profile, sparsity_report(model, profile), calibration.provenance(), timings)
+    return PruneResult(profile, sparsity_report(model, profile, residency), calibration.provenance(), timings)
