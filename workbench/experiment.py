@@ -198,6 +198,10 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         result = zero_shot(model, tokenizer, tasks=config.tasks, limit=config.limit, batch_size=config.zs_batch_size)
         metrics.update(result.metrics())
         data["zero_shot"] = result.to_dict()
+    if config.device.startswith("cuda"):
+        import torch
+
+        extra["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(config.device)
     method = {"metric": config.metric, "allocation": config.allocation, "sparsity": config.sparsity,
               "pattern": config.pattern, "mode": config.mode, "group": config.group, "params": params}
     record = make_record("prune" if result_profile is not None else "eval",

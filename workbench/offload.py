@@ -237,37 +237,62 @@ class CheckpointReader:
         if compressed_layout(self.directory) is not None:
             raise ValueError(f"{self.directory} is a compressed checkpoint; stream from a dense one "
                              "(--format dense)")
+        self.keys = {k: k for k in self.weight_map}  # the model's tensor name -> the checkpoint's
+
+    def bind(self, model: nn.Module) -> CheckpointReader:
+        """Name the checkpoint's tensors as ``model`` does, with transformers' own key renamings (e.g. GPT-NeoX's
+        ``embed_out`` -> ``lm_head``); a checkpoint that needs tensors merged or split is refused."""
+        try:
+            from transformers.conversion_mapping import get_model_conversion_mapping
+            from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+        except ImportError:  # another transformers: names as stored
+            return self
+        transforms = get_model_conversion_mapping(model)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        meta = model.state_dict()
+        self.keys = {}
+        for key in self.weight_map:
+            name, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+            if converted is not None:
+                raise ValueError(f"checkpoint {self.directory}: tensor {key!r} must be converted by transformers "
+                                 "while loading (merged or split), which streaming does not do; use --onload")
+            self.keys[name] = key
+        return self
+
+    def has(self, name: str) -> bool:
+        return name in self.keys
 
     def read(self, names: list[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The named tensors, as CPU copies (the file's memory map is closed before returning)."""
         from safetensors import safe_open
 
-        missing = [n for n in names if n not in self.weight_map]
+        missing = [n for n in names if n not in self.keys]
         if missing:
             raise ValueError(f"checkpoint {self.directory} lacks tensor {missing[0]!r}"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         out: dict[str, torch.Tensor] = {}
         by_file: dict[str, list[str]] = {}
         for name in names:
-            by_file.setdefault(self.weight_map[name], []).append(name)
+            by_file.setdefault(self.weight_map[self.keys[name]], []).append(name)
         for file, group in by_file.items():
             path = self.directory / file
             if not path.is_file():
                 raise ValueError(f"checkpoint {self.directory}: shard {file} (holding {group[0]!r}) is missing")
             with safe_open(path, framework="pt", device="cpu") as f:
                 for name in group:
-                    t = f.get_tensor(name)
+                    t = f.get_tensor(self.keys[name])
                     out[name] = t.to(dtype=dtype or t.dtype, copy=True)
         return out
 
 
 def _tied_sources(model: nn.Module) -> dict[str, str]:
-    """state-dict key -> the key of the same tensor that comes first (tied weights share one tensor)."""
+    """state-dict key -> the key of the tensor it is tied to (transformers' tie keys, and tensors shared)."""
     seen: dict[int, str] = {}
-    out = {}
+    out = dict(getattr(model, "all_tied_weights_keys", None) or {})
     for name, tensor in model.state_dict(keep_vars=True).items():
         key = id(tensor)
-        if key in seen:
+        if key in seen and name not in out:
             out[name] = seen[key]
         else:
             seen[key] = name
@@ -276,28 +301,29 @@ def _tied_sources(model: nn.Module) -> dict[str, str]:
 
 class Stream(Residency):
     """Block weights read from ``source`` (a safetensors checkpoint) at each block's turn and freed after it;
-    with ``out``, each block is written there after its turn (as one shard of a loadable checkpoint)."""
+    with ``out``, each block is written there after its turn (as one shard of a loadable checkpoint).
+    Activations wait in ``place`` (default: on disk under ``directory`` when given, else in CPU memory)."""
 
     def __init__(self, model: nn.Module, source: str | Path, device: str | torch.device = "cpu",
-                 directory: str | Path | None = None, place: str = "disk", out: str | Path | None = None):
-        self.reader_ = CheckpointReader(source)
-        self.device = torch.device(device)
-        super().__init__(place, directory)
-        self.dtype = next(model.parameters()).dtype
+                 directory: str | Path | None = None, place: str | None = None, out: str | Path | None = None):
+        self.reader_ = CheckpointReader(source).bind(model)
         self.model = model
         self.ties = _tied_sources(model)
+        self._check_complete(model)
+        self.device = torch.device(device)
+        super().__init__(place or ("disk" if directory is not None else "cpu"), directory)
+        self.dtype = next(model.parameters()).dtype
         self.out = Path(out) if out is not None else None
         layout = structure(model)
         self.n_blocks = len(layout.blocks)
         self.prefix = layout.prefix
         self.written: dict[str, str] = {}  # tensor -> shard file of the output
         self.loads = 0
-        self._check_complete(model)
 
     def _check_complete(self, model: nn.Module) -> None:
         """Every tensor the model needs is in the checkpoint (refused before any work, naming the tensor)."""
         needed = [k for k in model.state_dict() if k not in self.ties]
-        missing = [k for k in needed if k not in self.reader_.weight_map]
+        missing = [k for k in needed if not self.reader_.has(k)]
         if missing:
             raise ValueError(f"checkpoint {self.reader_.directory} lacks tensor {missing[0]!r}"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
@@ -335,7 +361,7 @@ class Stream(Residency):
     def outside(self, model: nn.Module) -> Iterator[None]:
         from accelerate.utils import set_module_tensor_to_device
 
-        tensors = [t for t in _outside_tensors(model) if t[2] in self.reader_.weight_map]
+        tensors = [t for t in _outside_tensors(model) if self.reader_.has(t[2])]
         values = self.reader_.read([t[2] for t in tensors], self.dtype)
         for module, local, full, _ in tensors:
             set_module_tensor_to_device(module, local, self.device, value=values.pop(full))
@@ -380,7 +406,7 @@ class Stream(Residency):
         if len(blocks) != self.n_blocks:
             raise RuntimeError(f"stream output {self.out}: {len(blocks)} of {self.n_blocks} blocks written")
         if "outside.safetensors" not in self.written.values():  # embeddings, norms, head: never pruned
-            names = [full for _m, _l, full, _p in _outside_tensors(self.model) if full in self.reader_.weight_map]
+            names = [full for _m, _l, full, _p in _outside_tensors(self.model) if self.reader_.has(full)]
             self._write("outside.safetensors", self.reader_.read(names, self.dtype))
         weight_map = dict(self.written)
         total = sum((self.out / f).stat().st_size for f in set(weight_map.values()))
@@ -405,7 +431,7 @@ class Stream(Residency):
         """A stream that reads the output written so far (evaluation of the pruned model)."""
         clone = object.__new__(Stream)
         clone.__dict__.update(self.__dict__)
-        clone.reader_ = CheckpointReader(self.finish())
+        clone.reader_ = CheckpointReader(self.finish()).bind(self.model)
         clone.out = None
         return clone
 
@@ -449,6 +475,7 @@ def load_skeleton(name_or_path: str, dtype: torch.dtype = torch.float32, trust_r
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.config.use_cache = False
+    model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     return model.eval(), tokenizer, directory
 
