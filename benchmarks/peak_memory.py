@@ -1,13 +1,15 @@
 """Peak resident memory of a Wanda 50% sequential prune + perplexity: model in memory vs streamed from disk.
 
-    .venv/bin/python benchmarks/peak_memory.py [--layers 20 --hidden 2048 --intermediate 5504]
+    .venv/bin/python benchmarks/peak_memory.py [--layers 32 --hidden 2048 --intermediate 5504]
         [--nsamples 4 --seqlen 256] [--dir DIR] [--device cpu]
 
-A random LLaMA-architecture model (byte vocabulary, float32; about 4 GB by default) is written to ``--dir``
+A random LLaMA-architecture model (byte vocabulary, float32; 32 blocks as LLaMA-7B has, each 2048 wide with
+LLaMA-7B's 2.7x MLP, 6.0 GiB by default) is written to ``--dir``
 as safetensors shards once. Then three child processes run, one after another, each measured by the
-kernel (``os.wait4``'s ``ru_maxrss``: peak resident set, file-backed pages included):
+kernel (the child's own ``VmHWM``: peak resident set since its exec, file-backed pages included):
 
-1. baseline: ``import workbench.cli`` and torch, nothing loaded (what every run pays);
+1. baseline: the streamed command on a 2-layer, 256-wide model of the same kind (what every run pays:
+   Python, torch, transformers, the data pipeline);
 2. in memory: ``workbench prune --model DIR --metric wanda --sparsity 0.5 --eval``;
 3. streamed: the same with ``--offload-dir`` (blocks read, pruned, written to a scratch checkpoint, freed).
 
@@ -51,21 +53,36 @@ def build_model(directory: Path, layers: int, hidden: int, intermediate: int) ->
         byte_tokenizer().save_pretrained(tmp)
 
 
-def run_child(argv: list[str], env: dict) -> tuple[int, float, int]:
-    """(peak RSS in bytes, wall seconds, exit code) of one child process."""
+# Runs a command line of the CLI and writes the process's own peak resident set (VmHWM,
+# counted from its exec; ru_maxrss would also count the parent's memory at fork) to the file in argv[1].
+_CHILD = """
+import sys
+out, argv = sys.argv[1], sys.argv[2:]
+try:
+    import runpy
+    sys.argv = ["workbench", *argv]
+    runpy.run_module("workbench", run_name="__main__")
+finally:
+    status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+    open(out, "w").write(str(int(status) * 1024))
+"""
+
+
+def run_child(argv: list[str], env: dict, scratch: Path) -> tuple[int, float, int]:
+    """(peak RSS in bytes, wall seconds, exit code) of one CLI run."""
+    peak = scratch / "peak.txt"
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(peak), *argv], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        sys.stderr.write(proc.stderr.read()[-3000:])
-    return usage.ru_maxrss * 1024, wall, code
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+    return int(peak.read_text()), wall, proc.returncode
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=20)
+    ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=5504)
     ap.add_argument("--nsamples", type=int, default=4)
@@ -79,6 +96,8 @@ def main() -> None:
     name = f"llama-random-{args.layers}x{args.hidden}x{args.intermediate}"
     model_dir = Path(args.dir) if args.dir else cache_dir() / "bench" / name
     build_model(model_dir, args.layers, args.hidden, args.intermediate)
+    small_dir = model_dir.parent / "llama-random-2x256x512"  # the fixed overhead: same command, tiny model
+    build_model(small_dir, 2, 256, 512)
     size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
     with tempfile.TemporaryDirectory(dir=model_dir.parent) as tmp:
@@ -86,16 +105,18 @@ def main() -> None:
         text = tmp / "text.txt"  # byte tokenizer: one token per character (+ BOS): nsamples full windows
         source = (ROOT / "README.md").read_text(encoding="utf-8").encode("ascii", "ignore").decode()
         text.write_text((source * 10)[: args.nsamples * args.seqlen + args.seqlen // 2])
-        prune = [sys.executable, "-m", "workbench", "prune", "--model", str(model_dir), "--metric", "wanda",
+        prune = ["prune", "--metric", "wanda",
                  "--sparsity", "0.5", "--calib-dataset", str(text), "--nsamples", str(args.nsamples),
                  "--seqlen", str(args.seqlen), "--eval", "--eval-dataset", str(text), "--eval-seqlen",
                  str(args.seqlen), "--device", args.device]
-        base_rss, _, _ = run_child([sys.executable, "-c", "import torch, transformers, workbench.cli"], env)
-        mem_rss, mem_wall, code1 = run_child([*prune, "--out", str(tmp / "memory.json")], env)
+        base_rss, _, code0 = run_child([*prune, "--model", str(small_dir), "--offload-dir", str(tmp / "offload"),
+                                        "--out", str(tmp / "small.json")], env, tmp)
+        prune += ["--model", str(model_dir)]
+        mem_rss, mem_wall, code1 = run_child([*prune, "--out", str(tmp / "memory.json")], env, tmp)
         str_rss, str_wall, code2 = run_child([*prune, "--offload-dir", str(tmp / "offload"), "--out",
-                                              str(tmp / "stream.json")], env)
-        if code1 or code2:
-            raise SystemExit(f"a run failed (exit codes {code1}, {code2})")
+                                              str(tmp / "stream.json")], env, tmp)
+        if code0 or code1 or code2:
+            raise SystemExit(f"a run failed (exit codes {code0}, {code1}, {code2})")
         records = [json.loads((tmp / f"{k}.json").read_text()) for k in ("memory", "stream")]
     gib = 1024 ** 3
     act = args.nsamples * args.seqlen * args.hidden * 4
@@ -106,7 +127,7 @@ def main() -> None:
     print(f"activation buffer: {act / 2 ** 20:.1f} MiB per point of the model (inputs, outputs: 2 at a time)")
     print("| run | peak RSS GiB | peak / model | (peak - baseline) / model | wall s |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| baseline (imports only) | {base_rss / gib:.2f} | {base_rss / size:.3f} | - | - |")
+    print(f"| baseline (same command, 2-layer 256-wide model) | {base_rss / gib:.2f} | {base_rss / size:.3f} | - | - |")
     for label, rss, wall in (("in memory", mem_rss, mem_wall), ("streamed (--offload-dir)", str_rss, str_wall)):
         print(f"| {label} | {rss / gib:.2f} | {rss / size:.3f} | {(rss - base_rss) / size:.3f} | {wall:.1f} |")
     print(f"streamed / in-memory peak RSS: {str_rss / mem_rss:.3f}; wall time streamed / in memory: "

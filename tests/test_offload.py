@@ -257,6 +257,23 @@ def test_placed_model_chooses_the_residency(saved, tmp_path):
         assert type(residency) is Residency and not residency.blockwise
 
 
+def test_the_embedded_model_streams_from_its_cache_with_tied_embeddings(tmp_path):
+    """SmolLM2-135M ties lm_head to the embeddings (no lm_head tensor on disk): streamed OWL pruning and
+    block-major perplexity equal the in-memory run."""
+    model, tok = load_model("smollm2-135m")
+    calib = calibration_samples(tok, "embedded", 2, 64)
+    ids = calib.input_ids[:, :64].reshape(-1)[:256]
+    ref = prune(model, tok, "wanda", "owl", 0.6, calibration=calib, progress=False)
+    expected = window_nlls(model, ids, 128, progress=False)
+    skeleton, _, source = load_skeleton("smollm2-135m")
+    (tmp_path / "out").mkdir()
+    stream = Stream(skeleton, source, "cpu", tmp_path, "disk", tmp_path / "out")
+    assert "lm_head.weight" in stream.ties and not stream.reader_.has("lm_head.weight")
+    res = prune(skeleton, tok, "wanda", "owl", 0.6, calibration=calib, progress=False, residency=stream)
+    assert res.profile.layers == ref.profile.layers and res.report == ref.report
+    assert torch.equal(window_nlls(skeleton, ids, 128, progress=False, residency=stream.after_prune()), expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_onload_to_a_gpu_keeps_blocks_on_the_cpu_between_turns(calib):
     model, tok = load_model("tiny-llama")

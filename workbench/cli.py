@@ -46,7 +46,13 @@ def _placement(args: argparse.Namespace) -> dict:
 
 
 def _placed(args: argparse.Namespace) -> bool:
+    """Whether placement was asked for (onload, stream, or activations off the device)."""
     return bool(args.onload or args.offload_dir or args.activations)
+
+
+def _may_onload(args: argparse.Namespace) -> bool:
+    """Placement asked for, or a CUDA device, where a model that does not fit is onloaded by itself."""
+    return _placed(args) or str(args.device).startswith("cuda")
 
 
 def _print_zero_shot(record: dict, limit: int | None) -> None:
@@ -72,9 +78,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     data_mod.check_dataset(args.dataset)
     start = time.perf_counter()
-    if _placed(args):
-        if args.sparse_backend is not None:
-            raise ValueError("--sparse-backend needs the model in memory; leave out --onload/--offload-dir")
+    if _placed(args) and args.sparse_backend is not None:
+        raise ValueError("--sparse-backend needs the model in memory; leave out --onload/--offload-dir/--activations")
+    if _may_onload(args) and args.sparse_backend is None:
         from .offload import placed_model
 
         with placed_model(args.model, args.dtype, args.device, args.trust_remote_code, **_placement(args)) as (
@@ -198,7 +204,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                               eval_seqlen=args.eval_seqlen, tasks=args.tasks, limit=args.limit,
                               zs_batch_size=args.zs_batch_size, dtype=args.dtype, device=args.device,
                               trust_remote_code=args.trust_remote_code)
-    if _placed(args):
+    if _may_onload(args):
         record = _prune_placed(args, config)
     else:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
@@ -216,7 +222,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
               f"{metrics['perplexity']:.3f}")
     if "zero_shot" in record["data"]:
         _print_zero_shot(record, args.limit)
-    if args.save and not _placed(args):
+    if args.save and not _may_onload(args):
         save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save, args.format,
                     args.pattern)
     if args.save:
@@ -239,7 +245,8 @@ def _prune_placed(args: argparse.Namespace, config) -> dict:
     from .profile import SparsityProfile
     from .results import atomic_directory
 
-    check_placed(config)
+    if _placed(args):
+        check_placed(config)  # before loading (an automatic onload is checked once it is chosen)
     save = atomic_directory(args.save) if args.save and args.offload_dir else nullcontext(None)
     with save as out, placed_model(args.model, args.dtype, args.device, args.trust_remote_code, prunes=True,
                                    out=out, **_placement(args)) as (model, tokenizer, residency):

@@ -16,6 +16,7 @@ states of all windows at one point of the model: on the device, in CPU memory, o
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import tempfile
@@ -102,7 +103,10 @@ class Residency:
 
     device: torch.device | None = None
 
-    def __init__(self, place: str = "device", directory: str | Path | None = None):
+    def __init__(self, place: str = "device", directory: str | Path | None = None,
+                 device: str | torch.device | None = None):
+        if device is not None:
+            self.device = torch.device(device)
         self.place = place
         self.directory = _check_directory(directory, "offload_dir") if directory is not None else None
         activation_store(self.device, place, self.directory)  # refuses a bad place early
@@ -196,6 +200,9 @@ class Onload(Residency):
 
     def exit(self, index: int, block: nn.Module) -> None:
         block.to("cpu")
+
+    def weight(self, name: str, linear: nn.Linear) -> torch.Tensor:
+        return linear.weight.to(self.device)  # scored where the statistics are
 
     @contextmanager
     def outside(self, model: nn.Module) -> Iterator[None]:
@@ -356,6 +363,7 @@ class Stream(Residency):
             self._write(f"block-{index:05d}.safetensors", {names[k]: v for k, v in state.items()})
         for local in names:
             set_module_tensor_to_device(block, local, "meta")
+        _return_freed_memory()
 
     @contextmanager
     def outside(self, model: nn.Module) -> Iterator[None]:
@@ -386,8 +394,8 @@ class Stream(Residency):
     def weight(self, name: str, linear: nn.Linear) -> torch.Tensor:
         key = f"{name}.weight"
         if self.out is not None and key in self.written:
-            return _read_one(self.out / self.written[key], key, self.dtype)
-        return self.reader_.read([key], self.dtype)[key]
+            return _read_one(self.out / self.written[key], key, self.dtype).to(self.device)
+        return self.reader_.read([key], self.dtype)[key].to(self.device)
 
     def weight_hash(self, model: nn.Module) -> str:
         """:func:`workbench.models.weight_hash` of the source weights, read one tensor at a time (the embedded
@@ -434,6 +442,15 @@ class Stream(Residency):
         clone.reader_ = CheckpointReader(self.finish()).bind(self.model)
         clone.out = None
         return clone
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed block's memory back to the OS: glibc keeps freed tensors below its (grown) mmap threshold
+    in the heap, and resident memory would creep up by most of a block per block otherwise."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _read_one(path: Path, key: str, dtype: torch.dtype | None) -> torch.Tensor:
@@ -526,7 +543,7 @@ def placed_model(name_or_path: str, dtype: str | torch.dtype | None = None, devi
                 residency = Onload(device, activations or "cpu", scratch)
             else:
                 model = model.to(device)
-                residency = Residency(activations or "device", scratch)
+                residency = Residency(activations or "device", scratch, device)
         yield model, tokenizer, residency
     finally:
         if scratch is not None:
