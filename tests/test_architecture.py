@@ -30,7 +30,7 @@ LAYERS = [
     ("search", "tuning"),
     ("experiment",),
     ("session",),
-    ("widgets", "dashboard", "demo", "reproduce"),
+    ("widgets", "dashboard", "demo", "reproduce", "distributed"),
     ("cli", "__main__"),
 ]
 

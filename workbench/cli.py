@@ -41,6 +41,13 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
                         "disk under --offload-dir with it)")
 
 
+def _add_worker_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--workers", type=int, default=None, metavar="N", help=f"{what}; default: one process, no Ray")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto | ray://HOST:PORT (default with --workers: a local Ray on "
+                        "127.0.0.1 with this machine's cores)")
+
+
 def _placement(args: argparse.Namespace) -> dict:
     return {"onload": args.onload, "offload_dir": args.offload_dir, "activations": args.activations}
 
@@ -278,6 +285,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "state.json").exists() and not args.resume:
         raise ValueError(f"--out {out} already holds a search; add --resume to continue it")
+    _connect_workers(args)  # before any work: a bad --workers or --address writes nothing
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
     calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
@@ -285,13 +293,34 @@ def cmd_search(args: argparse.Namespace) -> int:
     ctx = SearchContext(model, tokenizer, cache, config, dataset=args.fitness_dataset)
     meta = {"model": {"id": args.model, "weight_sha256": model_hash(model)}, "calibration": cache.provenance,
             "fitness": ctx.fitness_data, "metric": "wanda"}
-    best = Search(ctx, config, out, resume=args.resume, meta=meta).run()
+    pool = None
+    if args.workers is not None:
+        from .distributed import RayFitnessPool, search_spec
+
+        pool = RayFitnessPool(search_spec(args, config), args.workers, args.address)
+    try:
+        best = Search(ctx, config, out, resume=args.resume, meta=meta, pool=pool).run()
+    finally:
+        if pool is not None:
+            pool.close()
     for kind, rec in best.items():
         if rec:
             print(f"best {kind:9s}: validation {config.fitness} {rec['full_fitness']:.3f}  "
                   f"{json_dumps(rec['function'])}")
     print(f"history: {out / 'history.json'}  best: {out / 'best.json'}")
     return 0
+
+
+def _connect_workers(args: argparse.Namespace) -> None:
+    """Check ``--workers``/``--address`` and join (or start) Ray; nothing imports Ray without ``--workers``."""
+    if args.workers is None:
+        if args.address is not None:
+            raise ValueError("--address names the Ray cluster of --workers; give --workers N too")
+        return
+    from .distributed import check_workers, connect
+
+    check_workers(args.workers)
+    connect(args.address, args.workers)
 
 
 def json_dumps(obj) -> str:
@@ -321,9 +350,11 @@ def _print_tables(result: dict) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run a grid of parameterised notebooks through papermill and print the tables built from them."""
-    from .reproduce import run_grid
+    from .reproduce import load_grid, run_grid
 
-    result = run_grid(args.grid, args.out)
+    load_grid(args.grid)  # a bad grid is refused before Ray starts
+    _connect_workers(args)
+    result = run_grid(args.grid, args.out, workers=args.workers, address=args.address)
     _print_tables(result)
     print(f"runs, tables (md/csv/html) and sparsity_curves (html, png) under {result['root']}")
     return 0
@@ -452,11 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
     p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
+    _add_worker_args(p, "evaluate each generation's candidates on N Ray workers (each its own model)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("reproduce", help="run a grid of notebooks with papermill and build the tables")
     p.add_argument("--grid", required=True, help="grid YAML, e.g. data/grids/demo.yaml or data/grids/paper.yaml")
     p.add_argument("--out", default="runs/reproduce", help="folder for <grid>/<run>/ and <grid>/tables/")
+    _add_worker_args(p, "run N grid entries at once as Ray tasks")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("export-recipe", help="write an llm-compressor recipe (YAML) with a profile's per-layer "

@@ -187,21 +187,31 @@ def _error_text(err: Exception) -> str:
     return f"{ename}: {evalue}" if ename else f"{type(err).__name__}: {err}"
 
 
-def run_grid(grid_path: str | Path, out: str | Path = "runs/reproduce", progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished run of the grid, then build the tables; returns {tables, records, failed}."""
+def run_grid(grid_path: str | Path, out: str | Path = "runs/reproduce", progress: bool = True,
+             workers: int | None = None, address: str | None = None) -> dict[str, Any]:
+    """Run every unfinished run of the grid, then build the tables; returns {tables, records, failed}.
+    ``workers``: run the unfinished entries as Ray tasks, that many at once (:mod:`workbench.distributed`;
+    ``address`` joins a cluster, default a local Ray)."""
     from tqdm.auto import tqdm
 
     grid = load_grid(grid_path)
     runs = expand(grid)
     root = Path(out) / grid["name"]
-    records = []
-    for run in tqdm(runs, desc=f"grid {grid['name']}", disable=not progress):
-        folder = root / run.id
-        done = folder / "result.json"
+    records: list[dict | None] = []
+    for run in runs:
+        done = root / run.id / "result.json"
         record = read_record(done) if done.exists() else None
-        if record is None or record.get("status") != "ok":
-            record = execute(run, grid["model"], folder)
-        records.append(record)
+        records.append(record if record is not None and record.get("status") == "ok" else None)
+    todo = [i for i, r in enumerate(records) if r is None]
+    if workers is not None:
+        from .distributed import run_entries
+
+        results = run_entries([(runs[i], grid["model"], root / runs[i].id) for i in todo], workers, address)
+    else:
+        results = [execute(runs[i], grid["model"], root / runs[i].id)
+                   for i in tqdm(todo, desc=f"grid {grid['name']}", disable=not progress)]
+    for i, record in zip(todo, results, strict=True):
+        records[i] = record
     tables = build_tables(records, root / "tables")
     return {"root": root, "tables": tables, "records": records,
             "failed": [r for r in records if r.get("status") != "ok"]}

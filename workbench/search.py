@@ -174,13 +174,16 @@ class SearchContext:
                 lin.weight.scatter_(1, idx, dense.gather(1, idx))
             self.counts[name] = new
 
-    def baselines(self) -> dict[str, float]:
-        """Full-fidelity fitness of the hand-made allocations a search should beat: uniform, and OWL at its
-        defaults (same scores, same masking as every candidate)."""
+    def baseline_counts(self) -> dict[str, dict[str, int]]:
+        """Counts of the hand-made allocations a search should beat: uniform, and OWL at its defaults (same
+        scores, same masking as every candidate)."""
         from .allocation import allocate
 
-        return {name: self.fitness(self.counts_of(allocate(name, self.inputs, self.config.sparsity)), "full")
-                for name in ("uniform", "owl")}
+        return {name: self.counts_of(allocate(name, self.inputs, self.config.sparsity)) for name in ("uniform", "owl")}
+
+    def baselines(self) -> dict[str, float]:
+        """Full-fidelity fitness of :meth:`baseline_counts`."""
+        return {name: self.fitness(counts, "full") for name, counts in self.baseline_counts().items()}
 
     def restore(self) -> None:
         """The dense weights back (the model as it was before the search)."""
@@ -197,6 +200,24 @@ class SearchContext:
         else:
             value = float(window_kl(self.model, ids, seqlen, self.reference[fidelity]).mean())
         return value if math.isfinite(value) else math.inf
+
+
+class SerialPool:
+    """Fitness of a list of (counts, fidelity) jobs, one after another on the search's own context; the
+    Ray pool (:mod:`workbench.distributed`) does the same on workers, in parallel, returning in job order."""
+
+    parallel = False
+
+    def __init__(self, context: SearchContext):
+        self.ctx = context
+
+    def fitness(self, jobs: list[tuple[dict[str, int], str]]) -> list[tuple[float, float]]:
+        """(fitness, seconds) of each job, in order."""
+        out = []
+        for counts, fidelity in jobs:
+            start = time.perf_counter()
+            out.append((self.ctx.fitness(counts, fidelity), time.perf_counter() - start))
+        return out
 
 
 # --------------------------------------------------------------------------- genetic operators
@@ -318,8 +339,12 @@ class Search:
     """Evolution + random baseline over a SearchContext, checkpointed in ``out``."""
 
     def __init__(self, context: SearchContext, config: SearchConfig, out: str | Path, resume: bool = False,
-                 progress: bool = True, meta: dict | None = None, baselines: bool = True):
+                 progress: bool = True, meta: dict | None = None, baselines: bool = True, pool=None):
         self.ctx, self.config, self.out, self.progress = context, config, Path(out), progress
+        self.pool = pool or SerialPool(context)
+        self._allocations: dict[str, dict] = {}  # function key -> allocation computed ahead (parallel pools)
+        self._ahead: dict[tuple[str, str], tuple[float, float]] = {}  # (allocation key, fidelity) -> fitness
+        self._borrowed = 0.0  # seconds of fitness computed ahead that the record being scored used
         self.want_baselines = baselines
         self.state_path = self.out / "state.json"
         if self.state_path.exists():
@@ -363,24 +388,73 @@ class Search:
                                                 "full_fitness")}, cached="function")
             counts = None
         else:
-            alloc = self.ctx.allocation(fn)
+            alloc = dict(self._allocations.pop(key, None) or self.ctx.allocation(fn))
             counts = alloc.pop("counts")
             record.update(alloc)
+        self._borrowed = 0.0
         if record["valid"] and record["cached"] is None:
             known = self.by_allocation.get(record["allocation_key"])
-            first = "cheap" if self.config.multi_fidelity else "full"
+            first = self._first()
             if known and known[first] is not None:
                 record.update(cached="allocation", cheap_fitness=known["cheap"], full_fitness=known["full"])
             else:
-                record[f"{first}_fitness"] = self.ctx.fitness(counts, first)
+                record[f"{first}_fitness"] = self._fitness(counts, first, record["allocation_key"])
             record["_counts"] = counts
         self._settle(record)
-        record["seconds"] = time.perf_counter() - start
+        record["seconds"] = time.perf_counter() - start + self._borrowed
         self.state.history.append(record)
         if record["full_fitness"] is not None and record["full_at"] is None:
             record["full_at"] = self.evaluations(kind)
         self.by_function.setdefault(key, record)
         return record
+
+    def _first(self) -> str:
+        return "cheap" if self.config.multi_fidelity else "full"
+
+    def _fitness(self, counts: dict[str, int], fidelity: str, allocation_key: str) -> float:
+        """The fitness computed ahead for this allocation (parallel pools), else computed now."""
+        ahead = self._ahead.pop((allocation_key, fidelity), None)
+        value, seconds = ahead if ahead is not None else self.pool.fitness([(counts, fidelity)])[0]
+        self._borrowed += seconds
+        return value
+
+    def _compute_ahead(self, jobs: dict[tuple[str, str], dict[str, int]]) -> None:
+        """Fitness of every (allocation key, fidelity) the serial replay will ask for, in one parallel batch."""
+        todo = [(k, c) for k, c in jobs.items() if k not in self._ahead]
+        if todo:
+            results = self.pool.fitness([(counts, fidelity) for (_key, fidelity), counts in todo])
+            self._ahead.update({k: r for (k, _c), r in zip(todo, results, strict=True)})
+
+    def _ahead_of_scoring(self, population: list[AllocationFunction]) -> None:
+        """For a parallel pool: the allocations of new functions and the fitness of every allocation the
+        serial pass would evaluate, computed before the pass replays (which then finds them ready)."""
+        if not self.pool.parallel:
+            return
+        first, jobs, seen = self._first(), {}, set(self.by_function)
+        for fn in population:
+            key = fn.key()
+            if key in seen:
+                continue
+            seen.add(key)
+            alloc = self._allocations.setdefault(key, self.ctx.allocation(fn))
+            known = self.by_allocation.get(alloc["allocation_key"]) or {}
+            if alloc["valid"] and known.get(first) is None:
+                jobs.setdefault((alloc["allocation_key"], first), alloc["counts"])
+        self._compute_ahead(jobs)
+
+    def _ahead_of_promotion(self, pending: list[dict]) -> None:
+        """For a parallel pool: the full fitness of every promoted allocation not known yet."""
+        if not self.pool.parallel:
+            return
+        jobs = {}
+        for rec in pending:
+            if (self.by_allocation.get(rec["allocation_key"]) or {}).get("full") is None:
+                jobs.setdefault((rec["allocation_key"], "full"), rec.get("_counts") or self._counts_of(rec))
+        self._compute_ahead(jobs)
+
+    def _counts_of(self, record: dict) -> dict[str, int]:
+        """A record's counts, recomputed from its function (deterministic) when they were not kept."""
+        return self.ctx.allocation(AllocationFunction.from_dict(record["function"]))["counts"]
 
     def _settle(self, record: dict) -> None:
         """fitness/fidelity fields from what is known; a non-finite fitness makes the record invalid."""
@@ -397,19 +471,19 @@ class Search:
     def _promote(self, records: list[dict], count: int) -> None:
         """Score the ``count`` best cheap-only records of ``records`` at full fidelity."""
         pending = sorted((r for r in records if r["valid"] and r["full_fitness"] is None), key=rank_key)[:count]
+        self._ahead_of_promotion(pending)
         for rec in pending:
             start = time.perf_counter()
+            self._borrowed = 0.0
             known = self.by_allocation.get(rec["allocation_key"], {})
             if known.get("full") is not None:
                 rec["full_fitness"] = known["full"]
             else:
-                counts = rec.get("_counts")
-                if counts is None:  # resumed: the allocation is recomputed (deterministic)
-                    counts = self.ctx.allocation(AllocationFunction.from_dict(rec["function"]))["counts"]
-                rec["full_fitness"] = self.ctx.fitness(counts, "full")
+                counts = rec.get("_counts") or self._counts_of(rec)  # resumed: recomputed (deterministic)
+                rec["full_fitness"] = self._fitness(counts, "full", rec["allocation_key"])
             rec["full_at"] = self.evaluations(rec["kind"])
             self._settle(rec)
-            rec["seconds"] += time.perf_counter() - start
+            rec["seconds"] += time.perf_counter() - start + self._borrowed
 
     def _checkpoint(self) -> None:
         for rec in self.state.history:
@@ -472,7 +546,9 @@ class Search:
         if self.want_baselines and "baselines" not in self.state.meta:
             self._write_progress("baselines")
             start = time.perf_counter()
-            self.state.meta["baselines"] = self.ctx.baselines()
+            counts = self.ctx.baseline_counts()
+            values = self.pool.fitness([(c, "full") for c in counts.values()])
+            self.state.meta["baselines"] = {name: v for name, (v, _s) in zip(counts, values, strict=True)}
             self.state.meta["baseline_seconds"] = time.perf_counter() - start
         self._write_progress()
         rng = random.Random(self.config.seed)
@@ -498,6 +574,7 @@ class Search:
         """Score ``population`` and promote; an exception rolls the history back (redone on resume)."""
         rollback = len(self.state.history)
         try:
+            self._ahead_of_scoring(population)
             records = [self._score(fn, kind, gen) for fn in population]
             if self.config.multi_fidelity:
                 self._promote(records, promote)
@@ -505,6 +582,9 @@ class Search:
             del self.state.history[rollback:]
             self._index()
             raise
+        finally:
+            self._allocations.clear()
+            self._ahead.clear()
 
     def _random_search(self) -> None:
         """Distinct random functions in chunks that mirror the evolution's generations (as many new

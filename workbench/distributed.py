@@ -1,0 +1,229 @@
+"""Ray workers for the two things that outgrow one machine first: DSA search candidates and grid runs.
+
+* :class:`RayFitnessPool`: actors that each hold their own model, dense statistics and candidate context
+  (built once per actor from a :class:`WorkerSpec`); a generation's fitness jobs go to them in parallel and
+  come back in job order, so :class:`workbench.search.Search` replays the serial pass exactly (same history,
+  same best function). A worker that dies mid-job is replaced and the job re-run.
+* :func:`run_grid_parallel`: each grid entry one Ray task (one papermill run), threads per task set so the
+  workers do not oversubscribe the cores; failures are recorded per entry, tables built as the serial run does.
+
+Ray is imported only here, and this module only when ``--workers`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_workers(workers: Any) -> int:
+    """``--workers``: an integer >= 1 (a warning when it is more than the machine's cores)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        warnings.warn(f"workers={workers} is more than this machine's {cores} cores: the workers share them "
+                      "(results are the same, only slower per worker)", stacklevel=2)
+    return workers
+
+
+def _check_reachable(address: str) -> None:
+    """A ``ray://HOST:PORT`` or ``HOST:PORT`` address must accept a connection within CONNECT_TIMEOUT_S."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address={address!r} is not allowed; allowed: auto, ray://HOST:PORT or HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise ValueError(f"address={address!r}: no Ray cluster answers there ({type(err).__name__}: {err}); "
+                         "start one with `ray start --head` or leave out --address for a local one") from None
+
+
+def connect(address: str | None = None, workers: int = 1) -> None:
+    """Join the Ray cluster at ``address`` (``auto``, ``ray://HOST:PORT``), or start a local one on 127.0.0.1
+    with this machine's cores and no dashboard (already connected: nothing to do)."""
+    import ray
+
+    if address not in (None, "auto"):
+        _check_reachable(address)
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, configure_logging=False)
+        return
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as err:
+        raise ValueError(f"address={address!r}: could not join a Ray cluster ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+# --------------------------------------------------------------------------- search workers
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a search worker needs to build the same candidate context as the driver."""
+
+    model: str
+    config: dict  # SearchConfig.to_dict()
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    calib_dataset: str = "embedded"
+    nsamples: int | None = None
+    seqlen: int | None = None
+    seed: int = 0
+    fitness_dataset: str = "embedded"
+    threads: int = 1
+    env: dict = field(default_factory=dict)
+
+
+def build_context(spec: WorkerSpec):
+    """(model, tokenizer, SearchContext) from ``spec``: the driver and every worker build it the same way."""
+    from . import data as data_mod
+    from .models import load_model
+    from .prune import DenseCache
+    from .search import SearchConfig, SearchContext
+
+    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device,
+                                  trust_remote_code=spec.trust_remote_code)
+    calibration = data_mod.calibration_samples(tokenizer, spec.calib_dataset, spec.nsamples, spec.seqlen, spec.seed)
+    cache = DenseCache.build(model, calibration, ("sq_norm",), progress=False)
+    ctx = SearchContext(model, tokenizer, cache, SearchConfig(**spec.config), dataset=spec.fitness_dataset)
+    return model, tokenizer, ctx
+
+
+class _Worker:
+    """A Ray actor's body: one candidate context, built once; fitness of one job at a time."""
+
+    def __init__(self, spec: WorkerSpec):
+        import torch
+
+        torch.set_num_threads(spec.threads)
+        self.ctx = build_context(spec)[2]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def fitness(self, counts: dict[str, int], fidelity: str) -> tuple[float, float]:
+        start = time.perf_counter()
+        return self.ctx.fitness(counts, fidelity), time.perf_counter() - start
+
+
+class RayFitnessPool:
+    """``workers`` Ray actors evaluating fitness jobs in parallel; results in job order."""
+
+    parallel = True
+
+    def __init__(self, spec: WorkerSpec, workers: int, address: str | None = None):
+        import ray
+
+        self.workers = check_workers(workers)
+        connect(address, workers)
+        self.spec = spec
+        self._cls = ray.remote(num_cpus=0)(_Worker)  # CPU use is set by threads, not by Ray's scheduler
+        self.actors = [self._start() for _ in range(self.workers)]
+        self.replaced = 0  # workers that died and were replaced
+        self.on_submit = None  # tests: called with (actor, job index) after each submission
+
+    def _start(self):
+        env = {"OMP_NUM_THREADS": str(self.spec.threads), "MKL_NUM_THREADS": str(self.spec.threads),
+               **self.spec.env}
+        return self._cls.options(runtime_env={"env_vars": env}).remote(self.spec)
+
+    def pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def fitness(self, jobs: list[tuple[dict[str, int], str]]) -> list[tuple[float, float]]:
+        """(fitness, seconds) of each job, in order; a job whose worker died is re-run on its replacement."""
+        import ray
+
+        results: list = [None] * len(jobs)
+        queue = list(range(len(jobs)))
+        running: dict = {}  # object ref -> (actor slot, job index)
+        free = list(range(len(self.actors)))
+        while queue or running:
+            while queue and free:
+                slot, index = free.pop(0), queue.pop(0)
+                ref = self.actors[slot].fitness.remote(*jobs[index])
+                running[ref] = (slot, index)
+                if self.on_submit is not None:
+                    self.on_submit(self.actors[slot], index)
+            done, _ = ray.wait(list(running), num_returns=1)
+            slot, index = running.pop(done[0])
+            try:
+                results[index] = ray.get(done[0])
+            except ray.exceptions.RayActorError:
+                self.actors[slot] = self._start()  # a fresh worker builds its context again
+                self.replaced += 1
+                queue.insert(0, index)
+            free.append(slot)
+        return results
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def search_spec(args, config) -> WorkerSpec:
+    """The worker spec of a ``workbench search`` command line (one thread per worker unless cores allow more)."""
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    return WorkerSpec(model=args.model, config=config.to_dict(), dtype=args.dtype, device=args.device,
+                      trust_remote_code=args.trust_remote_code, calib_dataset=args.calib_dataset,
+                      nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                      fitness_dataset=args.fitness_dataset, threads=threads)
+
+
+# --------------------------------------------------------------------------- grid workers
+
+def _execute_entry(run_dict: dict, model: str, folder: str) -> dict:
+    """One grid entry in a Ray task: the serial path's own ``execute`` (papermill), error recorded."""
+    from .reproduce import Run, execute
+
+    return execute(Run(**run_dict), model, Path(folder))
+
+
+def run_entries(entries: list[tuple[Any, str, Path]], workers: int, address: str | None = None) -> list[dict]:
+    """Execute grid ``entries`` (run, model, folder) as Ray tasks, at most ``workers`` at once, each with
+    cores // workers threads; records in entry order (a task that dies is recorded as an error)."""
+    import ray
+
+    from .reproduce import Run, finish_record
+
+    check_workers(workers)
+    connect(address, workers)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    task = ray.remote(num_cpus=0, max_retries=0)(_execute_entry).options(runtime_env={"env_vars": env})
+    results: list = [None] * len(entries)
+    queue = list(range(len(entries)))
+    running: dict = {}
+    while queue or running:
+        while queue and len(running) < workers:
+            index = queue.pop(0)
+            run, model, folder = entries[index]
+            running[task.remote(asdict(run), model, str(folder))] = index
+        done, _ = ray.wait(list(running), num_returns=1)
+        index = running.pop(done[0])
+        try:
+            results[index] = ray.get(done[0])
+        except ray.exceptions.RayError as err:
+            run, _model, folder = entries[index]
+            record = {"status": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+            results[index] = finish_record(record, Run(**asdict(run)), {}, 0.0, Path(folder) / "result.json")
+    return results
