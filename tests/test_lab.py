@@ -264,7 +264,8 @@ def test_search_notebook_monitor_grows_while_the_search_runs(lab, browser):
     while time.monotonic() < deadline:
         figures = nb.figures()
         points = sum(len(t["x"]) for t in figures[0]) if figures else 0
-        if not seen or points != seen[-1]:
+        redrawing = points == 0 and seen and seen[-1] > 0  # read while plotly replaced the traces (busy machine)
+        if not redrawing and (not seen or points != seen[-1]):
             seen.append(points)
         if all(p.startswith("[") and p[1:-2].isdigit() for p in nb.prompts()):
             break
