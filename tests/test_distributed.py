@@ -192,3 +192,18 @@ def test_without_workers_nothing_imports_ray(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_cli_search_with_workers_runs_on_the_local_ray(local_ray, tmp_path):
+    out = tmp_path / "s"
+    argv = ["search", "--model", "tiny-llama", "--population", "4", "--generations", "2", "--elite", "1",
+            "--fitness-windows", "1", "--fitness-seqlen", "32", "--cheap-seqlen", "16", "--nsamples", "2",
+            "--seqlen", "16", "--out", str(out), "--workers", "2"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    history = json.loads((out / "history.json").read_text())
+    assert {r["kind"] for r in history} == {"evolution", "random"} and (out / "best_function.json").is_file()
+    assert json.loads((out / "progress.json").read_text())["phase"] == "done"

@@ -286,6 +286,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if (out / "state.json").exists() and not args.resume:
         raise ValueError(f"--out {out} already holds a search; add --resume to continue it")
     _connect_workers(args)  # before any work: a bad --workers or --address writes nothing
+    if args.workers is not None:  # the driver's allocations at the workers' thread count (same rounding)
+        import torch
+
+        from .distributed import search_threads
+
+        torch.set_num_threads(search_threads(args.workers))
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
     calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)

@@ -180,9 +180,14 @@ class RayFitnessPool:
         self.actors = []
 
 
+def search_threads(workers: int) -> int:
+    """Threads of each search worker (and of the driver): the machine's cores shared among the workers."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def search_spec(args, config) -> WorkerSpec:
-    """The worker spec of a ``workbench search`` command line (one thread per worker unless cores allow more)."""
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    """The worker spec of a ``workbench search`` command line."""
+    threads = search_threads(args.workers)
     return WorkerSpec(model=args.model, config=config.to_dict(), dtype=args.dtype, device=args.device,
                       trust_remote_code=args.trust_remote_code, calib_dataset=args.calib_dataset,
                       nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,

@@ -414,9 +414,10 @@ class Search:
     def _fitness(self, counts: dict[str, int], fidelity: str, allocation_key: str) -> float:
         """The fitness computed ahead for this allocation (parallel pools), else computed now."""
         ahead = self._ahead.pop((allocation_key, fidelity), None)
-        value, seconds = ahead if ahead is not None else self.pool.fitness([(counts, fidelity)])[0]
-        self._borrowed += seconds
-        return value
+        if ahead is None:
+            return self.pool.fitness([(counts, fidelity)])[0][0]  # timed by the caller's clock
+        self._borrowed += ahead[1]  # computed elsewhere: its seconds count for this record
+        return ahead[0]
 
     def _compute_ahead(self, jobs: dict[tuple[str, str], dict[str, int]]) -> None:
         """Fitness of every (allocation key, fidelity) the serial replay will ask for, in one parallel batch."""
