@@ -6,8 +6,10 @@ The same search (seed 0, the default multi-fidelity settings, with its random ba
 serial at one thread, serial at the machine's threads, and on a local Ray with 1 and 2 workers of one
 thread each (the driver computes allocations at one thread). Printed: distinct candidates scored, seconds
 of the search itself (worker start-up, which builds each worker's model and dense statistics once, is
-printed apart), candidates per minute, and each as a ratio to the serial run at one thread; and whether
-every run's history equals the serial one's (it must: fitness is computed at one thread everywhere).
+printed apart), candidates per minute, and each as a ratio to the serial run at one thread; each worker's
+resident memory and what its context holds; and whether every run's history equals the serial one-thread
+run's (the Ray runs must: everything is computed at one thread; the serial run at more threads may round
+differently).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def main() -> None:
     config = SearchConfig(sparsity=0.7, population=args.population, generations=args.generations)
     spec = WorkerSpec(model=args.model, config=config.to_dict(), threads=1)
     cores = os.cpu_count() or 1
-    rows, histories = [], {}
+    rows, histories, memory = [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         def search(label: str, threads: int, workers: int | None) -> None:
             torch.set_num_threads(threads)
@@ -56,6 +58,10 @@ def main() -> None:
             Search(ctx, config, out, progress=False, pool=pool).run()
             seconds = time.perf_counter() - start
             if pool is not None:
+                for pid in pool.pids():  # what each worker holds: model, dense copy, scores, orders, runtime
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    rss = int(status.split("VmRSS:")[1].split()[0]) / 2 ** 20
+                    memory.append(f"{label}: worker {pid} RSS {rss:.2f} GiB")
                 pool.close()
             history = _history(out)
             histories[label] = history
@@ -77,6 +83,14 @@ def main() -> None:
     for label, distinct, seconds, setup in rows:
         rate = distinct / seconds
         print(f"| {label} | {distinct} | {seconds:.1f} | {setup:.1f} | {60 * rate:.1f} | {rate / base:.2f}x |")
+    print("\n".join(memory))
+    ctx = build_context(spec)[2]
+    parts = {"model": sum(p.numel() * p.element_size() for p in ctx.model.parameters()),
+             "dense copy of the prunable weights": sum(w.numel() * w.element_size()
+                                                       for w in ctx.cache.weights.values()),
+             "Wanda scores (float32)": sum(s.numel() * s.element_size() for b in ctx.block_scores for s in b),
+             "per-row sort orders": sum(o.numel() * o.element_size() for o in ctx.orders.values())}
+    print("a worker's context: " + ", ".join(f"{k} {v / 2 ** 30:.3f} GiB" for k, v in parts.items()))
     reference = histories["serial, 1 thread"]
     print("history equal to serial at 1 thread: " + ", ".join(f"{k}: {v == reference}" for k, v in histories.items()))
 

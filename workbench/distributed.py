@@ -1,9 +1,9 @@
 """Ray workers for the two things that outgrow one machine first: DSA search candidates and grid runs.
 
 * :class:`RayFitnessPool`: actors that each hold their own model, dense statistics and candidate context
-  (built once per actor from a :class:`WorkerSpec`); a generation's fitness jobs go to them in parallel and
-  come back in job order, so :class:`workbench.search.Search` replays the serial pass exactly (same history,
-  same best function). A worker that dies mid-job is replaced and the job re-run.
+  (built once per actor from a :class:`WorkerSpec`); a generation's allocations, then its fitness jobs, go
+  to them in parallel and come back in job order, so :class:`workbench.search.Search` replays the serial
+  pass exactly (same history, same best function). A worker that dies mid-job is replaced and the job re-run.
 * :func:`run_grid_parallel`: each grid entry one Ray task (one papermill run), threads per task set so the
   workers do not oversubscribe the cores; failures are recorded per entry, tables built as the serial run does.
 
@@ -119,6 +119,11 @@ class _Worker:
         start = time.perf_counter()
         return self.ctx.fitness(counts, fidelity), time.perf_counter() - start
 
+    def allocation(self, function: dict) -> dict:
+        from .allocation.dsa.function import AllocationFunction
+
+        return self.ctx.allocation(AllocationFunction.from_dict(function))
+
 
 class RayFitnessPool:
     """``workers`` Ray actors evaluating fitness jobs in parallel; results in job order."""
@@ -147,7 +152,16 @@ class RayFitnessPool:
         return ray.get([a.pid.remote() for a in self.actors])
 
     def fitness(self, jobs: list[tuple[dict[str, int], str]]) -> list[tuple[float, float]]:
-        """(fitness, seconds) of each job, in order; a job whose worker died is re-run on its replacement."""
+        """(fitness, seconds) of each (counts, fidelity) job, in order."""
+        return self._map("fitness", jobs)
+
+    def allocations(self, functions: list) -> list[dict]:
+        """The candidate context's allocation of each function (as ``SearchContext.allocation``), in order."""
+        return self._map("allocation", [(fn.to_dict(),) for fn in functions])
+
+    def _map(self, method: str, jobs: list[tuple]) -> list:
+        """``method(*job)`` of each job on the workers, results in job order; a job whose worker died is
+        re-run on its replacement."""
         import ray
 
         results: list = [None] * len(jobs)
@@ -157,7 +171,7 @@ class RayFitnessPool:
         while queue or running:
             while queue and free:
                 slot, index = free.pop(0), queue.pop(0)
-                ref = self.actors[slot].fitness.remote(*jobs[index])
+                ref = getattr(self.actors[slot], method).remote(*jobs[index])
                 running[ref] = (slot, index)
                 if self.on_submit is not None:
                     self.on_submit(self.actors[slot], index)

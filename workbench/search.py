@@ -427,17 +427,17 @@ class Search:
             self._ahead.update({k: r for (k, _c), r in zip(todo, results, strict=True)})
 
     def _ahead_of_scoring(self, population: list[AllocationFunction]) -> None:
-        """For a parallel pool: the allocations of new functions and the fitness of every allocation the
-        serial pass would evaluate, computed before the pass replays (which then finds them ready)."""
+        """For a parallel pool: the allocations of new functions, then the fitness of every allocation the
+        serial pass would evaluate, computed on the workers before the pass replays (and finds them ready)."""
         if not self.pool.parallel:
             return
-        first, jobs, seen = self._first(), {}, set(self.by_function)
+        first, jobs, new = self._first(), {}, {}
         for fn in population:
-            key = fn.key()
-            if key in seen:
-                continue
-            seen.add(key)
-            alloc = self._allocations.setdefault(key, self.ctx.allocation(fn))
+            if fn.key() not in self.by_function:
+                new.setdefault(fn.key(), fn)
+        self._allocations.update(zip(new, self.pool.allocations(list(new.values())), strict=True))
+        for key in new:
+            alloc = self._allocations[key]
             known = self.by_allocation.get(alloc["allocation_key"]) or {}
             if alloc["valid"] and known.get(first) is None:
                 jobs.setdefault((alloc["allocation_key"], first), alloc["counts"])
