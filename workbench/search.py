@@ -547,9 +547,12 @@ class Search:
         if self.want_baselines and "baselines" not in self.state.meta:
             self._write_progress("baselines")
             start = time.perf_counter()
-            counts = self.ctx.baseline_counts()
-            values = self.pool.fitness([(c, "full") for c in counts.values()])
-            self.state.meta["baselines"] = {name: v for name, (v, _s) in zip(counts, values, strict=True)}
+            if self.pool.parallel:  # on the workers
+                counts = self.ctx.baseline_counts()
+                values = self.pool.fitness([(c, "full") for c in counts.values()])
+                self.state.meta["baselines"] = {name: v for name, (v, _s) in zip(counts, values, strict=True)}
+            else:
+                self.state.meta["baselines"] = self.ctx.baselines()
             self.state.meta["baseline_seconds"] = time.perf_counter() - start
         self._write_progress()
         rng = random.Random(self.config.seed)
