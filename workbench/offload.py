@@ -51,7 +51,7 @@ class Activations:
         if place == "disk" and directory is None:
             raise ValueError("activations='disk' needs an offload directory (--offload-dir DIR)")
         self.device, self.place = device, place
-        self._items: list = []  # CPU tensors, or (offset, shape, dtype) into the file
+        self._items: list = []  # CPU tensors, or (offset, bytes, shape, dtype) into the file
         self._path = Path(directory) / f"activations-{uuid.uuid4().hex}.bin" if place == "disk" else None
         self._size = 0
 
@@ -63,15 +63,14 @@ class Activations:
         data = hidden.contiguous().cpu().view(torch.uint8).numpy().tobytes()
         with open(self._path, "ab") as f:
             f.write(data)
-        self._items.append((self._size, tuple(hidden.shape), hidden.dtype))
+        self._items.append((self._size, len(data), tuple(hidden.shape), hidden.dtype))
         self._size += len(data)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self._items[index]
         if self.place != "disk":
             return item.to(self.device or "cpu")
-        offset, shape, dtype = item
-        nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
+        offset, nbytes, shape, dtype = item
         with open(self._path, "rb") as f:
             f.seek(offset)
             buffer = bytearray(f.read(nbytes))
@@ -325,7 +324,6 @@ class Stream(Residency):
         self.n_blocks = len(layout.blocks)
         self.prefix = layout.prefix
         self.written: dict[str, str] = {}  # tensor -> shard file of the output
-        self.loads = 0
 
     def _check_complete(self, model: nn.Module) -> None:
         """Every tensor the model needs is in the checkpoint (refused before any work, naming the tensor)."""
@@ -352,7 +350,6 @@ class Stream(Residency):
         tensors = self.reader_.read(list(names.values()), self.dtype)
         for local, full in names.items():
             set_module_tensor_to_device(block, local, self.device, value=tensors.pop(full))
-        self.loads += 1
 
     def exit(self, index: int, block: nn.Module) -> None:
         from accelerate.utils import set_module_tensor_to_device
