@@ -67,7 +67,7 @@ class FakeContext:
         key = f"{fn.reduction}|{fn.direction}" if self.coarse else fn.key()
         return {"valid": True, "error": None, "ratios": [0.5], "counts": {"key": key}, "allocation_key": key}
 
-    def baselines(self) -> dict[str, float]:
+    def baseline_counts(self) -> dict[str, dict]:
         self.baseline_calls += 1
         return {}  # no hand-made allocations in a synthetic fitness
 
@@ -455,8 +455,8 @@ class Dying:
     def allocation(self, fn):
         return self.inner.allocation(fn)
 
-    def baselines(self):
-        return self.inner.baselines()
+    def baseline_counts(self):
+        return self.inner.baseline_counts()
 
     def fitness(self, counts, fidelity):
         self.n += 1

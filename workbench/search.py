@@ -181,9 +181,6 @@ class SearchContext:
 
         return {name: self.counts_of(allocate(name, self.inputs, self.config.sparsity)) for name in ("uniform", "owl")}
 
-    def baselines(self) -> dict[str, float]:
-        """Full-fidelity fitness of :meth:`baseline_counts`."""
-        return {name: self.fitness(counts, "full") for name, counts in self.baseline_counts().items()}
 
     def restore(self) -> None:
         """The dense weights back (the model as it was before the search)."""
@@ -547,12 +544,9 @@ class Search:
         if self.want_baselines and "baselines" not in self.state.meta:
             self._write_progress("baselines")
             start = time.perf_counter()
-            if self.pool.parallel:  # on the workers
-                counts = self.ctx.baseline_counts()
-                values = self.pool.fitness([(c, "full") for c in counts.values()])
-                self.state.meta["baselines"] = {name: v for name, (v, _s) in zip(counts, values, strict=True)}
-            else:
-                self.state.meta["baselines"] = self.ctx.baselines()
+            counts = self.ctx.baseline_counts()
+            values = self.pool.fitness([(c, "full") for c in counts.values()])
+            self.state.meta["baselines"] = {name: v for name, (v, _s) in zip(counts, values, strict=True)}
             self.state.meta["baseline_seconds"] = time.perf_counter() - start
         self._write_progress()
         rng = random.Random(self.config.seed)
