@@ -1,6 +1,7 @@
 """BESA on the tiny model: keep-probabilities, the straight-through estimator, learned sparsities, bad input."""
 
 import sys
+import time
 
 import pytest
 import torch
@@ -172,6 +173,43 @@ def test_ste_forward_is_the_hard_mask_and_gradient_reaches_only_the_logits(calib
         assert torch.isfinite(ly.logits.grad).all()
         assert ly.linear.weight.grad is None  # frozen
     assert float(loss.detach()) > 0 and 0.4 < float(s_block.detach()) < 0.6
+
+
+def test_the_log_counts_mini_batches_and_reports_the_first_and_last_losses(calib, monkeypatch):
+    """batch_size windows per optimiser step: 6 windows, batches of 2, 2 epochs -> 6 steps, each loss over 2
+    windows; first/last loss are the first and last steps' reconstruction + penalty; seconds is the wall time."""
+    model, learner, data = _block0_learner(calib, "layer", epochs=2, batch_size=2)
+    assert len(data.inputs) == 6
+    recon, pen, widths = [], [], []
+    real_recon, real_pen = besa_mod.reconstruction_loss, besa_mod.sparsity_penalty
+
+    def spy_recon(reference, output):
+        widths.append(reference.shape[1])
+        recon.append(real_recon(reference, output))
+        return recon[-1]
+
+    def spy_pen(s_block, target, beta):
+        pen.append(real_pen(s_block, target, beta))
+        return pen[-1]
+
+    monkeypatch.setattr(besa_mod, "reconstruction_loss", spy_recon)
+    monkeypatch.setattr(besa_mod, "sparsity_penalty", spy_pen)
+    start = time.perf_counter()
+    learner.step(data)
+    wall = time.perf_counter() - start
+    log = learner.log[0]
+    assert log.steps == len(recon) == 6
+    assert widths == [2 * data.inputs[0].shape[1]] * 6
+    losses = [float(r.detach() + p.detach()) for r, p in zip(recon, pen, strict=True)]
+    assert log.first_loss == pytest.approx(losses[0], rel=1e-6)
+    assert log.last_loss == pytest.approx(losses[-1], rel=1e-6)
+    assert log.first_loss != pytest.approx(log.last_loss, rel=1e-9)
+    assert 0 < log.seconds <= wall
+
+
+def test_hard_counts_floor_and_keep_one_weight_per_row():
+    s_hat = torch.tensor([0.0, 0.249, 0.25, 0.999, 1.0])
+    assert besa_mod.hard_counts(s_hat, 8).tolist() == [0, 1, 2, 7, 7]
 
 
 def test_a_learning_step_leaves_weights_frozen_and_moves_the_logits(calib):

@@ -417,3 +417,65 @@ def test_from_dict_keeps_the_name_and_defaults_to_a_no_op_pre_chain():
     fn = AllocationFunction.from_dict({"reduction": "var", "post": ["abs"], "name": "mine"})
     assert fn.name == "mine" and fn.pre == ("no_op",) and fn.nonfinite == "invalid"
     assert AllocationFunction.from_dict({}).name == ""
+
+
+# --------------------------------------------------------------------------- second mutation round: the edges
+# of the rounding check, the reference rule's values, load_function's resolution order, weights and direction
+
+def test_the_rounding_check_refuses_two_equal_values_and_a_spread_at_the_threshold():
+    from workbench.allocation.dsa.function import NOISE_RTOL, _check_spread
+
+    _check_spread(torch.tensor([5.0]), 5.0, "one value")  # nothing to compare yet
+    with pytest.raises(InvalidFunction, match="^two: block values are constant"):
+        _check_spread(torch.tensor([3.0, 3.0], dtype=torch.float64), 3.0, "two")
+    with pytest.raises(InvalidFunction, match="^edge: "):
+        _check_spread(torch.tensor([0.0, NOISE_RTOL], dtype=torch.float64), 1.0, "edge")  # spread == rtol·scale
+    _check_spread(torch.tensor([0.0, 2 * NOISE_RTOL], dtype=torch.float64), 1.0, "above")
+
+
+def test_post_ops_scale_the_rounding_check_by_the_largest_finite_value():
+    # 1e-13 apart at 1.0 is rounding (1e-13 <= 1e-9 x 1): refused, naming the post op
+    with pytest.raises(InvalidFunction, match=r"^post op 'no_op': block values are constant"):
+        AllocationFunction(post=("no_op",)).post_values([1.0, 1.0 + 1e-13])
+    # no finite value at all after a post op under the reference rule: nothing to check, then NaN -> 0, inf -> -1
+    assert AllocationFunction(post=("no_op",), nonfinite="reference").post_values([math.inf, math.nan]) == [-1.0, 0.0]
+
+
+def test_the_reference_rule_maps_nan_to_zero_and_both_infinities_to_minus_one():
+    fn = AllocationFunction(post=("no_op",), nonfinite="reference")
+    assert fn.post_values([1.0, math.inf, math.nan, 2.0, -math.inf]) == [1.0, -1.0, 0.0, 2.0, -1.0]
+    with pytest.raises(InvalidFunction, match=r"^the public NaN -> 0, inf -> -1 rule: block values are constant"):
+        fn.post_values([math.nan, 0.0, math.nan])
+
+
+def test_load_function_prefers_a_file_in_the_working_directory_and_reads_padded_json(tmp_path, monkeypatch):
+    import json
+
+    local = tmp_path / "data" / "functions"
+    local.mkdir(parents=True)
+    mine = AllocationFunction(("abs",), "l1", ("sin",), 0.1, -1, "mine")
+    (local / "dsa-evolved.json").write_text(mine.to_json(), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # the checkout has a file of the same relative path: the local one wins
+    assert load_function("data/functions/dsa-evolved.json") == mine
+    assert load_function('  \n' + json.dumps({"reduction": "var"})) == AllocationFunction(reduction="var")
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ValueError, match=r"^function='bad.json': cannot read the file"):
+        load_function("bad.json")
+    with pytest.raises(ValueError, match=r"^function=3 must be a preset name, a JSON file, JSON text or a mapping$"):
+        load_function(3)
+
+
+def test_sparsities_weight_the_mean_and_follow_the_direction():
+    blocks = _random_blocks([[(8, 16)], [(8, 16), (4, 8)], [(12, 5)]], seed=1)
+    weights = [128.0, 160.0, 60.0]
+    up = AllocationFunction(("no_op",), "var", ("no_op",), 0.05, 1)
+    down = dataclasses.replace(up, direction=-1)
+    s_up, s_down = up.sparsities(blocks, 0.5, weights=weights), down.sparsities(blocks, 0.5, weights=weights)
+    for s in (s_up, s_down):
+        assert sum(w * x for w, x in zip(weights, s, strict=True)) / sum(weights) == pytest.approx(0.5, abs=1e-12)
+    assert s_up != pytest.approx(s_down)
+    assert [a - 0.5 for a in s_up] == pytest.approx([0.5 - b for b in s_down], abs=1e-12)  # mirrored about 0.5
+    values = up.block_values(blocks)
+    assert s_up[values.index(max(values))] == max(s_up)  # direction 1: the largest value is pruned most
+    with pytest.raises(InvalidFunction, match=r'^\{"direction": 1, .*sparsity=1.5 must lie in'):
+        up.sparsities(blocks, 1.5, weights=weights)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from forward_oracle import full_forward_sq_norms
 
+from workbench.calibrate import calibrate
 from workbench.data import calibration_samples
 from workbench.models import load_model, prunable_linears
 from workbench.prune import prune
@@ -54,3 +55,30 @@ def test_magnitude_compares_weights_across_the_whole_matrix():
         assert w0[pruned].max() <= w0[~pruned].min()
         rows = (lin.weight == 0).sum(1)
         assert rows.max() != rows.min(), "a row-wise group would prune every row equally"
+
+
+def test_capture_loop_statistics_equal_full_forward_hooks(tiny, calib):
+    """sq_norm, n_windows, the Wanda norm ||X_j|| (mean over windows of Σ x_j²) and SparseGPT's Hessian
+    2·XᵀX / n_windows, checked against plain hooks on one full forward per window."""
+    model, _ = tiny
+    sums = full_forward_sq_norms(model, calib.input_ids)
+    xtx, handles = {}, []
+    for name, lin in prunable_linears(model).items():
+        def hook(_m, args, _out, name=name):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            xtx[name] = xtx.get(name, 0) + x.t() @ x
+        handles.append(lin.register_forward_hook(hook))
+    with torch.no_grad():
+        for row in calib.input_ids:
+            model(row[None])
+    for h in handles:
+        h.remove()
+    n = calib.input_ids.shape[0]
+    assert n > 1, "the oracle needs several windows to see the per-window mean"
+    stats = calibrate(model, calib.input_ids, "dense", ("sq_norm", "xtx"), progress=False)
+    assert set(stats) == set(sums)
+    for name, st in stats.items():
+        assert st.n_windows == n, name
+        assert torch.allclose(st.sq_norm.double(), sums[name], rtol=1e-5, atol=1e-6), name
+        assert torch.allclose(st.act_norm().double(), (sums[name] / n).sqrt(), rtol=1e-5, atol=1e-6), name
+        assert torch.allclose(st.hessian().double(), 2 * xtx[name] / n, rtol=1e-4, atol=1e-5), name

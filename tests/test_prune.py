@@ -1,5 +1,7 @@
 """The pruning engine on the tiny model, against independent oracles."""
 
+import re
+
 import pytest
 import torch
 
@@ -179,3 +181,19 @@ def test_magnitude_needs_no_calibration():
     res = prune(model, None, "magnitude", "uniform", 0.5, progress=False)
     assert res.report["actual"] == pytest.approx(0.5)
     assert res.timings["forward_s"] == 0.0
+
+
+def test_check_metric_names_the_metric_and_group_and_their_allowed_values():
+    from workbench.pruners import DEFAULT_GROUP, GROUPS, METRICS, check_metric
+
+    for metric in METRICS:
+        assert check_metric(metric) == DEFAULT_GROUP[metric]
+    for group in GROUPS:
+        assert check_metric("wanda", group) == group and check_metric("magnitude", group) == group
+    allowed = r"\['magnitude', 'wanda', 'sparsegpt'\]"
+    with pytest.raises(ValueError, match=rf"^metric='owl' is not allowed; allowed: {allowed}$"):
+        check_metric("owl")
+    with pytest.raises(ValueError, match="^group: sparsegpt chooses its mask per block of columns; leave group unset$"):
+        check_metric("sparsegpt", "row")
+    with pytest.raises(ValueError, match=rf"^group='block' is not allowed; allowed: {re.escape(str(list(GROUPS)))}$"):
+        check_metric("wanda", "block")
