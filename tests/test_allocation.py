@@ -240,3 +240,37 @@ def test_param_check_names_allocator_key_and_allowed_values():
     with pytest.raises(ValueError, match=r"^allocation='dsa': no such function$"):
         any_param.check("dsa", "nope")
     assert seen == ["nope"]
+
+
+def test_param_check_bounds_kinds_and_validated_values():
+    from workbench.allocation import Param
+
+    closed = Param("lam", 0.1, "h", low=0.0, high=0.5)
+    assert closed.check("owl", 0.5) == 0.5 and closed.check("owl", 0.0) == 0.0  # closed ends accepted
+    got = closed.check("owl", 0)
+    assert got == 0.0 and type(got) is float  # ints accepted for floats, returned as floats
+    opened = Param("s", 0.5, "h", low=0.0, high=1.0, open=True)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"^allocation='x': s={bad!r} is not allowed; allowed: a number in "
+                                             r"\(0, 1\)$"):
+            opened.check("x", bad)
+    count = Param("epochs", 1, "h", kind="int", low=1)
+    assert count.check("besa", 3) == 3 and type(count.check("besa", 3)) is int
+    with pytest.raises(ValueError, match=r"epochs=2.5 is not allowed; allowed: an integer in \[1, inf\]"):
+        count.check("besa", 2.5)
+
+    seen = []
+
+    def validate(value):
+        seen.append(value)
+        if value != "good":
+            raise ValueError(f"function={value!r} is unknown")
+
+    optional = Param("function", None, "h", kind="any", optional=True, validate=validate)
+    assert optional.check("dsa", None) is None and seen == []  # None means the default: not validated
+    assert optional.check("dsa", "good") == "good" and seen == ["good"]
+    with pytest.raises(ValueError, match=r"^allocation='dsa': function='bad' is unknown$"):
+        optional.check("dsa", "bad")
+    required = Param("function", "good", "h", kind="any", validate=validate)
+    with pytest.raises(ValueError, match=r"^allocation='dsa': function=None is unknown$"):
+        required.check("dsa", None)

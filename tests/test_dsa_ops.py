@@ -479,3 +479,10 @@ def test_sparsities_weight_the_mean_and_follow_the_direction():
     assert s_up[values.index(max(values))] == max(s_up)  # direction 1: the largest value is pruned most
     with pytest.raises(InvalidFunction, match=r'^\{"direction": 1, .*sparsity=1.5 must lie in'):
         up.sparsities(blocks, 1.5, weights=weights)
+
+
+def test_layer_corr_of_two_rows_is_their_absolute_correlation_and_one_row_is_undefined():
+    rows = torch.tensor([[1.0, 2.0, 3.0, 5.0], [2.0, 1.0, 4.0, 3.0]], dtype=torch.float64)
+    expected = abs(np.corrcoef(rows.numpy())[0, 1])
+    assert float(ops.MATRIX_REDUCTIONS["layer_corr"](rows)) == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(float(ops.MATRIX_REDUCTIONS["layer_corr"](rows[:1])))

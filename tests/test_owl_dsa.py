@@ -385,3 +385,27 @@ def test_reference_clamp_at_exactly_zero_and_exactly_one():
     with pytest.raises(ValueError, match=r"^lam=0.25: sparsity 1.000 >= 1 for some entries; no valid allocation "
                                          r"\(lower lam or the target\)$"):
         map_to_sparsity([0.0, 1.0], 0.75, 0.25, clamp="reference")  # 1.0 exactly is refused
+
+
+def test_candidate_records_name_the_error_and_carry_the_block_ratios(context, monkeypatch):
+    """What the search stores per candidate: the refusal's reason, or the block ratios and an allocation key
+    that is the same exactly when the per-row counts are."""
+    import workbench.search as search_mod
+
+    ctx, _tok, _calib, _cache = context
+    rec = ctx.allocation(FN)
+    assert rec["valid"] and rec["error"] is None
+    profile = allocate("dsa", ctx.inputs, 0.6, function=FN)
+    assert rec["ratios"] == pytest.approx(list(profile.block_means().values()), abs=1e-12)
+    assert min(rec["ratios"]) < 0.6 < max(rec["ratios"])
+    assert rec["counts"] == ctx.counts_of(profile)
+    assert len(rec["allocation_key"]) == 16 and int(rec["allocation_key"], 16) >= 0
+    assert ctx.allocation(FN)["allocation_key"] == rec["allocation_key"]
+    assert ctx.allocation(AllocationFunction(("abs",), "std", ("tanh",), 0.1, -1))["allocation_key"] != \
+        rec["allocation_key"]
+    bad = ctx.allocation(AllocationFunction(("normalize",), "var", ("no_op",), 0.1, 1))
+    assert bad == {"valid": False, "error": bad["error"], "ratios": None, "counts": None, "allocation_key": None}
+    assert "constant up to rounding" in bad["error"]
+    # a fitness that is not finite (a diverged model) counts as the worst possible
+    monkeypatch.setattr(search_mod, "perplexity_from_ids", lambda *a, **k: math.nan)
+    assert ctx.fitness(rec["counts"], "full") == math.inf

@@ -231,7 +231,8 @@ def test_tournament_of_one_is_uniform_and_a_large_one_takes_the_best():
     assert all(tournament(list(range(10)), 200, rng) == 0 for _ in range(200))
 
 
-def test_parents_come_from_the_top_half_of_the_ranked_pool(tmp_path, monkeypatch):
+@pytest.mark.parametrize("population,elite,size", [(16, 2, 3), (3, 1, 1)])  # small pool: top = max(2, n // 2)
+def test_parents_come_from_the_top_half_of_the_ranked_pool(tmp_path, monkeypatch, population, elite, size):
     snapshots = spy_generations(monkeypatch)
     picked = []  # (generation the parents were ranked in, parent key)
     real_tournament = search_mod.tournament
@@ -249,7 +250,8 @@ def test_parents_come_from_the_top_half_of_the_ranked_pool(tmp_path, monkeypatch
     current = {}
     monkeypatch.setattr(search_mod, "tournament", spy_tournament)
     monkeypatch.setattr(Search, "_next_population", spy_next)
-    search, _result, _ctx = run_search(tmp_path, random_baseline=False)
+    search, _result, _ctx = run_search(tmp_path, random_baseline=False, population=population, elite=elite,
+                                       promote=elite, tournament=size)
     history = search.state.history
     by_key = {h["function_key"]: h for h in history}
     elites_after = {s["generation"]: s["elites"] for s in snapshots}
@@ -263,7 +265,7 @@ def test_parents_come_from_the_top_half_of_the_ranked_pool(tmp_path, monkeypatch
         top = ranked[: max(2, len(ranked) // 2)]
         boundary = rank_key(top[-1])
         parents = [k for g, k in picked if g == gen]
-        assert len(parents) >= 2 * (CFG["population"] - CFG["elite"])  # two tournaments per child
+        assert len(parents) >= 2 * (population - elite)  # two tournaments per child
         for key in parents:
             assert rank_key(by_key[key]) <= boundary, (gen, key)
         # and the worse half never breeds
@@ -565,3 +567,55 @@ def test_promotion_after_resume_recomputes_the_allocation(tmp_path):
     del record["_counts"]  # as after a checkpoint and --resume (counts are not saved)
     search._promote([record], 1)
     assert record["full_fitness"] == distance(fn) and ctx.calls[-1] == (fn.key(), "full")
+
+
+# --------------------------------------------------------------------------- second mutation round
+
+class BaselineContext(FakeContext):
+    """A fake with two hand-made allocations, scored at full fidelity before the search starts."""
+
+    def baseline_counts(self) -> dict[str, dict]:
+        self.baseline_calls += 1
+        return {"uniform": {"key": TARGET.key()}, "owl": {"key": AllocationFunction(("abs",), "var").key()}}
+
+
+def test_baselines_are_scored_once_and_reported_in_the_progress_file(tmp_path):
+    ctx = BaselineContext()
+    search, _result, _ = run_search(tmp_path / "deep" / "er", context=ctx, generations=2)  # parents created
+    progress = json.loads((tmp_path / "deep" / "er" / "run" / "progress.json").read_text())
+    expected = {"uniform": 0.0, "owl": distance(AllocationFunction(("abs",), "var"))}
+    assert search.state.meta["baselines"] == pytest.approx(expected)
+    assert progress["baselines"] == pytest.approx(expected)
+    assert ctx.baseline_calls == 1 and sum(1 for _k, f in ctx.calls if f == "full" and _k == TARGET.key()) >= 1
+
+
+def test_a_checkpoint_without_meta_resumes(tmp_path):
+    cfg = SearchConfig(**(CFG | {"generations": 2, "random_baseline": False}))
+    Search(FakeContext(), cfg, tmp_path, progress=False).run()
+    state = tmp_path / "state.json"
+    data = json.loads(state.read_text())
+    del data["meta"]  # written before the baselines were recorded
+    state.write_text(json.dumps(data))
+    resumed = Search(FakeContext(), cfg, tmp_path, resume=True, progress=False)
+    assert resumed.state.meta == {} and resumed.state.generation == 1
+
+
+class MostlyInvalidContext(FakeContext):
+    """Refuses every function whose reduction is not 'var' or 'std': generations with few valid candidates."""
+
+    def allocation(self, fn: AllocationFunction) -> dict:
+        if fn.reduction not in ("var", "std"):
+            return {"valid": False, "error": "fake: invalid", "ratios": None, "counts": None, "allocation_key": None}
+        return super().allocation(fn)
+
+
+def test_promotion_never_scores_an_invalid_candidate(tmp_path):
+    search, _result, ctx = run_search(tmp_path, context=MostlyInvalidContext(), population=4, elite=1, promote=3,
+                                      generations=3)
+    history = search.state.history
+    assert any(not h["valid"] for h in history)
+    assert any(sum(h["valid"] for h in records(history, k, g)) < 3 for k in ("evolution", "random") for g in range(3))
+    for h in history:
+        if not h["valid"]:
+            assert h["cheap_fitness"] is None and h["full_fitness"] is None, h
+    assert all(AllocationFunction.from_json(k).reduction in ("var", "std") for k, _f in ctx.calls)
