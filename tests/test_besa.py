@@ -447,3 +447,13 @@ def test_learner_refuses_an_unknown_optimizer_by_name():
     info = AllocationInput(layers={})
     with pytest.raises(ValueError, match=r"^optimizer='sgd' is not allowed; allowed: \['adamw', 'prodigy'\]$"):
         besa_mod.BesaLearner(info, 0.5, optimizer="sgd")
+
+
+def test_besa_learns_on_a_bfloat16_model(calib):
+    """The straight-through mask is cast to the weights' dtype: a half-precision block runs and is pruned."""
+    model, tok = fresh()
+    model.to(torch.bfloat16)
+    res = prune(model, tok, "wanda", "besa", 0.5, calibration=calib, allocation_params={"epochs": 1},
+                progress=False)
+    assert res.report["actual"] == pytest.approx(0.5, abs=0.01)
+    assert all(lin.weight.dtype == torch.bfloat16 for lin in prunable_linears(model).values())

@@ -486,3 +486,13 @@ def test_layer_corr_of_two_rows_is_their_absolute_correlation_and_one_row_is_und
     expected = abs(np.corrcoef(rows.numpy())[0, 1])
     assert float(ops.MATRIX_REDUCTIONS["layer_corr"](rows)) == pytest.approx(expected, rel=1e-12)
     assert math.isnan(float(ops.MATRIX_REDUCTIONS["layer_corr"](rows[:1])))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "var", "l1"])
+def test_tensor_reductions_read_every_entry_of_a_large_block(reduction):
+    # only matrix reductions may read the strided views: a vector reduction sees all entries of 300 x 520 layers
+    blocks = _random_blocks([[(300, 40), (20, 520)], [(520, 30), (40, 20)]], seed=5)
+    formulas = {"mean": np.mean, "var": lambda z: np.var(z, ddof=1), "l1": lambda z: np.abs(z).mean()}
+    expected = [formulas[reduction](np.abs(np.concatenate([m.double().numpy().reshape(-1) for m in b])))
+                for b in blocks]
+    close(AllocationFunction(("abs",), reduction).reduced_values(blocks)[0], expected, rel=1e-10)

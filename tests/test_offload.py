@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from workbench import cli
 from workbench.calibrate import calibrate
 from workbench.data import calibration_samples
-from workbench.evaluate import window_nlls
+from workbench.evaluate import perplexity, window_nlls
 from workbench.models import load_model, prunable_linears, structure, weight_hash
 from workbench.offload import Activations, Onload, Residency, Stream, load_skeleton, placed_model
 from workbench.prune import prune
@@ -114,6 +114,11 @@ def test_block_major_perplexity_equals_the_full_forward(saved, tmp_path, arch):
     stream = Stream(skeleton, source, "cpu", tmp_path, "disk")
     assert torch.equal(window_nlls(skeleton, IDS, 64, progress=False, residency=stream), expected)
     assert stream.weight_hash(skeleton) == weight_hash(model)
+    if arch == "tiny-llama":  # the dataset-level entry point passes the residency on (the skeleton has no weights)
+        tok = load_model(arch)[1]
+        got = perplexity(skeleton, tok, "embedded", "test", seqlen=64, progress=False,
+                         residency=Stream(skeleton, source, "cpu", tmp_path, "disk"))
+        assert got.ppl == perplexity(model, tok, "embedded", "test", seqlen=64, progress=False).ppl
 
 
 def test_streamed_pruning_of_another_architecture(saved, calib, tmp_path):

@@ -82,3 +82,29 @@ def test_capture_loop_statistics_equal_full_forward_hooks(tiny, calib):
         assert torch.allclose(st.sq_norm.double(), sums[name], rtol=1e-5, atol=1e-6), name
         assert torch.allclose(st.act_norm().double(), (sums[name] / n).sqrt(), rtol=1e-5, atol=1e-6), name
         assert torch.allclose(st.hessian().double(), 2 * xtx[name] / n, rtol=1e-4, atol=1e-5), name
+
+
+def test_sequential_loop_carries_the_dense_models_activations_beside_the_pruned_ones(calib):
+    """dense_reference: block l's step sees the dense model's inputs and outputs of block l (the hidden states
+    of an unpruned full forward) beside the pruned model's own; ``index`` is the block's number."""
+    model, _ = load_model("tiny-llama")
+    dense, _ = load_model("tiny-llama")
+    ids = calib.input_ids[:3]
+    with torch.no_grad():
+        hidden = [dense(row[None], output_hidden_states=True).hidden_states for row in ids]
+    seen = []
+
+    def step(data):
+        seen.append(data.index)
+        for i in range(len(ids)):
+            assert torch.allclose(data.dense_inputs[i], hidden[i][data.index], atol=1e-5), (data.index, i)
+            if data.index + 1 < len(hidden[i]) - 1:  # the last hidden state is after the final norm
+                assert torch.allclose(data.dense_outputs[i], hidden[i][data.index + 1], atol=1e-5), (data.index, i)
+            if data.index > 0:  # later blocks see the pruned model's activations
+                assert not torch.allclose(data.inputs[i], data.dense_inputs[i], atol=1e-3), (data.index, i)
+        with torch.no_grad():
+            for lin in data.linears.values():
+                lin.weight[:, ::2] = 0
+
+    calibrate(model, ids, "sequential", ("sq_norm",), block_step=step, dense_reference=True, progress=False)
+    assert seen == list(range(len(model.model.layers)))

@@ -217,3 +217,6 @@ def test_layer_stats_hessian_is_the_references_two_over_n_windows():
     with pytest.raises(ValueError, match=r"^these statistics have no xtx \(calibrate with statistics including "
                                          r"'xtx'\)$"):
         LayerStats(n_windows=4).hessian()
+    with pytest.raises(ValueError, match=r"^these statistics have no sq_norm \(calibrate with statistics including "
+                                         r"'sq_norm'\)$"):
+        LayerStats(n_windows=4).act_norm()
