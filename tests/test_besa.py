@@ -457,3 +457,16 @@ def test_besa_learns_on_a_bfloat16_model(calib):
                 progress=False)
     assert res.report["actual"] == pytest.approx(0.5, abs=0.01)
     assert all(lin.weight.dtype == torch.bfloat16 for lin in prunable_linears(model).values())
+
+
+def test_the_profile_records_every_setting_under_its_parameter_name():
+    model, _tok = fresh()
+    learner = besa_mod.besa(AllocationInput(layer_infos(model)), 0.5, granularity="layer", epochs=2, batch_size=3,
+                            beta=7.0, lr=0.02, progress=False)
+    params = learner.params()
+    assert {k: v for k, v in params.items() if k != "blocks"} == {
+        "granularity": "layer", "importance": learner.importance, "beta": 7.0, "epochs": 2, "batch_size": 3,
+        "optimizer": learner.optimizer, "lr": 0.02, "d_coef": learner.d_coef, "reference": learner.reference,
+        "sigmoid": learner.sigmoid, "exact_target": learner.exact_target, "candidates": 101}
+    assert params["blocks"] == []
+    assert {p.name for p in besa_mod.PARAMS if not p.internal} <= set(params)  # every declared setting recorded

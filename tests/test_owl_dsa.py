@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -333,8 +334,20 @@ def test_search_config_errors(kwargs, match):
 
 def test_fitness_budget_larger_than_the_validation_split_is_refused(context):
     ctx, tok, _calib, cache = context
-    with pytest.raises(ValueError, match="fitness_windows=999 x fitness_seqlen=512 needs"):
+    with pytest.raises(ValueError, match=r"^fitness_windows=999 x fitness_seqlen=512 needs 511488 tokens; the "
+                                         r"validation split of 'embedded' has (\d+) \(allowed: fitness_windows <= "
+                                         r"\d+ at this seqlen\)$") as err:
         SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"fitness_windows": 999, "fitness_seqlen": 512})))
+    available = int(re.search(r"has (\d+)", str(err.value)).group(1))
+    assert f"fitness_windows <= {available // 512} at" in str(err.value)
+
+
+def test_the_fitness_data_names_split_metrics_windows_and_lengths(context):
+    ctx, _tok, _calib, _cache = context
+    assert {k: v for k, v in ctx.fitness_data.items() if k != "text_sha256"} == {
+        "dataset": "embedded", "split": "validation", "full": {"metric": "ppl", "windows": 2, "seqlen": 64},
+        "cheap": {"metric": "kl", "windows": 1, "seqlen": 32}}
+    assert len(ctx.fitness_data["text_sha256"]) == 64
 
 
 def test_minmax_normalises_and_names_what_it_cannot_map():

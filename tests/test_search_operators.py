@@ -10,6 +10,7 @@ import json
 import math
 import random
 import statistics
+import sys
 from collections import Counter
 
 import pytest
@@ -485,9 +486,12 @@ def test_an_interrupted_search_resumes_to_the_same_history(tmp_path):
     # stop in the middle of generation 1, and in the middle of the random baseline's third chunk
     for stop, where in ((gen0_calls + 7, "generation 1"), (evolution_calls + 40, "random")):
         out = tmp_path / f"stop{stop}"
+        dying = Search(Dying(FakeContext(), stop), cfg, out, progress=False)
         with pytest.raises(KeyboardInterrupt):
-            Search(Dying(FakeContext(), stop), cfg, out, progress=False).run()
+            dying.run()
         state = json.loads((out / "state.json").read_text())
+        assert strip(dying.state.history) == strip(state["history"])  # the broken step rolled back in memory too
+        assert dying.state.history  # ... and only that step
         if where == "generation 1":
             assert state["generation"] == 0 and state["random_chunks"] == 0
         else:
@@ -619,3 +623,106 @@ def test_promotion_never_scores_an_invalid_candidate(tmp_path):
         if not h["valid"]:
             assert h["cheap_fitness"] is None and h["full_fitness"] is None, h
     assert all(AllocationFunction.from_json(k).reduction in ("var", "std") for k, _f in ctx.calls)
+
+
+class InProcessParallelPool:
+    """A parallel pool without Ray: its own context (as a worker holds one), every job answered in order.
+    It records each batch, so the test can see that the serial replay found every fitness computed ahead."""
+
+    parallel = True
+
+    def __init__(self, context):
+        self.worker = context
+        self.batches: list[list[tuple[str, str]]] = []
+        self.allocated: list[str] = []
+        self.callers: list[str] = []
+
+    def fitness(self, jobs):
+        self.callers.append(sys._getframe(1).f_code.co_name)
+        self.batches.append([(counts["key"], fidelity) for counts, fidelity in jobs])
+        return [(self.worker.fitness(counts, fidelity), 0.25) for counts, fidelity in jobs]
+
+    def allocations(self, functions):
+        self.allocated += [fn.key() for fn in functions]
+        return [self.worker.allocation(fn) for fn in functions]
+
+
+@pytest.mark.parametrize("cheap_windows", [1, 0])  # multi-fidelity (cheap first, promotions) and full only
+@pytest.mark.parametrize("coarse", [False, True])   # coarse: many functions share an allocation
+def test_a_parallel_pool_replays_to_the_serial_history(tmp_path, cheap_windows, coarse):
+    overrides = dict(cheap_windows=cheap_windows, generations=4)
+    serial, serial_best, _ = run_search(tmp_path, "serial", context=FakeContext(coarse=coarse), **overrides)
+    driver, worker = FakeContext(coarse=coarse), FakeContext(coarse=coarse)
+    pool = InProcessParallelPool(worker)
+    cfg = SearchConfig(**(CFG | overrides))
+    parallel = Search(driver, cfg, tmp_path / "parallel", progress=False, pool=pool)
+    best = parallel.run()
+    strip = lambda hist: [{k: v for k, v in r.items() if k != "seconds"} for r in hist]  # noqa: E731
+    assert strip(parallel.state.history) == strip(serial.state.history)
+    assert {k: strip([v]) for k, v in best.items()} == {k: strip([v]) for k, v in serial_best.items()}
+    assert driver.calls == [] and worker.calls  # every fitness was computed on the "worker"
+    assert all(n == 1 for n in Counter(worker.calls).values())  # each (allocation, fidelity) once
+    assert sum(len(b) == 1 for b in pool.batches) < len(pool.batches)  # batched, not one job at a time
+    assert set(pool.callers) == {"run", "_compute_ahead"}  # baselines, then batches ahead: the replay never waits
+    assert len(pool.allocated) == len(set(pool.allocated))  # each new function allocated once, ahead
+    # the seconds computed elsewhere are counted in the records that used them
+    scored = [r for r in parallel.state.history if r["cached"] is None and r["valid"]]
+    assert all(r["seconds"] >= 0.25 for r in scored)
+
+
+def test_baseline_seconds_count_in_the_progress_file(tmp_path):
+    search, _result, _ = run_search(tmp_path, context=BaselineContext(), generations=2)
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert search.state.meta["baseline_seconds"] > 0
+    assert progress["seconds"] == pytest.approx(sum(h["seconds"] for h in search.state.history)
+                                                + search.state.meta["baseline_seconds"])
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_naming_both(tmp_path):
+    cfg = SearchConfig(**(CFG | {"generations": 1, "random_baseline": False}))
+    Search(FakeContext(), cfg, tmp_path, progress=False).run()
+    other = SearchConfig(**(CFG | {"generations": 1, "random_baseline": False, "seed": 7}))
+    pattern = r"^the checkpoint's configuration \{.*'seed': 0.*\} differs from \{.*'seed': 7"
+    with pytest.raises(ValueError, match=pattern):
+        Search(FakeContext(), other, tmp_path, resume=True, progress=False)
+
+
+def test_mutated_lambdas_keep_four_decimals_within_the_range():
+    rng = random.Random(3)
+    fn = AllocationFunction(("abs",), "var", ("sin",), 0.1234, 1)
+    lams = []
+    for _ in range(400):
+        fn = mutate(fn, rng)
+        lams.append(fn.lam)
+    assert all(round(v, 4) == v and 0.01 <= v <= 0.3 for v in lams)
+    assert len(set(lams)) > 20
+
+
+def test_about_one_child_in_ten_is_a_mutation_without_crossover(tmp_path, monkeypatch):
+    calls = {"crossover": 0, "mutate": 0}
+    real_cross, real_mutate = search_mod.crossover, search_mod.mutate
+
+    def cross(a, b, rng):
+        calls["crossover"] += 1
+        return real_cross(a, b, rng)
+
+    def mut(fn, rng):
+        calls["mutate"] += 1
+        return real_mutate(fn, rng)
+
+    monkeypatch.setattr(search_mod, "crossover", cross)
+    monkeypatch.setattr(search_mod, "mutate", mut)
+    run_search(tmp_path, random_baseline=False, generations=20)
+    share = calls["crossover"] / calls["mutate"]
+    assert calls["mutate"] > 200 and 0.84 < share < 0.96, calls
+
+
+def test_promotions_record_how_many_candidates_of_their_kind_came_before(tmp_path):
+    search, _result, _ = run_search(tmp_path)
+    for kind in ("evolution", "random"):
+        recs = records(search.state.history, kind)
+        for i, h in enumerate(recs):
+            if h["full_at"] is not None and h["cached"] is None:
+                # promoted after its generation was scored: at least itself, at most the kind's records so far
+                assert i + 1 <= h["full_at"] <= len(recs), (kind, i, h["full_at"])
+        assert max(h["full_at"] for h in recs if h["full_at"] is not None) == len(recs)
