@@ -10,7 +10,6 @@ import json
 import math
 import random
 import statistics
-import sys
 from collections import Counter
 
 import pytest
@@ -635,10 +634,8 @@ class InProcessParallelPool:
         self.worker = context
         self.batches: list[list[tuple[str, str]]] = []
         self.allocated: list[str] = []
-        self.callers: list[str] = []
 
     def fitness(self, jobs):
-        self.callers.append(sys._getframe(1).f_code.co_name)
         self.batches.append([(counts["key"], fidelity) for counts, fidelity in jobs])
         return [(self.worker.fitness(counts, fidelity), 0.25) for counts, fidelity in jobs]
 
@@ -663,11 +660,14 @@ def test_a_parallel_pool_replays_to_the_serial_history(tmp_path, cheap_windows, 
     assert driver.calls == [] and worker.calls  # every fitness was computed on the "worker"
     assert all(n == 1 for n in Counter(worker.calls).values())  # each (allocation, fidelity) once
     assert sum(len(b) == 1 for b in pool.batches) < len(pool.batches)  # batched, not one job at a time
-    assert set(pool.callers) == {"run", "_compute_ahead"}  # baselines, then batches ahead: the replay never waits
     assert len(pool.allocated) == len(set(pool.allocated))  # each new function allocated once, ahead
-    # the seconds computed elsewhere are counted in the records that used them
-    scored = [r for r in parallel.state.history if r["cached"] is None and r["valid"]]
-    assert all(r["seconds"] >= 0.25 for r in scored)
+    # the worker's 0.25 s per job are counted in the records that used them; a fitness the replay had to
+    # compute itself (not found ahead) would carry only the replay's own few microseconds
+    for r in parallel.state.history:
+        if r["cached"] is None and r["valid"]:
+            jobs = (r["cheap_fitness"] is not None) + (r["full_fitness"] is not None and r["fidelity"] == "full")
+            shared = r["full_fitness"] is not None and r["cheap_fitness"] is not None and coarse
+            assert r["seconds"] >= 0.25 * (1 if shared else jobs), r
 
 
 def test_baseline_seconds_count_in_the_progress_file(tmp_path):
