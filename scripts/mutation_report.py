@@ -6,6 +6,11 @@
     .venv/bin/python scripts/mutation_report.py --sample 150 --seed 0 > sample.txt
     .venv/bin/mutmut run --max-children 2 $(cat sample.txt)
     .venv/bin/python scripts/mutation_report.py --sampled sample.txt
+    # or an estimate over *all* mutants: a census (every mutant of a list run, e.g. past survivors) plus a
+    # uniform sample of everything else; the score is the census exactly plus the rest at the sample's rate
+    .venv/bin/python scripts/mutation_report.py --sample 150 --seed 4 --census census.txt > sample.txt
+    .venv/bin/mutmut run --max-children 2 $(cat census.txt sample.txt)
+    .venv/bin/python scripts/mutation_report.py --census census.txt --sampled sample.txt
 
 Score = (killed + timeout) / (killed + timeout + survived + no tests): a mutant no test runs counts
 against the score. Mutants listed in the equivalent file
@@ -54,16 +59,22 @@ def main() -> None:
                     help="print N unchecked mutant names, drawn at random per module in proportion to its "
                          "unchecked count")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--census", type=Path, default=None, metavar="FILE",
+                    help="mutants all run (one name per line); with --sample: draw uniformly from the others "
+                         "(checked or not); with --sampled: estimate the score over all mutants")
     ap.add_argument("--sampled", type=Path, default=None, metavar="FILE",
                     help="also report the mutants named in FILE (a --sample draw) on their own, with a 95%% interval")
     args = ap.parse_args()
     status = load(args.mutants)
     if not status:
         raise SystemExit(f"no mutmut results under {args.mutants}/ (run `make mutation` first)")
-    if args.sample is not None:
-        print("\n".join(draw_sample(status, args.sample, args.seed)))
-        return
     equivalent = equivalent_names(args.equivalent)
+    census = args.census.read_text().split() if args.census is not None else None
+    if args.sample is not None:
+        names = (draw_sample(status, args.sample, args.seed) if census is None
+                 else draw_uniform(status, census, equivalent, args.sample, args.seed))
+        print("\n".join(names))
+        return
     per_module: dict[str, Counter] = {}
     for name, st in status.items():
         st = "equivalent" if st == "survived" and name in equivalent else st
@@ -76,6 +87,8 @@ def main() -> None:
     _row("all", total)
     if args.sampled is not None:
         report_sample(status, equivalent, args.sampled.read_text().split())
+        if census is not None:
+            report_estimate(status, equivalent, census, args.sampled.read_text().split())
     if args.survivors:
         for name, st in sorted(status.items()):
             if st == "survived" and name not in equivalent:
@@ -95,17 +108,50 @@ def draw_sample(status: dict[str, str], n: int, seed: int) -> list[str]:
     return out
 
 
+def draw_uniform(status: dict[str, str], census: list[str], equivalent: set[str], n: int, seed: int) -> list[str]:
+    """``n`` mutants drawn uniformly from all those neither in the census nor judged equivalent."""
+    rest = sorted(name for name in status if name not in set(census) and name not in equivalent)
+    return random.Random(seed).sample(rest, n)
+
+
+def report_estimate(status: dict[str, str], equivalent: set[str], census: list[str], sample: list[str]) -> None:
+    """Score over all mutants: the census counted exactly, the rest (N_rest) at the uniform sample's kill rate
+    (equivalent mutants of the census and the rest counted apart), with the sample's Wilson 95% interval."""
+    def verdicts(names):
+        return Counter("equivalent" if n in equivalent else status[n] for n in names)
+
+    a = verdicts(census)
+    a_killed = a["killed"] + a["timeout"]
+    a_tested = a_killed + a["survived"] + a["no tests"]
+    rest = sum(1 for n in status if n not in set(census) and n not in equivalent)
+    b = verdicts(sample)
+    b_killed, b_tested = b["killed"] + b["timeout"], b["killed"] + b["timeout"] + b["survived"] + b["no tests"]
+    if not b_tested or b["not checked"] or a["not checked"]:
+        print(f"\nestimate: not every census ({a['not checked']}) and sample ({b['not checked']}) mutant is checked")
+        return
+    lo, p, hi = _wilson(b_killed, b_tested)
+    est = [(a_killed + q * rest) / (a_tested + rest) for q in (lo, p, hi)]
+    print(f"\ncensus: {a_killed}/{a_tested} killed ({a['equivalent']} equivalent); rest: {rest} mutants, sample "
+          f"{b_killed}/{b_tested} killed ({100 * p:.1f}%)\nestimated score over all non-equivalent mutants: "
+          f"{100 * est[1]:.1f}% (95% interval {100 * est[0]:.1f}-{100 * est[2]:.1f}%)")
+
+
+def _wilson(killed: int, tested: int) -> tuple[float, float, float]:
+    """(low, rate, high) of a Wilson 95% interval."""
+    p, z = killed / tested, 1.96
+    centre = (p + z * z / (2 * tested)) / (1 + z * z / tested)
+    half = z * math.sqrt(p * (1 - p) / tested + z * z / (4 * tested * tested)) / (1 + z * z / tested)
+    return centre - half, p, centre + half
+
+
 def report_sample(status: dict[str, str], equivalent: set[str], names: list[str]) -> None:
     """Kill rate of a random sample of once-unchecked mutants, with a Wilson 95% interval."""
     c = Counter("equivalent" if status[n] == "survived" and n in equivalent else status[n] for n in names)
     killed, tested = c["killed"] + c["timeout"], c["killed"] + c["timeout"] + c["survived"] + c["no tests"]
-    print(f"\nsample of {len(names)} unchecked mutants: {dict(c)}")
+    print(f"\nsample of {len(names)} mutants: {dict(c)}")
     if tested:
-        p, z = killed / tested, 1.96
-        centre = (p + z * z / (2 * tested)) / (1 + z * z / tested)
-        half = z * math.sqrt(p * (1 - p) / tested + z * z / (4 * tested * tested)) / (1 + z * z / tested)
-        print(f"sample score {100 * p:.1f}% ({killed}/{tested}), 95% interval {100 * (centre - half):.1f}%"
-              f"-{100 * (centre + half):.1f}%")
+        lo, p, hi = _wilson(killed, tested)
+        print(f"sample score {100 * p:.1f}% ({killed}/{tested}), 95% interval {100 * lo:.1f}%-{100 * hi:.1f}%")
 
 
 def _row(module: str, c: Counter) -> None:
