@@ -263,3 +263,10 @@ def test_declared_defaults_make_valid_configs():
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-x", "-q"])
+
+
+@pytest.mark.parametrize("field", ["calib_dataset", "eval_dataset"])
+def test_an_unknown_dataset_is_refused_under_its_own_field_name(field):
+    # found by the property test above (hypothesis drew eval_dataset='\x92...'): the error said "dataset="
+    with pytest.raises(ValueError, match=rf"^{field}='no-such-text' is neither a known dataset \["):
+        ExperimentConfig(model="tiny-llama", **{field: "no-such-text"})

@@ -275,8 +275,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .prune import DenseCache
     from .search import Search, SearchConfig, SearchContext
 
-    data_mod.check_dataset(args.calib_dataset)
-    data_mod.check_dataset(args.fitness_dataset)
+    data_mod.check_dataset(args.calib_dataset, "calib_dataset")
+    data_mod.check_dataset(args.fitness_dataset, "fitness_dataset")
     config = SearchConfig(sparsity=args.sparsity, population=args.population, generations=args.generations,
                           elite=args.elite, seed=args.seed, random_baseline=not args.no_random_baseline,
                           fitness=args.fitness, fitness_windows=args.fitness_windows,

@@ -76,11 +76,12 @@ class Calibration:
 
 # --------------------------------------------------------------------------- validation helpers
 
-def check_dataset(dataset: str) -> str:
-    """Return ``dataset`` if it names a known dataset or an existing text file, else raise."""
+def check_dataset(dataset: str, name: str = "dataset") -> str:
+    """Return ``dataset`` if it names a known dataset or an existing text file, else raise naming ``name``
+    (the parameter that carried it: ``calib_dataset``, ``eval_dataset``, ...)."""
     if dataset in DATASETS or Path(dataset).is_file():
         return dataset
-    raise ValueError(f"dataset={dataset!r} is neither a known dataset {list(DATASETS)} "
+    raise ValueError(f"{name}={dataset!r} is neither a known dataset {list(DATASETS)} "
                      "nor an existing local UTF-8 text file")
 
 

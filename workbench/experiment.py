@@ -105,8 +105,8 @@ class ExperimentConfig:
         bad = [e for e in self.evals if e not in EVALS]
         if bad:
             raise ValueError(f"evals={list(self.evals)!r}: {bad[0]!r} is not allowed; allowed: {list(EVALS)}")
-        data_mod.check_dataset(self.calib_dataset)
-        data_mod.check_dataset(self.eval_dataset)
+        data_mod.check_dataset(self.calib_dataset, "calib_dataset")
+        data_mod.check_dataset(self.eval_dataset, "eval_dataset")
         if "zero-shot" in self.evals:
             from .zeroshot import check_zero_shot_args, resolve_tasks
 
