@@ -496,3 +496,10 @@ def test_tensor_reductions_read_every_entry_of_a_large_block(reduction):
     expected = [formulas[reduction](np.abs(np.concatenate([m.double().numpy().reshape(-1) for m in b])))
                 for b in blocks]
     close(AllocationFunction(("abs",), reduction).reduced_values(blocks)[0], expected, rel=1e-10)
+
+
+def test_block_values_keep_float64_precision_in_the_rounding_check():
+    # 1 and 1 + 2e-8 differ by 2e-8 > 1e-9 (NOISE_RTOL) relative: two distinct values in float64, one in float32
+    blocks = [[torch.full((2, 2), v, dtype=torch.float64)] for v in (1.0, 1.0 + 2e-8)]
+    values, _ = AllocationFunction(("no_op",), "mean").reduced_values(blocks)
+    assert values[1] - values[0] == pytest.approx(2e-8, rel=1e-6)

@@ -343,7 +343,8 @@ def test_fitness_budget_larger_than_the_validation_split_is_refused(context):
 
 
 def test_the_fitness_data_names_split_metrics_windows_and_lengths(context):
-    ctx, _tok, _calib, _cache = context
+    shared, tok, _calib, cache = context
+    ctx = SearchContext(shared.model, tok, cache, SearchConfig(**CFG))  # built here: mutation testing sees it
     assert {k: v for k, v in ctx.fitness_data.items() if k != "text_sha256"} == {
         "dataset": "embedded", "split": "validation", "full": {"metric": "ppl", "windows": 2, "seqlen": 64},
         "cheap": {"metric": "kl", "windows": 1, "seqlen": 32}}
