@@ -726,3 +726,24 @@ def test_promotions_record_how_many_candidates_of_their_kind_came_before(tmp_pat
                 # promoted after its generation was scored: at least itself, at most the kind's records so far
                 assert i + 1 <= h["full_at"] <= len(recs), (kind, i, h["full_at"])
         assert max(h["full_at"] for h in recs if h["full_at"] is not None) == len(recs)
+
+
+def test_a_resumed_random_search_still_avoids_the_functions_drawn_before(tmp_path, monkeypatch):
+    """In a small space of functions the random baseline's earlier chunks matter: after a resume its draws
+    must still skip the functions of the chunks already done, as the uninterrupted run does."""
+    space = [AllocationFunction(("abs",), r, ("sin",), lam, 1) for r in ("var", "std", "mean", "l1")
+             for lam in (0.05, 0.1, 0.15, 0.2, 0.25)]
+    monkeypatch.setattr(search_mod, "random_function", lambda rng: space[rng.randrange(len(space))])
+    cfg = SearchConfig(**(CFG | {"generations": 3, "population": 6, "elite": 1, "promote": 1}))
+    ctx = FakeContext()
+    reference = Search(ctx, cfg, tmp_path / "full", progress=False)
+    reference.run()
+    randoms = records(reference.state.history, "random")
+    assert len({h["function_key"] for h in randoms}) == len(randoms)  # distinct across chunks
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        Search(Dying(FakeContext(), len(ctx.calls) - 2), cfg, out, progress=False).run()  # in the last chunk
+    assert json.loads((out / "state.json").read_text())["random_chunks"] == 2
+    resumed = Search(FakeContext(), cfg, out, resume=True, progress=False)
+    resumed.run()
+    assert strip(resumed.state.history) == strip(reference.state.history)
