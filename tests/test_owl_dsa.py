@@ -342,7 +342,7 @@ def test_fitness_budget_larger_than_the_validation_split_is_refused(context):
     assert f"fitness_windows <= {available // 512} at" in str(err.value)
 
 
-def test_the_fitness_data_names_split_metrics_windows_and_lengths(context):
+def test_a_new_context_records_split_metrics_windows_and_lengths_of_its_fitness(context):
     shared, tok, _calib, cache = context
     ctx = SearchContext(shared.model, tok, cache, SearchConfig(**CFG))  # built here: mutation testing sees it
     assert {k: v for k, v in ctx.fitness_data.items() if k != "text_sha256"} == {
