@@ -268,6 +268,8 @@ def test_parents_come_from_the_top_half_of_the_ranked_pool(tmp_path, monkeypatch
         assert len(parents) >= 2 * (population - elite)  # two tournaments per child
         for key in parents:
             assert rank_key(by_key[key]) <= boundary, (gen, key)
+        if len(top) > elite:  # the generation's new records breed too, not only the elites
+            assert len(set(parents)) > elite, (gen, parents)
         # and the worse half never breeds
         bottom = {h["function_key"] for h in ranked[len(top):] if rank_key(h) > boundary}
         assert not bottom & set(parents)
@@ -747,3 +749,37 @@ def test_a_resumed_random_search_still_avoids_the_functions_drawn_before(tmp_pat
     resumed = Search(FakeContext(), cfg, out, resume=True, progress=False)
     resumed.run()
     assert strip(resumed.state.history) == strip(reference.state.history)
+
+
+class DivergingContext(FakeContext):
+    """The full fitness of every 'var' function is not finite (a model that diverged under that allocation)."""
+
+    def fitness(self, counts: dict, fidelity: str) -> float:
+        value = super().fitness(counts, fidelity)
+        return math.inf if fidelity == "full" and '"reduction": "var"' in counts["key"] else value
+
+
+def test_a_non_finite_fitness_makes_the_record_invalid_with_no_fitness_or_fidelity(tmp_path):
+    search, _result, _ = run_search(tmp_path, context=DivergingContext(), generations=4)
+    diverged = [h for h in search.state.history if h["error"] == "full fitness not finite"]
+    assert diverged, "the run should have promoted a 'var' function"
+    for h in diverged:
+        assert not h["valid"] and h["fitness"] is None and h["fidelity"] is None, h
+    assert all(h["full_at"] is None for h in search.state.history if h["full_fitness"] is None)
+    best = search.best("evolution")
+    assert best["valid"] and math.isfinite(best["full_fitness"])
+
+
+def test_the_progress_file_names_each_phase_as_it_runs(tmp_path, monkeypatch):
+    phases = []
+    real = search_mod.write_json_atomic
+
+    def spy(path, data):
+        if path.name == "progress.json":
+            phases.append(data["phase"])
+        return real(path, data)
+
+    monkeypatch.setattr(search_mod, "write_json_atomic", spy)
+    run_search(tmp_path, generations=3)
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert order == ["baselines", "evolution", "random", "done"], phases
