@@ -783,3 +783,17 @@ def test_the_progress_file_names_each_phase_as_it_runs(tmp_path, monkeypatch):
     run_search(tmp_path, generations=3)
     order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
     assert order == ["baselines", "evolution", "random", "done"], phases
+
+
+def test_a_promoted_record_sharing_an_allocation_takes_its_full_fitness(tmp_path):
+    # coarse: many functions share an allocation; two of one generation may be promoted together, the second
+    # then reads the full fitness the first just computed
+    search, _result, ctx = run_search(tmp_path, context=FakeContext(coarse=True), promote=6, elite=2)
+    history = search.state.history
+    assert all(h["full_fitness"] is not None for h in history if h["full_at"] is not None)
+    shared = [h for h in history if h["cached"] == "allocation" and h["full_at"] is not None]
+    assert shared, "the run should promote a record whose allocation was scored in the same step"
+    full_calls = [k for k, f in ctx.calls if f == "full"]
+    assert len(full_calls) == len(set(full_calls))  # each allocation's full fitness computed once
+    for h in shared:
+        assert h["full_fitness"] == FakeContext(coarse=True).fitness({"key": h["allocation_key"]}, "full")
