@@ -86,9 +86,10 @@ def main() -> None:
         _row(module, c)
     _row("all", total)
     if args.sampled is not None:
-        report_sample(status, equivalent, args.sampled.read_text().split())
+        sample = args.sampled.read_text().split()
+        report_sample(status, equivalent, sample)
         if census is not None:
-            report_estimate(status, equivalent, census, args.sampled.read_text().split())
+            report_estimate(status, equivalent, census, sample)
     if args.survivors:
         for name, st in sorted(status.items()):
             if st == "survived" and name not in equivalent:
@@ -108,10 +109,15 @@ def draw_sample(status: dict[str, str], n: int, seed: int) -> list[str]:
     return out
 
 
+def outside_census(status: dict[str, str], census: list[str], equivalent: set[str]) -> list[str]:
+    """Every mutant neither in the census nor judged equivalent, sorted: what a uniform sample stands for."""
+    skip = set(census) | equivalent
+    return sorted(name for name in status if name not in skip)
+
+
 def draw_uniform(status: dict[str, str], census: list[str], equivalent: set[str], n: int, seed: int) -> list[str]:
-    """``n`` mutants drawn uniformly from all those neither in the census nor judged equivalent."""
-    rest = sorted(name for name in status if name not in set(census) and name not in equivalent)
-    return random.Random(seed).sample(rest, n)
+    """``n`` mutants drawn uniformly from :func:`outside_census`."""
+    return random.Random(seed).sample(outside_census(status, census, equivalent), n)
 
 
 def report_estimate(status: dict[str, str], equivalent: set[str], census: list[str], sample: list[str]) -> None:
@@ -123,7 +129,7 @@ def report_estimate(status: dict[str, str], equivalent: set[str], census: list[s
     a = verdicts(census)
     a_killed = a["killed"] + a["timeout"]
     a_tested = a_killed + a["survived"] + a["no tests"]
-    rest = sum(1 for n in status if n not in set(census) and n not in equivalent)
+    rest = len(outside_census(status, census, equivalent))
     b = verdicts(sample)
     b_killed, b_tested = b["killed"] + b["timeout"], b["killed"] + b["timeout"] + b["survived"] + b["no tests"]
     if not b_tested or b["not checked"] or a["not checked"]:

@@ -181,7 +181,6 @@ class SearchContext:
 
         return {name: self.counts_of(allocate(name, self.inputs, self.config.sparsity)) for name in ("uniform", "owl")}
 
-
     def restore(self) -> None:
         """The dense weights back (the model as it was before the search)."""
         self.set_counts({n: 0 for n in self.linears})
