@@ -63,7 +63,9 @@ def test_help_lists_metric_dependent_defaults():
     from workbench.allocation import describe_allocators
 
     text = describe_allocators()
-    assert "epsilon=0.2, magnitude: 0.3" in text and "score='wanda', magnitude: 'magnitude'" in text
+    assert "score='wanda', magnitude: 'magnitude'" in text
+    assert "importance='wanda', magnitude: 'magnitude', sparsegpt: 'sparsegpt'" in text
+    assert "epsilon=0.3  " in text  # one default for every metric (AlphaPruning's main.py)
 
 
 def test_er_plus_keeps_the_final_layer_dense():
@@ -189,7 +191,7 @@ def test_declared_defaults_are_the_published_ones_and_skip_unset_values():
     from workbench.allocation import declared_defaults
 
     assert declared_defaults("owl") == {"lam": 0.08, "M": 5.0, "clamp": "safe", "granularity": "block"}
-    assert declared_defaults("alphapruning") == {"epsilon": 0.2, "granularity": "block"}
+    assert declared_defaults("alphapruning") == {"epsilon": 0.3, "granularity": "block"}
     assert declared_defaults("dlp") == {"alpha": 0.15, "strategy": "median", "clamp": "safe"}
     assert declared_defaults("uniform") == {}
     besa = declared_defaults("besa")

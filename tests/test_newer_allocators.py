@@ -157,8 +157,25 @@ def test_alphapruning_epsilon_and_defaults_by_metric(calib):
     for bad in (0.0, -0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"allocation='alphapruning': epsilon=.*allowed: a number in \(0, 1\)"):
             allocate("alphapruning", inputs, SPARSITY, epsilon=bad)
-    assert check_params("alphapruning", {}, "magnitude")["epsilon"] == 0.3
-    assert check_params("alphapruning", {}, "wanda")["epsilon"] == 0.2
+    for metric in ("magnitude", "wanda", "sparsegpt"):  # the public main.py's one default, for every metric
+        assert check_params("alphapruning", {}, metric)["epsilon"] == 0.3
+
+
+def test_alphapruning_default_epsilon_is_the_public_main_py_default_and_says_so(calib):
+    """haiquanlu/AlphaPruning main.py: --epsilon default 0.3 (its README example too); the scripts' 0.2 is
+    one of seven Wanda runs. The default drives the allocation, and the help names its source."""
+    from workbench.allocation import alphapruning as ap
+    from workbench.allocation import declared_defaults
+
+    assert ap.EPSILON == 0.3 and declared_defaults("alphapruning")["epsilon"] == 0.3
+    param = ALLOCATORS["alphapruning"].param("epsilon")
+    assert param.default == 0.3 and param.by_metric == () and "main.py default" in param.help
+    assert "0.2 otherwise" not in ap.__doc__ and "public ``main.py`` default" in ap.__doc__
+    model, _ = load_model("tiny-llama")
+    inputs, _ = tiny_inputs(model, calib)
+    default = allocate("alphapruning", inputs, SPARSITY)
+    assert default.params["epsilon"] == 0.3
+    assert default.layers == allocate("alphapruning", inputs, SPARSITY, epsilon=0.3).layers
 
 
 # --------------------------------------------------------------------------- DLP

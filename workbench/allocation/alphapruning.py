@@ -11,7 +11,11 @@ practice runs from the smallest eigenvalue up to 1.5 · peak, and α matches the
 A more heavy-tailed spectrum (smaller α) means a better-trained layer, which is pruned less. By block (the
 public default, ``granularity="block"``) the block's α is the mean over its linears. Mapping:
 r_l = (α_l − α_min)/(α_max − α_min) · 2ε + (1 − ε), then s_l = r_l · S · Σ N / Σ N_l r_l (parameter-weighted
-mean S; larger α -> more pruning). ε defaults as the public scripts: 0.3 for magnitude, 0.2 otherwise.
+mean S; larger α -> more pruning). ε defaults to 0.3 for every metric: the public ``main.py`` default
+(``--epsilon``, default 0.3) and its README's example (Llama-2-7B, Wanda, 70%). The seven public scripts
+(``scripts/llama*_*.sh``, all at 70%) set ε per model and metric: Wanda 0.3 in six (0.2 for LLaMA-7B),
+SparseGPT 0.3 in five (0.2 for LLaMA-7B and Llama-2-7B), magnitude 0.3 to 0.5 (0.4 in four);
+``--alloc-param epsilon=...`` sets another value.
 α depends only on the weights: it is cached per matrix content.
 """
 
@@ -26,6 +30,7 @@ from .mapping import minmax
 from .owl import GRANULARITIES, groups
 
 BINS = 100
+EPSILON = 0.3  # the public main.py's --epsilon default (see the module docstring for its scripts' values)
 _ALPHAS: dict[str, float] = {}  # weight content digest -> α (the spectrum depends on nothing else)
 
 
@@ -74,15 +79,15 @@ def matrix_alpha(weight: torch.Tensor) -> float:
 
 
 PARAMS = (
-    Param("epsilon", 0.2, "ratios span S·[1−ε, 1+ε] before rescaling (public scripts: 0.3 magnitude, 0.2 else)",
-          low=0.0, high=1.0, open=True, by_metric=(("magnitude", 0.3),)),
+    Param("epsilon", EPSILON, "ratios span S·[1−ε, 1+ε] before rescaling (public main.py default; its scripts "
+          "tune it per model: 0.2–0.5)", low=0.0, high=1.0, open=True),
     Param("granularity", "block", "one α per block (mean over its linears; the public default) or per linear",
           kind="choice", choices=GRANULARITIES),
 )
 
 
 @register_allocator("alphapruning", needs_weights=True, params=PARAMS)
-def alphapruning(inputs: AllocationInput, sparsity: float, epsilon: float = 0.2, granularity: str = "block"):
+def alphapruning(inputs: AllocationInput, sparsity: float, epsilon: float = EPSILON, granularity: str = "block"):
     """Heavy-tail exponent α of each weight spectrum: larger α (lighter tail) -> more pruning (data-free)."""
     grouped = groups(inputs, granularity)
     alphas = inputs.memoised(("alphapruning", granularity), lambda: [
