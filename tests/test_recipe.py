@@ -105,3 +105,29 @@ def test_dashboard_download_is_the_cli_recipe(owl_record, tmp_path):
     assert app.download_recipe.filename == "owl.recipe.yaml"
     profile = SparsityProfile.from_dict(json.loads(owl_record.read_text())["profile"])
     assert app._record_recipe().getvalue().decode() == recipe_text(profile, "tiny-llama", "wanda", "unstructured")
+
+
+def test_global_profiles_are_refused_for_wanda_and_carried_for_sparsegpt(tmp_path, capsys):
+    """The papers' Global prunes over the whole matrix; WandaPruningModifier prunes per row: refused, one line.
+    With SparseGPT the workbench ignores the group as llm-compressor does: the recipe carries the run."""
+    record = tmp_path / "global.json"
+    assert main(["prune", "--model", "tiny-llama", "--allocation", "global", "--sparsity", "0.6",
+                 "--nsamples", "4", "--seqlen", "64", "--out", str(record)]) == 0
+    profile = SparsityProfile.from_dict(json.loads(record.read_text())["profile"])
+    assert profile.allocator == "global" and profile.params["mask_group"] == "matrix"
+    out = tmp_path / "never.yaml"
+    capsys.readouterr()
+    assert main(["export-recipe", str(record), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "allocation='global'" in err and "per output row" in err
+    assert "allowed: --metric sparsegpt, or a global_per_row profile" in err
+    assert not out.exists()
+    model, _ = load_model("tiny-llama")
+    names = _module_order(model)
+    with pytest.raises(ValueError, match=r"^allocation='global' prunes with comparison group 'matrix'"):
+        build_recipe(profile, names, "wanda")
+    fields = build_recipe(profile, names, "sparsegpt")["sparsity_stage"]["sparsity_modifiers"]["SparseGPTModifier"]
+    assert fields["sparsity"] == [profile.layers[name] for name in names]
+    per_row = SparsityProfile(dict(profile.layers), dict(profile.numels), profile.target, "global_per_row", "layer")
+    assert "WandaPruningModifier" in build_recipe(per_row, names, "wanda")["sparsity_stage"]["sparsity_modifiers"]

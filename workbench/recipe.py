@@ -5,7 +5,11 @@ llm-compressor's one-shot pruning modifiers (``WandaPruningModifier``, ``SparseG
 model's module order, and prune every linear inside each matched module at its entry. Targets that
 name each prunable linear exactly therefore carry a per-layer profile one to one. Magnitude has no
 one-shot modifier there (``MagnitudePruningModifier`` is a training-time schedule with one sparsity),
-and a row-wise profile (BESA row) has no per-row field, so both are refused.
+and a row-wise profile (BESA row) has no per-row field, so both are refused. So is a ``global`` profile
+with Wanda: the papers' Global prunes each layer's lowest scores over the whole matrix (the profile's
+``mask_group: matrix``), while ``WandaPruningModifier`` selects per output row, so the recipe would
+silently prune a different mask. With SparseGPT the workbench ignores the comparison group too (SparseGPT
+chooses its mask per column block), so the recipe carries that run as it is.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ def build_recipe(profile: SparsityProfile, module_order: list[str], metric: str 
     if profile.granularity == "row" or profile.rows:
         raise ValueError("a row-wise profile (per-row sparsities) cannot be expressed in an llm-compressor recipe, "
                          "which takes one sparsity per module; export a layer-granularity profile")
+    group = profile.params.get("mask_group")
+    if group is not None and group != "row" and metric != "sparsegpt":
+        raise ValueError(f"allocation={profile.allocator!r} prunes with comparison group {group!r} (its threshold is "
+                         f"the mask), but llm-compressor's {MODIFIERS[metric]} prunes per output row; allowed: "
+                         "--metric sparsegpt, or a global_per_row profile (the same ratios, applied per row)")
     profile.check_matches(module_order)
     from .backend.reference import parse_pattern
 
