@@ -47,6 +47,7 @@ PRE_FORMULAS = {
     "pow": lambda x: [v * v for v in x],
     "exp": lambda x: [math.exp(v) for v in x],
     "normalize": _normalize,
+    "normalize_np": lambda x: [(v - statistics.fmean(x)) / (statistics.pstdev(x) + 1e-6) for v in x],
     "sigmoid": lambda x: [1 / (1 + math.exp(-v)) for v in x],
     "tanh": lambda x: [math.tanh(v) for v in x],
     "minmax": lambda x: [(v - min(x)) / (max(x) - min(x) + 1e-9) for v in x],
@@ -96,6 +97,7 @@ def _geomean(x):
 
 
 REDUCTION_FORMULAS = {
+    "no_op": lambda x: sum(x) / len(x),  # the vector stays; the public compute_importance takes its mean
     "mean": lambda x: sum(x) / len(x),
     "var": statistics.variance,  # unbiased
     "std": statistics.stdev,  # unbiased
@@ -119,7 +121,7 @@ def test_tensor_reduction_equals_its_formula(name, values):
     value, scale = ops.reduce(name, t(values), [(1, len(values))])
     close(value, expected)
     if not math.isnan(expected):  # the spread of mean values is judged against the magnitude of the terms
-        close(scale, sum(abs(v) for v in values) / len(values) if name == "mean" else abs(expected))
+        close(scale, sum(abs(v) for v in values) / len(values) if name in ("mean", "no_op") else abs(expected))
 
 
 def test_entropy_and_geomean_edge_cases():
@@ -327,9 +329,102 @@ def test_normalize_var_is_constant_up_to_rounding():
     assert len(set(AllocationFunction(("no_op",), "var").block_values(blocks))) == 3
 
 
-def test_the_poster_function_is_refused_by_name():
-    with pytest.raises(InvalidFunction, match="poster"):
-        load_function("poster")
+def test_the_poster_functions_torch_reading_is_refused_by_name():
+    with pytest.raises(InvalidFunction, match="poster_torch.*degenerate.*Use 'poster'"):
+        load_function("poster_torch")
+
+
+# --------------------------------------------------------------------------- the public space, NO_OP, poster
+
+def test_public_space_names_only_ops_of_the_public_code():
+    """lliai/DSA lib/autolayer.py: _STICK_OPS (NO_OP ... MMS), the _DEFORM_OPS that run on the block vector,
+    _POST_OPS (no SQRT). The project's readings (gram of a vector, layer_* on matrices, sqrt) are not in it."""
+    assert ops.PUBLIC_PRE == ("no_op", "abs", "log", "abslog", "pow", "exp", "normalize", "normalize_np",
+                              "sigmoid", "tanh", "minmax")
+    assert ops.PUBLIC_REDUCTIONS == ("no_op", "mean", "var", "std", "fro", "l1", "entropy", "geomean")
+    assert ops.PUBLIC_POST == ("no_op", "sin", "cos", "tan", "asin", "acos", "atan", "exp", "log", "abs",
+                               "sigmoid", "tanh", "softplus")
+    for names, stage in ((ops.PUBLIC_PRE, ops.PRE), (ops.PUBLIC_REDUCTIONS, ops.REDUCTIONS),
+                         (ops.PUBLIC_POST, ops.POST)):
+        assert isinstance(names, tuple) and len(set(names)) == len(names) and set(names) <= set(stage)
+    assert not {"gram", *ops.MATRIX_REDUCTIONS} & set(ops.PUBLIC_REDUCTIONS) and "sqrt" not in ops.PUBLIC_POST
+    # every public-space function is a valid function of the project
+    AllocationFunction(ops.PUBLIC_PRE[-2:], ops.PUBLIC_REDUCTIONS[0], ops.PUBLIC_POST[-2:], 0.08, 1)
+
+
+def test_op_notes_do_not_call_gram_or_corref_public_on_a_vector():
+    import inspect
+
+    source = inspect.getsource(ops)
+    assert "public GRAM on a vector: x @ x.T is" not in source and "constant 1 (corrcoef)" not in source
+    assert "GRAM asserts a 2-D input" in source and "Project reading, not the public op" in source
+
+
+def test_no_op_reduction_averages_the_post_ops_applied_to_every_element():
+    """Public NO_OP: the vector stays, the post ops act element-wise, compute_importance takes the mean."""
+    blocks = _random_blocks([[(4, 6), (6, 4)], [(4, 6), (3, 5)], [(5, 5)]], seed=3)
+    vectors = [[abs(v) for m in block for v in m.double().reshape(-1).tolist()] for block in blocks]
+    got = AllocationFunction(("abs",), "no_op", ("sin", "exp")).block_values(blocks)
+    close(got, [statistics.fmean(math.exp(math.sin(v)) for v in vec) for vec in vectors], rel=1e-12)
+    scalar = AllocationFunction(("abs",), "mean", ("sin", "exp")).block_values(blocks)  # post on the mean
+    close(scalar, [math.exp(math.sin(statistics.fmean(vec))) for vec in vectors], rel=1e-12)
+    assert all(abs(a - b) > 1e-3 for a, b in zip(got, scalar, strict=True))
+    # without post ops NO_OP is the mean; the post ops are part of what is cached before the mapping
+    close(AllocationFunction(("abs",), "no_op").block_values(blocks), [statistics.fmean(v) for v in vectors])
+    assert AllocationFunction(reduction="no_op", post=("sin",)).reduced_key() != \
+        AllocationFunction(reduction="no_op", post=("cos",)).reduced_key()
+    assert AllocationFunction(reduction="mean", post=("sin",)).reduced_key() == \
+        AllocationFunction(reduction="mean", post=("cos",)).reduced_key()
+    # an element outside asin's domain: invalid under the project's rule, the public mean-of-NaN -> 0 otherwise
+    big, small = [[m * 10 + 2 for m in block] for block in blocks], [[m / 4 for m in block] for block in blocks]
+    with pytest.raises(InvalidFunction, match="post op 'asin'"):
+        AllocationFunction(("abs",), "no_op", ("asin",)).block_values(big + small)
+    ref = AllocationFunction(("abs",), "no_op", ("asin",), nonfinite="reference").block_values(big + small)
+    assert ref[:3] == [0.0] * 3 and all(v > 0 for v in ref[3:])
+
+
+def test_normalize_np_is_the_public_numpy_branch():
+    """np.std (population, ddof 0) + 1e-6; NaN -> 0; a constant vector gives zeros (0 / 1e-6)."""
+    x = np.array(X)
+    close(ops.PRE["normalize_np"](t(X)), ((x - x.mean()) / (x.std() + 1e-6)).tolist())
+    close(ops.PRE["normalize_np"](t([4.0] * 5)), [0.0] * 5)
+    close(ops.PRE["normalize_np"](t([7.0])), [0.0])  # one element: std 0, not NaN as the unbiased one
+    close(ops.PRE["normalize_np"](t([1.0, math.nan, 3.0])), [0.0] * 3)
+    assert "normalize_np" not in ops.ELEMENTWISE
+
+
+def _spread_blocks(sigmas, n=4000, seed=0):
+    """Blocks of positive, skewed scores (|normal| · lognormal, like Wanda's) with score spreads ``sigmas``."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = []
+    for sigma in sigmas:
+        raw = torch.randn(n, generator=g).abs() * torch.exp(0.5 * torch.randn(n, generator=g))
+        raw = raw / raw.std(correction=0) * sigma
+        blocks.append([raw[: n // 2].reshape(40, -1).float(), raw[n // 2:].reshape(50, -1).float()])
+    return blocks
+
+
+def test_poster_numpy_reading_is_a_function_of_each_blocks_score_spread():
+    sigmas = [0.21, 0.3, 0.45, 0.62, 1.0, 3.2, 9.9]  # the range of SmolLM2's block score spreads
+    blocks = _spread_blocks(sigmas)
+    poster = load_function("poster")
+    assert poster == PRESETS["poster"]
+    assert (poster.pre, poster.reduction, poster.post, poster.lam, poster.direction) == \
+        (("normalize_np",), "var", ("abs", "no_op"), 0.08, 1)
+    values = poster.block_values(blocks)
+    expected = []
+    for block in blocks:
+        x = np.concatenate([m.double().numpy().reshape(-1) for m in block])
+        sd = x.std()
+        expected.append(len(x) / (len(x) - 1) * sd ** 2 / (sd + 1e-6) ** 2)
+    close(values, expected, rel=1e-12)
+    assert max(values) - min(values) > 1e3 * 1e-9 * max(values)  # far above the rounding bound
+    ratios = poster.sparsities(blocks, 0.7, weights=[4000] * len(blocks))
+    assert ratios == sorted(ratios)  # larger spread -> more pruning, strictly
+    assert len(set(ratios)) == len(ratios) and max(ratios) - min(ratios) == pytest.approx(0.16)
+    # the torch normalize (unbiased std, no guard) makes the same function degenerate on the same scores
+    with pytest.raises(InvalidFunction, match="constant up to rounding"):
+        AllocationFunction(("normalize",), "var", ("abs", "no_op")).block_values(blocks)
 
 
 def test_readme_maps_nan_block_values_to_zero_under_the_reference_rule():

@@ -163,7 +163,37 @@ def test_guards_catch_domain_errors_and_constant_vectors():
     with pytest.raises(InvalidFunction, match="constant up to rounding"):  # z-scores have variance 1 everywhere
         AllocationFunction(("normalize",), "var", ("abs", "no_op")).block_values(scores)
     with pytest.raises(InvalidFunction, match="poster"):
-        load_function("poster")
+        load_function("poster_torch")
+
+
+@pytest.mark.slow
+def test_poster_numpy_reading_is_not_degenerate_on_smollm2_wanda_scores(smollm):
+    """The DSA poster's [normalize, var, abs, no_op] with the public numpy normalize (std + 1e-6) on the embedded
+    SmolLM2-135M's dense Wanda scores: 30 distinct block values, a function of each block's score spread σ
+    (n/(n−1)·σ²/(σ + 1e-6)²), far above rounding; the allocation follows σ and spans 2λ. The torch reading
+    (no guard) is constant up to rounding on the same scores."""
+    model, tok = smollm
+    calib = calibration_samples(tok, "embedded", nsamples=2, seqlen=128, seed=0)
+    stats = calibrate_mod.calibrate(model, calib.input_ids, "dense", ("sq_norm",), progress=False)
+    n = calib.input_ids.shape[0]
+    blocks: dict[int, list[torch.Tensor]] = {}
+    for name, lin in prunable_linears(model).items():
+        block = int(re.search(r"layers\.(\d+)\.", name).group(1))
+        blocks.setdefault(block, []).append(lin.weight.detach().abs() * torch.sqrt(stats[name].sq_norm / n)[None, :])
+    scores = [blocks[b] for b in sorted(blocks)]
+    assert len(scores) == 30
+    poster = load_function("poster")
+    values = poster.block_values(scores)
+    sigmas = [float(torch.cat([m.reshape(-1) for m in block]).double().std(correction=0)) for block in scores]
+    sizes = [sum(m.numel() for m in block) for block in scores]
+    expected = [k / (k - 1) * sd ** 2 / (sd + 1e-6) ** 2 for k, sd in zip(sizes, sigmas, strict=True)]
+    assert values == pytest.approx(expected, rel=1e-10)
+    assert len(set(values)) == 30 and max(values) - min(values) > 1e3 * 1e-9 * max(values)
+    ratios = poster.sparsities(scores, 0.7, weights=sizes)
+    assert [ratios[i] for i in sorted(range(30), key=sigmas.__getitem__)] == sorted(ratios)
+    assert max(ratios) - min(ratios) == pytest.approx(0.16, abs=1e-9)
+    with pytest.raises(InvalidFunction, match="constant up to rounding"):
+        AllocationFunction(("normalize",), "var", ("abs", "no_op")).block_values(scores)
 
 
 def test_json_round_trip_and_presets(tmp_path):

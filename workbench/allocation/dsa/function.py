@@ -4,7 +4,9 @@
 
 As in the public DSA code: for each block l the Wanda scores of its linears (on the dense model) are
 flattened and concatenated into one vector, which goes through ``pre`` element-wise; ``reduction`` gives
-one number, ``post`` transforms it; then n = minmax(v) and s_l = S + direction · 2λ(n_l − n̄)
+one number, ``post`` transforms it (after the public ``NO_OP`` reduction the post ops act on every element
+and the block's number is their mean, as the public ``compute_importance`` takes the mean of a vector);
+then n = minmax(v) and s_l = S + direction · 2λ(n_l − n̄)
 (direction +1: higher value -> more pruning), with the safe clamp of ``mapping.py``. All in float64.
 
 A function cannot give an allocation (``InvalidFunction``, with the stage and the reason) when a stage
@@ -12,7 +14,7 @@ yields NaN/inf (asin of 1.5, log of a negative number) or when its block values 
 their spread is at most ``NOISE_RTOL`` of their scale (``ops.SCALES``). float64 rounding over the ~10⁷
 terms of a block stays below ~1e-12 relative, so 1e-9 keeps a margin of 1000 while any larger spread is
 a property of the scores; min-max would otherwise stretch rounding noise to the full ±λ (the poster's
-[normalize, var]: the variance of z-scores is 1 for every block).
+[normalize, var] with the torch ``normalize``: the variance of z-scores is 1 for every block).
 """
 
 from __future__ import annotations
@@ -109,8 +111,12 @@ class AllocationFunction:
         return json.dumps(d, sort_keys=True)
 
     def reduced_key(self) -> str:
-        """Identity of the values before the post ops (pre ops and reduction)."""
-        return json.dumps({"pre": list(self.pre), "reduction": self.reduction, "nonfinite": self.nonfinite})
+        """Identity of the values before the post ops (pre ops and reduction; and the post ops where they act
+        on the elements, before the reduction's mean: ``ops.POST_INSIDE``)."""
+        d = {"pre": list(self.pre), "reduction": self.reduction, "nonfinite": self.nonfinite}
+        if self.reduction in ops.POST_INSIDE:
+            d["post"] = list(self.post)
+        return json.dumps(d)
 
     def stages_key(self) -> str:
         """Identity of the block values (pre ops, reduction, post ops; λ and direction only map them)."""
@@ -136,6 +142,11 @@ class AllocationFunction:
                 flat = ops.apply_pre(self.pre, flat)
                 if strict:
                     _check_finite(flat, "pre ops", ",".join(self.pre))
+                if self.reduction in ops.POST_INSIDE:  # public NO_OP: the post ops act on every element
+                    for op in self.post:
+                        flat = ops.POST[op](flat)
+                        if strict:
+                            _check_finite(flat, "post op", op)
                 try:
                     value, scale = ops.reduce(self.reduction, flat, shapes)
                 except RuntimeError as err:  # an op that cannot run on these values (torch raises RuntimeError)
@@ -151,9 +162,10 @@ class AllocationFunction:
         return values, scales
 
     def post_values(self, reduced: list[float]) -> list[float]:
-        """The post ops on the reduced block values, each checked for NaN/inf and collapse to rounding."""
+        """The post ops on the reduced block values, each checked for NaN/inf and collapse to rounding (none
+        after a reduction that ran them on the elements: ``ops.POST_INSIDE``)."""
         v = torch.tensor(reduced, dtype=torch.float64)
-        for op in self.post:
+        for op in () if self.reduction in ops.POST_INSIDE else self.post:
             v = ops.POST[op](v)
             if self.nonfinite == "invalid":
                 _check_finite(v, "post op", op)
@@ -206,16 +218,23 @@ PRESETS = {
     "readme": AllocationFunction(("abslog",), "var", ("atan", "asin"), 0.08, 1, "readme", "reference"),
 }
 
+# The DSA poster's final function [normalize, var, abs, no_op] in the reading of the public normalize_op's
+# numpy branch (z-score over std + 1e-6, population std): each block's value is n/(n−1)·σ²/(σ + 1e-6)², a
+# function of the block's score spread σ (larger σ -> more pruning). On SmolLM2's Wanda scores the 30 block
+# values spread over ~1e-5 (σ 0.2 to 10), 10⁴ times the rounding bound, computed in float64 as every op here.
+PRESETS["poster"] = AllocationFunction(("normalize_np",), "var", ("abs", "no_op"), 0.08, 1, "poster")
+
 SEARCHED = REPO / "data" / "functions" / "dsa-evolved.json"  # the DSA study's best evolved function
 if SEARCHED.is_file():  # SmolLM2-135M, 70%, Wanda scores; chosen on validation perplexity (README: the study)
     PRESETS["searched"] = AllocationFunction.from_json(SEARCHED.read_text(encoding="utf-8"))
 
-# Named functions that no faithful reading makes an allocation: refused with the reason.
+# Named readings that give no allocation: refused with the reason.
 DEGENERATE = {
-    "poster": "function='poster' (the DSA poster's final function [normalize, var, abs, no_op]) is degenerate: "
-              "the public code z-scores the block's concatenated scores, whose variance is then 1 for every "
-              "block, so the block values differ only by rounding (the per-layer reading gives (n−k)/(n−1), "
-              "equal for blocks of equal shapes). Use 'readme', a searched function, or a JSON function.",
+    "poster_torch": "function='poster_torch' (the DSA poster's [normalize, var, abs, no_op] with the torch "
+                    "normalize_op that the public prune path runs) is degenerate: it divides by the unbiased std "
+                    "with no guard, so the z-scores' variance is 1 for every block and the block values differ "
+                    "only by rounding. Use 'poster' (the public numpy branch: std + 1e-6, a function of each "
+                    "block's score spread), 'readme', a searched function, or a JSON function.",
 }
 
 

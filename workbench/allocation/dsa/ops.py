@@ -8,6 +8,17 @@ Stages of a function (see ``function.py``), as in the public DSA code (lliai/DSA
 * REDUCTIONS ("deform" ops): the vector to one number per block;
 * POST (transform and post-process ops): on each block's number, one block at a time.
 
+The public code passes the block vector as a torch tensor (``prune_all.py``: ``torch.cat`` of the flattened
+scores, then ``compute_importance``), so its torch branches are the ops. Every public op that is defined on
+a vector is here, by the same name in lower case (``MMS`` is ``minmax``, ``FROBENIUS_NORM`` ``fro``,
+``L1_NORM`` ``l1``, ``GEOMETRIC_MEAN`` ``geomean``); ``PUBLIC_PRE``, ``PUBLIC_REDUCTIONS`` and ``PUBLIC_POST``
+name them. The public reductions that need a matrix (``GRAM`` and ``CORREF`` assert a 2-D input, ``RANK``,
+``SLOGDET``, ``DETERMINANT`` and ``DIAGONAL`` raise in torch) cannot run on the block vector there; what
+this file offers in their place (``gram``, the ``layer_*`` reductions, ``normalize_np``) is marked as the
+project's reading. The public ``NO_OP`` reduction leaves the vector as it is: the post ops then act on
+every element and ``compute_importance`` takes the mean of the result (``no_op`` below; ``function.py``
+applies the post ops before that mean).
+
 Everything runs in float64. Where an op is defined by the public code, it is the same op, including its
 handling of zeros (``log``: x <= 0 -> 1, then log(x + 1e-6); ``abslog``: x == 0 -> 1, then log|x|;
 ``normalize``: a constant vector gives zeros). The one deliberate difference everywhere: where the public
@@ -47,6 +58,18 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return centred.div_(std)
 
 
+def _normalize_np(x: torch.Tensor) -> torch.Tensor:
+    """The numpy branch of the public ``normalize_op`` (``autolayer.py``: ``np.std``, i.e. the population std,
+    ddof 0, and a 1e-6 guard): (x − mean) / (std + 1e-6); NaN entries become 0. A reading, not the op the
+    public prune path runs: it passes torch tensors (``normalize``), and its reductions are torch functions
+    (``VAR`` is ``torch.var``) that would refuse the ndarray this branch returns. Offered because the guard
+    makes the DSA poster's [normalize, var, abs, no_op] a function of each block's score spread σ:
+    var = n/(n−1) · σ²/(σ + 1e-6)²."""
+    centred = x - x.mean()
+    out = centred.div_(x.std(correction=0) + 1e-6)
+    return out.masked_fill_(torch.isnan(out), 0.0)
+
+
 def _minmax(x: torch.Tensor) -> torch.Tensor:
     """Public ``MMS``: (x − min) / (max − min + 1e-9)."""
     lo, hi = x.min(), x.max()
@@ -61,6 +84,7 @@ PRE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "pow": lambda x: x * x,
     "exp": torch.exp,
     "normalize": _normalize,
+    "normalize_np": _normalize_np,  # the public normalize_op's numpy branch (see its docstring)
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
     "minmax": _minmax,
@@ -76,7 +100,7 @@ _PRE_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 # Ops whose output at an entry depends on that entry only (``normalize`` and ``minmax`` use the whole
 # block's statistics): a chain of these commutes with taking a strided view of the vector.
-ELEMENTWISE = frozenset(PRE) - {"normalize", "minmax"}
+ELEMENTWISE = frozenset(PRE) - {"normalize", "normalize_np", "minmax"}
 
 
 def apply_pre(chain: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
@@ -111,11 +135,14 @@ def _geomean(x: torch.Tensor) -> torch.Tensor:
 
 
 TENSOR_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "no_op": torch.mean,                   # public NO_OP: the vector stays; compute_importance takes its mean
     "mean": torch.mean,
     "var": torch.var,                      # unbiased, as torch.var in the public code
     "std": torch.std,                      # unbiased
     "fro": torch.linalg.vector_norm,       # public FROBENIUS_NORM of the vector: sqrt(Σ x²)
-    "gram": lambda x: torch.dot(x, x),     # public GRAM on a vector: x @ x.T is the dot product Σ x²
+    # Project reading, not the public op: the public GRAM asserts a 2-D input and raises on the block vector;
+    # here x @ x.T of a vector is read as the dot product Σ x² (the square of ``fro``)
+    "gram": lambda x: torch.dot(x, x),
     "l1": lambda x: x.abs().sum() / x.numel(),  # public L1_NORM: Σ|x| / numel
     "entropy": _entropy,
     "geomean": _geomean,
@@ -127,7 +154,11 @@ TENSOR_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 # its terms; every other reduction is computed to a relative accuracy of its own value.
 SCALES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda x: x.abs().mean(),
+    "no_op": lambda x: x.abs().mean(),
 }
+# Reductions after which the public code applies the post ops to every element of the vector, not to one
+# number (``compute_importance`` then averages): ``function.py`` runs the post ops before these.
+POST_INSIDE = frozenset({"no_op"})
 
 
 def matrix_view(m: torch.Tensor) -> torch.Tensor:
@@ -160,10 +191,10 @@ def _layer_slogdet(m: torch.Tensor) -> torch.Tensor:
 
 
 # Project extensions, not the public code's ops: the public RANK / CORREF / SLOGDET / DETERMINANT /
-# DIAGONAL receive the block's 1-D vector, where they raise (rank, slogdet, det, diagonal) or are the
-# constant 1 (corrcoef), so they can never give an allocation there. These look instead at each layer's
-# matrix (the block vector after the pre ops, cut back into the layers' shapes; a strided
-# <= 256 x 256 view) and average over the block's layers.
+# DIAGONAL receive the block's 1-D vector, where they raise (CORREF and GRAM assert a 2-D input; torch's
+# matrix_rank, slogdet, det and diagonal refuse 1-D), so they can never give an allocation there. These look
+# instead at each layer's matrix (the block vector after the pre ops, cut back into the layers' shapes; a
+# strided <= 256 x 256 view) and average over the block's layers.
 MATRIX_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "layer_rank": _layer_rank,
     "layer_corr": _layer_corr,
@@ -193,6 +224,22 @@ POST: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 # The paper's table also lists softmax; on one block's number (as the public code applies post ops) it
 # is the constant 1, and over the vector of blocks min-max(softmax v) = min-max(exp v): left out.
+
+
+# --------------------------------------------------------------------------- the public space
+
+# The ops of each stage that the public DSA code (lliai/DSA, lib/autolayer.py) defines with the same meaning
+# on the block vector, in the order of the dicts above. Left out: ``gram`` and the ``layer_*`` reductions
+# (the public GRAM / CORREF / RANK / SLOGDET raise on a vector) and ``sqrt`` (the paper's table, not the
+# public _POST_OPS). ``normalize_np`` is the public normalize_op's numpy branch (in the public file; the
+# public prune path runs the torch branch, ``normalize``); ``geomean`` is the public GEOMETRIC_MEAN computed
+# in log space (the public product under- or overflows). A search restricted to these, with direction +1
+# and λ 0.08 (the public code has no direction and fixes λ), searches the paper's own space.
+PUBLIC_PRE: tuple[str, ...] = ("no_op", "abs", "log", "abslog", "pow", "exp", "normalize", "normalize_np",
+                               "sigmoid", "tanh", "minmax")
+PUBLIC_REDUCTIONS: tuple[str, ...] = ("no_op", "mean", "var", "std", "fro", "l1", "entropy", "geomean")
+PUBLIC_POST: tuple[str, ...] = ("no_op", "sin", "cos", "tan", "asin", "acos", "atan", "exp", "log", "abs",
+                                "sigmoid", "tanh", "softplus")
 
 
 def reduce(name: str, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> tuple[float, float]:
