@@ -34,12 +34,14 @@ def fresh():
 
 
 def _direct_keep_prob(ranks, probs, cands):
+    """The public prob_map_matrix: candidate k covers ranks j < int(C·c_k) (rounded down)."""
     rows, cols = ranks.shape
     out = torch.empty(rows, cols, dtype=torch.float64)
     for r in range(rows):
         p = probs[r if probs.shape[0] > 1 else 0]
         for c in range(cols):
-            out[r, c] = 1 - sum(float(p[k]) for k in range(cands.numel()) if int(ranks[r, c]) < cols * float(cands[k]))
+            out[r, c] = 1 - sum(float(p[k]) for k in range(cands.numel())
+                                if int(ranks[r, c]) < int(cols * float(cands[k])))
     return out
 
 
@@ -72,7 +74,8 @@ def test_keep_prob_equals_a_direct_computation_from_ranks_and_probabilities(roww
     got = besa_mod.keep_prob(probs, ranks, cands)
     assert got.shape == ranks.shape
     assert torch.allclose(got.double(), _direct_keep_prob(ranks, probs, cands), atol=2e-6)
-    assert torch.allclose(kernels.besa_keep_prob(ranks, probs, cands).double(), got.double())
+    bounds = besa_mod.keep_bounds(ranks.shape[1], cands)  # the kernel counts j < C·b_k: b_k = (int(C·c_k) − ½)/C
+    assert torch.allclose(kernels.besa_keep_prob(ranks, probs, bounds).double(), got.double())
 
 
 @pytest.mark.parametrize("rowwise", [True, False])
@@ -87,13 +90,56 @@ def test_custom_backward_equals_autograd_through_the_plain_formula(rowwise):
     (besa_mod.keep_prob(probs, ranks, cands).double() * upstream).sum().backward()
 
     plain = probs.detach().clone().requires_grad_(True)
-    indicator = (torch.arange(cols, dtype=torch.float64)[None, :] < cols * cands.double()[:, None]).double()
+    indicator = (torch.arange(cols, dtype=torch.float64)[None, :]
+                 < torch.floor(cols * cands.double()[:, None])).double()  # the public int(C·c_k)
     by_rank = 1 - plain @ indicator                                      # (rows or 1, C)
     p_cols = torch.gather(by_rank.expand(rows, cols), 1, ranks.long())  # (rows, C)
     (p_cols * upstream).sum().backward()
     assert probs.grad.shape == plain.grad.shape
     assert torch.allclose(probs.grad, plain.grad, rtol=1e-6, atol=1e-6)
     assert plain.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cols", [37, 200, 576, 1536, 11008])
+def test_keep_prob_prefix_rounds_down_as_the_public_code_and_the_hard_mask(cols):
+    """OpenGVLab/LLMPrune-BESA sparse_layers.py: prob_map_matrix[k, :int(C * c_k)] = 1. With all probability
+    on one candidate, 1 − P is exactly the hard mask of int(C·c_k) pruned weights, for every candidate."""
+    cands = besa_mod.candidates()
+    assert besa_mod.prefix_lengths(cols, cands).tolist() == [int(cols * float(c)) for c in cands]
+    g = torch.Generator().manual_seed(cols)
+    order = torch.stack([torch.randperm(cols, generator=g) for _ in range(2)]).to(torch.int32)
+    ranks = besa_mod.ranks_from_order(order)
+    probs = torch.eye(cands.numel())  # row k: all probability on candidate k
+    for k in range(cands.numel()):
+        keep = besa_mod.keep_prob(probs[k:k + 1], ranks, cands)
+        n = int(cols * float(cands[k]))
+        hard = kernels.mask_from_order(order, torch.full((2,), n))  # True = pruned
+        assert torch.equal(keep == 0, hard), (cols, k, n)
+    if cols == 37:  # C·0.5 = 18.5: ranks 0..17 pruned, rank 18 kept (rounding up would prune it)
+        half = int(torch.nonzero(cands == 0.5))
+        by_rank = besa_mod.keep_prob(probs[half:half + 1], ranks, cands)[0][order[0].long()]
+        assert by_rank[:18].eq(0).all() and by_rank[18:].eq(1).all()
+
+
+def test_besa_help_texts_say_the_defaults_and_the_sparsegpt_score_by_its_public_name():
+    from workbench.allocation import ALLOCATORS
+    from workbench.pruners.sparsegpt import sparsegpt_scores
+
+    besa = ALLOCATORS["besa"]
+    assert besa_mod.DEFAULT_LR == {"adamw": 1e-2, "prodigy": 1.0}  # the public --normal-opt-lr, --prodigy-lr
+    assert "default: 0.01 for adamw, 1 for prodigy" in besa.param("lr").help
+    learner = besa_mod.besa(AllocationInput(layer_infos(fresh()[0])), 0.5, progress=False)
+    assert learner.lr == besa_mod.DEFAULT_LR["adamw"] and learner.params()["lr"] == 0.01
+    assert "SparseGPT-Git" in besa.param("importance").help and "SparseGPT-Git" in besa_mod.__doc__
+    # the public SparseGPT-Git score: W² / diag(upper Cholesky of the damped H⁻¹)², written out here
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=g, dtype=torch.float64)
+    h = 2 * x.T @ x / 64
+    w = torch.randn(5, 12, generator=g)
+    damped = h + 0.01 * torch.diag(h).mean() * torch.eye(12, dtype=torch.float64)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    expected = w.double() ** 2 / torch.diag(u)[None, :] ** 2
+    assert torch.allclose(sparsegpt_scores(w, h.float()).double(), expected, rtol=1e-4)
 
 
 def test_initial_logits_start_on_target_and_reachability():

@@ -5,14 +5,17 @@ how sparse each of its linears (layer-wise) or each output row of them (row-wise
 block's calibration inputs, with the weights frozen. The math, per block:
 
 * Ranks. Each linear's weights are ranked per output row by importance (Wanda |W|·||X||, magnitude |W|,
-  or SparseGPT w²/U_jj²): rank j = 0 is the least important weight of its row (pruned first).
+  or w²/U_jj², U the upper Cholesky factor of the damped H⁻¹: the public code's ``SparseGPT-Git`` metric;
+  its ``SparseGPT`` metric divides by U_jj once): rank j = 0 is the least important weight of its row
+  (pruned first).
 * Candidates. c_k ∈ {1.00, 0.99, …, 0.00} (K = 101, descending). Learnable logits z: (rows, K) row-wise
   or (1, K) layer-wise. p = softmax(sigmoid(z)) over k (``sigmoid=False``: softmax(z)).
 * Expected sparsity of a row: ŝ = Σ_k p_k c_k; of the block: ŝ_block = Σ_ℓ numel_ℓ · mean_rows(ŝ_ℓ) / Σ numel_ℓ.
-* Keep-probability of the weight at rank j of a row with C columns: P_j = 1 − Σ_k p_k · [j < C·c_k]
-  (it is kept unless the sampled candidate sparsity prunes it). ``keep_prob`` computes it with the
-  kernels' backend and has its own backward: ∂L/∂p_k = −Σ_{j < C·c_k} ∂L/∂P_j (per row; summed over rows
-  layer-wise).
+* Keep-probability of the weight at rank j of a row with C columns: P_j = 1 − Σ_k p_k · [j < n_k] with
+  n_k = int(C·c_k), rounded down as the public ``prob_map_matrix`` (``prob_map_matrix[k, :int(C * c_k)] = 1``)
+  and as the hard mask (candidate c_k alone prunes int(C·c_k) weights): the weight is kept unless the
+  sampled candidate sparsity prunes it. ``keep_prob`` computes it with the kernels' backend and has its own
+  backward: ∂L/∂p_k = −Σ_{j < n_k} ∂L/∂P_j (per row; summed over rows layer-wise).
 * Hard mask: the int(C·ŝ) lowest-ranked weights of each row are pruned (layer-wise: the same count in
   every row), M_hard ∈ {0, 1}. Straight-through estimator: M = M_hard − P.detach() + P, so the forward
   pass uses the hard mask and gradients flow through P. Forward with W ⊙ M, W frozen.
@@ -35,8 +38,9 @@ Choices of this implementation (differences from the public code, see README):
   closest to S; it keeps the learned ordering of rows and layers and makes every block land on the
   target (the penalty alone leaves it within a few points, and int() rounds every row down).
   The learned ŝ_block before this step is logged per block.
-* Optimiser: AdamW, lr 1e-2, no weight decay (default, cheap and dependable on a CPU), or Prodigy (lr 1,
-  the public code's choice; PyPI package ``prodigyopt``).
+* Optimiser: AdamW, lr 1e-2, no weight decay (default, cheap and dependable on a CPU; the public code's
+  ``--normal-opt`` with its ``--normal-opt-lr`` default), or Prodigy (lr 1, the public code's default
+  choice; PyPI package ``prodigyopt``). ``DEFAULT_LR`` holds both defaults.
 """
 
 from __future__ import annotations
@@ -92,20 +96,26 @@ def ranks_from_order(order: torch.Tensor) -> torch.Tensor:
 
 
 def prefix_lengths(cols: int, cands: torch.Tensor) -> torch.Tensor:
-    """n_k = #{j ∈ [0, C): j < C·c_k}, with C·c_k in float32 exactly as the keep-probability kernel."""
-    bounds = cols * cands.to(torch.float32)
-    j = torch.arange(cols, dtype=torch.float32, device=cands.device)
-    return (j[None, :] < bounds[:, None]).sum(dim=1)
+    """n_k = int(C·c_k): the ranks j < n_k that candidate c_k prunes, rounded down as the public code's
+    ``int(map_dim_size * c_k.item())`` (the float32 candidate times C in float64) and as the hard mask."""
+    return (cols * cands.to(torch.float32).double()).floor().long().clamp(0, cols)
+
+
+def keep_bounds(cols: int, cands: torch.Tensor) -> torch.Tensor:
+    """What the keep-probability kernel compares ranks with (it counts the k with j < C·b_k): b_k = (n_k − ½)/C,
+    so that j < C·b_k holds exactly for j < n_k (C·b_k is n_k − ½ up to float32 rounding, far from an integer).
+    Descending as the candidates."""
+    return ((prefix_lengths(cols, cands).double() - 0.5) / cols).float()
 
 
 class KeepProb(torch.autograd.Function):
-    """P[r, col] = 1 − Σ_k probs[r, k]·[ranks[r, col] < C·c_k]; forward by the kernels' backend."""
+    """P[r, col] = 1 − Σ_k probs[r, k]·[ranks[r, col] < int(C·c_k)]; forward by the kernels' backend."""
 
     @staticmethod
     def forward(ctx, probs: torch.Tensor, ranks: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(ranks, cands)
         ctx.probs_shape = probs.shape
-        return kernels.besa_keep_prob(ranks, probs.detach(), cands)
+        return kernels.besa_keep_prob(ranks, probs.detach(), keep_bounds(ranks.shape[1], cands).to(cands.device))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -447,14 +457,16 @@ def _prodigy():
 PARAMS = (
     Param("granularity", "row", "learn one sparsity per row (the paper) or per linear", kind="choice",
           choices=GRANULARITIES),
-    Param("importance", "wanda", "score that ranks the weights (default: the pruning metric)", kind="choice",
+    Param("importance", "wanda", "score that ranks the weights (default: the pruning metric; sparsegpt is "
+          "w²/U_jj², the public code's SparseGPT-Git)", kind="choice",
           choices=IMPORTANCES, by_metric=(("magnitude", "magnitude"), ("sparsegpt", "sparsegpt"))),
     Param("beta", 5.0, "weight of the sparsity penalty β((ŝ − S)/S)²", low=0.0),
     Param("epochs", 1, "passes over the calibration windows per block", kind="int", low=1),
     Param("batch_size", 1, "calibration windows per optimiser step", kind="int", low=1),
     Param("optimizer", "adamw", "adamw, or prodigy (the paper's; needs prodigyopt)", kind="choice",
           choices=OPTIMIZERS),
-    Param("lr", None, "learning rate (default: 0.05 for adamw, 1 for prodigy)", low=0.0, open=True, optional=True),
+    Param("lr", None, f"learning rate (default: {DEFAULT_LR['adamw']:g} for adamw, {DEFAULT_LR['prodigy']:g} for "
+          "prodigy)", low=0.0, open=True, optional=True),
     Param("d_coef", 1.0, "Prodigy's d_coef", low=0.0, open=True),
     Param("reference", "pruned", "block outputs to match: on the pruned model's inputs (paper) or the dense model's",
           kind="choice", choices=REFERENCES),
