@@ -59,7 +59,7 @@ def test_embedded_calibration_defaults(tok):
 
 
 def test_local_file_is_used_whole(text_file):
-    for split in data.SPLITS:
+    for split in ("calibration", "test"):  # validation: refused (no held-out text), see below
         assert load_text(str(text_file), split).text == text_file.read_text()
 
 
@@ -146,3 +146,60 @@ def test_loader_protocols_on_local_standins_with_the_real_schema(monkeypatch, to
     calls.clear()
     load_text(dataset, "validation")
     assert [c[2] for c in calls] == ["validation"]
+
+
+# --------------------------------------------------------------------------- held-out structure (issue 33)
+
+def test_c4_validation_and_test_are_disjoint_documents(monkeypatch):
+    monkeypatch.setattr(data, "_load_dataset", standin_hub([]))
+    test, valid = load_text("c4", "test").text, load_text("c4", "validation").text
+    assert valid.startswith("validation-c4-1100 ") and "validation-c4-1199 " in valid
+    assert "validation-c4-1099 " not in valid and "validation-c4-1100 " not in test
+    test_docs = {w for w in test.split() if w.startswith("validation-c4-")}
+    valid_docs = {w for w in valid.split() if w.startswith("validation-c4-")}
+    assert len(test_docs) == 1100 and valid_docs and not test_docs & valid_docs
+    assert data.check_held_out("c4", "fitness_dataset") == "c4"
+
+
+def test_a_short_c4_validation_shard_is_refused(monkeypatch):
+    from datasets import Dataset
+
+    monkeypatch.setattr(data, "_load_dataset", lambda *a, **k: Dataset.from_dict({"text": ["doc"] * 1100}))
+    with pytest.raises(ValueError, match=r"has 1100 documents; split='validation' needs documents 1100-2199"):
+        load_text("c4", "validation")
+
+
+def test_a_single_file_is_whole_and_has_no_validation(text_file, tok):
+    assert load_text(str(text_file), "test").split == "whole"
+    assert calibration_samples(tok, str(text_file), nsamples=2, seqlen=16).provenance()["split"] == "whole"
+    with pytest.raises(ValueError, match=r"^dataset=.* is a single file, used whole: it has no held-out validation"):
+        load_text(str(text_file), "validation")
+    with pytest.raises(ValueError, match=r"^fitness_dataset=.* is a single file"):
+        data.check_held_out(str(text_file), "fitness_dataset")
+
+
+def test_a_directory_gives_each_split_its_own_file(tmp_path, tok):
+    folder = tmp_path / "wiki"
+    folder.mkdir()
+    for name, word in (("wiki.train.raw", "train"), ("wiki.valid.raw", "valid"), ("wiki.test.raw", "test")):
+        (folder / name).write_text(" ".join(f"{word}{i}" for i in range(300)), encoding="utf-8")
+    for split, word in (("calibration", "train"), ("validation", "valid"), ("test", "test")):
+        text = load_text(str(folder), split)
+        assert text.split == split and text.text.startswith(f"{word}0 ")
+    cal = calibration_samples(tok, str(folder), nsamples=2, seqlen=16)
+    assert cal.provenance()["split"] == "calibration" and "train" in tok.decode(cal.input_ids[0])
+    assert data.check_held_out(str(folder), "fitness_dataset") == str(folder)
+    (folder / "wiki.valid.raw").unlink()
+    with pytest.raises(ValueError, match=r"fitness_dataset=.* has no validation file"):
+        data.check_held_out(str(folder), "fitness_dataset")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"eval_dataset=.* is a directory without any split file"):
+        data.check_dataset(str(empty), "eval_dataset")
+
+
+def test_paper_calibration_records_the_train_split(monkeypatch, tok):
+    monkeypatch.setattr(data, "_load_dataset", standin_hub([]))
+    assert calibration_samples(tok, "wikitext2", nsamples=2, seqlen=8).provenance()["split"] == "train"
+    assert calibration_samples(tok, "c4", nsamples=2, seqlen=8).provenance()["split"] == "train"
+    assert calibration_samples(tok, "embedded", nsamples=2, seqlen=8).provenance()["split"] == "calibration"

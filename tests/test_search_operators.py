@@ -72,13 +72,15 @@ class FakeContext:
         return {}  # no hand-made allocations in a synthetic fitness
 
     def fitness(self, counts: dict, fidelity: str) -> float:
-        assert fidelity in ("cheap", "full")
+        assert fidelity in ("cheap", "full", "heldout")
         key = counts["key"]
         self.calls.append((key, fidelity))
         if self.coarse:
             d = 10 * noise(key, 1.0)
         else:
             d = distance(AllocationFunction.from_json(key))
+        if fidelity == "heldout":  # fresh windows: the same distance, other noise
+            return d + noise(key + "|heldout")
         return d if fidelity == "full" else self.cheap_scale * d + noise(key)
 
 
@@ -92,6 +94,14 @@ def run_search(tmp_path, name="run", context=None, **overrides):
 
 def full_evaluations(history, kind):
     return sum(1 for h in history if h["kind"] == kind and h["full_fitness"] is not None and h["cached"] != "function")
+
+
+def assert_each_score_paid_once(history, calls):
+    """Within a kind no (allocation, fidelity) is scored twice; every search-time fitness call was paid by
+    exactly one record of one kind (no score crosses kinds: each kind pays for its own)."""
+    paid = [(h["kind"], h["allocation_key"], f) for h in history for f in h["paid"]]
+    assert all(n == 1 for n in Counter(paid).values()), Counter(paid).most_common(3)
+    assert Counter((k, f) for k, f in calls if f != "heldout") == Counter((a, f) for _kind, a, f in paid)
 
 
 def records(history, kind, generation=None):
@@ -182,9 +192,11 @@ def test_elites_are_the_best_full_fidelity_records_of_the_pool(tmp_path, monkeyp
     search, _result, ctx = run_search(tmp_path, elite=3, random_baseline=False)
     history = search.state.history
     by_key = {h["function_key"]: h for h in history}
-    assert [s["generation"] for s in snapshots] == list(range(CFG["generations"]))
+    # one checkpoint per generation, then one after the held-out re-score
+    assert [s["generation"] for s in snapshots] == [*range(CFG["generations"]), CFG["generations"] - 1]
+    assert snapshots[-1]["history"] == snapshots[-2]["history"]
     previous: list[str] = []
-    for snap in snapshots:
+    for snap in snapshots[:-1]:
         gen = snap["generation"]
         new = records(history, "evolution", gen)
         pool = [by_key[k] for k in previous] + new
@@ -429,7 +441,7 @@ def test_a_known_allocation_reuses_its_fitness(tmp_path):
     # 10 reductions x 2 directions: most functions share an allocation with one scored before
     search, _result, ctx = run_search(tmp_path, context=FakeContext(coarse=True))
     history = search.state.history
-    assert all(n == 1 for n in Counter(ctx.calls).values())  # no allocation scored twice at one fidelity
+    assert_each_score_paid_once(history, ctx.calls)  # no allocation scored twice at one fidelity in a kind
     reused = [h for h in history if h["cached"] == "allocation"]
     assert reused
     first = {}
@@ -660,7 +672,7 @@ def test_a_parallel_pool_replays_to_the_serial_history(tmp_path, cheap_windows, 
     assert strip(parallel.state.history) == strip(serial.state.history)
     assert {k: strip([v]) for k, v in best.items()} == {k: strip([v]) for k, v in serial_best.items()}
     assert driver.calls == [] and worker.calls  # every fitness was computed on the "worker"
-    assert all(n == 1 for n in Counter(worker.calls).values())  # each (allocation, fidelity) once
+    assert_each_score_paid_once(parallel.state.history, worker.calls)  # each (allocation, fidelity) once a kind
     assert sum(len(b) == 1 for b in pool.batches) < len(pool.batches)  # batched, not one job at a time
     assert len(pool.allocated) == len(set(pool.allocated))  # each new function allocated once, ahead
     # the worker's 0.25 s per job are counted in the records that used them; a fitness the replay had to
@@ -708,9 +720,9 @@ def test_about_one_child_in_ten_is_a_mutation_without_crossover(tmp_path, monkey
         calls["crossover"] += 1
         return real_cross(a, b, rng)
 
-    def mut(fn, rng):
+    def mut(fn, rng, space=None):
         calls["mutate"] += 1
-        return real_mutate(fn, rng)
+        return real_mutate(fn, rng, space)
 
     monkeypatch.setattr(search_mod, "crossover", cross)
     monkeypatch.setattr(search_mod, "mutate", mut)
@@ -735,7 +747,7 @@ def test_a_resumed_random_search_still_avoids_the_functions_drawn_before(tmp_pat
     must still skip the functions of the chunks already done, as the uninterrupted run does."""
     space = [AllocationFunction(("abs",), r, ("sin",), lam, 1) for r in ("var", "std", "mean", "l1")
              for lam in (0.05, 0.1, 0.15, 0.2, 0.25)]
-    monkeypatch.setattr(search_mod, "random_function", lambda rng: space[rng.randrange(len(space))])
+    monkeypatch.setattr(search_mod, "random_function", lambda rng, _set=None: space[rng.randrange(len(space))])
     cfg = SearchConfig(**(CFG | {"generations": 3, "population": 6, "elite": 1, "promote": 1}))
     ctx = FakeContext()
     reference = Search(ctx, cfg, tmp_path / "full", progress=False)
@@ -744,7 +756,8 @@ def test_a_resumed_random_search_still_avoids_the_functions_drawn_before(tmp_pat
     assert len({h["function_key"] for h in randoms}) == len(randoms)  # distinct across chunks
     out = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
-        Search(Dying(FakeContext(), len(ctx.calls) - 2), cfg, out, progress=False).run()  # in the last chunk
+        search_calls = sum(1 for _k, f in ctx.calls if f != "heldout")  # the held-out re-score comes after
+        Search(Dying(FakeContext(), search_calls - 2), cfg, out, progress=False).run()  # in the last chunk
     assert json.loads((out / "state.json").read_text())["random_chunks"] == 2
     resumed = Search(FakeContext(), cfg, out, resume=True, progress=False)
     resumed.run()
@@ -752,17 +765,18 @@ def test_a_resumed_random_search_still_avoids_the_functions_drawn_before(tmp_pat
 
 
 class DivergingContext(FakeContext):
-    """The full fitness of every 'var' function is not finite (a model that diverged under that allocation)."""
+    """The full fitness of every 'std' function (the target's reduction: the search is drawn to them) is not
+    finite (a model that diverged under that allocation)."""
 
     def fitness(self, counts: dict, fidelity: str) -> float:
         value = super().fitness(counts, fidelity)
-        return math.inf if fidelity == "full" and '"reduction": "var"' in counts["key"] else value
+        return math.inf if fidelity == "full" and '"reduction": "std"' in counts["key"] else value
 
 
 def test_a_non_finite_fitness_makes_the_record_invalid_with_no_fitness_or_fidelity(tmp_path):
     search, _result, _ = run_search(tmp_path, context=DivergingContext(), generations=4)
     diverged = [h for h in search.state.history if h["error"] == "full fitness not finite"]
-    assert diverged, "the run should have promoted a 'var' function"
+    assert diverged, "the run should have promoted a 'std' function"
     for h in diverged:
         assert not h["valid"] and h["fitness"] is None and h["fidelity"] is None, h
     assert all(h["full_at"] is None for h in search.state.history if h["full_fitness"] is None)
@@ -782,7 +796,7 @@ def test_the_progress_file_names_each_phase_as_it_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(search_mod, "write_json_atomic", spy)
     run_search(tmp_path, generations=3)
     order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
-    assert order == ["baselines", "evolution", "random", "done"], phases
+    assert order == ["baselines", "evolution", "random", "heldout", "done"], phases
 
 
 def test_a_promoted_record_sharing_an_allocation_takes_its_full_fitness(tmp_path):
@@ -793,7 +807,78 @@ def test_a_promoted_record_sharing_an_allocation_takes_its_full_fitness(tmp_path
     assert all(h["full_fitness"] is not None for h in history if h["full_at"] is not None)
     shared = [h for h in history if h["cached"] == "allocation" and h["full_at"] is not None]
     assert shared, "the run should promote a record whose allocation was scored in the same step"
-    full_calls = [k for k, f in ctx.calls if f == "full"]
-    assert len(full_calls) == len(set(full_calls))  # each allocation's full fitness computed once
+    assert_each_score_paid_once(history, ctx.calls)  # each allocation's full fitness computed once a kind
     for h in shared:
         assert h["full_fitness"] == FakeContext(coarse=True).fitness({"key": h["allocation_key"]}, "full")
+
+
+# --------------------------------------------------------------------------- fair budgets (issue 33)
+
+def test_the_random_search_pays_for_every_score_even_one_evolution_already_paid(tmp_path, monkeypatch):
+    """A small space that both kinds draw from: random meets allocations the evolution scored, and must
+    score them again itself (the two kinds share no cache), so each kind's budget is its own."""
+    space = [AllocationFunction(("abs",), r, ("sin",), lam, d) for r in ("var", "std", "mean")
+             for lam in (0.05, 0.1, 0.15) for d in (1, -1)]
+    monkeypatch.setattr(search_mod, "random_function", lambda rng, _set=None: space[rng.randrange(len(space))])
+    ctx = FakeContext(coarse=True)  # allocation = (reduction, direction): 6 allocations in all
+    search, _result, _ = run_search(tmp_path, context=ctx, population=6, elite=1, promote=1, generations=3)
+    history = search.state.history
+    assert_each_score_paid_once(history, ctx.calls)
+    evo_scored = {(h["allocation_key"], f) for h in records(history, "evolution") for f in h["paid"]}
+    rnd_scored = {(h["allocation_key"], f) for h in records(history, "random") for f in h["paid"]}
+    assert evo_scored & rnd_scored, "the test space should make random meet the evolution's allocations"
+    for kind in ("evolution", "random"):
+        recs = [h for h in records(history, kind) if h["valid"]]
+        own = {(h["allocation_key"], f) for h in recs for f in h["paid"]}
+        for h in recs:  # every score a record holds was paid by its own kind
+            assert (h["allocation_key"], "cheap") in own
+            if h["full_fitness"] is not None:
+                assert (h["allocation_key"], "full") in own
+        paid = search.paid(kind)
+        assert paid == {"cheap": sum("cheap" in h["paid"] for h in recs), "full": sum("full" in h["paid"] for h in recs)}
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best["paid"] == {kind: search.paid(kind) for kind in ("evolution", "random")}
+
+
+def test_the_final_choices_are_rescored_on_held_out_windows(tmp_path):
+    search, result, ctx = run_search(tmp_path, context=BaselineContext(), generations=3)
+    heldout = [k for k, f in ctx.calls if f == "heldout"]
+    # the two final choices (and the two baselines, scored with the baselines before the search)
+    assert sorted(heldout[2:]) == sorted(result[k]["function_key"] for k in ("evolution", "random"))
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    for kind in ("evolution", "random"):
+        key = result[kind]["function_key"]
+        expected = distance(AllocationFunction.from_json(key)) + noise(key + "|heldout")
+        assert best[kind]["heldout_fitness"] == pytest.approx(expected)
+        assert best["heldout"][kind]["search_fitness"] == result[kind]["full_fitness"]
+    assert best["heldout"]["uniform"]["heldout_fitness"] == pytest.approx(noise(TARGET.key() + "|heldout"))
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["heldout"] == best["heldout"]
+    # a resumed finished search does not score them again
+    again = FakeContext()
+    Search(again, SearchConfig(**(CFG | {"generations": 3})), tmp_path / "run", resume=True, progress=False).run()
+    assert again.calls == []
+
+
+def test_no_heldout_windows_skips_the_rescore(tmp_path):
+    search, _result, ctx = run_search(tmp_path, heldout_windows=0, generations=2)
+    assert all(f != "heldout" for _k, f in ctx.calls) and "heldout" not in search.state.meta
+
+
+def test_the_dsa_public_function_set_stays_in_the_public_space():
+    space = search_mod.function_set("dsa-public")
+    rng = random.Random(5)
+    fns = [random_function(rng, space) for _ in range(300)]
+    for fn in list(fns):
+        for _ in range(5):
+            fn = mutate(crossover(fn, fns[rng.randrange(len(fns))], rng), rng, space)
+            fns.append(fn)
+    for fn in fns:
+        assert set(fn.pre) <= set(ops.PUBLIC_PRE) and set(fn.post) <= set(ops.PUBLIC_POST)
+        assert fn.reduction in ops.PUBLIC_REDUCTIONS
+        assert fn.lam == search_mod.PUBLIC_LAMBDA == 0.08 and fn.direction == 1
+    assert {fn.reduction for fn in fns} == set(ops.PUBLIC_REDUCTIONS)  # the whole public space is reached
+    wide = [random_function(rng) for _ in range(300)]
+    assert {fn.direction for fn in wide} == {1, -1} and len({fn.lam for fn in wide}) > 100
+    assert "layer_corr" not in ops.PUBLIC_REDUCTIONS and "layer_corr" in {fn.reduction for fn in wide}
+    with pytest.raises(ValueError, match=r"function_set='paper' is not allowed; allowed: \['workbench', 'dsa-public'\]"):
+        SearchConfig(sparsity=0.5, function_set="paper")

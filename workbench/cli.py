@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import re
 import sys
 import time
@@ -276,12 +277,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search import Search, SearchConfig, SearchContext
 
     data_mod.check_dataset(args.calib_dataset, "calib_dataset")
-    data_mod.check_dataset(args.fitness_dataset, "fitness_dataset")
+    data_mod.check_held_out(args.fitness_dataset, "fitness_dataset")
     config = SearchConfig(sparsity=args.sparsity, population=args.population, generations=args.generations,
                           elite=args.elite, seed=args.seed, random_baseline=not args.no_random_baseline,
                           fitness=args.fitness, fitness_windows=args.fitness_windows,
                           fitness_seqlen=args.fitness_seqlen, cheap_fitness=args.cheap_fitness,
-                          cheap_windows=args.cheap_windows, cheap_seqlen=args.cheap_seqlen, promote=args.promote)
+                          cheap_windows=args.cheap_windows, cheap_seqlen=args.cheap_seqlen, promote=args.promote,
+                          heldout_windows=args.heldout_windows, function_set=args.function_set)
     out = Path(args.out)
     if (out / "state.json").exists() and not args.resume:
         raise ValueError(f"--out {out} already holds a search; add --resume to continue it")
@@ -309,10 +311,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     finally:
         if pool is not None:
             pool.close()
+    heldout = json.loads((out / "best.json").read_text()).get("heldout", {})
     for kind, rec in best.items():
         if rec:
-            print(f"best {kind:9s}: validation {config.fitness} {rec['full_fitness']:.3f}  "
+            fresh = heldout.get(kind, {}).get("heldout_fitness")
+            fresh = f"  held-out {fresh:.3f}" if fresh is not None else ""
+            print(f"best {kind:9s}: validation {config.fitness} {rec['full_fitness']:.3f}{fresh}  "
                   f"{json_dumps(rec['function'])}")
+    for name in ("uniform", "owl"):
+        if name in heldout:
+            print(f"baseline {name:7s}: validation {config.fitness} {heldout[name]['search_fitness']:.3f}  "
+                  f"held-out {heldout[name]['heldout_fitness']:.3f}")
     print(f"history: {out / 'history.json'}  best: {out / 'best.json'}")
     return 0
 
@@ -330,8 +339,6 @@ def _connect_workers(args: argparse.Namespace) -> None:
 
 
 def json_dumps(obj) -> str:
-    import json
-
     return json.dumps(obj, sort_keys=True)
 
 
@@ -486,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation windows of the first stage (0: every candidate at full fidelity)")
     p.add_argument("--promote", type=int, default=1,
                    help="new candidates per generation scored at full fidelity (the best of the first stage)")
+    p.add_argument("--heldout-windows", type=int, default=8,
+                   help="fresh validation windows (x --fitness-seqlen, never used by the search) on which the final "
+                        "choices and baselines are re-scored; 0 skips")
+    p.add_argument("--function-set", choices=("workbench", "dsa-public"), default="workbench",
+                   help="ops the functions may use: every op with λ and direction searched, or the public DSA "
+                        "code's space (its ops only, direction +1, λ 0.08)")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
     p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")

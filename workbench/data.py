@@ -5,8 +5,19 @@ Datasets are named by a string:
 * ``embedded``: text every CPython carries (``pydoc_data.topics`` and the standard library's
   docstrings, PSF licence), split deterministically into calibration / validation / test. Its content
   differs between Python versions, so every result records the hash of the text it used.
-* a path to a local UTF-8 text file: used whole, for calibration and for evaluation;
+* a path to a local UTF-8 text file: used whole (recorded as split ``whole``) for calibration and for
+  evaluation; it has no held-out validation text, so a fitness or a tuning request on it is refused;
+* a path to a local directory holding one file per split (``calibration.txt`` / ``validation.txt`` /
+  ``test.txt``, or WikiText's raw names ``wiki.train.raw`` / ``wiki.valid.raw`` / ``wiki.test.raw``): a
+  true held-out structure, usable everywhere;
 * ``wikitext2``, ``c4``, ``ptb``: the papers' data through ``datasets`` (needs the hub or its cache).
+  WikiText-2 and PTB have their own train / validation / test splits. C4 (one training and one validation
+  shard, as the references): calibration from the training shard; test = the first 1100 documents of the
+  validation shard (the references' protocol); validation = the next 1100 documents (1100-2199), disjoint
+  from test.
+
+Every split used for selection (a search's fitness, a tuned parameter) must be ``validation``, and
+:func:`check_held_out` refuses a dataset whose validation text is not disjoint from its test text.
 
 Calibration follows the references: ``nsamples`` random windows of ``seqlen`` tokens, drawn with
 ``random.Random(seed)`` (for C4: a random document longer than ``seqlen``, then a random window in it).
@@ -35,6 +46,11 @@ EMBEDDED_DEFAULTS = {"nsamples": 32, "seqlen": 512, "seed": 0}
 # perplexity pass takes well under a minute on 2 cores. Calibration gets everything else.
 EMBEDDED_SPLIT_CHARS = {"test": 60_000, "validation": 30_000}
 C4_EVAL_WINDOWS = 256  # the references evaluate C4 on the first 256 * seqlen validation tokens
+C4_DOCS = {"test": (0, 1100), "validation": (1100, 2200)}  # document ranges of the C4 validation shard
+# A local directory: the file names accepted for each split, first found wins.
+DIR_FILES = {"calibration": ("calibration.txt", "train.txt", "wiki.train.raw"),
+             "validation": ("validation.txt", "valid.txt", "wiki.valid.raw"),
+             "test": ("test.txt", "wiki.test.raw")}
 
 _CORPUS_VERSION = 2  # bump when the corpus construction changes (invalidates the cache)
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo",
@@ -69,20 +85,47 @@ class Calibration:
     seqlen: int
     seed: int
 
+    split: str = "calibration"  # the split the windows were drawn from ("whole": a single local file)
+
     def provenance(self) -> dict:
-        return {"dataset": self.dataset, "text_sha256": self.text_sha256, "nsamples": self.nsamples,
-                "seqlen": self.seqlen, "seed": self.seed}
+        return {"dataset": self.dataset, "split": self.split, "text_sha256": self.text_sha256,
+                "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed}
 
 
 # --------------------------------------------------------------------------- validation helpers
 
 def check_dataset(dataset: str, name: str = "dataset") -> str:
-    """Return ``dataset`` if it names a known dataset or an existing text file, else raise naming ``name``
-    (the parameter that carried it: ``calib_dataset``, ``eval_dataset``, ...)."""
+    """Return ``dataset`` if it names a known dataset, an existing text file or a directory of split files,
+    else raise naming ``name`` (the parameter that carried it: ``calib_dataset``, ``eval_dataset``, ...)."""
     if dataset in DATASETS or Path(dataset).is_file():
         return dataset
+    if Path(dataset).is_dir():
+        if not any(_split_file(Path(dataset), s) for s in SPLITS):
+            raise ValueError(f"{name}={dataset!r} is a directory without any split file; allowed names: "
+                             f"{[f for files in DIR_FILES.values() for f in files]}")
+        return dataset
     raise ValueError(f"{name}={dataset!r} is neither a known dataset {list(DATASETS)} "
-                     "nor an existing local UTF-8 text file")
+                     "nor an existing local UTF-8 text file or directory of split files")
+
+
+def check_held_out(dataset: str, name: str = "dataset") -> str:
+    """Return ``dataset`` if its validation text is held out (disjoint from its test text), else raise in
+    one line: selection (a search's fitness, a tuned parameter) must never read test text."""
+    check_dataset(dataset, name)
+    path = Path(dataset)
+    if dataset not in DATASETS and path.is_file():
+        raise ValueError(f"{name}={dataset!r} is a single file, used whole: it has no held-out validation split. "
+                         f"Allowed: {list(DATASETS)} or a directory with {DIR_FILES['validation'][0]} and "
+                         f"{DIR_FILES['test'][0]} (selection never reads test text)")
+    if dataset not in DATASETS and _split_file(path, "validation") is None:
+        raise ValueError(f"{name}={dataset!r} has no validation file (looked for {list(DIR_FILES['validation'])}); "
+                         "selection needs held-out validation text")
+    return dataset
+
+
+def _split_file(directory: Path, split: str) -> Path | None:
+    """The file of ``split`` in a dataset directory (first of DIR_FILES[split] that exists), or None."""
+    return next((directory / f for f in DIR_FILES[split] if (directory / f).is_file()), None)
 
 
 def default_calibration(dataset: str) -> dict:
@@ -218,8 +261,12 @@ def paper_text(dataset: str, split: str) -> Text:
     if dataset == "c4":
         if split == "calibration":
             raise ValueError("c4 calibration samples documents; use calibration_samples()")
+        start, stop = C4_DOCS[split]
         rows = _c4_rows("validation")
-        return Text(dataset, split, " ".join(rows[:1100]["text"]))
+        if len(rows) <= start:  # a short shard gives fewer documents, never overlapping ones
+            raise ValueError(f"the C4 validation shard has {len(rows)} documents; split={split!r} needs "
+                             f"documents {start}-{stop - 1}")
+        return Text(dataset, split, " ".join(rows[start:stop]["text"]))
     raise ValueError(f"dataset={dataset!r}: allowed paper datasets are {list(PAPER_DATASETS)}")
 
 
@@ -232,7 +279,8 @@ def _c4_rows(split: str):
 # --------------------------------------------------------------------------- public entry points
 
 def load_text(dataset: str, split: str = "test") -> Text:
-    """The text of ``dataset``'s ``split``: embedded corpus, a local file (whole), or a paper dataset."""
+    """The text of ``dataset``'s ``split``: embedded corpus, a paper dataset, a local directory's split
+    file, or a local file (whole, recorded as split ``whole``; its validation text is refused)."""
     check_dataset(dataset)
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
@@ -240,7 +288,15 @@ def load_text(dataset: str, split: str = "test") -> Text:
         return embedded_text(split)
     if dataset in PAPER_DATASETS:
         return paper_text(dataset, split)
-    return Text(str(Path(dataset).resolve()), split, Path(dataset).read_text(encoding="utf-8"))
+    path = Path(dataset).resolve()
+    if path.is_dir():
+        file = _split_file(path, split)
+        if file is None:
+            raise ValueError(f"dataset={dataset!r} has no {split} file (looked for {list(DIR_FILES[split])})")
+        return Text(str(path), split, file.read_text(encoding="utf-8"))
+    if split == "validation":
+        check_held_out(dataset)  # raises: a single file has no held-out validation text
+    return Text(str(path), "whole", path.read_text(encoding="utf-8"))
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
@@ -270,7 +326,7 @@ def calibration_samples(tokenizer, dataset: str = "embedded", nsamples: int | No
     rng = random.Random(seed)
     if dataset == "c4":
         ids, sha = _c4_windows(tokenizer, nsamples, seqlen, rng)
-        return Calibration(ids, dataset, sha, nsamples, seqlen, seed)
+        return Calibration(ids, dataset, sha, nsamples, seqlen, seed, split="train")
     text = load_text(dataset, "calibration")
     tokens = tokenize(tokenizer, text.text)
     if tokens.numel() <= seqlen:
@@ -278,7 +334,8 @@ def calibration_samples(tokenizer, dataset: str = "embedded", nsamples: int | No
                          f"{tokens.numel()} tokens (allowed: 2 <= seqlen < {tokens.numel()})")
     starts = [rng.randint(0, tokens.numel() - seqlen - 1) for _ in range(nsamples)]
     ids = torch.stack([tokens[s: s + seqlen] for s in starts])
-    return Calibration(ids, text.dataset, text.sha256, nsamples, seqlen, seed)
+    split = "train" if dataset in PAPER_DATASETS else text.split
+    return Calibration(ids, text.dataset, text.sha256, nsamples, seqlen, seed, split=split)
 
 
 def _c4_windows(tokenizer, nsamples: int, seqlen: int, rng: random.Random) -> tuple[torch.Tensor, str]:

@@ -141,7 +141,7 @@ def perplexity(model, tokenizer, dataset: str = "embedded", split: str = "test",
     ids, text = eval_tokens(tokenizer, dataset, split, seqlen=seqlen)
     ppl = perplexity_from_ids(model, ids, seqlen, batch_size=batch_size, progress=progress, residency=residency)
     n = ids.numel() // seqlen
-    return Perplexity(ppl=ppl, dataset=text.dataset, split=split, seqlen=seqlen, n_windows=n,
+    return Perplexity(ppl=ppl, dataset=text.dataset, split=text.split, seqlen=seqlen, n_windows=n,
                       n_tokens=n * seqlen, text_sha256=text.sha256)
 
 

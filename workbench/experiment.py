@@ -116,6 +116,11 @@ class ExperimentConfig:
             from .allocation import check_params
 
             check_params(self.allocation, self.alloc_params, self.metric)
+            if any(isinstance(v, str) and v == "auto" for v in self.alloc_params.values()):
+                from .tuning import check_auto
+
+                check_auto(self.allocation, self.alloc_params)
+                data_mod.check_held_out(self.eval_dataset, "eval_dataset")  # tuning reads its validation text
         from .prune import check_target
 
         check_target(self.pattern, self.allocation, self.sparsity)
@@ -172,7 +177,8 @@ def run_experiment(config: ExperimentConfig, model=None, tokenizer=None, progres
         from .tuning import resolve_auto
 
         params, tuning = resolve_auto(config.allocation, config.alloc_params, model, tokenizer, config.sparsity,
-                                      cache=cache, calibration=calibration, progress=progress)
+                                      cache=cache, calibration=calibration, progress=progress,
+                                      dataset=config.eval_dataset)
         result = prune(model, tokenizer, metric=config.metric, allocation=config.allocation,
                        sparsity=config.sparsity, pattern=config.pattern, calibration=calibration,
                        mode=config.mode, group=config.group, allocation_params=params,

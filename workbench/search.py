@@ -1,8 +1,9 @@
 """Evolutionary search over DSA allocation functions (the part the public DSA code lacks), beside a
 random search of the same budget; multi-fidelity fitness as in EvoPress (IST-DASLab/EvoPress).
 
-Fitness is measured on the *validation* split (never test) after pruning the dense model with the
-candidate's allocation (Wanda scores of the dense model, per-row masks). Two fidelities:
+Fitness is measured on the *validation* split (never test; a dataset whose validation text is not held
+out from its test text is refused, :func:`workbench.data.check_held_out`) after pruning the dense model
+with the candidate's allocation (Wanda scores of the dense model, per-row masks). Two fidelities:
 
 * cheap: ``cheap_fitness`` (default ``kl``: mean next-token KL divergence from the dense model, whose
   log-probabilities are cached once) on ``cheap_windows`` x ``cheap_seqlen`` validation tokens;
@@ -18,7 +19,16 @@ Evolution: truncation (the worse half of the ranked pool does not breed), tourna
 between stages, mutation of one part, elitism (the ``elite`` best full-fidelity functions survive, at no
 cost). Every new individual is a function not evaluated before (redrawn up to ``NOVELTY_TRIES`` times).
 The random baseline draws, chunk by chunk, as many distinct functions as the evolution's generations
-scored and promotes as many per chunk: the same budget at both fidelities.
+scored and promotes as many per chunk: the same budget at both fidelities. The two kinds share no score:
+each pays for every fitness it uses (its own caches, counted in ``paid``).
+
+Selection noise: the best of hundreds of candidates on the same validation windows is chosen partly on
+their noise, so the final choice of each kind and the hand-made baselines are re-scored on
+``heldout_windows`` x ``fitness_seqlen`` validation tokens never used during the search (the end of the
+validation text; the search's windows are its start) and reported beside the in-search value.
+
+Function sets: ``workbench`` (every op of :mod:`workbench.allocation.dsa.ops`, λ in [0.01, 0.3], mapping
+direction ±1) or ``dsa-public`` (the public DSA code's ops only, direction +1, λ fixed at 0.08 as there).
 
 A candidate is cheap: dense statistics, scores and each row's sort order are computed once
 (:class:`SearchContext`); block values are memoised per (pre ops, reduction); masks change only where a
@@ -46,14 +56,17 @@ from .allocation.dsa import ops
 from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
 from .allocation.owl import groups
 from .backend import kernels
-from .data import eval_tokens
+from .data import check_held_out, eval_tokens
 from .evaluate import perplexity_from_ids, window_kl, window_log_probs
 from .models import prunable_linears
 from .results import write_json_atomic
 
-STATE_VERSION = 4  # 4: multi-fidelity records, faithful DSA ops
+STATE_VERSION = 5  # 5: no score shared between kinds, paid fitness per record, held-out re-score
 NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
 FITNESS = ("ppl", "kl")
+FUNCTION_SETS = ("workbench", "dsa-public")
+PUBLIC_LAMBDA = 0.08  # the public DSA code fixes λ
+KINDS = ("evolution", "random")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -76,13 +89,16 @@ class SearchConfig:
     cheap_windows: int = 1
     cheap_seqlen: int = 64  # KL 1 x 64: Spearman 0.922 with the full fitness (benchmarks/search_cost.py)
     promote: int = 1
+    heldout_windows: int = 8  # fresh validation windows (x fitness_seqlen) re-scoring each kind's final choice
+    function_set: str = "workbench"
 
     def __post_init__(self) -> None:
         from .profile import check_sparsity
 
         check_sparsity(self.sparsity, "sparsity")
         for name, low in (("population", 2), ("generations", 1), ("tournament", 1), ("promote", 1),
-                          ("fitness_windows", 1), ("fitness_seqlen", 2), ("cheap_windows", 0), ("cheap_seqlen", 2)):
+                          ("fitness_windows", 1), ("fitness_seqlen", 2), ("cheap_windows", 0), ("cheap_seqlen", 2),
+                          ("heldout_windows", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
@@ -91,6 +107,8 @@ class SearchConfig:
         for name in ("fitness", "cheap_fitness"):
             if getattr(self, name) not in FITNESS:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {list(FITNESS)}")
+        if self.function_set not in FUNCTION_SETS:
+            raise ValueError(f"function_set={self.function_set!r} is not allowed; allowed: {list(FUNCTION_SETS)}")
 
     @property
     def multi_fidelity(self) -> bool:
@@ -109,9 +127,11 @@ class SearchContext:
     weights of each row are pruned and changes only what a new allocation changes.
     """
 
-    def __init__(self, model, tokenizer, cache, config: SearchConfig, dataset: str = "embedded"):
+    def __init__(self, model, tokenizer, cache, config: SearchConfig, dataset: str = "embedded",
+                 name: str = "fitness_dataset"):
         from .pruners import layer_scores
 
+        check_held_out(dataset, name)
         self.model, self.config, self.cache = model, config, cache
         self.linears = prunable_linears(model)
         ids, text = eval_tokens(tokenizer, dataset, "validation")
@@ -119,20 +139,27 @@ class SearchContext:
         stats = cache.stats
         cache.restore(model)
         scores = {n: layer_scores("wanda", lin.weight, stats[n]) for n, lin in self.linears.items()}
-        self.inputs = AllocationInput(layer_infos(model), scores.__getitem__)
+        self.inputs = AllocationInput(layer_infos(model), scores.__getitem__, weights=cache.weights.__getitem__)
         self.block_scores = [[scores[n] for n in names] for names in groups(self.inputs, "block").values()]
         self.orders = {n: kernels.row_order(s) for n, s in scores.items()}
         self.counts = {n: 0 for n in self.linears}  # pruned weights per row, as the model holds them now
         self.stages = {"full": (config.fitness, config.fitness_windows, config.fitness_seqlen)}
         if config.multi_fidelity:
             self.stages["cheap"] = (config.cheap_fitness, config.cheap_windows, config.cheap_seqlen)
-        self.ids = {k: ids[: w * s] for k, (_m, w, s) in self.stages.items()}
+        self.ids = {k: ids[: w * s] for k, (_m, w, s) in self.stages.items()}  # the search's: the start
+        if config.heldout_windows:  # the re-score's: the end of the validation text, never seen by the search
+            self.stages["heldout"] = (config.fitness, config.heldout_windows, config.fitness_seqlen)
+            self.ids["heldout"] = ids[ids.numel() - config.heldout_windows * config.fitness_seqlen:]
         self.reference = {k: window_log_probs(model, self.ids[k], s)  # dense log-probs, once per search
                           for k, (m, _w, s) in self.stages.items() if m == "kl"}
-        self.fitness_data = {"dataset": dataset, "split": "validation", "text_sha256": text.sha256,
+        self.fitness_data = {"dataset": dataset, "split": text.split, "text_sha256": text.sha256,
+                             "tokens": ids.numel(),
                              **{k: {"metric": m, "windows": w, "seqlen": s} for k, (m, w, s) in self.stages.items()}}
+        if config.heldout_windows:
+            self.fitness_data["heldout"]["token_range"] = [ids.numel() - self.ids["heldout"].numel(), ids.numel()]
 
     def _check_budget(self, available: int, dataset: str) -> None:
+        """Every stage fits the validation text, and the held-out windows fit after the search's tokens."""
         c = self.config
         for fidelity, (windows, seqlen) in (("fitness", (c.fitness_windows, c.fitness_seqlen)),
                                             ("cheap", (c.cheap_windows, c.cheap_seqlen))):
@@ -140,6 +167,12 @@ class SearchContext:
                 raise ValueError(f"{fidelity}_windows={windows} x {fidelity}_seqlen={seqlen} needs {windows * seqlen} "
                                  f"tokens; the validation split of {dataset!r} has {available} "
                                  f"(allowed: {fidelity}_windows <= {available // seqlen} at this seqlen)")
+        used = max(c.fitness_windows * c.fitness_seqlen, c.cheap_windows * c.cheap_seqlen)
+        if c.heldout_windows * c.fitness_seqlen > available - used:
+            raise ValueError(f"heldout_windows={c.heldout_windows} x fitness_seqlen={c.fitness_seqlen} does not fit "
+                             f"after the search's {used} of the {available} validation tokens of {dataset!r} "
+                             f"(allowed: heldout_windows <= {(available - used) // c.fitness_seqlen}; 0 skips "
+                             "the held-out re-score)")
 
     # -- allocation
     def allocation(self, fn: AllocationFunction) -> dict:
@@ -218,13 +251,37 @@ class SerialPool:
 
 # --------------------------------------------------------------------------- genetic operators
 
-def random_function(rng: random.Random) -> AllocationFunction:
-    """A function drawn uniformly: 1–2 pre ops, a reduction, 1–2 post ops, λ in [0.02, 0.2], a direction."""
-    return AllocationFunction(
-        pre=tuple(rng.choice(list(ops.PRE)) for _ in range(rng.randint(1, 2))),
-        reduction=rng.choice(list(ops.REDUCTIONS)),
-        post=tuple(rng.choice(list(ops.POST)) for _ in range(rng.randint(1, 2))),
-        lam=round(rng.uniform(0.02, 0.2), 3), direction=rng.choice((1, -1)))
+@dataclass(frozen=True)
+class FunctionSet:
+    """The ops each stage may use, and whether λ and the mapping direction are searched."""
+
+    pre: tuple[str, ...]
+    reductions: tuple[str, ...]
+    post: tuple[str, ...]
+    fixed_lam: float | None = None  # None: λ searched
+    fixed_direction: int | None = None  # None: direction ±1 searched
+
+
+def function_set(name: str = "workbench") -> FunctionSet:
+    """``workbench``: every op, λ and direction searched; ``dsa-public``: the public DSA code's space."""
+    if name == "workbench":
+        return FunctionSet(tuple(ops.PRE), tuple(ops.REDUCTIONS), tuple(ops.POST))
+    if name == "dsa-public":
+        return FunctionSet(tuple(ops.PUBLIC_PRE), tuple(ops.PUBLIC_REDUCTIONS), tuple(ops.PUBLIC_POST),
+                           fixed_lam=PUBLIC_LAMBDA, fixed_direction=1)
+    raise ValueError(f"function_set={name!r} is not allowed; allowed: {list(FUNCTION_SETS)}")
+
+
+def random_function(rng: random.Random, space: FunctionSet | None = None) -> AllocationFunction:
+    """A function drawn uniformly from ``space`` (default: every op): 1–2 pre ops, a reduction, 1–2 post
+    ops, λ in [0.02, 0.2] and a direction (unless the space fixes them)."""
+    space = space or function_set()
+    pre = tuple(rng.choice(space.pre) for _ in range(rng.randint(1, 2)))
+    reduction = rng.choice(space.reductions)
+    post = tuple(rng.choice(space.post) for _ in range(rng.randint(1, 2)))
+    lam = round(rng.uniform(0.02, 0.2), 3) if space.fixed_lam is None else space.fixed_lam
+    direction = rng.choice((1, -1)) if space.fixed_direction is None else space.fixed_direction
+    return AllocationFunction(pre=pre, reduction=reduction, post=post, lam=lam, direction=direction)
 
 
 def novel(draw, seen: set[str]) -> AllocationFunction:
@@ -244,27 +301,31 @@ def crossover(a: AllocationFunction, b: AllocationFunction, rng: random.Random) 
                               pick(a.lam, b.lam), pick(a.direction, b.direction))
 
 
-def mutate(f: AllocationFunction, rng: random.Random) -> AllocationFunction:
-    """One change: an op, the reduction, λ (log-normal step, kept in [0.01, 0.3]), the mapping direction, or
-    the length of the pre or post chain (an op added or dropped, keeping 1–2 ops as random functions have)."""
+def mutate(f: AllocationFunction, rng: random.Random, space: FunctionSet | None = None) -> AllocationFunction:
+    """One change within ``space``: an op, the reduction, λ (log-normal step, kept in [0.01, 0.3]), the
+    mapping direction, or the length of the pre or post chain (an op added or dropped, keeping 1–2 ops as
+    random functions have). λ and direction are not mutated where the space fixes them."""
+    space = space or function_set()
     pre, reduction, post, lam, direction = list(f.pre), f.reduction, list(f.post), f.lam, f.direction
-    what = rng.choice(("pre", "reduction", "post", "lam", "direction", "length"))
+    kinds = ("pre", "reduction", "post") + (("lam",) if space.fixed_lam is None else ()) \
+        + (("direction",) if space.fixed_direction is None else ()) + ("length",)
+    what = rng.choice(kinds)
     if what == "pre":
-        pre[rng.randrange(len(pre))] = rng.choice(list(ops.PRE))
+        pre[rng.randrange(len(pre))] = rng.choice(space.pre)
     elif what == "reduction":
-        reduction = rng.choice(list(ops.REDUCTIONS))
+        reduction = rng.choice(space.reductions)
     elif what == "post":
-        post[rng.randrange(len(post))] = rng.choice(list(ops.POST))
+        post[rng.randrange(len(post))] = rng.choice(space.post)
     elif what == "lam":
         lam = round(min(0.3, max(0.01, lam * math.exp(rng.gauss(0.0, 0.3)))), 4)
     elif what == "direction":
         direction = -direction
     else:
-        chain, choices = (pre, ops.PRE) if rng.random() < 0.5 else (post, ops.POST)
+        chain, choices = (pre, space.pre) if rng.random() < 0.5 else (post, space.post)
         if len(chain) > 1:
             del chain[rng.randrange(len(chain))]
         else:
-            chain.insert(rng.randrange(len(chain) + 1), rng.choice(list(choices)))
+            chain.insert(rng.randrange(len(chain) + 1), rng.choice(choices))
     return AllocationFunction(tuple(pre), reduction, tuple(post), lam, direction)
 
 
@@ -337,6 +398,7 @@ class Search:
     def __init__(self, context: SearchContext, config: SearchConfig, out: str | Path, resume: bool = False,
                  progress: bool = True, meta: dict | None = None, baselines: bool = True, pool=None):
         self.ctx, self.config, self.out, self.progress = context, config, Path(out), progress
+        self.space = function_set(config.function_set)
         self.pool = pool or SerialPool(context)
         self._allocations: dict[str, dict] = {}  # function key -> allocation computed ahead (parallel pools)
         self._ahead: dict[tuple[str, str], tuple[float, float]] = {}  # (allocation key, fidelity) -> fitness
@@ -354,17 +416,19 @@ class Search:
         self._index()
 
     def _index(self) -> None:
-        """Caches rebuilt from the history: records by function key, fitness by allocation key."""
-        self.by_function: dict[str, dict] = {}
-        self.by_allocation: dict[str, dict] = {}
+        """Caches rebuilt from the history, one set per kind (a kind never uses a score another kind paid
+        for): records by function key, fitness by allocation key."""
+        self.by_function: dict[str, dict[str, dict]] = {kind: {} for kind in KINDS}
+        self.by_allocation: dict[str, dict[str, dict]] = {kind: {} for kind in KINDS}
         for rec in self.state.history:
-            self.by_function.setdefault(rec["function_key"], rec)
+            self.by_function[rec["kind"]].setdefault(rec["function_key"], rec)
             self._remember(rec)
 
     def _remember(self, record: dict) -> None:
         """The fitness a valid record holds, kept by its allocation (the same counts give the same fitness)."""
         if record["valid"]:
-            known = self.by_allocation.setdefault(record["allocation_key"], {"cheap": None, "full": None})
+            known = self.by_allocation[record["kind"]].setdefault(record["allocation_key"],
+                                                                  {"cheap": None, "full": None})
             for fidelity in ("cheap", "full"):
                 if record[f"{fidelity}_fitness"] is not None:
                     known[fidelity] = record[f"{fidelity}_fitness"]
@@ -377,9 +441,9 @@ class Search:
         key = fn.key()
         record = {"kind": kind, "generation": generation, "function": fn.to_dict(), "function_key": key,
                   "cached": None, "cheap_fitness": None, "full_fitness": None, "fitness": None, "fidelity": None,
-                  "full_at": None}
-        if key in self.by_function:  # same behaviour, same result: evaluations are deterministic
-            old = self.by_function[key]
+                  "full_at": None, "paid": []}
+        if key in self.by_function[kind]:  # same behaviour, same result: evaluations are deterministic
+            old = self.by_function[kind][key]
             record.update({k: old[k] for k in ("valid", "error", "ratios", "allocation_key", "cheap_fitness",
                                                 "full_fitness")}, cached="function")
             counts = None
@@ -389,26 +453,28 @@ class Search:
             record.update(alloc)
         self._borrowed = 0.0
         if record["valid"] and record["cached"] is None:
-            known = self.by_allocation.get(record["allocation_key"])
+            known = self.by_allocation[kind].get(record["allocation_key"])
             first = self._first()
             if known and known[first] is not None:
                 record.update(cached="allocation", cheap_fitness=known["cheap"], full_fitness=known["full"])
             else:
-                record[f"{first}_fitness"] = self._fitness(counts, first, record["allocation_key"])
+                record[f"{first}_fitness"] = self._fitness(counts, first, record["allocation_key"], record)
             record["_counts"] = counts
         self._settle(record)
         record["seconds"] = time.perf_counter() - start + self._borrowed
         self.state.history.append(record)
         if record["full_fitness"] is not None and record["full_at"] is None:
             record["full_at"] = self.evaluations(kind)
-        self.by_function.setdefault(key, record)
+        self.by_function[kind].setdefault(key, record)
         return record
 
     def _first(self) -> str:
         return "cheap" if self.config.multi_fidelity else "full"
 
-    def _fitness(self, counts: dict[str, int], fidelity: str, allocation_key: str) -> float:
-        """The fitness computed ahead for this allocation (parallel pools), else computed now."""
+    def _fitness(self, counts: dict[str, int], fidelity: str, allocation_key: str, record: dict) -> float:
+        """The fitness computed ahead for this allocation (parallel pools), else computed now; ``record``
+        pays for it (its ``paid`` list names each fidelity computed for it)."""
+        record["paid"].append(fidelity)
         ahead = self._ahead.pop((allocation_key, fidelity), None)
         if ahead is None:
             return self.pool.fitness([(counts, fidelity)])[0][0]  # timed by the caller's clock
@@ -422,19 +488,19 @@ class Search:
             results = self.pool.fitness([(counts, fidelity) for (_key, fidelity), counts in todo])
             self._ahead.update({k: r for (k, _c), r in zip(todo, results, strict=True)})
 
-    def _ahead_of_scoring(self, population: list[AllocationFunction]) -> None:
+    def _ahead_of_scoring(self, population: list[AllocationFunction], kind: str) -> None:
         """For a parallel pool: the allocations of new functions, then the fitness of every allocation the
         serial pass would evaluate, computed on the workers before the pass replays (and finds them ready)."""
         if not self.pool.parallel:
             return
         first, jobs, new = self._first(), {}, {}
         for fn in population:
-            if fn.key() not in self.by_function:
+            if fn.key() not in self.by_function[kind]:
                 new.setdefault(fn.key(), fn)
         self._allocations.update(zip(new, self.pool.allocations(list(new.values())), strict=True))
         for key in new:
             alloc = self._allocations[key]
-            known = self.by_allocation.get(alloc["allocation_key"]) or {}
+            known = self.by_allocation[kind].get(alloc["allocation_key"]) or {}
             if alloc["valid"] and known.get(first) is None:
                 jobs.setdefault((alloc["allocation_key"], first), alloc["counts"])
         self._compute_ahead(jobs)
@@ -445,7 +511,7 @@ class Search:
             return
         jobs = {}
         for rec in pending:
-            if (self.by_allocation.get(rec["allocation_key"]) or {}).get("full") is None:
+            if (self.by_allocation[rec["kind"]].get(rec["allocation_key"]) or {}).get("full") is None:
                 jobs.setdefault((rec["allocation_key"], "full"), rec.get("_counts") or self._counts_of(rec))
         self._compute_ahead(jobs)
 
@@ -472,12 +538,12 @@ class Search:
         for rec in pending:
             start = time.perf_counter()
             self._borrowed = 0.0
-            known = self.by_allocation.get(rec["allocation_key"], {})
+            known = self.by_allocation[rec["kind"]].get(rec["allocation_key"], {})
             if known.get("full") is not None:
                 rec["full_fitness"] = known["full"]
             else:
                 counts = rec.get("_counts") or self._counts_of(rec)  # resumed: recomputed (deterministic)
-                rec["full_fitness"] = self._fitness(counts, "full", rec["allocation_key"])
+                rec["full_fitness"] = self._fitness(counts, "full", rec["allocation_key"], rec)
             rec["full_at"] = self.evaluations(rec["kind"])
             self._settle(rec)
             rec["seconds"] += time.perf_counter() - start + self._borrowed
@@ -488,9 +554,14 @@ class Search:
         write_json_atomic(self.state_path, self.state.to_dict())
         write_json_atomic(self.out / "history.json", self.state.history)
         self._write_progress()
-        best = {kind: self.best(kind) for kind in ("evolution", "random")}
-        write_json_atomic(self.out / "best.json", {k: v for k, v in best.items() if v})
-        if best["evolution"]:  # ready for `prune --allocation dsa --alloc-param function=...`
+        best = {kind: self.best(kind) for kind in KINDS}
+        heldout = self.state.meta.get("heldout", {})
+        best = {k: {**v, "heldout_fitness": heldout.get(k, {}).get("heldout_fitness")} for k, v in best.items() if v}
+        if heldout:
+            best["heldout"] = heldout
+        best["paid"] = {kind: self.paid(kind) for kind in KINDS}
+        write_json_atomic(self.out / "best.json", best)
+        if best.get("evolution"):  # ready for `prune --allocation dsa --alloc-param function=...`
             write_json_atomic(self.out / "best_function.json", best["evolution"]["function"])
 
     def _write_progress(self, phase: str | None = None) -> None:
@@ -500,16 +571,27 @@ class Search:
         done = st.generation + 1 + st.random_chunks
         seconds = sum(h.get("seconds", 0.0) for h in st.history) + st.meta.get("baseline_seconds", 0.0)
         write_json_atomic(self.out / "progress.json", {
-            "phase": phase or ("done" if done >= total else "random" if st.generation + 1 >= c.generations
+            "phase": phase or (("done" if "heldout" in st.meta or not c.heldout_windows else "heldout")
+                               if done >= total else "random" if st.generation + 1 >= c.generations
                                else "evolution"),
             "steps_done": done, "steps": total, "generation": st.generation + 1, "generations": c.generations,
             "random_chunks": st.random_chunks, "seconds": seconds,
-            "baselines": st.meta.get("baselines", {})})
+            "baselines": st.meta.get("baselines", {}), "heldout": st.meta.get("heldout", {})})
 
     def best(self, kind: str = "evolution") -> dict | None:
         """The record of ``kind`` with the lowest full-fidelity fitness (None before any)."""
         full = [h for h in self.state.history if h["kind"] == kind and h["valid"] and h["full_fitness"] is not None]
         return min(full, key=lambda h: h["full_fitness"]) if full else None
+
+    def paid(self, kind: str = "evolution") -> dict[str, int]:
+        """Fitness computations ``kind`` paid for, per fidelity (cached reuses within the kind cost nothing;
+        no score is ever taken from the other kind)."""
+        out = {"cheap": 0, "full": 0}
+        for h in self.state.history:
+            if h["kind"] == kind:
+                for fidelity in h.get("paid", ()):
+                    out[fidelity] += 1
+        return out
 
     def evaluations(self, kind: str = "evolution") -> int:
         """Distinct functions scored so far by ``kind``."""
@@ -520,17 +602,17 @@ class Search:
         """Generation ``generation``'s records plus the current elites (each function once), ranked (best first)."""
         new = [h for h in self.state.history if h["kind"] == "evolution" and h["generation"] == generation]
         keys = {h["function_key"] for h in new}  # an elite found in this generation is listed once
-        elites = [self.by_function[k] for k in self.state.elites if k not in keys]
+        elites = [self.by_function["evolution"][k] for k in self.state.elites if k not in keys]
         return sorted(elites + new, key=rank_key)
 
     def _next_population(self, rng: random.Random) -> list[AllocationFunction]:
         ranked = self._pool(self.state.generation)
         parents = [AllocationFunction.from_dict(h["function"]) for h in ranked[: max(2, len(ranked) // 2)]]
-        seen = set(self.by_function)
+        seen = set(self.by_function["evolution"])
 
         def breed() -> AllocationFunction:
             a, b = tournament(parents, self.config.tournament, rng), tournament(parents, self.config.tournament, rng)
-            return mutate(crossover(a, b, rng) if rng.random() < 0.9 else a, rng)
+            return mutate(crossover(a, b, rng) if rng.random() < 0.9 else a, rng, self.space)
 
         return [novel(breed, seen) for _ in range(self.config.population - len(self.state.elites))]
 
@@ -544,8 +626,12 @@ class Search:
             self._write_progress("baselines")
             start = time.perf_counter()
             counts = self.ctx.baseline_counts()
-            values = self.pool.fitness([(c, "full") for c in counts.values()])
-            self.state.meta["baselines"] = {name: v for name, (v, _s) in zip(counts, values, strict=True)}
+            fidelities = ("full", "heldout") if self.config.heldout_windows else ("full",)
+            values = iter(self.pool.fitness([(c, f) for c in counts.values() for f in fidelities]))
+            scored = {name: {f: next(values)[0] for f in fidelities} for name in counts}
+            self.state.meta["baselines"] = {name: v["full"] for name, v in scored.items()}
+            if self.config.heldout_windows:
+                self.state.meta["baselines_heldout"] = {name: v["heldout"] for name, v in scored.items()}
             self.state.meta["baseline_seconds"] = time.perf_counter() - start
         self._write_progress()
         rng = random.Random(self.config.seed)
@@ -555,7 +641,8 @@ class Search:
                         disable=not self.progress):
             if gen == 0:
                 seen: set[str] = set()
-                population = [novel(lambda: random_function(rng), seen) for _ in range(self.config.population)]
+                population = [novel(lambda: random_function(rng, self.space), seen)
+                              for _ in range(self.config.population)]
             else:
                 population = self._next_population(rng)
             self._generation(population, "evolution", gen, self._promotions(gen))
@@ -565,13 +652,35 @@ class Search:
             self._checkpoint()
         if self.config.random_baseline:
             self._random_search()
+        self._rescore()
         return {"evolution": self.best("evolution"), "random": self.best("random")}
+
+    def _rescore(self) -> None:
+        """Each kind's final choice (and the hand-made baselines) re-scored once on the held-out validation
+        windows, which no candidate was selected on; kept in ``meta["heldout"]`` beside the in-search value."""
+        if not self.config.heldout_windows or "heldout" in self.state.meta:
+            return
+        self._write_progress("heldout")
+        entries, jobs = {}, []
+        for kind in KINDS:
+            rec = self.best(kind)
+            if rec:
+                entries[kind] = {"function_key": rec["function_key"], "search_fitness": rec["full_fitness"]}
+                jobs.append(rec.get("_counts") or self._counts_of(rec))
+        values = self.pool.fitness([(counts, "heldout") for counts in jobs])
+        for entry, (value, _seconds) in zip(entries.values(), values, strict=True):
+            entry["heldout_fitness"] = value
+        for name, value in self.state.meta.get("baselines_heldout", {}).items():  # scored with the baselines
+            entries[name] = {"function_key": None, "search_fitness": self.state.meta["baselines"][name],
+                             "heldout_fitness": value}
+        self.state.meta["heldout"] = entries
+        self._checkpoint()
 
     def _generation(self, population: list[AllocationFunction], kind: str, gen: int, promote: int) -> None:
         """Score ``population`` and promote; an exception rolls the history back (redone on resume)."""
         rollback = len(self.state.history)
         try:
-            self._ahead_of_scoring(population)
+            self._ahead_of_scoring(population, kind)
             records = [self._score(fn, kind, gen) for fn in population]
             if self.config.multi_fidelity:
                 self._promote(records, promote)
@@ -594,7 +703,7 @@ class Search:
             _set_rng(rng, self.state.random_rng)
         for chunk in tqdm(range(self.state.random_chunks, len(sizes)), desc="random search",
                           disable=not self.progress):
-            draws = [novel(lambda: random_function(rng), seen) for _ in range(sizes[chunk])]
+            draws = [novel(lambda: random_function(rng, self.space), seen) for _ in range(sizes[chunk])]
             self._generation(draws, "random", chunk, self._promotions(chunk))
             self.state.random_chunks, self.state.random_rng = chunk + 1, _rng_state(rng)
             self._checkpoint()

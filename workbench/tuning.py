@@ -1,71 +1,157 @@
-"""Allocator parameters chosen on the *validation* split: ``beta="auto"`` for ATP.
+"""Allocator strength parameters chosen on the *validation* split (``"auto"``), with one equal budget.
 
-The paper's protocol searches ATP's β (its public script tries 0.002, 0.004, … until β is illegal and keeps
-the best perplexity). Here the candidates are scored with the DSA search's candidate evaluation
-(:class:`workbench.search.SearchContext`: Wanda scores of the dense model, per-row masks, validation tokens,
-never test): a coarse grid of ``COARSE + 1`` values over [0, β_max], a finer grid around the best, both at
-the cheap fidelity (KL to the dense model), then the ``FINALISTS`` best at full fidelity (validation
-perplexity); the best of those is chosen. The model's weights are dense again afterwards.
+Every hand-made allocator has a strength parameter that its paper tunes: OWL's λ (and its outlier
+threshold M), DLP's α, AlphaPruning's ε, ATP's β (ATP's public script tries 0.002, 0.004, … and keeps the
+best perplexity — on WikiText *test*; here never test). A parameter given as ``"auto"`` is chosen here,
+for every method the same way and at the same cost, so that a tuned hand-made method can be compared with
+a searched one:
+
+* candidates are scored with the DSA search's candidate evaluation (:class:`workbench.search.SearchContext`:
+  Wanda scores of the dense model, per-row masks), on the validation split of the *run's evaluation
+  dataset* (refused when that dataset has no held-out validation text);
+* a coarse grid of ``COARSE`` settings (a 1-D grid over the continuous parameter's range; for OWL with λ
+  and M both ``"auto"``: 3 values of M x 3 of λ), then ``REFINE`` values of the continuous parameter
+  around the best (at a quarter of the coarse step), all at the cheap fidelity (KL to the dense model);
+* the ``FINALISTS`` best at full fidelity (validation perplexity); the best of those is chosen.
+
+Budget: at most ``COARSE + REFINE`` = 15 cheap and ``FINALISTS`` = 3 full evaluations per tuned run
+(fewer when refinement values coincide at a range edge), recorded with the choice. The model's weights
+are dense again afterwards.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .allocation import allocate
 from .allocation.atp import beta_limit
 
-COARSE = 8
-REFINE = 3  # values on each side of the coarse best, at a quarter of the coarse step
+COARSE = 9
+REFINE = 6  # 3 values on each side of the coarse best, at a quarter of the coarse step
 FINALISTS = 3
+OWL_M = (3.0, 5.0, 7.0)  # the M values of OWL's ablation around its defaults (λ coarse: 3 values then)
 
 
-def tune_beta(model, tokenizer, cache, sparsity: float, dataset: str = "embedded") -> dict[str, Any]:
-    """β for ATP at ``sparsity``; ``cache``: a DenseCache of ``model`` (Wanda statistics)."""
+@dataclass(frozen=True)
+class Axis:
+    """The continuous strength parameter of an allocator and the range its tuning covers."""
+
+    name: str
+    low: float
+    high: float
+
+
+def strength_axis(allocation: str, sparsity: float, blocks: int) -> Axis:
+    """The range each method's strength is tuned over (a spread of 2x the value around the target for
+    OWL and DLP: up to 0.25 each side; ε up to 0.9; ATP: every legal β >= 0)."""
+    if allocation == "owl":
+        return Axis("lam", 0.0, 0.25)
+    if allocation == "dlp":
+        return Axis("alpha", 0.0, 0.25)
+    if allocation == "alphapruning":
+        return Axis("epsilon", 0.02, 0.9)
+    if allocation == "atp":
+        return Axis("beta", 0.0, beta_limit(sparsity, blocks))
+    raise ValueError(f"allocation={allocation!r} has no tunable strength; allowed: {sorted(TUNABLE)}")
+
+
+TUNABLE = {"owl": ("lam", "M"), "dlp": ("alpha",), "alphapruning": ("epsilon",), "atp": ("beta",)}
+
+
+def check_auto(allocation: str, params: dict[str, Any]) -> list[str]:
+    """The keys of ``params`` given as ``"auto"``, checked to be tunable (before any work is done)."""
+    auto = sorted(k for k, v in params.items() if isinstance(v, str) and v == "auto")
+    allowed = TUNABLE.get(allocation, ())
+    bad = [k for k in auto if k not in allowed]
+    if bad:
+        raise ValueError(f"allocation={allocation!r}: {bad[0]}='auto' cannot be tuned; tunable: {list(allowed)}")
+    if "M" in auto and "lam" not in auto:
+        raise ValueError("allocation='owl': M='auto' is tuned together with lam='auto'; give both as 'auto'")
+    return auto
+
+
+def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, sparsity: float,
+         dataset: str = "embedded") -> dict[str, Any]:
+    """The ``"auto"`` parameters of ``params`` chosen on ``dataset``'s validation split; ``cache``: a
+    DenseCache of ``model`` (Wanda statistics). Returns the choice and the whole record of the tuning."""
     from .search import SearchConfig, SearchContext
 
-    ctx = SearchContext(model, tokenizer, cache, SearchConfig(sparsity=sparsity), dataset=dataset)
+    auto = check_auto(allocation, params)
+    ctx = SearchContext(model, tokenizer, cache, SearchConfig(sparsity=sparsity, heldout_windows=0),
+                        dataset=dataset, name="eval_dataset")
+    fixed = {k: v for k, v in params.items() if k not in auto}
+    blocks = len({info.block for info in ctx.inputs.layers.values()})
+    axis = strength_axis(allocation, sparsity, blocks)
+    discrete = {"M": OWL_M} if "M" in auto else {}
     try:
-        blocks = len({info.block for info in ctx.inputs.layers.values()})
-        limit = beta_limit(sparsity, blocks)
-        step = limit / COARSE
-        cheap: dict[float, float] = {}
+        cheap: dict[tuple, float] = {}
 
-        def score(values: list[float]) -> None:
-            for beta in values:
-                beta = round(min(max(beta, 0.0), limit), 12)
-                if beta not in cheap:
-                    counts = ctx.counts_of(allocate("atp", ctx.inputs, sparsity, beta=beta))
-                    cheap[beta] = ctx.fitness(counts, "cheap")
+        def counts(setting: tuple) -> dict[str, int]:
+            return ctx.counts_of(allocate(allocation, ctx.inputs, sparsity, **fixed, **dict(setting)))
 
-        score([k * step for k in range(COARSE + 1)])
-        best = min(cheap, key=cheap.get)
-        score([best + sign * k * step / (REFINE + 1) for sign in (-1, 1) for k in range(1, REFINE + 1)])
+        def score(settings: list[tuple]) -> None:
+            for setting in settings:
+                if setting not in cheap:
+                    cheap[setting] = ctx.fitness(counts(setting), "cheap")
+
+        axis = _legal(axis, lambda v: [counts(_setting(axis.name, v, m)) for m in discrete.get("M", (None,))])
+        per_axis = COARSE // len(discrete.get("M", (None,)))
+        step = (axis.high - axis.low) / (per_axis - 1)
+        values = [axis.low + k * step for k in range(per_axis)]
+        score([_setting(axis.name, v, m) for m in discrete.get("M", (None,)) for v in values])
+        best = dict(min(cheap, key=cheap.get))
+        around = [best[axis.name] + sign * k * step / 4 for sign in (-1, 1) for k in range(1, REFINE // 2 + 1)]
+        score([_setting(axis.name, min(max(v, axis.low), axis.high), best.get("M")) for v in around])
         finalists = sorted(cheap, key=cheap.get)[:FINALISTS]
-        full = {beta: ctx.fitness(ctx.counts_of(allocate("atp", ctx.inputs, sparsity, beta=beta)), "full")
-                for beta in finalists}
+        full = {setting: ctx.fitness(counts(setting), "full") for setting in finalists}
         chosen = min(full, key=full.get)
     finally:
         ctx.restore()
-    return {"param": "beta", "value": chosen, "beta_limit": limit, "full_fitness": full[chosen],
-            "cheap_fitness": cheap[chosen], "tried": sorted([b, f] for b, f in cheap.items()),
-            "finalists": sorted([b, f] for b, f in full.items()), "fitness": ctx.fitness_data}
+    return {"params": dict(chosen), "axis": {"name": axis.name, "low": axis.low, "high": axis.high},
+            "full_fitness": full[chosen], "cheap_fitness": cheap[chosen],
+            "tried": [[dict(s), f] for s, f in cheap.items()], "finalists": [[dict(s), f] for s, f in full.items()],
+            "budget": {"cheap": len(cheap), "full": len(full)}, "fitness": ctx.fitness_data}
 
 
-TUNERS = {("atp", "beta"): tune_beta}  # the parameters that declare "auto" (Param.special), and their search
+def _legal(axis: Axis, allocate_at, steps: int = 30) -> Axis:
+    """``axis`` with its high end lowered to the largest value the allocator accepts (bisection; e.g.
+    AlphaPruning's ε is illegal once a block's ratio reaches 1). ``allocate_at(v)`` raises when v is illegal."""
+    def legal(value: float) -> bool:
+        try:
+            allocate_at(value)
+        except ValueError:
+            return False
+        return True
+
+    if legal(axis.high):
+        return axis
+    if not legal(axis.low):
+        raise ValueError(f"{axis.name}: no legal value in [{axis.low}, {axis.high}] to tune over")
+    lo, hi = axis.low, axis.high
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if legal(mid) else (lo, mid)
+    return Axis(axis.name, axis.low, lo)
+
+
+def _setting(name: str, value: float, m: float | None) -> tuple:
+    """A hashable parameter setting (value rounded so grid and refinement points coincide exactly)."""
+    setting = ((name, round(value, 12)),)
+    return setting + ((("M", m),) if m is not None else ())
 
 
 def resolve_auto(allocation: str, params: dict[str, Any], model, tokenizer, sparsity: float, cache=None,
-                 calibration=None, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``params`` with an ``"auto"`` value searched, and the search's record (None when nothing was ``"auto"``).
-    ``cache``: a DenseCache of ``model``; without one it is built from ``calibration``."""
-    auto = [key for key, value in params.items() if isinstance(value, str) and value == "auto"]
-    if not auto:
+                 calibration=None, progress: bool = False,
+                 dataset: str = "embedded") -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``params`` with every ``"auto"`` value tuned on ``dataset``'s validation split, and the tuning's record
+    (None when nothing was ``"auto"``). ``cache``: a DenseCache of ``model``; without one it is built from
+    ``calibration``."""
+    if not any(isinstance(v, str) and v == "auto" for v in params.values()):
         return dict(params), None
-    key = auto[0]
     if cache is None:
         from .prune import DenseCache
 
         cache = DenseCache.build(model, calibration, ("sq_norm",), progress=progress)
-    tuning = TUNERS[(allocation, key)](model, tokenizer, cache, sparsity)
-    return {**params, key: tuning["value"]}, tuning
+    tuning = tune(allocation, params, model, tokenizer, cache, sparsity, dataset=dataset)
+    return {**params, **tuning["params"]}, tuning

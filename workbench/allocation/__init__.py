@@ -239,6 +239,10 @@ def allocate(name: str, inputs: AllocationInput, sparsity: float, **params) -> S
                          f"use prune(model, tokenizer, allocation={name!r}, ...)")
     check_sparsity(sparsity, "sparsity")
     params = check_params(name, params)
+    auto = [k for k, v in params.items() if isinstance(v, str) and v == "auto"]
+    if auto:
+        raise ValueError(f"allocation={name!r}: {auto[0]}='auto' is chosen by a run (prune / the CLI / a grid), "
+                         "which tunes it on the validation split (workbench/tuning.py); here give a number")
     if allocator.needs_scores and inputs.scores is None:
         raise ValueError(f"allocation={name!r} needs layer scores (calibration statistics)")
     if allocator.needs_weights and inputs.weights is None:

@@ -31,8 +31,8 @@ def block_score(scores: list[torch.Tensor], strategy: str) -> float:
 
 
 PARAMS = (
-    Param("alpha", 0.15, "spread of the sparsities (they span 2·alpha around the target)", low=0.0,
-          high=LAMBDA_MAX),
+    Param("alpha", 0.15, "spread of the sparsities (they span 2·alpha around the target), or 'auto' (tuned on "
+          "validation)", low=0.0, high=LAMBDA_MAX, special=("auto",)),
     Param("strategy", "median", "block score: median (paper) or mean (public code) of its Wanda scores",
           kind="choice", choices=STRATEGIES),
     Param("clamp", "safe", "safe: keep ratios in [0, 0.99] at the target; reference: the public code's clamp",

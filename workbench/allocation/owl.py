@@ -37,9 +37,10 @@ def groups(inputs: AllocationInput, granularity: str) -> dict[str, list[str]]:
 
 
 PARAMS = (
-    Param("lam", 0.08, "spread of the sparsities (they span 2·lam around the target)", low=0.0, high=LAMBDA_MAX),
-    Param("M", 5.0, "outlier threshold: a score counts as an outlier above M x the group's mean", low=0.0,
-          open=True),
+    Param("lam", 0.08, "spread of the sparsities (they span 2·lam around the target), or 'auto' (tuned on "
+          "validation)", low=0.0, high=LAMBDA_MAX, special=("auto",)),
+    Param("M", 5.0, "outlier threshold: a score counts as an outlier above M x the group's mean, or 'auto' "
+          "(tuned on validation)", low=0.0, open=True, special=("auto",)),
     Param("clamp", "safe", "safe: keep ratios in [0, 0.99] at the target; reference: the public code's clamp",
           kind="choice", choices=CLAMPS),
     Param("granularity", "block", "one ratio per block (the paper) or per linear", kind="choice",
