@@ -234,23 +234,6 @@ def test_atp_beta_limit_is_the_public_legality_bound():
     assert beta_limit(0.5, 1) == 0.0  # one block: no progression
 
 
-def test_atp_auto_searches_beta_on_validation():
-    from workbench.experiment import ExperimentConfig, run_experiment
-
-    config = ExperimentConfig(model="tiny-llama", allocation="atp", sparsity=SPARSITY, alloc_params={"beta": "auto"},
-                              evals=())
-    record = run_experiment(config, progress=False)
-    tuning = record["tuning"]
-    beta = tuning["value"]
-    assert 0 <= beta <= tuning["beta_limit"] == pytest.approx(0.3)
-    assert tuning["fitness"]["split"] == "validation"
-    assert record["method"]["params"] == {"beta": beta}
-    assert record["profile"]["params"]["beta"] == beta
-    tried = dict((b, f) for b, f in tuning["tried"])
-    assert len(tried) >= 9 and 0.0 in tried and tuning["cheap_fitness"] == tried[beta]
-    assert tuning["full_fitness"] == min(f for _b, f in tuning["finalists"])
-
-
 # --------------------------------------------------------------------------- the papers' Global
 
 def dense_tiny() -> torch.nn.Module:

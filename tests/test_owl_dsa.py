@@ -375,9 +375,11 @@ def test_fitness_budget_larger_than_the_validation_split_is_refused(context):
 def test_a_new_context_records_split_metrics_windows_and_lengths_of_its_fitness(context):
     shared, tok, _calib, cache = context
     ctx = SearchContext(shared.model, tok, cache, SearchConfig(**CFG))  # built here: mutation testing sees it
+    n = ctx.fitness_data["tokens"]
     assert {k: v for k, v in ctx.fitness_data.items() if k != "text_sha256"} == {
-        "dataset": "embedded", "split": "validation", "full": {"metric": "ppl", "windows": 2, "seqlen": 64},
-        "cheap": {"metric": "kl", "windows": 1, "seqlen": 32}}
+        "dataset": "embedded", "split": "validation", "tokens": n,
+        "full": {"metric": "ppl", "windows": 2, "seqlen": 64}, "cheap": {"metric": "kl", "windows": 1, "seqlen": 32},
+        "heldout": {"metric": "ppl", "windows": 8, "seqlen": 64, "token_range": [n - 8 * 64, n]}}
     assert len(ctx.fitness_data["text_sha256"]) == 64
 
 
@@ -453,3 +455,52 @@ def test_candidate_records_name_the_error_and_carry_the_block_ratios(context, mo
     # a fitness that is not finite (a diverged model) counts as the worst possible
     monkeypatch.setattr(search_mod, "perplexity_from_ids", lambda *a, **k: math.nan)
     assert ctx.fitness(rec["counts"], "full") == math.inf
+
+
+# --------------------------------------------------------------------------- held-out re-score, refusals (issue 33)
+
+def test_heldout_windows_are_the_end_of_validation_and_disjoint_from_the_search(context):
+    from workbench.data import eval_tokens
+    from workbench.evaluate import perplexity_from_ids
+
+    ctx, tok, _calib, _cache = context
+    ids, _ = eval_tokens(tok, "embedded", "validation")
+    n = ids.numel()
+    assert CFG.get("heldout_windows", 8) == ctx.config.heldout_windows == 8
+    tail = ids[n - 8 * 64:]
+    assert torch.equal(ctx.ids["heldout"], tail)
+    used = max(ctx.ids["full"].numel(), ctx.ids["cheap"].numel())
+    assert used <= n - tail.numel()  # the search's tokens end before the held-out ones begin
+    assert ctx.fitness_data["heldout"]["token_range"] == [n - tail.numel(), n]
+    alloc = ctx.allocation(FN)
+    value = ctx.fitness(alloc["counts"], "heldout")
+    assert value == pytest.approx(perplexity_from_ids(ctx.model, tail, 64, progress=False), rel=1e-9)
+    assert value != pytest.approx(ctx.fitness(alloc["counts"], "full"), rel=1e-6)  # other windows, other value
+    ctx.restore()
+
+
+def test_heldout_windows_that_do_not_fit_are_refused_naming_the_limit(context):
+    ctx, tok, _calib, cache = context
+    from workbench.data import eval_tokens
+
+    n = eval_tokens(tok, "embedded", "validation")[0].numel()
+    too_many = (n - 2 * 64) // 64 + 1
+    with pytest.raises(ValueError, match=rf"heldout_windows={too_many} x fitness_seqlen=64 does not fit .*"
+                                         rf"allowed: heldout_windows <= {too_many - 1}"):
+        SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"heldout_windows": too_many})))
+
+
+def test_a_fitness_dataset_without_held_out_validation_is_refused(context, text_file, tmp_path):
+    ctx, tok, _calib, cache = context
+    with pytest.raises(ValueError, match=r"^fitness_dataset=.*corpus.txt' is a single file, used whole: it has no "
+                                         r"held-out validation split"):
+        SearchContext(ctx.model, tok, cache, SearchConfig(**CFG), dataset=str(text_file))
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    (folder / "test.txt").write_text(text_file.read_text())
+    with pytest.raises(ValueError, match=r"has no validation file"):
+        SearchContext(ctx.model, tok, cache, SearchConfig(**CFG), dataset=str(folder))
+    (folder / "validation.txt").write_text(text_file.read_text()[::-1] * 3)
+    split_ctx = SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"heldout_windows": 2})),
+                              dataset=str(folder))
+    assert split_ctx.fitness_data["dataset"] == str(folder) and split_ctx.fitness_data["split"] == "validation"

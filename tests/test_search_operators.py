@@ -835,7 +835,8 @@ def test_the_random_search_pays_for_every_score_even_one_evolution_already_paid(
             if h["full_fitness"] is not None:
                 assert (h["allocation_key"], "full") in own
         paid = search.paid(kind)
-        assert paid == {"cheap": sum("cheap" in h["paid"] for h in recs), "full": sum("full" in h["paid"] for h in recs)}
+        assert paid == {"cheap": sum("cheap" in h["paid"] for h in recs),
+                        "full": sum("full" in h["paid"] for h in recs)}
     best = json.loads((tmp_path / "run" / "best.json").read_text())
     assert best["paid"] == {kind: search.paid(kind) for kind in ("evolution", "random")}
 
@@ -880,5 +881,6 @@ def test_the_dsa_public_function_set_stays_in_the_public_space():
     wide = [random_function(rng) for _ in range(300)]
     assert {fn.direction for fn in wide} == {1, -1} and len({fn.lam for fn in wide}) > 100
     assert "layer_corr" not in ops.PUBLIC_REDUCTIONS and "layer_corr" in {fn.reduction for fn in wide}
-    with pytest.raises(ValueError, match=r"function_set='paper' is not allowed; allowed: \['workbench', 'dsa-public'\]"):
+    with pytest.raises(ValueError, match=r"function_set='paper' is not allowed; allowed: "
+                                         r"\['workbench', 'dsa-public'\]"):
         SearchConfig(sparsity=0.5, function_set="paper")

@@ -80,7 +80,8 @@ def matrix_alpha(weight: torch.Tensor) -> float:
 
 PARAMS = (
     Param("epsilon", EPSILON, "ratios span S·[1−ε, 1+ε] before rescaling (public main.py default; its scripts "
-          "tune it per model: 0.2–0.5)", low=0.0, high=1.0, open=True),
+          "tune it per model: 0.2–0.5), or 'auto' (tuned on validation)", low=0.0, high=1.0, open=True,
+          special=("auto",)),
     Param("granularity", "block", "one α per block (mean over its linears; the public default) or per linear",
           kind="choice", choices=GRANULARITIES),
 )
