@@ -122,7 +122,12 @@ def test_search_monitor_shows_baselines_progress_and_eta(tmp_path):
     assert traces["uniform 300.00"] == ([0, 6], [300.0, 300.0]) and traces["owl 310.50"] == ([0, 6], [310.5, 310.5])
     status = monitor.status.value
     assert "step 2/8" in status and "evolution 6" in status and "elapsed 1:30" in status and "ETA 4:30" in status
-    assert "uniform 300.000" in status
+    assert "uniform 300.000" in status and "held-out" not in status
+    progress.update(phase="done", steps_done=8, heldout={"evolution": {"heldout_fitness": 21.25},
+                                                          "uniform": {"heldout_fitness": 305.5}})
+    (tmp_path / "progress.json").write_text(json.dumps(progress))
+    monitor.refresh()
+    assert "held-out: evolution 21.250, uniform 305.500" in monitor.status.value
 
 
 def test_sparsity_curve_figure_is_the_block_means(session):

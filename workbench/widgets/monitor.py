@@ -91,6 +91,9 @@ def status_line(history: list[dict], progress: dict) -> str:
         parts.append("best: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()))
     if progress.get("baselines"):
         parts.append("baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in progress["baselines"].items()))
+    if progress.get("heldout"):  # the final choices re-scored on validation windows the search never used
+        fresh = progress["heldout"].items()
+        parts.append("held-out: " + ", ".join(f"{k} {v['heldout_fitness']:.3f}" for k, v in fresh))
     seconds = progress.get("seconds")
     if seconds is not None:
         eta = f"; ETA {_clock(seconds / done * (steps - done))}" if done and steps and done < steps else ""
