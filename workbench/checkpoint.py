@@ -3,11 +3,16 @@
 ``dense`` is what ``save_pretrained`` writes (zeros stored; any ``from_pretrained`` reads it).
 ``sparse-bitmask`` stores each pruned linear as its non-zero values, a bit per weight saying where they
 go, and per-row offsets; ``sparse-24-bitmask`` stores a 2:4 matrix as its two kept values per group of
-four plus the bitmask. Tensor names, the bit order and the ``quantization_config.sparsity_config`` entry
-of ``config.json`` are those of the compressed-tensors library, whose configs and bit packing are used
-here. That library stopped writing and reading sparse layouts in 0.15 (and transformers needs >= 0.15),
-so the writer and reader of the per-tensor layout live here; :func:`load_pruned` (and ``load_model``)
-read such a directory back bit for bit.
+four plus the bitmask. The layout is that of compressed-tensors 0.14.0.1, the last release that wrote
+and read sparse layouts (0.15 removed them, and transformers needs >= 0.15): tensors
+``<linear>.shape`` / ``.compressed`` / ``.bitmask`` (/ ``.row_offsets``) in place of ``<linear>.weight``,
+the library's dtypes, shapes and bit order, and ``config.json``'s ``quantization_config`` with exactly the
+keys that release writes. ``scripts/check_checkpoint_compressed_tensors.py`` proves it both ways with
+that release installed apart (its ``ModelCompressor`` decompresses ours bit for bit; we read its own
+bit for bit), and ``tests/data/compressed-tensors-0.14.json`` holds directories it wrote (as JSON
+text), which the tests read and rewrite byte for byte. The writer and reader live here (the configs and bit packing come
+from the pinned compressed-tensors); :func:`load_compressed` (and ``load_model``) read such a
+directory back bit for bit, and also the workbench's earlier ``<linear>.weight.<part>`` naming.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backend.reference import check_nm, nm_mask
+from .backend.reference import check_nm
 from .profile import SparsityProfile
 from .results import atomic_directory
 
@@ -89,9 +94,10 @@ def _compress_shards(directory: Path, names: set[str], layout: str) -> None:
                 out[key] = tensor
                 continue
             parts = compress_weight(tensor, layout, key)
+            module = key.removesuffix(".weight")  # the library names the parts after the linear
             for part, value in parts.items():
-                out[f"{key}.{part}"] = value
-                renamed[f"{key}.{part}"] = shard.name
+                out[f"{module}.{part}"] = value
+                renamed[f"{module}.{part}"] = shard.name
         save_file(out, shard, metadata={"format": "pt"})
     index = directory / "model.safetensors.index.json"
     if index.is_file():
@@ -101,8 +107,10 @@ def _compress_shards(directory: Path, names: set[str], layout: str) -> None:
 
 
 def compress_weight(weight: torch.Tensor, layout: str, name: str = "weight") -> dict[str, torch.Tensor]:
-    """One matrix in ``layout``: ``shape``, ``compressed`` (kept values, row by row), ``bitmask`` (a bit per
-    weight, little-endian within a byte, rows padded to whole bytes) and, for bitmask, ``row_offsets``."""
+    """One matrix in ``layout``, as compressed-tensors 0.14 stores it: ``shape`` (int64, ``(2,)`` for
+    bitmask, ``(2, 1)`` for 2:4), ``compressed`` (kept values in the weight's dtype: flat for bitmask,
+    ``(rows, cols / 2)`` for 2:4), ``bitmask`` (uint8, a bit per weight, little-endian within a byte,
+    rows padded to whole bytes) and, for bitmask, ``row_offsets`` (int64, where each row's values start)."""
     from compressed_tensors.utils import pack_bitmasks
 
     weight = weight.detach().cpu()
@@ -111,21 +119,22 @@ def compress_weight(weight: torch.Tensor, layout: str, name: str = "weight") -> 
     keep = weight != 0
     if layout == "sparse-24-bitmask":
         keep = _two_of_four(weight, name)
-        return {"shape": torch.tensor(list(weight.shape)), "compressed": weight[keep].reshape(weight.shape[0], -1),
-                "bitmask": pack_bitmasks(keep)}
+        return {"shape": torch.tensor(list(weight.shape)).reshape(-1, 1),
+                "compressed": weight[keep].reshape(weight.shape[0], -1), "bitmask": pack_bitmasks(keep)}
     counts = keep.sum(dim=1)
     return {"shape": torch.tensor(list(weight.shape)), "compressed": weight[keep], "bitmask": pack_bitmasks(keep),
             "row_offsets": torch.cumsum(counts, 0) - counts}
 
 
 def _two_of_four(weight: torch.Tensor, name: str) -> torch.Tensor:
-    """Exactly two kept positions per group of four inputs: the non-zeros, topped up with the group's first
-    zeros (the project's N:M mask prunes the two lowest-ranked; zeros rank below non-zeros, earlier above later)."""
+    """Exactly two kept positions per group of four inputs: the two largest magnitudes as ``torch.topk``
+    picks them, which is the library's choice (so where a group holds fewer than two non-zeros, the zeros
+    it keeps are the ones the library keeps); a group with more than two non-zeros is refused."""
     check_nm(2, 4, weight.shape[1], name)
-    nonzero = weight != 0
-    rank = nonzero.to(torch.float32) + 0.5 * torch.linspace(1.0, 0.0, weight.shape[1])
-    keep = ~nm_mask(rank, 2, 4)
-    if bool(nonzero[~keep].any()):
+    groups = weight.reshape(-1, 4).abs()
+    chosen = groups.topk(2, dim=1).indices
+    keep = torch.zeros(groups.shape, dtype=torch.bool).scatter_(1, chosen, True).reshape(weight.shape)
+    if bool((weight[~keep] != 0).any()):
         raise ValueError(f"{name} is not 2:4 sparse (a group of four holds more than two non-zeros); "
                          "save it with format='sparse-bitmask' or 'dense'")
     return keep
@@ -147,18 +156,19 @@ def decompress_weight(parts: dict[str, torch.Tensor], layout: str) -> torch.Tens
 
 
 def _write_sparsity_config(directory: Path, layout: str, profile: SparsityProfile, pattern: str) -> None:
-    """``config.json``'s ``quantization_config`` as compressed-tensors writes it for a sparse-only model."""
+    """``config.json``'s ``quantization_config`` with the keys compressed-tensors 0.14 writes for a
+    sparse-only model (``version``, ``quant_method``, ``sparsity_config``, an empty ``transform_config``;
+    any other key there would be read as a quantization config and refused by its ``ModelCompressor``)."""
     import compressed_tensors
     from compressed_tensors.config import BitmaskConfig, Sparse24BitMaskConfig
 
     cls = Sparse24BitMaskConfig if layout == "sparse-24-bitmask" else BitmaskConfig
     sparsity = cls(global_sparsity=profile.mean(), sparsity_structure="2:4" if pattern == "2:4" else
                    "unstructured", targets=sorted(profile.layers), ignore=["lm_head"]).model_dump()
-    sparsity.pop("registry_requires_subclass", None)
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
-    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": layout,
-                                     "version": compressed_tensors.__version__, "sparsity_config": sparsity}
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "sparsity_config": sparsity,
+                                     "transform_config": {}, "version": compressed_tensors.__version__}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
@@ -194,13 +204,13 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key in list(state):
         base, _, part = key.rpartition(".")
-        if part in _PARTS[layout] and base.endswith(".weight"):
+        if part in _PARTS[layout]:  # <linear>.<part>; the workbench's earlier layout: <linear>.weight.<part>
             parts.setdefault(base, {})[part] = state.pop(key)
     for name, group in parts.items():
         missing = sorted(set(_PARTS[layout]) - set(group))
         if missing:
             raise ValueError(f"{directory}: compressed tensor {name} lacks {[f'{name}.{m}' for m in missing]}")
-        state[name] = decompress_weight(group, layout)
+        state[f"{name.removesuffix('.weight')}.weight"] = decompress_weight(group, layout)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or next(iter(state.values())).dtype,
                                              trust_remote_code=trust_remote_code)
     result = model.load_state_dict(state, strict=False)
