@@ -106,7 +106,7 @@ def test_bad_grids_are_refused(tmp_path, text, match):
         reproduce.load_grid(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["demo", "paper", "ci"])
+@pytest.mark.parametrize("name", ["demo", "paper", "ci", "allocators", "fair70", "dsa_study"])
 def test_shipped_grids_expand(name):
     grid = reproduce.load_grid(Path(reproduce.NOTEBOOKS).parent / "data" / "grids" / f"{name}.yaml")
     runs = reproduce.expand(grid)
