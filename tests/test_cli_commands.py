@@ -42,11 +42,33 @@ def test_search_command_writes_history_and_a_valid_best(tmp_path, capsys):
     assert math.isclose(best["evolution"]["full_fitness"], min(
         r["full_fitness"] for r in history if r.get("full_fitness") is not None and r.get("kind") == "evolution"))
     assert scored and fn.key()
-    assert "best evolution" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best evolution" in printed
+    # the final choice re-scored on held-out validation windows, printed beside the in-search value
+    fresh = best["heldout"]["evolution"]["heldout_fitness"]
+    assert best["evolution"]["heldout_fitness"] == fresh and f"held-out {fresh:.3f}" in printed
+    assert best["paid"]["evolution"]["full"] >= 1
     # a second start on the same folder without --resume is refused, with nothing changed
     before = (out / "history.json").read_bytes()
     assert main(["search", "--model", "tiny-llama", "--out", str(out)]) == 2
     assert (out / "history.json").read_bytes() == before
+
+
+def test_search_command_in_the_public_space_and_its_refusals(tmp_path, capsys, text_file):
+    out = tmp_path / "public"
+    rc = main(["search", "--model", "tiny-llama", "--population", "4", "--generations", "1", "--elite", "1",
+               "--nsamples", "2", "--seqlen", "32", "--fitness-windows", "2", "--fitness-seqlen", "64",
+               "--cheap-windows", "1", "--cheap-seqlen", "32", "--no-random-baseline", "--heldout-windows", "2",
+               "--function-set", "dsa-public", "--out", str(out)])
+    assert rc == 0
+    state = json.loads((out / "state.json").read_text())
+    assert state["config"]["function_set"] == "dsa-public" and state["config"]["heldout_windows"] == 2
+    for rec in state["history"]:
+        assert rec["function"]["lam"] == 0.08 and rec["function"].get("direction", 1) == 1
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert main(["search", "--model", "tiny-llama", "--fitness-dataset", str(text_file), "--out", str(refused)]) == 2
+    assert "fitness_dataset=" in capsys.readouterr().err and not refused.exists()
 
 
 def test_reproduce_command_on_the_ci_grid(tmp_path, capsys):
