@@ -26,7 +26,7 @@ def params(record: dict) -> str:
     allocation = record["method"]["allocation"]
     if allocation == "dsa":
         fn = record["profile"]["params"].get("function", {})
-        return (f"{'→'.join(fn.get('pre', []))} | {fn.get('reduction')} | {'→'.join(fn.get('post', []))}, "
+        return (f"[{', '.join(fn.get('pre', []))}] → {fn.get('reduction')} → [{', '.join(fn.get('post', []))}], "
                 f"λ {fn.get('lam')}, dir {fn.get('direction', 1):+d}") if isinstance(fn, dict) else str(fn)
     shown = record["method"]["params"]
     return ", ".join(f"{k} {shown[k]:.4g}" for k in SHOWN.get(allocation, ()) if k in shown) or "—"
