@@ -5,10 +5,40 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per test process (and the notebook kernels, CLI subprocesses and Ray workers it starts,
+# which inherit it): the tests' tensors are small, `make test` runs two pytest-xdist workers on the 2 cores,
+# and OpenMP's spinning barriers on a busy machine made a tiny-model forward ~10x slower at 2 threads than at 1.
+# An explicit OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 import pytest  # noqa: E402
 
+from workbench import data as _data  # noqa: E402
 from workbench.models import load_model  # noqa: E402
+
+_real_tokenize = _data.tokenize
+_TOKENS: dict[tuple, object] = {}
+
+
+def _shared_tokenize(tokenizer, text):
+    """``workbench.data.tokenize``, computed once per (tokenizer, text) in this test process.
+
+    The byte tokenizer of the tiny models takes seconds on the 1.7 MB embedded calibration text (HF
+    tokenizers, one byte at a time), and nearly every calibration re-tokenises it. The key is the whole
+    fast tokenizer (its serialised pipeline: vocabulary, pre-tokenizer, post-processor, added tokens) and
+    the text, so a hit returns exactly what the real function returns (as a fresh tensor); anything else
+    (a slow tokenizer, a stand-in) goes to the real function."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(text, str):
+        return _real_tokenize(tokenizer, text)
+    key = (type(tokenizer).__qualname__, backend.to_str(), getattr(tokenizer, "split_special_tokens", None), text)
+    if key not in _TOKENS:
+        _TOKENS[key] = _real_tokenize(tokenizer, text)
+    return _TOKENS[key].clone()
+
+
+_data.tokenize = _shared_tokenize
 
 
 @pytest.fixture(scope="session")
