@@ -39,7 +39,7 @@ lint: setup
 
 # two pytest-xdist workers (JOBS=1: one), one file per worker at a time (module fixtures: Lab, Ray, servers)
 test: setup lint
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n $(or $(JOBS),2) --dist loadfile
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n $(or $(JOBS),2) --dist loadfile --no-loadscope-reorder
 
 # mutation testing of pruners/, allocation/, calibrate.py, evaluate.py, search.py (mutmut, config in
 # pyproject.toml; not in `make test`: hours on 2 cores, resumable: finished mutants are kept in mutants/)
