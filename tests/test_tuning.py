@@ -45,11 +45,11 @@ def _check_choice(record, allocation):
     t = record["tuning"]
     cheap = [(f, s) for s, f in t["tried"]]
     full = [(f, s) for s, f in t["finalists"]]
-    assert t["budget"] == {"cheap": len(cheap), "full": len(full)}
-    assert 9 < t["budget"]["cheap"] <= tuning.COARSE + tuning.REFINE and t["budget"]["full"] == tuning.FINALISTS
-    best_cheap = sorted(f for f, _s in cheap)[: tuning.FINALISTS]
-    assert sorted(f for f, _s in full) != [] and sorted(
-        next(f for f, s in cheap if s == fs) for _f, fs in full) == best_cheap
+    distinct = len({f for f, _s in cheap})  # one cheap value per allocation (equal values: equal masks here)
+    assert t["budget"] == {"cheap": distinct, "full": len(full)}
+    assert 9 < len(cheap) <= tuning.COARSE + tuning.REFINE and t["budget"]["full"] == min(tuning.FINALISTS, distinct)
+    best_cheap = sorted({f for f, _s in cheap})[: tuning.FINALISTS]  # the best distinct allocations
+    assert sorted(next(f for f, s in cheap if s == fs) for _f, fs in full) == best_cheap
     assert t["full_fitness"] == min(f for f, _s in full)
     assert {**record["method"]["params"], **t["params"]} == record["method"]["params"]
     for key, value in t["params"].items():
@@ -72,6 +72,8 @@ def test_owl_lambda_and_m_tuned_together_with_the_same_budget():
     t = _check_choice(record, "owl")
     assert {s["M"] for s, _f in t["tried"]} == set(tuning.OWL_M)
     assert t["params"]["M"] in tuning.OWL_M and 0.0 <= t["params"]["lam"] <= 0.25
+    zero = [f for s, f in t["tried"] if s["lam"] == 0.0]  # λ 0 is uniform for every M: one allocation, paid once
+    assert len(zero) == 3 and len(set(zero)) == 1 and t["budget"]["cheap"] < len(t["tried"])
     refined = t["tried"][9:]  # refinement points: around the best coarse λ, at the best coarse M
     best_coarse = min(t["tried"][:9], key=lambda sf: sf[1])[0]
     assert all(s["M"] == best_coarse["M"] for s, _f in refined)

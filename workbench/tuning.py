@@ -12,15 +12,17 @@ a searched one:
 * a coarse grid of ``COARSE`` settings (a 1-D grid over the continuous parameter's range; for OWL with λ
   and M both ``"auto"``: 3 values of M x 3 of λ), then ``REFINE`` values of the continuous parameter
   around the best (at a quarter of the coarse step), all at the cheap fidelity (KL to the dense model);
-* the ``FINALISTS`` best at full fidelity (validation perplexity); the best of those is chosen.
+* the ``FINALISTS`` best distinct allocations at full fidelity (validation perplexity); the best is chosen.
 
-Budget: at most ``COARSE + REFINE`` = 15 cheap and ``FINALISTS`` = 3 full evaluations per tuned run
-(fewer when refinement values coincide at a range edge), recorded with the choice. The model's weights
+Budget: at most ``COARSE + REFINE`` = 15 cheap and ``FINALISTS`` = 3 full evaluations per tuned run (fewer
+when settings give the same allocation, e.g. refinement values clipped at a range edge, or OWL at λ 0 for
+every M: each allocation is scored once), recorded with the choice. The model's weights
 are dense again afterwards.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +88,8 @@ def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, spars
     discrete = {"M": OWL_M} if "M" in auto else {}
     try:
         cheap: dict[tuple, float] = {}
+        allocation_of: dict[tuple, str] = {}  # setting -> its allocation (settings may give the same masks)
+        paid: dict[str, float] = {}  # allocation -> cheap fitness, computed once
 
         def counts(setting: tuple) -> dict[str, int]:
             return ctx.counts_of(allocate(allocation, ctx.inputs, sparsity, **fixed, **dict(setting)))
@@ -93,7 +97,11 @@ def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, spars
         def score(settings: list[tuple]) -> None:
             for setting in settings:
                 if setting not in cheap:
-                    cheap[setting] = ctx.fitness(counts(setting), "cheap")
+                    c = counts(setting)
+                    key = json.dumps(list(c.values()))
+                    if key not in paid:
+                        paid[key] = ctx.fitness(c, "cheap")
+                    cheap[setting], allocation_of[setting] = paid[key], key
 
         axis = _legal(axis, lambda v: [counts(_setting(axis.name, v, m)) for m in discrete.get("M", (None,))])
         per_axis = COARSE // len(discrete.get("M", (None,)))
@@ -103,7 +111,11 @@ def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, spars
         best = dict(min(cheap, key=cheap.get))
         around = [best[axis.name] + sign * k * step / 4 for sign in (-1, 1) for k in range(1, REFINE // 2 + 1)]
         score([_setting(axis.name, min(max(v, axis.low), axis.high), best.get("M")) for v in around])
-        finalists = sorted(cheap, key=cheap.get)[:FINALISTS]
+        finalists, seen = [], set()  # the FINALISTS best *distinct* allocations (OWL at λ 0 is one for every M)
+        for setting in sorted(cheap, key=cheap.get):
+            if allocation_of[setting] not in seen and len(finalists) < FINALISTS:
+                seen.add(allocation_of[setting])
+                finalists.append(setting)
         full = {setting: ctx.fitness(counts(setting), "full") for setting in finalists}
         chosen = min(full, key=full.get)
     finally:
@@ -111,7 +123,7 @@ def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, spars
     return {"params": dict(chosen), "axis": {"name": axis.name, "low": axis.low, "high": axis.high},
             "full_fitness": full[chosen], "cheap_fitness": cheap[chosen],
             "tried": [[dict(s), f] for s, f in cheap.items()], "finalists": [[dict(s), f] for s, f in full.items()],
-            "budget": {"cheap": len(cheap), "full": len(full)}, "fitness": ctx.fitness_data}
+            "budget": {"cheap": len(paid), "full": len(full)}, "fitness": ctx.fitness_data}
 
 
 def _legal(axis: Axis, allocate_at, steps: int = 30) -> Axis:
