@@ -46,6 +46,9 @@ def _with_parameters(src: Path, dst: Path, parameters: dict) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
+    from workbench.data import embedded_text
+
+    embedded_text("calibration")  # a cold cache builds the corpus (~1 min on a busy machine) here, not in a cell
     root = tmp_path_factory.mktemp("lab")
     shutil.copy(NOTEBOOKS / "01_sparsity_curves.ipynb", root / "01_sparsity_curves.ipynb")
     _with_parameters(NOTEBOOKS / "02_dsa_search.ipynb", root / "02_dsa_search.ipynb", SEARCH_PARAMETERS)
