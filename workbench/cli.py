@@ -307,11 +307,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         pool = RayFitnessPool(search_spec(args, config), args.workers, args.address)
     try:
-        best = Search(ctx, config, out, resume=args.resume, meta=meta, pool=pool).run()
+        search = Search(ctx, config, out, resume=args.resume, meta=meta, pool=pool)
+        best = search.run()
     finally:
         if pool is not None:
             pool.close()
-    heldout = json.loads((out / "best.json").read_text()).get("heldout", {})
+    heldout = search.state.meta.get("heldout", {})  # the final choices re-scored on held-out windows
     for kind, rec in best.items():
         if rec:
             fresh = heldout.get(kind, {}).get("heldout_fitness")

@@ -120,6 +120,11 @@ class SearchConfig:
 
 # --------------------------------------------------------------------------- cheap candidate evaluation
 
+def allocation_key(counts: dict[str, int]) -> str:
+    """Identity of an allocation: the hash of its pruned-weights-per-row counts (same counts, same masks)."""
+    return hashlib.sha256(json.dumps(list(counts.values())).encode()).hexdigest()[:16]
+
+
 class SearchContext:
     """Everything a candidate needs, computed once from a DenseCache (Wanda statistics of the dense model).
 
@@ -182,7 +187,7 @@ class SearchContext:
         except InvalidFunction as err:
             return {"valid": False, "error": str(err), "ratios": None, "counts": None, "allocation_key": None}
         counts = self.counts_of(profile)
-        key = hashlib.sha256(json.dumps(list(counts.values())).encode()).hexdigest()[:16]
+        key = allocation_key(counts)
         return {"valid": True, "error": None, "ratios": list(profile.block_means().values()), "counts": counts,
                 "allocation_key": key}
 

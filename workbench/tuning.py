@@ -22,7 +22,6 @@ are dense again afterwards.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,24 +40,22 @@ class Axis:
 
     name: str
     low: float
-    high: float
+    high: float | None
+
+
+# The continuous strength of each tunable allocator and its range (OWL λ and DLP α: a spread of up to 0.25
+# each side of the target; ε up to 0.9, lowered to its legal end; ATP: every legal β >= 0, high None).
+AXES = {"owl": Axis("lam", 0.0, 0.25), "dlp": Axis("alpha", 0.0, 0.25),
+        "alphapruning": Axis("epsilon", 0.02, 0.9), "atp": Axis("beta", 0.0, None)}
+TUNABLE = {name: (axis.name, "M") if name == "owl" else (axis.name,) for name, axis in AXES.items()}
 
 
 def strength_axis(allocation: str, sparsity: float, blocks: int) -> Axis:
-    """The range each method's strength is tuned over (a spread of 2x the value around the target for
-    OWL and DLP: up to 0.25 each side; ε up to 0.9; ATP: every legal β >= 0)."""
-    if allocation == "owl":
-        return Axis("lam", 0.0, 0.25)
-    if allocation == "dlp":
-        return Axis("alpha", 0.0, 0.25)
-    if allocation == "alphapruning":
-        return Axis("epsilon", 0.02, 0.9)
-    if allocation == "atp":
-        return Axis("beta", 0.0, beta_limit(sparsity, blocks))
-    raise ValueError(f"allocation={allocation!r} has no tunable strength; allowed: {sorted(TUNABLE)}")
-
-
-TUNABLE = {"owl": ("lam", "M"), "dlp": ("alpha",), "alphapruning": ("epsilon",), "atp": ("beta",)}
+    """The range ``allocation``'s strength is tuned over at ``sparsity`` with ``blocks`` blocks."""
+    if allocation not in AXES:
+        raise ValueError(f"allocation={allocation!r} has no tunable strength; allowed: {sorted(AXES)}")
+    axis = AXES[allocation]
+    return axis if axis.high is not None else Axis(axis.name, axis.low, beta_limit(sparsity, blocks))
 
 
 def check_auto(allocation: str, params: dict[str, Any]) -> list[str]:
@@ -77,7 +74,7 @@ def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, spars
          dataset: str = "embedded") -> dict[str, Any]:
     """The ``"auto"`` parameters of ``params`` chosen on ``dataset``'s validation split; ``cache``: a
     DenseCache of ``model`` (Wanda statistics). Returns the choice and the whole record of the tuning."""
-    from .search import SearchConfig, SearchContext
+    from .search import SearchConfig, SearchContext, allocation_key
 
     auto = check_auto(allocation, params)
     ctx = SearchContext(model, tokenizer, cache, SearchConfig(sparsity=sparsity, heldout_windows=0),
@@ -98,7 +95,7 @@ def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, spars
             for setting in settings:
                 if setting not in cheap:
                     c = counts(setting)
-                    key = json.dumps(list(c.values()))
+                    key = allocation_key(c)
                     if key not in paid:
                         paid[key] = ctx.fitness(c, "cheap")
                     cheap[setting], allocation_of[setting] = paid[key], key
