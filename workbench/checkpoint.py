@@ -24,23 +24,28 @@ import torch
 from torch import nn
 
 from .backend.reference import check_nm
+from .errors import WorkbenchError
 from .profile import SparsityProfile
+from .registry import Plugin, Registry
 from .results import atomic_directory
 
-FORMATS = ("dense", "compressed", "sparse-bitmask", "sparse-24-bitmask")
+FORMATS: Registry[Plugin] = Registry("checkpoint format", "format")
+FORMATS.add("dense", Plugin("dense", "zeros stored; any from_pretrained reads it"))
+FORMATS.add("compressed", Plugin("compressed", "sparse-24-bitmask for a 2:4 pattern, else sparse-bitmask"))
+FORMATS.add("sparse-bitmask", Plugin("sparse-bitmask", "compressed-tensors' bitmask layout: values, bits, row offsets"))
+FORMATS.add("sparse-24-bitmask", Plugin("sparse-24-bitmask", "compressed-tensors' 2:4 layout: two values per four"))
 _PARTS = {"sparse-bitmask": ("shape", "compressed", "bitmask", "row_offsets"),
           "sparse-24-bitmask": ("shape", "compressed", "bitmask")}
 
 
 def resolve_format(fmt: str, pattern: str) -> str:
     """The on-disk layout for ``--format`` and the run's pattern; ``compressed`` picks 2:4 or bitmask."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r} is not supported; allowed: {list(FORMATS)}")
+    FORMATS.check(fmt)
     if fmt == "compressed":
         return "sparse-24-bitmask" if pattern == "2:4" else "sparse-bitmask"
     if fmt == "sparse-24-bitmask" and pattern != "2:4":
-        raise ValueError(f"format='sparse-24-bitmask' needs a 2:4 profile, but the pattern is {pattern!r}; "
-                         "allowed for it: ['dense', 'compressed', 'sparse-bitmask']")
+        raise WorkbenchError(f"format='sparse-24-bitmask' needs a 2:4 profile, but the pattern is {pattern!r}; "
+                              "allowed for it: ['dense', 'compressed', 'sparse-bitmask']")
     return fmt
 
 
@@ -77,7 +82,7 @@ def _shards(directory: Path) -> list[Path]:
         return [directory / f for f in sorted(set(weight_map.values()))]
     single = directory / "model.safetensors"
     if not single.is_file():
-        raise ValueError(f"{directory} holds no model.safetensors or model.safetensors.index.json")
+        raise WorkbenchError(f"{directory} holds no model.safetensors or model.safetensors.index.json")
     return [single]
 
 
@@ -115,7 +120,7 @@ def compress_weight(weight: torch.Tensor, layout: str, name: str = "weight") -> 
 
     weight = weight.detach().cpu()
     if weight.dim() != 2:
-        raise ValueError(f"{name}: only 2-D weights are compressed, got shape {tuple(weight.shape)}")
+        raise WorkbenchError(f"{name}: only 2-D weights are compressed, got shape {tuple(weight.shape)}")
     keep = weight != 0
     if layout == "sparse-24-bitmask":
         keep = _two_of_four(weight, name)
@@ -135,8 +140,8 @@ def _two_of_four(weight: torch.Tensor, name: str) -> torch.Tensor:
     chosen = groups.topk(2, dim=1).indices
     keep = torch.zeros(groups.shape, dtype=torch.bool).scatter_(1, chosen, True).reshape(weight.shape)
     if bool((weight[~keep] != 0).any()):
-        raise ValueError(f"{name} is not 2:4 sparse (a group of four holds more than two non-zeros); "
-                         "save it with format='sparse-bitmask' or 'dense'")
+        raise WorkbenchError(f"{name} is not 2:4 sparse (a group of four holds more than two non-zeros); "
+                              "save it with format='sparse-bitmask' or 'dense'")
     return keep
 
 
@@ -148,8 +153,8 @@ def decompress_weight(parts: dict[str, torch.Tensor], layout: str) -> torch.Tens
     keep = unpack_bitmasks(parts["bitmask"], shape)
     values = parts["compressed"].flatten()
     if int(keep.sum()) != values.numel():
-        raise ValueError(f"compressed weight of shape {shape}: bitmask marks {int(keep.sum())} weights, "
-                         f"{values.numel()} values stored")
+        raise WorkbenchError(f"compressed weight of shape {shape}: bitmask marks {int(keep.sum())} weights, "
+                              f"{values.numel()} values stored")
     dense = torch.zeros(shape, dtype=values.dtype)
     dense[keep] = values
     return dense
@@ -182,8 +187,8 @@ def compressed_layout(directory: str | Path) -> str | None:
     if layout is None:
         return None
     if layout not in _PARTS or "config_groups" in quant:
-        raise ValueError(f"{directory}: compressed format {layout!r} (or quantization) is not readable here; "
-                         f"readable: {sorted(_PARTS)} without quantization")
+        raise WorkbenchError(f"{directory}: compressed format {layout!r} (or quantization) is not readable here; "
+                              f"readable: {sorted(_PARTS)} without quantization")
     return layout
 
 
@@ -209,7 +214,7 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
     for name, group in parts.items():
         missing = sorted(set(_PARTS[layout]) - set(group))
         if missing:
-            raise ValueError(f"{directory}: compressed tensor {name} lacks {[f'{name}.{m}' for m in missing]}")
+            raise WorkbenchError(f"{directory}: compressed tensor {name} lacks {[f'{name}.{m}' for m in missing]}")
         state[f"{name.removesuffix('.weight')}.weight"] = decompress_weight(group, layout)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or next(iter(state.values())).dtype,
                                              trust_remote_code=trust_remote_code)
@@ -218,8 +223,8 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
         getattr(model, "_tied_weights_keys", None) or {})
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{directory}: checkpoint does not match its config: missing tensors {missing[:3]}, "
-                         f"unexpected {result.unexpected_keys[:3]}")
+        raise WorkbenchError(f"{directory}: checkpoint does not match its config: missing tensors {missing[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]}")
     model.tie_weights()
     return model.eval()
 

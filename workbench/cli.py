@@ -13,6 +13,7 @@ from pathlib import Path
 from . import data as data_mod
 from .allocation import ALLOCATORS, describe_allocators
 from .checkpoint import FORMATS
+from .errors import WorkbenchError
 from .sparse_backend import BACKENDS as SPARSE_BACKENDS
 
 
@@ -77,8 +78,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity (paper protocol) or, with --tasks, zero-shot accuracy; prints it and writes a record."""
     if getattr(args, "tasks", None) is not None:
         if _placed(args):
-            raise ValueError("--tasks: zero-shot accuracy needs the model in memory (lm-eval drives it); leave out "
-                             "--onload/--offload-dir/--activations")
+            raise WorkbenchError("--tasks: zero-shot accuracy needs the model in memory (lm-eval drives it); leave out "
+                                  "--onload/--offload-dir/--activations")
         return _cmd_eval_zero_shot(args)
     from .evaluate import perplexity
     from .models import model_hash
@@ -87,7 +88,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_mod.check_dataset(args.dataset)
     start = time.perf_counter()
     if _placed(args) and args.sparse_backend is not None:
-        raise ValueError("--sparse-backend needs the model in memory; leave out --onload/--offload-dir/--activations")
+        raise WorkbenchError("--sparse-backend needs the model in memory; leave out "
+                             "--onload/--offload-dir/--activations")
     if _may_onload(args) and args.sparse_backend is None:
         from .offload import placed_model
 
@@ -124,7 +126,7 @@ def _load_for_inference(args: argparse.Namespace):
     from .models import load_model
 
     if args.sparse_backend is not None and args.device != "cpu":
-        raise ValueError(f"--sparse-backend {args.sparse_backend} runs on the CPU; got --device {args.device}")
+        raise WorkbenchError(f"--sparse-backend {args.sparse_backend} runs on the CPU; got --device {args.device}")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
     if args.sparse_backend is not None:
@@ -139,7 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+        raise WorkbenchError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
     model, tokenizer = _load_for_inference(args)
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -158,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_eval_zero_shot(args: argparse.Namespace) -> int:
     """Zero-shot accuracy of the dense model: the same run_experiment path as ``prune --eval zero-shot``."""
     if args.sparse_backend is not None:
-        raise ValueError("--sparse-backend applies to perplexity (eval without --tasks) and generate")
+        raise WorkbenchError("--sparse-backend applies to perplexity (eval without --tasks) and generate")
     from .experiment import ExperimentConfig, run_experiment
     from .results import write_json_atomic
 
@@ -181,7 +183,7 @@ def _parse_params(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--alloc-param {item!r} must look like KEY=VALUE")
+            raise WorkbenchError(f"--alloc-param {item!r} must look like KEY=VALUE")
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
@@ -198,8 +200,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .results import write_json_atomic
 
     if args.allocation == "dense":
-        raise ValueError(f"allocation='dense' prunes nothing: use `workbench eval --model {args.model}` for the "
-                         f"dense model; allowed here: {sorted(ALLOCATORS)}")
+        raise WorkbenchError(f"allocation='dense' prunes nothing: use `workbench eval --model {args.model}` for the "
+                              f"dense model; allowed here: {sorted(ALLOCATORS)}")
     params = _parse_params(args.alloc_param)
     if args.granularity is not None:
         params["granularity"] = args.granularity
@@ -286,7 +288,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                           heldout_windows=args.heldout_windows, function_set=args.function_set)
     out = Path(args.out)
     if (out / "state.json").exists() and not args.resume:
-        raise ValueError(f"--out {out} already holds a search; add --resume to continue it")
+        raise WorkbenchError(f"--out {out} already holds a search; add --resume to continue it")
     _connect_workers(args)  # before any work: a bad --workers or --address writes nothing
     if args.workers is not None:  # the driver's allocations at the workers' thread count (same rounding)
         import torch
@@ -331,7 +333,7 @@ def _connect_workers(args: argparse.Namespace) -> None:
     """Check ``--workers``/``--address`` and join (or start) Ray; nothing imports Ray without ``--workers``."""
     if args.workers is None:
         if args.address is not None:
-            raise ValueError("--address names the Ray cluster of --workers; give --workers N too")
+            raise WorkbenchError("--address names the Ray cluster of --workers; give --workers N too")
         return
     from .distributed import check_workers, connect
 
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as err:
+    except WorkbenchError as err:  # a refusal: one line; anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
 

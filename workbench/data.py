@@ -36,12 +36,28 @@ from pathlib import Path
 
 import torch
 
-PAPER_DATASETS = ("wikitext2", "c4", "ptb")
-DATASETS = ("embedded", *PAPER_DATASETS)
+from .errors import WorkbenchError
+from .registry import Plugin, Registry
+
 SPLITS = ("calibration", "validation", "test")
 # Defaults of the papers (GPU, LLaMA) and of the embedded corpus (sized for a 2-core CPU).
 PAPER_DEFAULTS = {"nsamples": 128, "seqlen": 2048, "seed": 0}
 EMBEDDED_DEFAULTS = {"nsamples": 32, "seqlen": 512, "seed": 0}
+
+
+@dataclass(frozen=True)
+class Dataset(Plugin):
+    """A named text source with calibration, validation and test splits (a local file or folder needs none)."""
+
+    paper: bool = False  # from the hub (or its cache), with the papers' window defaults
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+DATASETS.add("embedded", Dataset("embedded", "offline corpus built from this Python's standard library docs"))
+DATASETS.add("wikitext2", Dataset("wikitext2", "WikiText-2 raw (hub)", paper=True))
+DATASETS.add("c4", Dataset("c4", "C4 en, the references' shards (hub)", paper=True))
+DATASETS.add("ptb", Dataset("ptb", "Penn Treebank (hub)", paper=True))
+PAPER_DATASETS = tuple(name for name, d in DATASETS.items() if d.paper)
 # Size of the embedded evaluation splits in characters (~4 characters a token): small enough that a
 # perplexity pass takes well under a minute on 2 cores. Calibration gets everything else.
 EMBEDDED_SPLIT_CHARS = {"test": 60_000, "validation": 30_000}
@@ -101,11 +117,11 @@ def check_dataset(dataset: str, name: str = "dataset") -> str:
         return dataset
     if Path(dataset).is_dir():
         if not any(_split_file(Path(dataset), s) for s in SPLITS):
-            raise ValueError(f"{name}={dataset!r} is a directory without any split file; allowed names: "
-                             f"{[f for files in DIR_FILES.values() for f in files]}")
+            raise WorkbenchError(f"{name}={dataset!r} is a directory without any split file; allowed names: "
+                                  f"{[f for files in DIR_FILES.values() for f in files]}")
         return dataset
-    raise ValueError(f"{name}={dataset!r} is neither a known dataset {list(DATASETS)} "
-                     "nor an existing local UTF-8 text file or directory of split files")
+    raise WorkbenchError(f"{name}={dataset!r} is neither a known dataset {list(DATASETS)} "
+                          "nor an existing local UTF-8 text file or directory of split files")
 
 
 def check_held_out(dataset: str, name: str = "dataset") -> str:
@@ -114,12 +130,12 @@ def check_held_out(dataset: str, name: str = "dataset") -> str:
     check_dataset(dataset, name)
     path = Path(dataset)
     if dataset not in DATASETS and path.is_file():
-        raise ValueError(f"{name}={dataset!r} is a single file, used whole: it has no held-out validation split. "
-                         f"Allowed: {list(DATASETS)} or a directory with {DIR_FILES['validation'][0]} and "
-                         f"{DIR_FILES['test'][0]} (selection never reads test text)")
+        raise WorkbenchError(f"{name}={dataset!r} is a single file, used whole: it has no held-out validation split. "
+                              f"Allowed: {list(DATASETS)} or a directory with {DIR_FILES['validation'][0]} and "
+                              f"{DIR_FILES['test'][0]} (selection never reads test text)")
     if dataset not in DATASETS and _split_file(path, "validation") is None:
-        raise ValueError(f"{name}={dataset!r} has no validation file (looked for {list(DIR_FILES['validation'])}); "
-                         "selection needs held-out validation text")
+        raise WorkbenchError(f"{name}={dataset!r} has no validation file (looked for {list(DIR_FILES['validation'])}); "
+                              "selection needs held-out validation text")
     return dataset
 
 
@@ -135,7 +151,7 @@ def default_calibration(dataset: str) -> dict:
 
 def _check_positive(name: str, value: int, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        raise WorkbenchError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
 # --------------------------------------------------------------------------- the embedded corpus
@@ -209,7 +225,7 @@ def _embedded_cache_dir() -> Path:
 def embedded_text(split: str) -> Text:
     """One split of the embedded corpus, built on first use and cached as text files."""
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
+        raise WorkbenchError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
     folder = _embedded_cache_dir()
     if not (folder / "manifest.json").is_file():
         _write_embedded_cache(folder)
@@ -260,14 +276,14 @@ def paper_text(dataset: str, split: str) -> Text:
         return Text(dataset, split, " ".join(rows["sentence"]))
     if dataset == "c4":
         if split == "calibration":
-            raise ValueError("c4 calibration samples documents; use calibration_samples()")
+            raise WorkbenchError("c4 calibration samples documents; use calibration_samples()")
         start, stop = C4_DOCS[split]
         rows = _c4_rows("validation")
         if len(rows) <= start:  # a short shard gives fewer documents, never overlapping ones
-            raise ValueError(f"the C4 validation shard has {len(rows)} documents; split={split!r} needs "
-                             f"documents {start}-{stop - 1}")
+            raise WorkbenchError(f"the C4 validation shard has {len(rows)} documents; split={split!r} needs "
+                                  f"documents {start}-{stop - 1}")
         return Text(dataset, split, " ".join(rows[start:stop]["text"]))
-    raise ValueError(f"dataset={dataset!r}: allowed paper datasets are {list(PAPER_DATASETS)}")
+    raise WorkbenchError(f"dataset={dataset!r}: allowed paper datasets are {list(PAPER_DATASETS)}")
 
 
 def _c4_rows(split: str):
@@ -283,7 +299,7 @@ def load_text(dataset: str, split: str = "test") -> Text:
     file, or a local file (whole, recorded as split ``whole``; its validation text is refused)."""
     check_dataset(dataset)
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
+        raise WorkbenchError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
     if dataset == "embedded":
         return embedded_text(split)
     if dataset in PAPER_DATASETS:
@@ -292,7 +308,7 @@ def load_text(dataset: str, split: str = "test") -> Text:
     if path.is_dir():
         file = _split_file(path, split)
         if file is None:
-            raise ValueError(f"dataset={dataset!r} has no {split} file (looked for {list(DIR_FILES[split])})")
+            raise WorkbenchError(f"dataset={dataset!r} has no {split} file (looked for {list(DIR_FILES[split])})")
         return Text(str(path), split, file.read_text(encoding="utf-8"))
     if split == "validation":
         check_held_out(dataset)  # raises: a single file has no held-out validation text
@@ -330,8 +346,8 @@ def calibration_samples(tokenizer, dataset: str = "embedded", nsamples: int | No
     text = load_text(dataset, "calibration")
     tokens = tokenize(tokenizer, text.text)
     if tokens.numel() <= seqlen:
-        raise ValueError(f"seqlen={seqlen} is too long: the calibration text of {dataset!r} has only "
-                         f"{tokens.numel()} tokens (allowed: 2 <= seqlen < {tokens.numel()})")
+        raise WorkbenchError(f"seqlen={seqlen} is too long: the calibration text of {dataset!r} has only "
+                              f"{tokens.numel()} tokens (allowed: 2 <= seqlen < {tokens.numel()})")
     starts = [rng.randint(0, tokens.numel() - seqlen - 1) for _ in range(nsamples)]
     ids = torch.stack([tokens[s: s + seqlen] for s in starts])
     split = "train" if dataset in PAPER_DATASETS else text.split

@@ -10,11 +10,13 @@ sequentially (`make reproduce` runs the full grid that way). Finished runs are k
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .allocation import learns_while_pruning
+from .errors import WorkbenchError
 from .experiment import ExperimentConfig
 from .reproduce import Run, build_tables, finish_record
 from .results import read_record
@@ -94,8 +96,10 @@ def _execute(session, run: Run, experiment: ExperimentConfig, path: Path) -> dic
     t0 = time.perf_counter()
     try:
         record = session.run(experiment)
-    except (ValueError, RuntimeError) as err:
+    except WorkbenchError as err:
         record = {"status": "error", "error": f"{type(err).__name__}: {err}"}
+    except Exception as err:  # noqa: BLE001 - a bug: recorded with its traceback, the demo goes on
+        record = {"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
     return finish_record(record, run, experiment.to_dict(), time.perf_counter() - t0, path)
 
 

@@ -20,13 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import WorkbenchError
+
 CONNECT_TIMEOUT_S = 10.0
 
 
 def check_workers(workers: Any) -> int:
     """``--workers``: an integer >= 1 (a warning when it is more than the machine's cores)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers={workers!r} must be an integer >= 1")
+        raise WorkbenchError(f"workers={workers!r} must be an integer >= 1")
     cores = os.cpu_count() or 1
     if workers > cores:
         warnings.warn(f"workers={workers} is more than this machine's {cores} cores: the workers share them "
@@ -39,13 +41,13 @@ def _check_reachable(address: str) -> None:
     target = address.removeprefix("ray://")
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"address={address!r} is not allowed; allowed: auto, ray://HOST:PORT or HOST:PORT")
+        raise WorkbenchError(f"address={address!r} is not allowed; allowed: auto, ray://HOST:PORT or HOST:PORT")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as err:
-        raise ValueError(f"address={address!r}: no Ray cluster answers there ({type(err).__name__}: {err}); "
-                         "start one with `ray start --head` or leave out --address for a local one") from None
+        raise WorkbenchError(f"address={address!r}: no Ray cluster answers there ({type(err).__name__}: {err}); "
+                              "start one with `ray start --head` or leave out --address for a local one") from None
 
 
 def connect(address: str | None = None, workers: int = 1) -> None:
@@ -64,8 +66,8 @@ def connect(address: str | None = None, workers: int = 1) -> None:
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError) as err:
-        raise ValueError(f"address={address!r}: could not join a Ray cluster ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise WorkbenchError(f"address={address!r}: could not join a Ray cluster ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 # --------------------------------------------------------------------------- search workers

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .calibrate import block_outputs, head_logits
 from .data import eval_tokens
+from .errors import WorkbenchError
 from .offload import Residency
 
 
@@ -40,7 +41,7 @@ class Perplexity:
 
 def _check_seqlen(seqlen) -> None:
     if not isinstance(seqlen, int) or isinstance(seqlen, bool) or seqlen < 2:
-        raise ValueError(f"seqlen={seqlen!r} must be an integer >= 2")
+        raise WorkbenchError(f"seqlen={seqlen!r} must be an integer >= 2")
 
 
 def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
@@ -48,8 +49,8 @@ def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     _check_seqlen(seqlen)
     n = ids.numel() // seqlen
     if n == 0:
-        raise ValueError(f"seqlen={seqlen} is larger than the evaluation text ({ids.numel()} tokens); "
-                         f"allowed: 2 <= seqlen <= {ids.numel()}")
+        raise WorkbenchError(f"seqlen={seqlen} is larger than the evaluation text ({ids.numel()} tokens); "
+                              f"allowed: 2 <= seqlen <= {ids.numel()}")
     return ids[: n * seqlen].view(n, seqlen)
 
 
@@ -67,7 +68,7 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, prog
     """Mean next-token NLL (float64) of each non-overlapping ``seqlen`` window of ``ids``. With an onloading
     or streaming ``residency`` (:mod:`workbench.offload`) the windows go through the model block-major."""
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        raise WorkbenchError(f"batch_size={batch_size!r} must be an integer >= 1")
     windows = _windows(ids, seqlen)
     if residency is not None and residency.blockwise:
         return _window_nlls_blockwise(model, windows, residency, progress)
@@ -115,7 +116,7 @@ def window_kl(model, ids: torch.Tensor, seqlen: int, reference: list[torch.Tenso
     Σ_v p(v)·(log p(v) − log q(v)), p the reference's next-token distribution, q the model's."""
     windows = _windows(ids, seqlen)
     if len(reference) != windows.shape[0]:
-        raise ValueError(f"reference has {len(reference)} windows, ids give {windows.shape[0]}")
+        raise WorkbenchError(f"reference has {len(reference)} windows, ids give {windows.shape[0]}")
     out = torch.empty(windows.shape[0], dtype=torch.float64)
     for i, (logq, ref) in enumerate(zip(_log_probs(model, windows), reference, strict=True)):
         out[i] = (ref.exp() * (ref - logq)).sum(dim=-1).double().mean()

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import data as data_mod
 from .calibrate import MODES
+from .errors import WorkbenchError
 
 EVALS = ("ppl", "zero-shot")
 DENSE = "dense"  # the allocation of a run that prunes nothing (the dense baseline row)
@@ -28,25 +29,25 @@ def _check_types(config: ExperimentConfig) -> None:
     assumes its type; an error names the field and what it accepts."""
     for name in _TEXT:
         if not isinstance(getattr(config, name), str):
-            raise ValueError(f"{name}={getattr(config, name)!r} must be a string")
+            raise WorkbenchError(f"{name}={getattr(config, name)!r} must be a string")
     if config.group is not None and not isinstance(config.group, str):
-        raise ValueError(f"group={config.group!r} must be None or a string (row | matrix)")
+        raise WorkbenchError(f"group={config.group!r} must be None or a string (row | matrix)")
     for name, low in _COUNTS.items():
         value = getattr(config, name)
         if value is not None and (not _is_int(value) or value < low):
-            raise ValueError(f"{name}={value!r} must be None (the default) or an integer >= {low}")
+            raise WorkbenchError(f"{name}={value!r} must be None (the default) or an integer >= {low}")
     if not _is_int(config.seed) or config.seed < 0:
-        raise ValueError(f"seed={config.seed!r} must be an integer >= 0")
+        raise WorkbenchError(f"seed={config.seed!r} must be an integer >= 0")
     if not isinstance(config.trust_remote_code, bool):
-        raise ValueError(f"trust_remote_code={config.trust_remote_code!r} must be True or False")
+        raise WorkbenchError(f"trust_remote_code={config.trust_remote_code!r} must be True or False")
     if isinstance(config.evals, str) or not isinstance(config.evals, list | tuple) \
             or not all(isinstance(e, str) for e in config.evals):
-        raise ValueError(f"evals={config.evals!r} must be a list of evaluations; allowed items: {list(EVALS)}")
+        raise WorkbenchError(f"evals={config.evals!r} must be a list of evaluations; allowed items: {list(EVALS)}")
     if not isinstance(config.alloc_params, dict) or not all(isinstance(k, str) for k in config.alloc_params):
-        raise ValueError(f"alloc_params={config.alloc_params!r} must be a mapping of allocator parameter names "
-                         "to values")
+        raise WorkbenchError(f"alloc_params={config.alloc_params!r} must be a mapping of allocator parameter names "
+                              "to values")
     if not isinstance(config.tasks, str) and not (isinstance(config.tasks, list | tuple) and config.tasks):
-        raise ValueError(f"tasks={config.tasks!r} must be 'embedded', 'paper' or task names")
+        raise WorkbenchError(f"tasks={config.tasks!r} must be 'embedded', 'paper' or task names")
 
 
 def _check_device(device: str) -> None:
@@ -57,9 +58,9 @@ def _check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(f"device={device!r} is not a device; allowed: cpu, cuda, cuda:N") from None
+        raise WorkbenchError(f"device={device!r} is not a device; allowed: cpu, cuda, cuda:N") from None
     if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not supported; allowed: cpu, cuda, cuda:N")
+        raise WorkbenchError(f"device={device!r} is not supported; allowed: cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -101,10 +102,10 @@ class ExperimentConfig:
         if self.prunes:
             check_allocator(self.allocation)
         if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is not allowed; allowed: {list(MODES)}")
+            raise WorkbenchError(f"mode={self.mode!r} is not allowed; allowed: {list(MODES)}")
         bad = [e for e in self.evals if e not in EVALS]
         if bad:
-            raise ValueError(f"evals={list(self.evals)!r}: {bad[0]!r} is not allowed; allowed: {list(EVALS)}")
+            raise WorkbenchError(f"evals={list(self.evals)!r}: {bad[0]!r} is not allowed; allowed: {list(EVALS)}")
         data_mod.check_dataset(self.calib_dataset, "calib_dataset")
         data_mod.check_dataset(self.eval_dataset, "eval_dataset")
         if "zero-shot" in self.evals:
@@ -222,15 +223,15 @@ def check_placed(config: ExperimentConfig) -> None:
     """What an onloaded or streamed run (or one keeping activations off the device) cannot do, refused
     before any work."""
     if "zero-shot" in config.evals:
-        raise ValueError("evals: zero-shot accuracy needs the model in memory (lm-eval drives it); with "
-                         "--onload/--offload-dir evaluate perplexity, then run `workbench eval --tasks` on the "
-                         "saved checkpoint")
+        raise WorkbenchError("evals: zero-shot accuracy needs the model in memory (lm-eval drives it); with "
+                              "--onload/--offload-dir evaluate perplexity, then run `workbench eval --tasks` on the "
+                              "saved checkpoint")
     if any(v == "auto" for v in config.alloc_params.values()):
-        raise ValueError("alloc_params: 'auto' values are searched on an in-memory model; give the value "
-                         "itself with --onload/--offload-dir")
+        raise WorkbenchError("alloc_params: 'auto' values are searched on an in-memory model; give the value "
+                              "itself with --onload/--offload-dir")
     if config.prunes and config.mode != "sequential":
-        raise ValueError(f"mode={config.mode!r}: an onloaded or streamed model prunes block by block; "
-                         "use mode='sequential'")
+        raise WorkbenchError(f"mode={config.mode!r}: an onloaded or streamed model prunes block by block; "
+                              "use mode='sequential'")
 
 
 def _calibration_of(config: ExperimentConfig) -> dict[str, Any]:
@@ -254,5 +255,6 @@ def cache_fits(config: ExperimentConfig, cache) -> bool:
 def check_cache(config: ExperimentConfig, cache) -> None:
     """Refuse a cache a run cannot use (its record would name a calibration it did not use)."""
     if not cache_fits(config, cache):
-        raise ValueError(f"cache: a DenseCache of calibration {cache.provenance} cannot serve mode={config.mode!r}, "
-                         f"metric={config.metric!r}, calibration {_calibration_of(config)}")
+        raise WorkbenchError(f"cache: a DenseCache of calibration {cache.provenance} cannot serve "
+                             f"mode={config.mode!r}, "
+                              f"metric={config.metric!r}, calibration {_calibration_of(config)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import WorkbenchError
+
 
 def parse_number(text: str, name: str, low: float, high: float, high_open: bool = True) -> float:
     """A number typed in a field, or a ValueError that names the field and the allowed range."""
@@ -11,7 +13,7 @@ def parse_number(text: str, name: str, low: float, high: float, high_open: bool 
     try:
         value = float(str(text).strip())
     except ValueError:
-        raise ValueError(f"{name}: {text!r} is not a number; allowed: {allowed}") from None
+        raise WorkbenchError(f"{name}: {text!r} is not a number; allowed: {allowed}") from None
     if not math.isfinite(value) or value < low or value > high or (high_open and value == high):
-        raise ValueError(f"{name}: {value:g} is out of range; allowed: {allowed}")
+        raise WorkbenchError(f"{name}: {value:g} is out of range; allowed: {allowed}")
     return value

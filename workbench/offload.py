@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import WorkbenchError
 from .models import EMBEDDED_MODELS, TINY_MODELS, structure, weight_hash
 
 PLACES = ("device", "cpu", "disk")  # where activations can wait
@@ -47,9 +48,9 @@ class Activations:
 
     def __init__(self, device: torch.device | None = None, place: str = "cpu", directory: Path | None = None):
         if place not in PLACES:
-            raise ValueError(f"activations={place!r} is not allowed; allowed: {list(PLACES)}")
+            raise WorkbenchError(f"activations={place!r} is not allowed; allowed: {list(PLACES)}")
         if place == "disk" and directory is None:
-            raise ValueError("activations='disk' needs an offload directory (--offload-dir DIR)")
+            raise WorkbenchError("activations='disk' needs an offload directory (--offload-dir DIR)")
         self.device, self.place = device, place
         self._items: list = []  # CPU tensors, or (offset, bytes, shape, dtype) into the file
         self._path = Path(directory) / f"activations-{uuid.uuid4().hex}.bin" if place == "disk" else None
@@ -177,8 +178,8 @@ def _check_directory(directory: str | Path, what: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise ValueError(f"{what}={str(directory)!r} cannot be written ({type(err).__name__}: {err.strerror}); "
-                         "give a writable directory") from None
+        raise WorkbenchError(f"{what}={str(directory)!r} cannot be written ({type(err).__name__}: {err.strerror}); "
+                              "give a writable directory") from None
     return directory
 
 
@@ -238,11 +239,11 @@ class CheckpointReader:
             with safe_open(self.directory / "model.safetensors", framework="pt") as f:
                 self.weight_map = {k: "model.safetensors" for k in f.keys()}
         else:
-            raise ValueError(f"{self.directory} holds no model.safetensors or model.safetensors.index.json: "
-                             "streaming reads safetensors checkpoints")
+            raise WorkbenchError(f"{self.directory} holds no model.safetensors or model.safetensors.index.json: "
+                                  "streaming reads safetensors checkpoints")
         if compressed_layout(self.directory) is not None:
-            raise ValueError(f"{self.directory} is a compressed checkpoint; stream from a dense one "
-                             "(--format dense)")
+            raise WorkbenchError(f"{self.directory} is a compressed checkpoint; stream from a dense one "
+                                  "(--format dense)")
         self.keys = {k: k for k in self.weight_map}  # the model's tensor name -> the checkpoint's
 
     def bind(self, model: nn.Module) -> CheckpointReader:
@@ -261,8 +262,8 @@ class CheckpointReader:
         for key in self.weight_map:
             name, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
             if converted is not None:
-                raise ValueError(f"checkpoint {self.directory}: tensor {key!r} must be converted by transformers "
-                                 "while loading (merged or split), which streaming does not do; use --onload")
+                raise WorkbenchError(f"checkpoint {self.directory}: tensor {key!r} must be converted by transformers "
+                                      "while loading (merged or split), which streaming does not do; use --onload")
             self.keys[name] = key
         return self
 
@@ -275,8 +276,8 @@ class CheckpointReader:
 
         missing = [n for n in names if n not in self.keys]
         if missing:
-            raise ValueError(f"checkpoint {self.directory} lacks tensor {missing[0]!r}"
-                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            raise WorkbenchError(f"checkpoint {self.directory} lacks tensor {missing[0]!r}"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         out: dict[str, torch.Tensor] = {}
         by_file: dict[str, list[str]] = {}
         for name in names:
@@ -284,7 +285,7 @@ class CheckpointReader:
         for file, group in by_file.items():
             path = self.directory / file
             if not path.is_file():
-                raise ValueError(f"checkpoint {self.directory}: shard {file} (holding {group[0]!r}) is missing")
+                raise WorkbenchError(f"checkpoint {self.directory}: shard {file} (holding {group[0]!r}) is missing")
             with safe_open(path, framework="pt", device="cpu") as f:
                 for name in group:
                     t = f.get_tensor(self.keys[name])
@@ -330,9 +331,9 @@ class Stream(Residency):
         needed = [k for k in model.state_dict() if k not in self.ties]
         missing = [k for k in needed if not self.reader_.has(k)]
         if missing:
-            raise ValueError(f"checkpoint {self.reader_.directory} lacks tensor {missing[0]!r}"
-                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                             + f"; its config's model needs {len(needed)} tensors")
+            raise WorkbenchError(f"checkpoint {self.reader_.directory} lacks tensor {missing[0]!r}"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                  + f"; its config's model needs {len(needed)} tensors")
 
     def describe(self) -> dict:
         return {"kind": "stream", "source": str(self.reader_.directory), "device": str(self.device),
@@ -406,7 +407,7 @@ class Stream(Residency):
     def finish(self) -> Path:
         """Write the output's shard index (and config) once every block was written; returns the directory."""
         if self.out is None:
-            raise ValueError("this stream writes no output (out=None)")
+            raise WorkbenchError("this stream writes no output (out=None)")
         blocks = {f for f in self.written.values() if f.startswith("block-")}
         if len(blocks) != self.n_blocks:
             raise RuntimeError(f"stream output {self.out}: {len(blocks)} of {self.n_blocks} blocks written")
@@ -468,12 +469,12 @@ def checkpoint_dir(name_or_path: str) -> Path:
     if name_or_path in EMBEDDED_MODELS:
         return embedded_checkpoint_dir(name_or_path)
     if name_or_path in TINY_MODELS:
-        raise ValueError(f"model={name_or_path!r} is built in memory and has no checkpoint to stream; save it "
-                         "with save_pretrained and pass the directory")
+        raise WorkbenchError(f"model={name_or_path!r} is built in memory and has no checkpoint to stream; save it "
+                              "with save_pretrained and pass the directory")
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
-        raise ValueError(f"model={name_or_path!r}: streaming needs a local model directory with config.json and "
-                         "safetensors shards (or the embedded model); download a hub model first")
+        raise WorkbenchError(f"model={name_or_path!r}: streaming needs a local model directory with config.json and "
+                              "safetensors shards (or the embedded model); download a hub model first")
     return path
 
 
@@ -520,9 +521,9 @@ def placed_model(name_or_path: str, dtype: str | torch.dtype | None = None, devi
     from .models import load_model, resolve_dtype
 
     if activations is not None and activations not in PLACES:
-        raise ValueError(f"activations={activations!r} is not allowed; allowed: {list(PLACES)}")
+        raise WorkbenchError(f"activations={activations!r} is not allowed; allowed: {list(PLACES)}")
     if activations == "disk" and offload_dir is None:
-        raise ValueError("activations='disk' needs an offload directory (--offload-dir DIR)")
+        raise WorkbenchError("activations='disk' needs an offload directory (--offload-dir DIR)")
     scratch = None
     if offload_dir is not None:
         root = _check_directory(offload_dir, "offload_dir")

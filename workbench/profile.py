@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import WorkbenchError
+
 GRANULARITIES = ("uniform", "block", "layer", "row")
 
 
@@ -38,14 +40,14 @@ class SparsityProfile:
         """Every ratio in [0, 1), target in [0, 1), a known granularity, rows consistent with layers."""
         check_sparsity(self.target, "target")
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity={self.granularity!r} is not allowed; allowed: {list(GRANULARITIES)}")
+            raise WorkbenchError(f"granularity={self.granularity!r} is not allowed; allowed: {list(GRANULARITIES)}")
         if set(self.layers) != set(self.numels):
-            raise ValueError("profile layers and numels name different layers")
+            raise WorkbenchError("profile layers and numels name different layers")
         for name, value in self.layers.items():
             check_sparsity(value, f"sparsity of {name}")
         for name, values in self.rows.items():
             if name not in self.layers:
-                raise ValueError(f"row sparsities given for unknown layer {name!r}")
+                raise WorkbenchError(f"row sparsities given for unknown layer {name!r}")
             for value in values:
                 check_sparsity(value, f"row sparsity of {name}")
 
@@ -54,8 +56,8 @@ class SparsityProfile:
         names = set(names)
         missing, extra = sorted(names - set(self.layers)), sorted(set(self.layers) - names)
         if missing or extra:
-            raise ValueError(f"profile does not match the model's prunable linears: missing {missing[:3]} "
-                             f"({len(missing)} in all), unknown {extra[:3]} ({len(extra)} in all)")
+            raise WorkbenchError(f"profile does not match the model's prunable linears: missing {missing[:3]} "
+                                  f"({len(missing)} in all), unknown {extra[:3]} ({len(extra)} in all)")
 
     # ------------------------------------------------------------------ summaries
     def mean(self) -> float:
@@ -99,5 +101,5 @@ def check_sparsity(value: float, name: str = "sparsity") -> float:
     """Return ``value`` if it is a finite number in [0, 1), else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
+        raise WorkbenchError(f"{name}={value!r} must be a number in [0, 1)")
     return float(value)

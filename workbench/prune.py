@@ -23,6 +23,7 @@ from .allocation import AllocationInput, allocate, check_allocator, check_params
 from .backend.reference import check_nm, parse_pattern
 from .calibrate import MODES, LayerStats, calibrate
 from .data import Calibration, calibration_samples
+from .errors import WorkbenchError
 from .models import prunable_linears, structure
 from .offload import Residency
 from .profile import SparsityProfile, check_sparsity
@@ -92,8 +93,8 @@ def check_target(pattern: str, allocation: str, sparsity: float, with_profile: b
     n, m = parse_pattern(pattern)
     if n:
         if allocation not in ("uniform", "dense") or with_profile:
-            raise ValueError(f"pattern={pattern!r} fixes every layer at {n}/{m}: use allocation='uniform' "
-                             f"(got allocation={allocation!r}{' and a profile' if with_profile else ''})")
+            raise WorkbenchError(f"pattern={pattern!r} fixes every layer at {n}/{m}: use allocation='uniform' "
+                                  f"(got allocation={allocation!r}{' and a profile' if with_profile else ''})")
     elif allocation != "dense":
         check_sparsity(sparsity, "sparsity")
     return n, m
@@ -106,7 +107,7 @@ def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile
     check_metric(metric, group)
     n, m = check_target(pattern, allocation, sparsity, with_profile=profile is not None)
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
+        raise WorkbenchError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
     linears = prunable_linears(model)
     for name, lin in linears.items() if n else ():
         check_nm(n, m, lin.in_features, layer=name)
@@ -117,10 +118,10 @@ def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile
     else:
         params = check_params(allocation, allocation_params or {}, metric)
     if cache is not None and mode != "dense":
-        raise ValueError("cache= holds dense statistics: use mode='dense' with it")
+        raise WorkbenchError("cache= holds dense statistics: use mode='dense' with it")
     if type(residency) is not Residency and (mode != "sequential" or cache is not None):
-        raise ValueError(f"an onloaded or streamed model prunes block by block: use mode='sequential' without a "
-                         f"cache (got mode={mode!r})")
+        raise WorkbenchError(f"an onloaded or streamed model prunes block by block: use mode='sequential' without a "
+                              f"cache (got mode={mode!r})")
     return n, m, params
 
 
@@ -146,10 +147,10 @@ def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: s
     score = params.get("score", "wanda")
     statistics = set(NEEDS[metric]) | ({"sq_norm"} if needs_scores and score == "wanda" else set())
     if cache is not None and not cache.has(tuple(statistics)):
-        raise ValueError(f"cache lacks statistics {sorted(statistics)}; build it with them")
+        raise WorkbenchError(f"cache lacks statistics {sorted(statistics)}; build it with them")
     if statistics and calibration is None and cache is None:
         if tokenizer is None:
-            raise ValueError("calibration: give calibration samples or a tokenizer to draw embedded ones")
+            raise WorkbenchError("calibration: give calibration samples or a tokenizer to draw embedded ones")
         calibration = calibration_samples(tokenizer, "embedded")
 
     timings = {"forward_s": 0.0, "prune_s": 0.0}
@@ -209,15 +210,15 @@ def _prune_in_loop(model: nn.Module, tokenizer, metric: str, allocation: str, sp
                    params: dict, cache: DenseCache | None, progress: bool, residency: Residency) -> PruneResult:
     """Allocators that learn while pruning (BESA): one sequential pass, the learner prunes each block."""
     if mode != "sequential" or cache is not None:
-        raise ValueError(f"allocation={allocation!r} learns on the pruned model's block inputs: use "
-                         f"mode='sequential' without a cache (got mode={mode!r})")
+        raise WorkbenchError(f"allocation={allocation!r} learns on the pruned model's block inputs: use "
+                              f"mode='sequential' without a cache (got mode={mode!r})")
     if pattern[0] or group is not None:
-        raise ValueError(f"allocation={allocation!r} chooses its own unstructured masks: leave pattern "
-                         f"'unstructured' and group unset")
+        raise WorkbenchError(f"allocation={allocation!r} chooses its own unstructured masks: leave pattern "
+                              f"'unstructured' and group unset")
     learner = check_allocator(allocation).fn(AllocationInput(layer_infos(model)), sparsity, **params)
     if calibration is None:
         if tokenizer is None:
-            raise ValueError("calibration: give calibration samples or a tokenizer to draw embedded ones")
+            raise WorkbenchError("calibration: give calibration samples or a tokenizer to draw embedded ones")
         calibration = calibration_samples(tokenizer, "embedded")
     start = time.perf_counter()
     calibrate(model, calibration.input_ids, "sequential", tuple(sorted(learner.statistics)),

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import WorkbenchError
 from .profile import SparsityProfile
 
 MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
@@ -29,7 +30,7 @@ def load_profile_source(path: str | Path) -> tuple[SparsityProfile, dict[str, An
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"profile={str(path)!r} could not be read as JSON ({err})") from err
+        raise WorkbenchError(f"profile={str(path)!r} could not be read as JSON ({err})") from err
     return read_profile_source(data, str(path))
 
 
@@ -43,8 +44,8 @@ def read_profile_source(data: Any, where: str = "record") -> tuple[SparsityProfi
         return SparsityProfile.from_dict(data["profile"]), known
     if isinstance(data, dict) and "layers" in data:
         return SparsityProfile.from_dict(data), {}
-    raise ValueError(f"profile={where!r} is neither a result record with a profile nor a sparsity profile "
-                     "(with 'layers')")
+    raise WorkbenchError(f"profile={where!r} is neither a result record with a profile nor a sparsity profile "
+                          "(with 'layers')")
 
 
 def run_settings(known: dict[str, Any], where: str, model: str | None = None, metric: str | None = None,
@@ -53,8 +54,8 @@ def run_settings(known: dict[str, Any], where: str, model: str | None = None, me
     (wanda, unstructured); the model has no default, its layers must be checked."""
     model = model or known.get("model")
     if model is None:
-        raise ValueError(f"profile={where!r} is a bare sparsity profile: give --model so its layers can be checked "
-                         "against the model's prunable linears")
+        raise WorkbenchError(f"profile={where!r} is a bare sparsity profile: give --model so its layers can be checked "
+                              "against the model's prunable linears")
     return model, metric or known.get("metric") or "wanda", pattern or known.get("pattern") or "unstructured"
 
 
@@ -63,16 +64,17 @@ def build_recipe(profile: SparsityProfile, module_order: list[str], metric: str 
     """The recipe as a dict: one pruning modifier whose targets are the model's prunable linears in
     ``module_order`` (the model's module order) and whose ``sparsity`` list is the profile's ratios."""
     if metric not in MODIFIERS:
-        raise ValueError(f"metric={metric!r} has no one-shot llm-compressor modifier with per-layer sparsity; "
-                         f"allowed: {sorted(MODIFIERS)}")
+        raise WorkbenchError(f"metric={metric!r} has no one-shot llm-compressor modifier with per-layer sparsity; "
+                              f"allowed: {sorted(MODIFIERS)}")
     if profile.granularity == "row" or profile.rows:
-        raise ValueError("a row-wise profile (per-row sparsities) cannot be expressed in an llm-compressor recipe, "
-                         "which takes one sparsity per module; export a layer-granularity profile")
+        raise WorkbenchError("a row-wise profile (per-row sparsities) cannot be expressed in an llm-compressor recipe, "
+                              "which takes one sparsity per module; export a layer-granularity profile")
     group = profile.params.get("mask_group")
     if group is not None and group != "row" and metric != "sparsegpt":
-        raise ValueError(f"allocation={profile.allocator!r} prunes with comparison group {group!r} (its threshold is "
-                         f"the mask), but llm-compressor's {MODIFIERS[metric]} prunes per output row; allowed: "
-                         "--metric sparsegpt, or a global_per_row profile (the same ratios, applied per row)")
+        raise WorkbenchError(f"allocation={profile.allocator!r} prunes with comparison group {group!r} (its "
+                             f"threshold is "
+                              f"the mask), but llm-compressor's {MODIFIERS[metric]} prunes per output row; allowed: "
+                              "--metric sparsegpt, or a global_per_row profile (the same ratios, applied per row)")
     profile.check_matches(module_order)
     from .backend.reference import parse_pattern
 

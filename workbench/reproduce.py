@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .errors import WorkbenchError
 from .results import read_record, write_json_atomic, write_text_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -48,32 +49,33 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     """Read and check a grid file (clear errors for unknown keys, wrong types and missing parts)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"grid={str(path)!r} is not a file (examples: data/grids/demo.yaml, data/grids/paper.yaml)")
+        raise WorkbenchError(f"grid={str(path)!r} is not a file (examples: data/grids/demo.yaml, "
+                             f"data/grids/paper.yaml)")
     try:
         grid = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"grid {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise WorkbenchError(f"grid {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(grid, dict):
-        raise ValueError(f"grid {path}: must be a mapping with keys name, model, defaults, {', '.join(TABLES)}")
+        raise WorkbenchError(f"grid {path}: must be a mapping with keys name, model, defaults, {', '.join(TABLES)}")
     unknown = set(grid) - {"name", "model", "defaults", *TABLES}
     if unknown:
-        raise ValueError(f"grid {path}: unknown keys {sorted(map(str, unknown))}; allowed: name, model, defaults, "
-                         f"{', '.join(TABLES)}")
+        raise WorkbenchError(f"grid {path}: unknown keys {sorted(map(str, unknown))}; allowed: name, model, defaults, "
+                              f"{', '.join(TABLES)}")
     if not any(grid.get(t) for t in TABLES):
-        raise ValueError(f"grid {path}: give at least one of {list(TABLES)}")
+        raise WorkbenchError(f"grid {path}: give at least one of {list(TABLES)}")
     grid.setdefault("name", path.stem)
     grid.setdefault("model", "smollm2-135m")
     grid["defaults"] = grid.get("defaults") or {}
     for key in ("name", "model"):
         if not isinstance(grid[key], str) or not grid[key]:
-            raise ValueError(f"grid {path}: {key}={grid[key]!r} must be a non-empty string")
+            raise WorkbenchError(f"grid {path}: {key}={grid[key]!r} must be a non-empty string")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", grid["name"]):
-        raise ValueError(f"grid {path}: name={grid['name']!r} names a folder: letters, digits, '_', '.', '-' only")
+        raise WorkbenchError(f"grid {path}: name={grid['name']!r} names a folder: letters, digits, '_', '.', '-' only")
     if not isinstance(grid["defaults"], dict):
-        raise ValueError(f"grid {path}: defaults must be a mapping of run settings; allowed: {list(RUN_FIELDS)}")
+        raise WorkbenchError(f"grid {path}: defaults must be a mapping of run settings; allowed: {list(RUN_FIELDS)}")
     for key in grid["defaults"]:
         if key not in RUN_FIELDS:
-            raise ValueError(f"grid {path}: defaults.{key} is not a run setting; allowed: {list(RUN_FIELDS)}")
+            raise WorkbenchError(f"grid {path}: defaults.{key} is not a run setting; allowed: {list(RUN_FIELDS)}")
     for table in TABLES:
         _check_table(grid.get(table), table)
     return grid
@@ -84,28 +86,29 @@ def _check_table(spec: Any, table: str) -> None:
     if spec is None:
         return
     if not isinstance(spec, dict):
-        raise ValueError(f"grid {table}: must be a mapping (methods, sparsities, dense, run settings)")
+        raise WorkbenchError(f"grid {table}: must be a mapping (methods, sparsities, dense, run settings)")
     bad = set(spec) - set(RUN_FIELDS) - {"methods", "sparsities", "dense"}
     if bad:
-        raise ValueError(f"grid {table}: unknown keys {sorted(map(str, bad))}; allowed: methods, sparsities, dense, "
-                         f"{', '.join(RUN_FIELDS)}")
+        raise WorkbenchError(f"grid {table}: unknown keys {sorted(map(str, bad))}; allowed: methods, "
+                             f"sparsities, dense, "
+                              f"{', '.join(RUN_FIELDS)}")
     if not isinstance(spec.get("dense", True), bool):
-        raise ValueError(f"grid {table}.dense={spec['dense']!r} must be true or false")
+        raise WorkbenchError(f"grid {table}.dense={spec['dense']!r} must be true or false")
     _check_sparsities(spec.get("sparsities", [0.5]), f"{table}.sparsities")
     methods = spec.get("methods", [])
     if not isinstance(methods, list) or not all(isinstance(m, dict) for m in methods):
-        raise ValueError(f"grid {table}.methods must be a list of mappings (label, allocation, ...)")
+        raise WorkbenchError(f"grid {table}.methods must be a list of mappings (label, allocation, ...)")
     for method in methods:
         label = method.get("label", method.get("allocation", "uniform"))
         if not isinstance(label, str) or not label.strip():
-            raise ValueError(f"grid {table}.methods: label={label!r} must be a non-empty string")
+            raise WorkbenchError(f"grid {table}.methods: label={label!r} must be a non-empty string")
         if "sparsities" in method:
             _check_sparsities(method["sparsities"], f"{table}.methods[{label}].sparsities")
 
 
 def _check_sparsities(value: Any, where: str) -> None:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"grid {where}={value!r} must be a non-empty list of sparsities in [0, 1)")
+        raise WorkbenchError(f"grid {where}={value!r} must be a non-empty list of sparsities in [0, 1)")
 
 
 def expand(grid: dict[str, Any]) -> list[Run]:
@@ -124,8 +127,8 @@ def expand(grid: dict[str, Any]) -> list[Run]:
             label = method.pop("label", method.get("allocation", "uniform"))
             bad = set(method) - set(RUN_FIELDS) - {"sparsities"}
             if bad:
-                raise ValueError(f"grid {table}.methods[{label}]: unknown settings {sorted(map(str, bad))}; "
-                                 f"allowed: {list(RUN_FIELDS)}")
+                raise WorkbenchError(f"grid {table}.methods[{label}]: unknown settings {sorted(map(str, bad))}; "
+                                      f"allowed: {list(RUN_FIELDS)}")
             for sparsity in method.pop("sparsities", None) or spec.get("sparsities", [0.5]):
                 runs.append(Run(table, label, sparsity, {**shared, **method, "sparsity": sparsity}))
     for run in runs:
@@ -141,7 +144,7 @@ def check_run(run: Run, model: str) -> None:
     try:
         ExperimentConfig(model=model, evals=evals, **run.params)
     except ValueError as err:
-        raise ValueError(f"grid {run.table}.methods[{run.label}] at sparsity {run.sparsity}: {err}") from None
+        raise WorkbenchError(f"grid {run.table}.methods[{run.label}] at sparsity {run.sparsity}: {err}") from None
 
 
 def run_defaults() -> dict[str, Any]:

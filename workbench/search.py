@@ -57,14 +57,20 @@ from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
 from .allocation.owl import groups
 from .backend import kernels
 from .data import check_held_out, eval_tokens
+from .errors import WorkbenchError
 from .evaluate import perplexity_from_ids, window_kl, window_log_probs
 from .models import prunable_linears
+from .registry import Plugin, Registry
 from .results import write_json_atomic
 
 STATE_VERSION = 5  # 5: no score shared between kinds, paid fitness per record, held-out re-score
 NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
-FITNESS = ("ppl", "kl")
-FUNCTION_SETS = ("workbench", "dsa-public")
+FITNESS: Registry[Plugin] = Registry("fitness kind", "fitness")
+FITNESS.add("ppl", Plugin("ppl", "perplexity of the pruned model on validation windows"))
+FITNESS.add("kl", Plugin("kl", "KL divergence of the pruned model's next-token distribution from the dense one's"))
+FUNCTION_SETS: Registry[Plugin] = Registry("function set", "function_set")
+FUNCTION_SETS.add("workbench", Plugin("workbench", "every op, λ and direction searched"))
+FUNCTION_SETS.add("dsa-public", Plugin("dsa-public", "the public DSA code's ops only, direction +1, λ 0.08"))
 PUBLIC_LAMBDA = 0.08  # the public DSA code fixes λ
 KINDS = ("evolution", "random")
 
@@ -101,14 +107,13 @@ class SearchConfig:
                           ("heldout_windows", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+                raise WorkbenchError(f"{name}={value!r} must be an integer >= {low}")
         if isinstance(self.elite, bool) or not isinstance(self.elite, int) or not 0 <= self.elite < self.population:
-            raise ValueError(f"elite={self.elite!r} must be an integer in [0, population={self.population})")
+            raise WorkbenchError(f"elite={self.elite!r} must be an integer in [0, population={self.population})")
         for name in ("fitness", "cheap_fitness"):
             if getattr(self, name) not in FITNESS:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {list(FITNESS)}")
-        if self.function_set not in FUNCTION_SETS:
-            raise ValueError(f"function_set={self.function_set!r} is not allowed; allowed: {list(FUNCTION_SETS)}")
+                raise WorkbenchError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {FITNESS.names()}")
+        FUNCTION_SETS.check(self.function_set)
 
     @property
     def multi_fidelity(self) -> bool:
@@ -169,15 +174,17 @@ class SearchContext:
         for fidelity, (windows, seqlen) in (("fitness", (c.fitness_windows, c.fitness_seqlen)),
                                             ("cheap", (c.cheap_windows, c.cheap_seqlen))):
             if windows * seqlen > available:
-                raise ValueError(f"{fidelity}_windows={windows} x {fidelity}_seqlen={seqlen} needs {windows * seqlen} "
-                                 f"tokens; the validation split of {dataset!r} has {available} "
-                                 f"(allowed: {fidelity}_windows <= {available // seqlen} at this seqlen)")
+                raise WorkbenchError(f"{fidelity}_windows={windows} x {fidelity}_seqlen={seqlen} needs "
+                                     f"{windows * seqlen} "
+                                      f"tokens; the validation split of {dataset!r} has {available} "
+                                      f"(allowed: {fidelity}_windows <= {available // seqlen} at this seqlen)")
         used = max(c.fitness_windows * c.fitness_seqlen, c.cheap_windows * c.cheap_seqlen)
         if c.heldout_windows * c.fitness_seqlen > available - used:
-            raise ValueError(f"heldout_windows={c.heldout_windows} x fitness_seqlen={c.fitness_seqlen} does not fit "
-                             f"after the search's {used} of the {available} validation tokens of {dataset!r} "
-                             f"(allowed: heldout_windows <= {(available - used) // c.fitness_seqlen}; 0 skips "
-                             "the held-out re-score)")
+            raise WorkbenchError(f"heldout_windows={c.heldout_windows} x fitness_seqlen={c.fitness_seqlen} "
+                                 f"does not fit "
+                                  f"after the search's {used} of the {available} validation tokens of {dataset!r} "
+                                  f"(allowed: heldout_windows <= {(available - used) // c.fitness_seqlen}; 0 skips "
+                                  "the held-out re-score)")
 
     # -- allocation
     def allocation(self, fn: AllocationFunction) -> dict:
@@ -274,7 +281,7 @@ def function_set(name: str = "workbench") -> FunctionSet:
     if name == "dsa-public":
         return FunctionSet(tuple(ops.PUBLIC_PRE), tuple(ops.PUBLIC_REDUCTIONS), tuple(ops.PUBLIC_POST),
                            fixed_lam=PUBLIC_LAMBDA, fixed_direction=1)
-    raise ValueError(f"function_set={name!r} is not allowed; allowed: {list(FUNCTION_SETS)}")
+    raise WorkbenchError(f"function_set={name!r} is not allowed; allowed: {list(FUNCTION_SETS)}")
 
 
 def random_function(rng: random.Random, space: FunctionSet | None = None) -> AllocationFunction:
@@ -382,7 +389,7 @@ def load_state(path: Path) -> SearchState:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") != STATE_VERSION:
-            raise ValueError(f"version {data.get('version')!r} is not {STATE_VERSION}")
+            raise WorkbenchError(f"version {data.get('version')!r} is not {STATE_VERSION}")
         state = SearchState(config=dict(data["config"]), generation=int(data["generation"]),
                             elites=[str(k) for k in data["elites"]], rng=data["rng"],
                             random_chunks=int(data["random_chunks"]), random_rng=data["random_rng"],
@@ -391,8 +398,8 @@ def load_state(path: Path) -> SearchState:
             AllocationFunction.from_dict(rec["function"])
         return state
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"checkpoint {path} is malformed or truncated ({type(err).__name__}: {err}); "
-                         "remove it to start afresh or point --out elsewhere") from None
+        raise WorkbenchError(f"checkpoint {path} is malformed or truncated ({type(err).__name__}: {err}); "
+                              "remove it to start afresh or point --out elsewhere") from None
 
 
 # --------------------------------------------------------------------------- the search
@@ -412,10 +419,11 @@ class Search:
         self.state_path = self.out / "state.json"
         if self.state_path.exists():
             if not resume:
-                raise ValueError(f"out={str(self.out)!r} already holds a search; pass resume=True (--resume)")
+                raise WorkbenchError(f"out={str(self.out)!r} already holds a search; pass resume=True (--resume)")
             self.state = load_state(self.state_path)
             if self.state.config != config.to_dict():
-                raise ValueError(f"the checkpoint's configuration {self.state.config} differs from {config.to_dict()}")
+                raise WorkbenchError(f"the checkpoint's configuration {self.state.config} differs from "
+                                     f"{config.to_dict()}")
         else:
             self.state = SearchState(config=config.to_dict(), meta=meta or {})
         self._index()

@@ -16,6 +16,7 @@ import torch
 
 from .allocation import AllocationInput, allocate, check_allocator, layer_infos
 from .data import calibration_samples
+from .errors import WorkbenchError
 from .experiment import ExperimentConfig, cache_fits, run_experiment
 from .profile import SparsityProfile
 
@@ -115,7 +116,7 @@ class Session:
         """Prune-and-evaluate on the session's model (dense weights restored first); queued by a lock.
         A dense-mode run on the session's calibration prunes from the session's dense statistics."""
         if config.model != self.model_name:
-            raise ValueError(f"config.model={config.model!r} differs from the session's model {self.model_name!r}")
+            raise WorkbenchError(f"config.model={config.model!r} differs from the session's model {self.model_name!r}")
         with self.run_lock:
             self.cache.restore(self.model)
             try:

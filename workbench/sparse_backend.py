@@ -15,7 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-BACKENDS = ("torch-csr", "scipy-csr")
+from .errors import WorkbenchError
+from .registry import Plugin, Registry
+
+BACKENDS: Registry[Plugin] = Registry("sparse backend", "sparse_backend")
+BACKENDS.add("torch-csr", Plugin("torch-csr", "torch.sparse CSR matmul"))
+BACKENDS.add("scipy-csr", Plugin("scipy-csr", "scipy.sparse CSR matmul (numpy views of the tensors)"))
 
 
 class SparseLinear(nn.Module):
@@ -24,7 +29,7 @@ class SparseLinear(nn.Module):
     def __init__(self, linear: nn.Linear, backend: str = "torch-csr"):
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is not supported; allowed: {list(BACKENDS)}")
+            raise WorkbenchError(f"backend={backend!r} is not supported; allowed: {list(BACKENDS)}")
         weight = linear.weight.detach().to("cpu", torch.float32)
         self.backend, self.in_features, self.out_features = backend, linear.in_features, linear.out_features
         self.bias = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).clone()

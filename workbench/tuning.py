@@ -27,6 +27,7 @@ from typing import Any
 
 from .allocation import allocate
 from .allocation.atp import beta_limit
+from .errors import WorkbenchError
 
 COARSE = 9
 REFINE = 6  # 3 values on each side of the coarse best, at a quarter of the coarse step
@@ -53,7 +54,7 @@ TUNABLE = {name: (axis.name, "M") if name == "owl" else (axis.name,) for name, a
 def strength_axis(allocation: str, sparsity: float, blocks: int) -> Axis:
     """The range ``allocation``'s strength is tuned over at ``sparsity`` with ``blocks`` blocks."""
     if allocation not in AXES:
-        raise ValueError(f"allocation={allocation!r} has no tunable strength; allowed: {sorted(AXES)}")
+        raise WorkbenchError(f"allocation={allocation!r} has no tunable strength; allowed: {sorted(AXES)}")
     axis = AXES[allocation]
     return axis if axis.high is not None else Axis(axis.name, axis.low, beta_limit(sparsity, blocks))
 
@@ -64,9 +65,9 @@ def check_auto(allocation: str, params: dict[str, Any]) -> list[str]:
     allowed = TUNABLE.get(allocation, ())
     bad = [k for k in auto if k not in allowed]
     if bad:
-        raise ValueError(f"allocation={allocation!r}: {bad[0]}='auto' cannot be tuned; tunable: {list(allowed)}")
+        raise WorkbenchError(f"allocation={allocation!r}: {bad[0]}='auto' cannot be tuned; tunable: {list(allowed)}")
     if "M" in auto and "lam" not in auto:
-        raise ValueError("allocation='owl': M='auto' is tuned together with lam='auto'; give both as 'auto'")
+        raise WorkbenchError("allocation='owl': M='auto' is tuned together with lam='auto'; give both as 'auto'")
     return auto
 
 
@@ -136,7 +137,7 @@ def _legal(axis: Axis, allocate_at, steps: int = 30) -> Axis:
     if legal(axis.high):
         return axis
     if not legal(axis.low):
-        raise ValueError(f"{axis.name}: no legal value in [{axis.low}, {axis.high}] to tune over")
+        raise WorkbenchError(f"{axis.name}: no legal value in [{axis.low}, {axis.high}] to tune over")
     lo, hi = axis.low, axis.high
     for _ in range(steps):
         mid = (lo + hi) / 2

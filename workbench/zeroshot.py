@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from .data import DatasetUnavailable
+from .errors import WorkbenchError
 from .tasks import EMBEDDED_TASKS
 
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -102,27 +103,27 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
     names: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(f"tasks: {item!r} is not a task name (a string)")
+            raise WorkbenchError(f"tasks: {item!r} is not a task name (a string)")
         item = item.strip()
         for name in TASK_SETS.get(item, (item,)):
             if name and name not in names:
                 names.append(name)
     if not names:
-        raise ValueError(f"tasks={tasks!r} names no task; allowed: 'embedded', 'paper' or task names")
+        raise WorkbenchError(f"tasks={tasks!r} names no task; allowed: 'embedded', 'paper' or task names")
     unknown = [n for n in names if n not in EMBEDDED_TASKS and n not in PAPER_TASKS
                and n not in _harness_task_names()]
     if unknown:
-        raise ValueError(f"tasks: unknown task name(s) {unknown}; allowed: 'embedded' {list(EMBEDDED_TASKS)}, "
-                         f"'paper' {list(PAPER_TASKS)}, or any lm-eval task name (lm-eval ls tasks)")
+        raise WorkbenchError(f"tasks: unknown task name(s) {unknown}; allowed: 'embedded' {list(EMBEDDED_TASKS)}, "
+                              f"'paper' {list(PAPER_TASKS)}, or any lm-eval task name (lm-eval ls tasks)")
     return names
 
 
 def check_zero_shot_args(limit, batch_size) -> None:
     """Raise ValueError naming the parameter when ``limit`` or ``batch_size`` is not allowed."""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"limit={limit!r} must be None (all items) or an integer >= 1 (items per task)")
+        raise WorkbenchError(f"limit={limit!r} must be None (all items) or an integer >= 1 (items per task)")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        raise WorkbenchError(f"batch_size={batch_size!r} must be an integer >= 1")
 
 
 # --------------------------------------------------------------------------- loading tasks
@@ -154,8 +155,8 @@ def load_tasks(names: Sequence[str]):
         loaded.update(result["tasks"])  # a group name brings all its tasks
     not_mc = [n for n, task in loaded.items() if task.get_config("output_type") != "multiple_choice"]
     if not_mc:
-        raise ValueError(f"tasks: {not_mc} are not multiple-choice; zero_shot reports acc / acc_norm of "
-                         "multiple-choice (log-likelihood) tasks only")
+        raise WorkbenchError(f"tasks: {not_mc} are not multiple-choice; zero_shot reports acc / acc_norm of "
+                              "multiple-choice (log-likelihood) tasks only")
     return manager, loaded, (embedded.manifest if embedded else None)
 
 
@@ -172,7 +173,7 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
     check_zero_shot_args(limit, batch_size)
     if tokenizer is None or (tokenizer.bos_token_id is None and tokenizer.eos_token_id is None
                              and prefix_token_id is None):
-        raise ValueError("tokenizer: lm-eval needs a tokenizer with a BOS or EOS token, or prefix_token_id")
+        raise WorkbenchError("tokenizer: lm-eval needs a tokenizer with a BOS or EOS token, or prefix_token_id")
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import WorkbenchError
 from . import reference as ref
 
 KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
@@ -105,22 +106,22 @@ def _grid(n: int) -> int:
 
 def _float_matrix(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+        raise WorkbenchError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        raise WorkbenchError(f"{name} must be a floating-point tensor, got {t.dtype}")
     return t.float().contiguous()
 
 
 def _counts(counts: torch.Tensor | int, rows: int, cols: int) -> torch.Tensor:
     counts = torch.as_tensor(counts)
     if counts.is_floating_point():
-        raise ValueError(f"counts must be integers, got {counts.dtype}")
+        raise WorkbenchError(f"counts must be integers, got {counts.dtype}")
     counts = counts.expand(rows) if counts.dim() == 0 else counts
     if counts.shape != (rows,):
-        raise ValueError(f"counts must have one entry per row ({rows}), got shape {tuple(counts.shape)}")
+        raise WorkbenchError(f"counts must have one entry per row ({rows}), got shape {tuple(counts.shape)}")
     if counts.numel() and (int(counts.min()) < 0 or int(counts.max()) > cols):
-        raise ValueError(f"counts must lie in [0, {cols}] (the row length), got [{int(counts.min())}, "
-                         f"{int(counts.max())}]")
+        raise WorkbenchError(f"counts must lie in [0, {cols}] (the row length), got [{int(counts.min())}, "
+                              f"{int(counts.max())}]")
     return counts
 
 
@@ -130,7 +131,7 @@ def accumulate_sq_norm(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out += Σ over rows of x² (x: (tokens, features)); Wanda's statistics."""
     x = x.reshape(-1, x.shape[-1])
     if out.shape != (x.shape[1],) or out.dtype != torch.float32:
-        raise ValueError(f"out must be float32 of shape ({x.shape[1]},), got {out.dtype} {tuple(out.shape)}")
+        raise WorkbenchError(f"out must be float32 of shape ({x.shape[1]},), got {out.dtype} {tuple(out.shape)}")
     if not _on_device(x):
         xf = x.float()
         return out.add_((xf * xf).sum(dim=0))
@@ -147,7 +148,7 @@ def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
     """|W| · ||X_j|| in float32."""
 
     if act_norm.shape != (weight.shape[-1],):
-        raise ValueError(f"act_norm must have shape ({weight.shape[-1]},), got {tuple(act_norm.shape)}")
+        raise WorkbenchError(f"act_norm must have shape ({weight.shape[-1]},), got {tuple(act_norm.shape)}")
     if not _on_device(weight):
         return ref.wanda_scores(weight, act_norm)
     w = _float_matrix("weight", weight)
@@ -181,7 +182,7 @@ def row_order(scores: torch.Tensor) -> torch.Tensor:
 def mask_from_order(order: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:
     """Prune the first counts[r] columns of order[r] (the counts[r] lowest scores); bool, True = pruned."""
     if order.dim() != 2 or order.is_floating_point():
-        raise ValueError(f"order must be a 2-D integer tensor, got {order.dtype} {tuple(order.shape)}")
+        raise WorkbenchError(f"order must be a 2-D integer tensor, got {order.dtype} {tuple(order.shape)}")
     rows, cols = order.shape
     return ref.mask_from_order(order, _counts(counts, rows, cols).to(order.device))
 
@@ -193,7 +194,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if not _on_device(s):
         return ref.nm_mask(s, n, m)
     if m > NM_MAX_M:
-        raise ValueError(f"pattern {n}:{m}: the CUDA kernel supports M <= {NM_MAX_M}")
+        raise WorkbenchError(f"pattern {n}:{m}: the CUDA kernel supports M <= {NM_MAX_M}")
     out = torch.empty(s.shape, dtype=torch.uint8, device=s.device)
     groups = s.numel() // m
     _launch("nm_mask", ((groups + THREADS - 1) // THREADS,), (THREADS,), (s, out, groups, n, m))
@@ -203,7 +204,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def matrix_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Prune the ``count`` lowest scores of the whole matrix (torch on every device: one global sort)."""
     if not 0 <= count <= scores.numel():
-        raise ValueError(f"count={count} must lie in [0, {scores.numel()}]")
+        raise WorkbenchError(f"count={count} must lie in [0, {scores.numel()}]")
     return ref.matrix_mask(scores.float(), count)
 
 
@@ -211,7 +212,7 @@ def score_sum_and_count(scores: torch.Tensor, threshold: float | None = None) ->
     """(Σ scores, #{scores > threshold}) — OWL's outlier statistic; the count is 0 without a threshold."""
     s = scores.reshape(-1)
     if not s.is_floating_point():
-        raise ValueError(f"scores must be floating point, got {s.dtype}")
+        raise WorkbenchError(f"scores must be floating point, got {s.dtype}")
     if not _on_device(s):
         total = float(s.double().sum())
         return total, int((s > threshold).sum()) if threshold is not None else 0
@@ -236,17 +237,17 @@ def besa_keep_prob(ranks: torch.Tensor, probs: torch.Tensor, cands: torch.Tensor
     ``probs`` is (rows, K) for row-wise BESA or (1, K) / (K,) for layer-wise; ``cands`` (K,) descending.
     """
     if ranks.dim() != 2:
-        raise ValueError(f"ranks must be 2-D, got shape {tuple(ranks.shape)}")
+        raise WorkbenchError(f"ranks must be 2-D, got shape {tuple(ranks.shape)}")
     rows, cols = ranks.shape
     probs = probs.reshape(-1, probs.shape[-1]).float()
     if probs.shape[0] not in (1, rows) or probs.shape[1] != cands.numel():
-        raise ValueError(f"probs must be (1 or {rows}, {cands.numel()}), got {tuple(probs.shape)}")
+        raise WorkbenchError(f"probs must be (1 or {rows}, {cands.numel()}), got {tuple(probs.shape)}")
     if cands.numel() > 1 and bool((cands[1:] > cands[:-1]).any()):
-        raise ValueError("cands must be sorted in descending order")
+        raise WorkbenchError("cands must be sorted in descending order")
     if not _on_device(ranks):
         return ref.besa_keep_prob(ranks, probs, cands)
     if cands.numel() > BESA_MAX_K:
-        raise ValueError(f"the CUDA kernel supports at most {BESA_MAX_K} candidates, got {cands.numel()}")
+        raise WorkbenchError(f"the CUDA kernel supports at most {BESA_MAX_K} candidates, got {cands.numel()}")
     out = torch.empty(rows, cols, dtype=torch.float32, device=ranks.device)
     stride = 0 if probs.shape[0] == 1 else probs.shape[1]
     _launch("besa_keep_prob", (rows,), (THREADS,),
@@ -258,15 +259,15 @@ def besa_keep_prob(ranks: torch.Tensor, probs: torch.Tensor, cands: torch.Tensor
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero ``weight`` where ``mask`` is True, in place (weight must be contiguous)."""
     if mask.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
+        raise WorkbenchError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
     if not _on_device(weight):
         ref.apply_mask(weight, mask.to(weight.device))
         return
     if not weight.is_contiguous():
-        raise ValueError("weight must be contiguous to be masked in place on the GPU")
+        raise WorkbenchError("weight must be contiguous to be masked in place on the GPU")
     size = weight.element_size()
     if size not in (2, 4):
-        raise ValueError(f"weight dtype {weight.dtype} is not supported (float32, float16, bfloat16)")
+        raise WorkbenchError(f"weight dtype {weight.dtype} is not supported (float32, float16, bfloat16)")
     view = weight.view(torch.int32 if size == 4 else torch.int16).reshape(-1)
     m = mask.to(weight.device, torch.uint8).contiguous().reshape(-1)
     _launch(f"apply_mask_{8 * size}", (_grid(view.numel()),), (THREADS,), (view, m, view.numel()))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import WorkbenchError
+
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
     """'unstructured' -> (0, 0); 'N:M' -> (N, M) with 0 < N < M."""
@@ -16,15 +18,15 @@ def parse_pattern(pattern: str) -> tuple[int, int]:
     try:
         n, m = (int(p) for p in pattern.split(":"))
     except ValueError:
-        raise ValueError(f"pattern={pattern!r} is not allowed; allowed: 'unstructured' or 'N:M' "
-                         "such as '2:4', '4:8'") from None
+        raise WorkbenchError(f"pattern={pattern!r} is not allowed; allowed: 'unstructured' or 'N:M' "
+                              "such as '2:4', '4:8'") from None
     _check_pair(n, m, f"pattern={pattern!r}")
     return n, m
 
 
 def _check_pair(n: int, m: int, what: str) -> None:
     if not 0 < n < m:
-        raise ValueError(f"{what}: N:M needs 0 < N < M")
+        raise WorkbenchError(f"{what}: N:M needs 0 < N < M")
 
 
 def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
@@ -72,7 +74,7 @@ def check_nm(n: int, m: int, cols: int, layer: str = "") -> None:
     _check_pair(n, m, f"pattern {n}:{m}")
     if cols % m:
         where = f" of {layer}" if layer else ""
-        raise ValueError(f"pattern {n}:{m}: in_features{where} ({cols}) is not divisible by M={m}")
+        raise WorkbenchError(f"pattern {n}:{m}: in_features{where} ({cols}) is not divisible by M={m}")
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

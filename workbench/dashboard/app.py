@@ -26,6 +26,7 @@ from workbench.allocation import ALLOCATORS as REGISTRY
 from workbench.allocation import declared_defaults, learns_while_pruning
 from workbench.allocation.dsa.function import PRESETS
 from workbench.dashboard.jobs import Job, JobQueue
+from workbench.errors import WorkbenchError
 from workbench.experiment import ExperimentConfig
 from workbench.inputs import parse_number
 from workbench.pruners import METRICS
@@ -166,7 +167,7 @@ class DashboardApp:
         them). Bad input shows a message and changes nothing."""
         try:
             values = self.inputs()
-        except ValueError as err:
+        except WorkbenchError as err:
             self._fail(str(err))
             return
         chosen, model = self.allocation.value, self.model.value
@@ -234,7 +235,7 @@ class DashboardApp:
                                       alloc_params=params.get(self.allocation.value, _defaults(self.allocation.value)),
                                       nsamples=self.config.nsamples,
                                       seqlen=self.config.seqlen, eval_seqlen=self.config.eval_seqlen)
-        except ValueError as err:
+        except WorkbenchError as err:
             self._fail(str(err))
             return None
         self.message.visible = False
@@ -324,7 +325,7 @@ class DashboardApp:
         try:
             profile, known = read_profile_source(self._record(), path)
             return io.BytesIO(recipe_text(profile, *run_settings(known, path)).encode())
-        except ValueError as err:
+        except WorkbenchError as err:
             self._fail(f"recipe: {err}")
             return io.BytesIO(f"# no recipe: {err}\n".encode())
 
@@ -365,7 +366,7 @@ def _compute_curves(session: Session, chosen: str, values: dict, function: dict)
     if chosen not in profiles and chosen not in errors and not REGISTRY[chosen].in_loop:
         try:
             profiles[chosen] = session.profile(chosen, values["sparsity"], **_defaults(chosen))
-        except ValueError as err:
+        except WorkbenchError as err:
             errors[chosen] = str(err)
     return profiles, errors
 

@@ -8,6 +8,7 @@ per block of 128 columns jointly over rows (see ``sparsegpt.py``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,27 +16,43 @@ from torch import nn
 
 from ..backend import kernels
 from ..backend.reference import prune_counts
+from ..errors import WorkbenchError
+from ..registry import Plugin, Registry
 from . import magnitude, wanda
 
 if TYPE_CHECKING:
-    from ..calibrate import LayerStats
+    from ..units import LayerStats
 
-METRICS = ("magnitude", "wanda", "sparsegpt")
 GROUPS = ("row", "matrix")
-DEFAULT_GROUP = {"magnitude": magnitude.DEFAULT_GROUP, "wanda": wanda.DEFAULT_GROUP, "sparsegpt": "block"}
-NEEDS = {"magnitude": (), "wanda": ("sq_norm",), "sparsegpt": ("xtx",)}  # calibration statistics needed
+
+
+@dataclass(frozen=True)
+class Metric(Plugin):
+    """A pruning metric: the calibration statistics it needs and its default comparison group."""
+
+    needs: tuple[str, ...] = ()
+    default_group: str = "row"
+
+
+METRICS: Registry[Metric] = Registry("metric")
+METRICS.add("magnitude", Metric("magnitude", "|W|, no calibration (the whole matrix compared)", (),
+                                magnitude.DEFAULT_GROUP))
+METRICS.add("wanda", Metric("wanda", "|W|·||X|| per output row (Sun et al. 2024)", ("sq_norm",), wanda.DEFAULT_GROUP))
+METRICS.add("sparsegpt", Metric("sparsegpt", "OBS mask and weight update per block of 128 columns (Frantar & "
+                                "Alistarh 2023)", ("xtx",), "block"))
+DEFAULT_GROUP = {name: m.default_group for name, m in METRICS.items()}
+NEEDS = {name: m.needs for name, m in METRICS.items()}  # calibration statistics needed
 
 
 def check_metric(metric: str, group: str | None = None) -> str:
     """Validate a metric name and comparison group; return the group to use."""
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r} is not allowed; allowed: {list(METRICS)}")
+    METRICS.check(metric)
     if group is None:
         return DEFAULT_GROUP[metric]
     if metric == "sparsegpt":
-        raise ValueError("group: sparsegpt chooses its mask per block of columns; leave group unset")
+        raise WorkbenchError("group: sparsegpt chooses its mask per block of columns; leave group unset")
     if group not in GROUPS:
-        raise ValueError(f"group={group!r} is not allowed; allowed: {list(GROUPS)}")
+        raise WorkbenchError(f"group={group!r} is not allowed; allowed: {list(GROUPS)}")
     return group
 
 
@@ -45,9 +62,9 @@ def layer_scores(metric: str, weight: torch.Tensor, stats: LayerStats | None) ->
     if metric == "magnitude":
         return magnitude.magnitude_scores(weight)
     if metric not in NEEDS:
-        raise ValueError(f"metric={metric!r} has no scores; allowed: {list(NEEDS)}")
+        raise WorkbenchError(f"metric={metric!r} has no scores; allowed: {list(NEEDS)}")
     if stats is None:
-        raise ValueError(f"metric={metric!r} needs calibration statistics ({', '.join(NEEDS[metric])})")
+        raise WorkbenchError(f"metric={metric!r} needs calibration statistics ({', '.join(NEEDS[metric])})")
     if metric == "wanda":
         return kernels.wanda_scores(weight, stats.act_norm())
     from .sparsegpt import sparsegpt_scores
@@ -67,9 +84,9 @@ def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerSt
         from .sparsegpt import sparsegpt_prune
 
         if row_sparsities is not None:
-            raise ValueError("metric='sparsegpt' does not take per-row sparsities")
+            raise WorkbenchError("metric='sparsegpt' does not take per-row sparsities")
         if stats is None:
-            raise ValueError("metric='sparsegpt' needs calibration statistics (xtx)")
+            raise WorkbenchError("metric='sparsegpt' needs calibration statistics (xtx)")
         new_weight, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, prune_n=n, prune_m=m)
         weight.copy_(new_weight)
         return mask

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from .. import plots
 from ..allocation import curve_allocators, declared_defaults
 from ..allocation.dsa.function import PRESETS, load_function
+from ..errors import WorkbenchError
 from ..inputs import parse_number
 from ..profile import SparsityProfile
 from ..session import CURVE_ALLOCATORS, Session
@@ -73,7 +74,7 @@ class SparsityCurves:
             return
         try:
             value = parse_number(change["new"], "target sparsity", *TARGET_RANGE, high_open=False)
-        except ValueError as err:
+        except WorkbenchError as err:
             self._refuse(str(err))
             self.target_text.value = f"{self.sparsity.value:g}"  # back to what is plotted
             return
@@ -87,7 +88,7 @@ class SparsityCurves:
             elif text.startswith("{"):
                 spec = json.loads(text)
                 if not isinstance(spec, dict):
-                    raise ValueError("custom DSA function must be a JSON object")
+                    raise WorkbenchError("custom DSA function must be a JSON object")
                 self._load_custom(spec)  # validated here; drawn by function_spec
                 function = spec
             else:
@@ -95,7 +96,7 @@ class SparsityCurves:
         except json.JSONDecodeError as err:
             self._refuse(f"custom DSA function is not valid JSON: {err.msg}")
             return
-        except ValueError as err:
+        except WorkbenchError as err:
             self._refuse(f"custom DSA function: {err}")
             return
         self._custom_function = function

@@ -9,6 +9,7 @@ import time
 import ipywidgets as w
 
 from ..allocation import ALLOCATORS, learns_while_pruning
+from ..errors import WorkbenchError
 from ..experiment import ExperimentConfig
 from ..pruners import METRICS
 from ..results import compact_params
@@ -27,7 +28,7 @@ class PruneRunner:
                  eval_dataset: str = "embedded"):
         self.session, self.eval_seqlen, self.curves, self.eval_dataset = session, eval_seqlen, curves, eval_dataset
         self.allocation = w.Dropdown(options=ALLOCATIONS, value="uniform", description="allocation")
-        self.metric = w.Dropdown(options=METRICS, value="wanda", description="metric")
+        self.metric = w.Dropdown(options=METRICS.names(), value="wanda", description="metric")
         self.pattern = w.Dropdown(options=PATTERNS, value="unstructured", description="pattern")
         self.sparsity = w.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.01, description="target",
                                       continuous_update=False)
@@ -90,7 +91,7 @@ class PruneRunner:
                 from ..profile import SparsityProfile
 
                 self.curves.add_profile(f"besa {row['target']:g}", SparsityProfile.from_dict(record["profile"]))
-        except (ValueError, RuntimeError) as err:
+        except WorkbenchError as err:  # a refusal; a bug raises with its traceback
             row["error"] = str(err)
         finally:
             row["seconds"] = round(time.perf_counter() - start, 1)
