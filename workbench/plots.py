@@ -6,6 +6,7 @@ a freshly built figure into a live one (an ipywidgets ``FigureWidget``) so it up
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import plotly.graph_objects as go
@@ -66,22 +67,68 @@ def search_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]
     return out
 
 
+BASELINE_CLIP_FACTOR = 3.0  # a baseline beyond 3x the search lines' range is shown at the edge, not scaled to
+
+
+def _log_range(values: list[float]) -> list[float]:
+    """A log10 y-range around ``values`` with a margin (a single value gets a small span)."""
+    lo, hi = math.log10(min(values)), math.log10(max(values))
+    pad = max(0.08 * (hi - lo), 0.02)
+    return [lo - pad, hi + pad]
+
+
+def _baseline_placement(searched: list[float], baselines: Mapping[str, float]) -> tuple[list[str], list[str]]:
+    """Split baseline names into (inside the plot, clipped to an edge): a baseline more than
+    ``BASELINE_CLIP_FACTOR`` times above the search lines' best-so-far maximum (or below their minimum /
+    the factor), or not finite, would squeeze the searched lines into a sliver, so it is clipped."""
+    if not searched:  # nothing searched yet: the baselines are all there is to show
+        return [k for k, v in baselines.items() if math.isfinite(v)], [k for k, v in baselines.items()
+                                                                        if not math.isfinite(v)]
+    lo, hi = min(searched) / BASELINE_CLIP_FACTOR, max(searched) * BASELINE_CLIP_FACTOR
+    inside = [k for k, v in baselines.items() if math.isfinite(v) and lo <= v <= hi]
+    return inside, [k for k in baselines if k not in inside]
+
+
 def search_progress(history: list[dict], baselines: dict[str, float] | None = None) -> go.Figure:
     """Best validation fitness so far versus candidates scored: evolution beside the random baseline, step
-    lines, with the hand-made allocations' fitness (uniform, OWL) as dashed horizontal lines."""
+    lines, with the hand-made allocations' fitness (uniform, OWL) as dashed horizontal lines.
+
+    The y-axis is logarithmic (perplexity and KL are positive; their ratios matter) and its range is set by
+    the searched lines: a baseline far outside it (``_baseline_placement``) keeps its legend entry but is
+    drawn as an arrow with its value at the top or bottom edge, so the searched lines fill the plot. With a
+    non-positive value anywhere the axis stays linear and autoranged (a log axis cannot show it)."""
     fig = go.Figure()
     series = search_series(history)
+    baselines = dict(baselines or {})
     for kind, (x, y) in series.items():
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=kind, line_shape="hv",
                                  hovertemplate=f"{kind}<br>%{{x}} scored<br>best %{{y:.3f}}<extra></extra>"))
     right = max([x[-1] for x, _y in series.values()], default=1)
-    for name, value in (baselines or {}).items():
+    for name, value in baselines.items():
         fig.add_trace(go.Scatter(x=[0, right], y=[value, value], mode="lines", name=f"{name} {value:.2f}",
                                  line={"dash": "dash", "width": 1.5},
                                  hovertemplate=f"{name}: {value:.3f}<extra></extra>"))
     fig.update_layout(title="DSA search: best full-fidelity validation fitness so far",
                       xaxis_title="distinct candidates scored",
-                      yaxis_title="validation fitness (full fidelity)", template="plotly_white", height=380)
+                      yaxis_title="validation fitness (full fidelity, log scale)", template="plotly_white",
+                      height=380)
+    searched = [v for _x, y in series.values() for v in y if math.isfinite(v)]
+    shown = searched + [v for v in baselines.values() if math.isfinite(v)]
+    if not shown or min(shown) <= 0:
+        fig.update_layout(yaxis_title="validation fitness (full fidelity)")
+        return fig
+    inside, clipped = _baseline_placement(searched, baselines)
+    fig.update_yaxes(type="log", autorange=False, range=_log_range(searched + [baselines[k] for k in inside]))
+    edges = {"top": 0, "bottom": 0}
+    for name in clipped:
+        value = baselines[name]
+        top = not value < min(searched or [value])  # above the range (or not finite): top edge
+        edge = "top" if top else "bottom"
+        fig.add_annotation(xref="paper", yref="paper", x=1 - 0.2 * edges[edge], y=1 if top else 0,
+                           xanchor="right", text=f"{name} {value:.2f} (off scale)", showarrow=True,
+                           arrowhead=2, ax=0, ay=22 if top else -22, font={"size": 11},
+                           bgcolor="rgba(255,255,255,0.8)")
+        edges[edge] += 1
     return fig
 
 
