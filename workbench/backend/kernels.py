@@ -1,7 +1,7 @@
-"""The scores-and-masks backend: CUDA kernels (kernels/*.cu through CuPy) for CUDA tensors, the torch
+"""The scores-and-masks backend: CUDA kernels (resources/kernels/*.cu through CuPy) for CUDA tensors, the torch
 reference (``backend/reference.py``) for CPU tensors. The pruning engine calls only these functions.
 
-The ``.cu`` files sit outside the package (``kernels/`` at the repository root); they are compiled
+The ``.cu`` files are package data (``workbench/resources/kernels/``, in the wheel too); they are compiled
 lazily with ``cupy.RawModule`` on first use, once per file, and run on torch's current CUDA stream.
 Tensors cross between torch and CuPy through DLPack, without copies.
 """
@@ -9,6 +9,7 @@ Tensors cross between torch and CuPy through DLPack, without copies.
 from __future__ import annotations
 
 import functools
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -16,11 +17,12 @@ import torch
 from ..errors import WorkbenchError
 from . import reference as ref
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+# package data: a folder on disk for every install pip makes (editable or from a wheel, which pip unpacks)
+KERNEL_DIR: Path = resources.files("workbench") / "resources" / "kernels"
 THREADS = 256
 MAX_GRID = 65535
-NM_MAX_M = 32  # kernels/nm_mask.cu keeps one group in registers
-BESA_MAX_K = 256  # kernels/besa_prob.cu scans the candidates with one thread each
+NM_MAX_M = 32  # resources/kernels/nm_mask.cu keeps one group in registers
+BESA_MAX_K = 256  # resources/kernels/besa_prob.cu scans the candidates with one thread each
 
 # kernel name -> (file, argument C types, in order); shared by CuPy launches and the CPU emulation tests.
 KERNELS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -45,7 +47,7 @@ def kernel_files() -> list[Path]:
 def kernel_source(filename: str) -> str:
     path = KERNEL_DIR / filename
     if not path.is_file():
-        raise FileNotFoundError(f"CUDA source {path} is missing (kernels/ must sit beside workbench/)")
+        raise FileNotFoundError(f"CUDA source {path} is missing (package data: workbench/resources/kernels/)")
     return path.read_text()
 
 
