@@ -12,10 +12,10 @@ of the embedded corpus (``data.embedded_text("test")``) into ``$WORKBENCH_CACHE/
   three are words of the same length class from other paragraphs). Chance 25%.
 
 Each task is a JSONL file (``context``, ``choices``, ``label``) plus an lm-eval task YAML made from
-the template in ``data/tasks/`` with the JSONL's absolute path filled in. A manifest records the
-SHA-256 of the source text and of every file. The folder name carries a hash of the source text,
-the generator version and the templates, so a different Python (other corpus) or a changed template
-gets its own folder; the folder is written under a temporary name and renamed.
+the template in ``workbench/resources/tasks/`` (package data) with the JSONL's absolute path filled in.
+A manifest records the SHA-256 of the source text and of every file. The folder name carries a hash of
+the source text, the generator version and the templates, so a different Python (other corpus) or a
+changed template gets its own folder; the folder is written under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -34,7 +35,7 @@ from .results import atomic_directory
 GENERATOR_VERSION = 3
 SEED = 0
 MAX_ITEMS = 200  # per task: the dense SmolLM2-135M pass over all three takes ~2 min at 300 tokens/s
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
+TEMPLATE_DIR: Path = resources.files("workbench") / "resources" / "tasks"  # package data (lm-eval YAML templates)
 PLACEHOLDER = "@DATA_FILE@"
 # name -> chance level (1 / number of choices)
 EMBEDDED_TASKS = {"wb_ending": 0.25, "wb_word_order": 0.5, "wb_cloze": 0.25}
@@ -195,7 +196,7 @@ GENERATORS = {"wb_ending": make_ending_items, "wb_word_order": make_word_order_i
 def _template_text(task: str) -> str:
     path = TEMPLATE_DIR / f"{task}.yaml"
     if not path.is_file():
-        raise RuntimeError(f"task template {path} is missing (the data/ folder of the workbench checkout)")
+        raise RuntimeError(f"task template {path} is missing (package data: workbench/resources/tasks/)")
     return path.read_text(encoding="utf-8")
 
 
