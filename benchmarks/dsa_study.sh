@@ -2,7 +2,7 @@
 # The DSA study (issue 14): SmolLM2-135M, embedded data, 70% unstructured. Evolution vs equal-budget random
 # search, 3 seeds, 48 x 9 generations = 416 distinct candidates each (elite 2, 2 promotions per generation
 # to the full fitness, validation ppl 8 x 512; cheap stage KL 1 x 128: the settings the study ran with, not
-# today's search defaults). Two searches run side by side with one thread each (2 cores). Then the searched functions go to data/functions/ and the application grid
+# today's search defaults). Two searches run side by side with one thread each (2 cores). Then the searched functions go to workbench/resources/functions/ and the application grid
 # (Wanda and SparseGPT, test ppl + embedded zero-shot) runs; then the search-cost benchmark. Resumable.
 set -e
 cd "$(dirname "$0")/.."

@@ -1,4 +1,5 @@
-"""Write the DSA study's searched functions to data/functions/ (selection by validation fitness only).
+"""Write the DSA study's searched functions to workbench/resources/functions/ of this checkout (the functions the
+package ships, read only at run time; selection by validation fitness only).
 
     .venv/bin/python benchmarks/dsa_study_functions.py runs/study/search-seed0 runs/study/search-seed1 ...
 """
@@ -7,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "data" / "functions"
+OUT = Path(__file__).resolve().parent.parent / "workbench" / "resources" / "functions"  # source tree, not an install
 
 
 def main(folders: list[str]) -> None:

@@ -468,18 +468,24 @@ def test_bad_functions_name_the_parameter(make, match):
         make()
 
 
-def test_shipped_functions_load_by_preset_name_and_repo_relative_path(tmp_path, monkeypatch):
+def test_shipped_functions_load_by_preset_name_file_name_and_old_path(tmp_path, monkeypatch):
     import json
 
-    from workbench.allocation.dsa.function import PRESETS, REPO, AllocationFunction, load_function
+    from workbench.allocation.dsa.function import FUNCTIONS, PRESETS, AllocationFunction, load_function
 
-    shipped = REPO / "data" / "functions" / "dsa-evolved.json"
+    shipped = FUNCTIONS / "dsa-evolved.json"
     expected = AllocationFunction.from_dict(json.loads(shipped.read_text()))
     assert PRESETS["searched"] == expected
-    monkeypatch.chdir(tmp_path)  # data/functions/... does not exist here: found in the checkout
-    assert load_function("data/functions/dsa-evolved.json") == expected
+    seed0 = AllocationFunction.from_dict(json.loads((FUNCTIONS / "dsa-study-evo-seed0.json").read_text()))
+    assert seed0 != expected
+    monkeypatch.chdir(tmp_path)  # no such files here: the shipped ones (package data) are found
+    assert load_function("dsa-evolved.json") == expected
+    assert load_function("dsa-study-evo-seed0.json") == seed0
+    assert load_function("data/functions/dsa-evolved.json") == expected  # the location before package data
     with pytest.raises(ValueError, match="neither a preset"):
         load_function("data/functions/no-such.json")
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_function("elsewhere/dsa-evolved.json")  # only a bare name or the old folder names a shipped one
 
 
 # --------------------------------------------------------------------------- non-finite and degenerate stages
@@ -550,8 +556,10 @@ def test_load_function_prefers_a_file_in_the_working_directory_and_reads_padded_
     local.mkdir(parents=True)
     mine = AllocationFunction(("abs",), "l1", ("sin",), 0.1, -1, "mine")
     (local / "dsa-evolved.json").write_text(mine.to_json(), encoding="utf-8")
-    monkeypatch.chdir(tmp_path)  # the checkout has a file of the same relative path: the local one wins
+    (tmp_path / "dsa-evolved.json").write_text(mine.to_json(), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # a shipped function has the same name: the local file wins
     assert load_function("data/functions/dsa-evolved.json") == mine
+    assert load_function("dsa-evolved.json") == mine
     assert load_function('  \n' + json.dumps({"reduction": "var"})) == AllocationFunction(reduction="var")
     (tmp_path / "bad.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(ValueError, match=r"^function='bad.json': cannot read the file"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -209,7 +210,10 @@ def _check_spread(v: torch.Tensor, scale: float, where: str) -> None:
                               f"{NOISE_RTOL:g} x scale {scale:.3g}); min-max would stretch noise into sparsities")
 
 
-REPO = Path(__file__).resolve().parents[3]  # the checkout: data/functions/ holds searched functions
+# package data, read only: the searched functions the project ships (the DSA study's; a search writes its own
+# functions to its --out folder, never here)
+FUNCTIONS: Path = resources.files("workbench") / "resources" / "functions"
+LEGACY_FUNCTIONS = Path("data") / "functions"  # where they were before they became package data
 
 PRESETS = {
     # DSA README example (lliai/DSA: W:(ABSLOG)-(VAR)-(ATAN,ASIN), λ = --Lamda 0.08), with the public code's
@@ -224,7 +228,7 @@ PRESETS = {
 # values spread over ~1e-5 (σ 0.2 to 10), 10⁴ times the rounding bound, computed in float64 as every op here.
 PRESETS["poster"] = AllocationFunction(("normalize_np",), "var", ("abs", "no_op"), 0.08, 1, "poster")
 
-SEARCHED = REPO / "data" / "functions" / "dsa-evolved.json"  # the DSA study's best evolved function
+SEARCHED = FUNCTIONS / "dsa-evolved.json"  # the DSA study's best evolved function
 if SEARCHED.is_file():  # SmolLM2-135M, 70%, Wanda scores; chosen on validation perplexity (README: the study)
     PRESETS["searched"] = AllocationFunction.from_json(SEARCHED.read_text(encoding="utf-8"))
 
@@ -239,7 +243,11 @@ DEGENERATE = {
 
 
 def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
-    """A preset name, a JSON file path, a JSON string, a dict, or a function."""
+    """A preset name, a JSON file path, a JSON string, a dict, or a function.
+
+    A relative path that is no file here, given as a bare file name or as ``data/functions/<name>`` (the
+    old location), names a shipped function (``FUNCTIONS``): ``dsa-evolved.json`` loads from any folder.
+    """
     if isinstance(spec, AllocationFunction):
         return spec
     if isinstance(spec, dict):
@@ -253,8 +261,9 @@ def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
     if spec.lstrip().startswith("{"):
         return AllocationFunction.from_json(spec)
     path = Path(spec)
-    if not path.is_file() and not path.is_absolute() and (REPO / path).is_file():
-        path = REPO / path  # shipped functions (data/functions/...) load from any working directory
+    if (not path.is_file() and not path.is_absolute() and path.parent in (Path("."), LEGACY_FUNCTIONS)
+            and (FUNCTIONS / path.name).is_file()):
+        path = FUNCTIONS / path.name  # a shipped function, from any working directory
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
