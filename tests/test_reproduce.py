@@ -11,12 +11,15 @@ from workbench import reproduce
 from workbench.cli import main
 from workbench.results import read_record
 
-NOTEBOOKS = sorted(Path(reproduce.NOTEBOOKS).glob("*.ipynb"))
+REPO = Path(__file__).resolve().parents[1]
+# the tutorial notebooks (notebooks/, opened by `make lab`) and the ones `reproduce` runs (package data)
+NOTEBOOKS = sorted([*(REPO / "notebooks").glob("*.ipynb"), *Path(reproduce.NOTEBOOKS).glob("*.ipynb")])
 
 
 def test_every_notebook_is_committed_clean_with_a_parameters_cell():
     assert {p.name for p in NOTEBOOKS} >= {"01_sparsity_curves.ipynb", "02_dsa_search.ipynb",
                                            "reproduce_perplexity.ipynb", "reproduce_zeroshot.ipynb", "03_besa.ipynb"}
+    assert {p.name for p in Path(reproduce.NOTEBOOKS).glob("*.ipynb")} == set(reproduce.TABLES.values())
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
@@ -107,12 +110,19 @@ def test_bad_grids_are_refused(tmp_path, text, match):
 
 
 @pytest.mark.parametrize("name", ["demo", "paper", "ci", "allocators", "fair70", "dsa_study"])
-def test_shipped_grids_expand(name):
-    grid = reproduce.load_grid(Path(reproduce.NOTEBOOKS).parent / "data" / "grids" / f"{name}.yaml")
+def test_shipped_grids_expand(name, tmp_path, monkeypatch):
+    from workbench.allocation.dsa.function import load_function
+
+    grid = reproduce.load_grid(REPO / "data" / "grids" / f"{name}.yaml")
     runs = reproduce.expand(grid)
     ids = [r.id for r in runs]
     assert len(ids) == len(set(ids)) and any(r.label == "dense" for r in runs)
     assert all(r.params["allocation"] == "dense" or 0 < r.params["sparsity"] < 1 for r in runs)
+    monkeypatch.chdir(tmp_path)  # a run's notebook works in its own folder: the functions it names load there
+    for run in runs:
+        function = run.params.get("alloc_params", {}).get("function")
+        if isinstance(function, str):
+            load_function(function)
 
 
 def test_zeroshot_table_names_the_metric_of_each_column_and_means_them():

@@ -16,6 +16,7 @@ import re
 import time
 import traceback
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import yaml
 from .errors import WorkbenchError
 from .results import read_record, write_json_atomic, write_text_atomic
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS: Path = resources.files("workbench") / "resources" / "notebooks"  # package data: the run notebooks
 TABLES = {"perplexity": "reproduce_perplexity.ipynb", "zeroshot": "reproduce_zeroshot.ipynb"}
 RUN_FIELDS = ("metric", "allocation", "sparsity", "pattern", "alloc_params", "mode", "calib_dataset", "nsamples",
               "seqlen", "seed", "eval_dataset", "eval_seqlen", "tasks", "limit", "device", "dtype")
