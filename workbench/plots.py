@@ -134,7 +134,11 @@ def search_progress(history: list[dict], baselines: dict[str, float] | None = No
 
 def perplexity_vs_sparsity(runs: list[dict], dense: float | None = None) -> go.Figure:
     """Perplexity against actual sparsity across runs (``allocation``, ``actual``, ``perplexity`` each),
-    one line per allocation, with the dense model's perplexity as a dashed line."""
+    one line per allocation, with the dense model's perplexity as a dashed line.
+
+    The axes are set from the points, not left to plotly (which spans -0.3..1.7 around a single point): the
+    sparsity axis is a margin around the points inside [0, 1], the perplexity axis spans the finite
+    perplexities and the dense line with a margin (a single value gets a span of its own size)."""
     fig = go.Figure()
     by_alloc: dict[str, list[tuple[float, float]]] = {}
     for run in runs:
@@ -149,7 +153,33 @@ def perplexity_vs_sparsity(runs: list[dict], dense: float | None = None) -> go.F
         fig.add_hline(y=dense, line_dash="dash", line_color="#333", annotation_text=f"dense {dense:.2f}")
     fig.update_layout(title="Perplexity vs sparsity (this page's runs)", xaxis_title="actual sparsity",
                       yaxis_title="perplexity", template="plotly_white", height=360)
+    points = [p for pts in by_alloc.values() for p in pts]
+    fig.update_xaxes(range=_sparsity_range([x for x, _y in points]))
+    heights = [y for _x, y in points] + ([dense] if dense is not None else [])
+    heights = [y for y in heights if math.isfinite(y)]
+    if heights:
+        fig.update_yaxes(range=_value_range(heights))
     return fig
+
+
+def _sparsity_range(xs: list[float], margin: float = 0.05) -> list[float]:
+    """An x-range inside [0, 1] around the sparsities ``xs`` (at least ``margin`` either side where [0, 1]
+    leaves room); [0, 1] without points."""
+    xs = [min(max(x, 0.0), 1.0) for x in xs if math.isfinite(x)]
+    if not xs:
+        return [0.0, 1.0]
+    lo, hi = min(xs), max(xs)
+    pad = max(margin, 0.1 * (hi - lo))
+    return [max(0.0, lo - pad), min(1.0, hi + pad)]
+
+
+def _value_range(values: list[float]) -> list[float]:
+    """A linear y-range around ``values`` with an 8% margin; one value (or equal ones) gets +-10% of itself,
+    and the range never goes below zero when the values do not (perplexity is positive)."""
+    lo, hi = min(values), max(values)
+    pad = 0.08 * (hi - lo) if hi > lo else max(0.1 * abs(hi), 1e-3)
+    low = lo - pad
+    return [max(low, 0.0) if lo >= 0 else low, hi + pad]
 
 
 def sync_figure(target: go.Figure, source: go.Figure) -> None:
