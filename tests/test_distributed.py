@@ -18,7 +18,13 @@ ray = pytest.importorskip("ray")
 
 from workbench import reproduce  # noqa: E402
 from workbench.cli import main  # noqa: E402
-from workbench.distributed import RayFitnessPool, WorkerSpec, build_context, check_workers  # noqa: E402
+from workbench.distributed import (  # noqa: E402
+    RayFitnessPool,
+    WorkerSpec,
+    build_context,
+    check_workers,
+    grid_runner,
+)
 from workbench.search import Search, SearchConfig  # noqa: E402
 
 CONFIG = SearchConfig(sparsity=0.5, population=6, generations=3, elite=1, fitness_windows=2, fitness_seqlen=64,
@@ -143,7 +149,7 @@ perplexity:
 def test_a_parallel_grid_gives_the_serial_tables_and_isolates_a_failing_entry(local_ray, tmp_path):
     grid = _grid(tmp_path)
     serial = reproduce.run_grid(grid, tmp_path / "serial", progress=False)
-    parallel = reproduce.run_grid(grid, tmp_path / "parallel", progress=False, workers=2)
+    parallel = reproduce.run_grid(grid, tmp_path / "parallel", progress=False, run_entries=grid_runner(2))
     assert parallel["tables"] == serial["tables"]
     for name in ("perplexity.md", "perplexity.csv"):
         assert (tmp_path / "parallel/g/tables" / name).read_text() == (tmp_path / "serial/g/tables" / name).read_text()
@@ -151,7 +157,7 @@ def test_a_parallel_grid_gives_the_serial_tables_and_isolates_a_failing_entry(lo
     assert "seqlen=100000000 is larger" in parallel["failed"][0]["error"]
     ok = [r for r in parallel["records"] if r["status"] == "ok"]
     assert len(ok) == 2 and all(r["metrics"]["perplexity"] > 1 for r in ok)
-    again = reproduce.run_grid(grid, tmp_path / "parallel", progress=False, workers=2)
+    again = reproduce.run_grid(grid, tmp_path / "parallel", progress=False, run_entries=grid_runner(2))
     assert [r["run_seconds"] for r in again["records"] if r["status"] == "ok"] == [r["run_seconds"] for r in ok]
 
 

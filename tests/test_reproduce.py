@@ -146,3 +146,26 @@ def test_a_method_may_name_its_own_sparsities(tmp_path):
                     "    - {label: U, allocation: uniform}\n    - {label: B, allocation: besa, sparsities: [0.5]}\n")
     ids = [r.id for r in reproduce.expand(reproduce.load_grid(path))]
     assert ids == ["perplexity-u-0.5", "perplexity-u-0.7", "perplexity-b-0.5"]
+
+
+def test_the_cli_hands_the_grid_runner_its_executor(tmp_path, monkeypatch):
+    """``reproduce --workers N`` hands run_grid the Ray executor (workers, address); without it, none (serial).
+    That reproduce.py never imports distributed.py is checked by test_architecture's circle test."""
+    import functools
+
+    from workbench import cli, distributed
+
+    seen = []
+
+    def fake_run_grid(grid, out, run_entries=None):
+        seen.append(run_entries)
+        return {"root": tmp_path, "tables": {}, "records": [], "failed": []}
+
+    monkeypatch.setattr(reproduce, "run_grid", fake_run_grid)
+    monkeypatch.setattr(cli, "_connect_workers", lambda args: None)  # no Ray started here
+    grid = str(Path(__file__).resolve().parents[1] / "data" / "grids" / "ci.yaml")
+    assert main(["reproduce", "--grid", grid, "--out", str(tmp_path)]) == 0
+    assert main(["reproduce", "--grid", grid, "--out", str(tmp_path), "--workers", "2"]) == 0
+    assert seen[0] is None
+    assert isinstance(seen[1], functools.partial) and seen[1].func is distributed.run_entries
+    assert seen[1].keywords == {"workers": 2, "address": None}

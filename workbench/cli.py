@@ -370,7 +370,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     load_grid(args.grid)  # a bad grid is refused before Ray starts
     _connect_workers(args)
-    result = run_grid(args.grid, args.out, workers=args.workers, address=args.address)
+    run_entries = None
+    if args.workers is not None:  # the grid runner is handed the Ray executor; it never imports Ray itself
+        from .distributed import grid_runner
+
+        run_entries = grid_runner(args.workers, args.address)
+    result = run_grid(args.grid, args.out, run_entries=run_entries)
     _print_tables(result)
     print(f"runs, tables (md/csv/html) and sparsity_curves (html, png) under {result['root']}")
     return 0

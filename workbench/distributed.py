@@ -4,18 +4,22 @@
   (built once per actor from a :class:`WorkerSpec`); a generation's allocations, then its fitness jobs, go
   to them in parallel and come back in job order, so :class:`workbench.search.Search` replays the serial
   pass exactly (same history, same best function). A worker that dies mid-job is replaced and the job re-run.
-* :func:`run_grid_parallel`: each grid entry one Ray task (one papermill run), threads per task set so the
-  workers do not oversubscribe the cores; failures are recorded per entry, tables built as the serial run does.
+* :func:`run_entries` (handed to :func:`workbench.reproduce.run_grid` by :func:`grid_runner`): each grid
+  entry one Ray task (one papermill run), threads per task set so the workers do not oversubscribe the
+  cores; failures are recorded per entry, tables built as the serial run does. This module imports the grid
+  runner, never the other way round: the caller (the CLI) hands the runner its executor.
 
 Ray is imported only here, and this module only when ``--workers`` is given.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,6 +221,12 @@ def _execute_entry(run_dict: dict, model: str, folder: str) -> dict:
     from .reproduce import Run, execute
 
     return execute(Run(**run_dict), model, Path(folder))
+
+
+def grid_runner(workers: int, address: str | None = None) -> Callable[[list[tuple[Any, str, Path]]], list[dict]]:
+    """The executor :func:`workbench.reproduce.run_grid` takes as ``run_entries``: the entries as Ray tasks,
+    ``workers`` at once (``address`` joins a cluster, default a local Ray); checked when it runs."""
+    return functools.partial(run_entries, workers=workers, address=address)
 
 
 def run_entries(entries: list[tuple[Any, str, Path]], workers: int, address: str | None = None) -> list[dict]:

@@ -15,6 +15,7 @@ import io
 import re
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -191,13 +192,19 @@ def _error_text(err: Exception) -> str:
     return f"{ename}: {evalue}" if ename else f"{type(err).__name__}: {err}"
 
 
-def run_grid(grid_path: str | Path, out: str | Path = "runs/reproduce", progress: bool = True,
-             workers: int | None = None, address: str | None = None) -> dict[str, Any]:
-    """Run every unfinished run of the grid, then build the tables; returns {tables, records, failed}.
-    ``workers``: run the unfinished entries as Ray tasks, that many at once (:mod:`workbench.distributed`;
-    ``address`` joins a cluster, default a local Ray)."""
+def run_serially(entries: list[tuple[Run, str, Path]], progress: bool = True, desc: str = "grid") -> list[dict]:
+    """Execute grid ``entries`` (run, model, folder) one after the other in this process; records in order."""
     from tqdm.auto import tqdm
 
+    return [execute(run, model, folder) for run, model, folder in tqdm(entries, desc=desc, disable=not progress)]
+
+
+def run_grid(grid_path: str | Path, out: str | Path = "runs/reproduce", progress: bool = True,
+             run_entries: Callable[[list[tuple[Run, str, Path]]], list[dict]] | None = None) -> dict[str, Any]:
+    """Run every unfinished run of the grid, then build the tables; returns {tables, records, failed}.
+    ``run_entries`` executes the unfinished entries (run, model, folder) and returns their records in order:
+    the caller hands it in (e.g. :func:`workbench.distributed.grid_runner` for Ray workers); default
+    :func:`run_serially`, here, one at a time."""
     grid = load_grid(grid_path)
     runs = expand(grid)
     root = Path(out) / grid["name"]
@@ -207,13 +214,11 @@ def run_grid(grid_path: str | Path, out: str | Path = "runs/reproduce", progress
         record = read_record(done) if done.exists() else None
         records.append(record if record is not None and record.get("status") == "ok" else None)
     todo = [i for i, r in enumerate(records) if r is None]
-    if workers is not None:
-        from .distributed import run_entries
-
-        results = run_entries([(runs[i], grid["model"], root / runs[i].id) for i in todo], workers, address)
+    entries = [(runs[i], grid["model"], root / runs[i].id) for i in todo]
+    if run_entries is None:
+        results = run_serially(entries, progress, desc=f"grid {grid['name']}")
     else:
-        results = [execute(runs[i], grid["model"], root / runs[i].id)
-                   for i in tqdm(todo, desc=f"grid {grid['name']}", disable=not progress)]
+        results = run_entries(entries)
     for i, record in zip(todo, results, strict=True):
         records[i] = record
     tables = build_tables(records, root / "tables")
