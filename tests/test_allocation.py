@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from workbench.allocation import ALLOCATORS, AllocationInput, LayerInfo, allocate, layer_infos
+from workbench.allocation import ALLOCATORS, AllocationInput, allocate
 from workbench.allocation.er import er_densities
+from workbench.models import layer_infos
 from workbench.profile import SparsityProfile
+from workbench.units import LayerInfo
 
 
 def _inputs(scores=None):

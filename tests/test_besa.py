@@ -6,14 +6,14 @@ import time
 import pytest
 import torch
 
-from workbench.allocation import AllocationInput, allocate, layer_infos
+from workbench.allocation import AllocationInput, allocate
 from workbench.allocation import besa as besa_mod
 from workbench.backend import kernels
 from workbench.backend.reference import prune_counts
 from workbench.calibrate import calibrate
 from workbench.cli import main as cli_main
 from workbench.data import calibration_samples
-from workbench.models import load_model, prunable_linears, weight_hash
+from workbench.models import layer_infos, load_model, prunable_linears, weight_hash
 from workbench.prune import prune
 from workbench.pruners import layer_scores
 

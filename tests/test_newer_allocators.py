@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from workbench.allocation import ALLOCATORS, AllocationInput, allocate, check_params, layer_infos
+from workbench.allocation import ALLOCATORS, AllocationInput, allocate, check_params
 from workbench.allocation.alphapruning import hill_alpha, matrix_alpha
 from workbench.calibrate import calibrate
-from workbench.models import load_model, prunable_linears
+from workbench.models import layer_infos, load_model, prunable_linears
 from workbench.prune import prune
 
 SPARSITY = 0.7

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workbench import calibrate as calibrate_mod
-from workbench.allocation import AllocationInput, LayerInfo, allocate
+from workbench.allocation import AllocationInput, allocate
 from workbench.allocation.dsa import ops
 from workbench.allocation.dsa.function import PRESETS, AllocationFunction, InvalidFunction, load_function
 from workbench.allocation.mapping import map_to_sparsity
@@ -16,6 +16,7 @@ from workbench.data import calibration_samples
 from workbench.models import load_model, prunable_linears
 from workbench.prune import DenseCache, prune
 from workbench.search import Search, SearchConfig, SearchContext
+from workbench.units import LayerInfo
 
 LOD = [3.0, 7.5, 1.0, 12.0, 5.0, 9.0]
 
@@ -407,7 +408,7 @@ def test_renormalise_accepts_the_ends_of_its_range_and_names_the_rest():
 
 
 def test_groups_by_block_or_by_layer():
-    from workbench.allocation.owl import groups
+    from workbench.allocation import groups
 
     inputs = AllocationInput({f"b{b}.{p}": LayerInfo(f"b{b}.{p}", b, 4, 4) for b in range(2) for p in "xy"})
     assert groups(inputs, "block") == {"0": ["b0.x", "b0.y"], "1": ["b1.x", "b1.y"]}

@@ -195,9 +195,10 @@ def test_function_json_is_a_function_or_a_named_error(data):
 @RUNS
 @given(function_dicts, st.floats(0.3, 0.8))
 def test_a_valid_function_allocates_the_target_or_says_why(data, sparsity):
-    from workbench.allocation import AllocationInput, allocate, layer_infos
+    from workbench.allocation import AllocationInput, allocate
     from workbench.calibrate import calibrate
     from workbench.data import calibration_samples
+    from workbench.models import layer_infos
     from workbench.pruners import layer_scores
 
     try:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from workbench import calibrate as calibrate_mod
-from workbench.allocation import AllocationInput, allocate, layer_infos
+from workbench.allocation import AllocationInput, allocate
 from workbench.checkpoint import save_pruned
-from workbench.models import load_model, prunable_linears, weight_hash
+from workbench.models import layer_infos, load_model, prunable_linears, weight_hash
 from workbench.profile import SparsityProfile
 from workbench.prune import DenseCache, prune
 

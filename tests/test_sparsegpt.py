@@ -207,7 +207,7 @@ def test_wider_than_one_block_matches_an_oracle_that_chooses_its_own_masks(spars
 
 def test_layer_stats_hessian_is_the_references_two_over_n_windows():
     """The reference accumulates H with inputs scaled by sqrt(2 / nsamples): H = 2/N · Σ x xᵀ, N windows."""
-    from workbench.calibrate import LayerStats
+    from workbench.units import LayerStats
 
     _, _, x = _problem()
     xtx = x.t() @ x

@@ -107,7 +107,7 @@ def test_untunable_auto_values_are_refused_before_any_work():
     with pytest.raises(ValueError, match=r"M='auto' is tuned together with lam='auto'"):
         ExperimentConfig(model="tiny-llama", allocation="owl", sparsity=SPARSITY, alloc_params={"M": "auto"})
     with pytest.raises(ValueError, match=r"allocation='owl': lam='auto' is chosen by a run"):
-        from workbench.allocation import AllocationInput, allocate, layer_infos
-        from workbench.models import load_model
+        from workbench.allocation import AllocationInput, allocate
+        from workbench.models import layer_infos, load_model
 
         allocate("owl", AllocationInput(layer_infos(load_model("tiny-llama")[0])), SPARSITY, lam="auto")

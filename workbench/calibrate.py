@@ -26,54 +26,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .backend import kernels
+from .errors import WorkbenchError
 from .models import find_blocks, get_blocks, structure
 from .offload import Residency
+from .units import BlockData, LayerStats
 
 MODES = ("sequential", "dense")
 STATISTICS = ("sq_norm", "xtx")
-
-
-@dataclass
-class LayerStats:
-    """Input statistics of one linear over the calibration tokens (float32, on the model's device)."""
-
-    n_windows: int = 0
-    sq_norm: torch.Tensor | None = None  # (in,)
-    xtx: torch.Tensor | None = None      # (in, in)
-
-    def act_norm(self) -> torch.Tensor:
-        """Wanda's ||X_j||: sqrt(Σ_tokens x_j² / n_windows), the reference's scaler_row."""
-        if self.sq_norm is None:
-            raise ValueError("these statistics have no sq_norm (calibrate with statistics including 'sq_norm')")
-        return torch.sqrt(self.sq_norm / max(self.n_windows, 1))
-
-    def hessian(self) -> torch.Tensor:
-        """SparseGPT's H = 2/N · Σ x xᵀ with N the number of windows, as the reference scales it."""
-        if self.xtx is None:
-            raise ValueError("these statistics have no xtx (calibrate with statistics including 'xtx')")
-        return self.xtx * (2.0 / max(self.n_windows, 1))
-
-
-@dataclass
-class BlockData:
-    """What a per-block step (sequential mode) sees of block ``index``; it may change the block's weights."""
-
-    index: int
-    block: nn.Module
-    linears: dict[str, nn.Linear]          # full name -> linear of this block
-    stats: dict[str, LayerStats]
-    inputs: Sequence[torch.Tensor]         # the block's inputs in this run (pruned model's), each (1, seqlen, hidden)
-    outputs: Sequence[torch.Tensor]        # the block's outputs on ``inputs`` before the step (dense weights)
-    kwargs: dict                           # keyword arguments of the block call (position embeddings, masks)
-    dense_inputs: Sequence[torch.Tensor] | None = None   # the dense model's inputs of this block (dense_reference)
-    dense_outputs: Sequence[torch.Tensor] | None = None  # the dense block on ``dense_inputs``
 
 
 class _Stop(Exception):
@@ -156,14 +121,14 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
     activations live between turns (:mod:`workbench.offload`; default: all on the model's device).
     """
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
+        raise WorkbenchError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
     unknown = set(statistics) - set(STATISTICS)
     if unknown:
-        raise ValueError(f"statistics={sorted(unknown)} not known; allowed: {list(STATISTICS)}")
+        raise WorkbenchError(f"statistics={sorted(unknown)} not known; allowed: {list(STATISTICS)}")
     if input_ids.dim() != 2 or input_ids.shape[0] < 1:
-        raise ValueError(f"input_ids must have shape (n_windows >= 1, seqlen), got {tuple(input_ids.shape)}")
+        raise WorkbenchError(f"input_ids must have shape (n_windows >= 1, seqlen), got {tuple(input_ids.shape)}")
     if (block_step is not None or dense_reference) and mode != "sequential":
-        raise ValueError(f"block_step and dense_reference need mode='sequential', got mode={mode!r}")
+        raise WorkbenchError(f"block_step and dense_reference need mode='sequential', got mode={mode!r}")
     stats, outputs, _kwargs = _block_loop(model, input_ids, mode, tuple(statistics), on_block, block_step,
                                           dense_reference, residency or Residency(), progress)
     outputs.close()

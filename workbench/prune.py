@@ -19,15 +19,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .allocation import AllocationInput, allocate, check_allocator, check_params, layer_infos
+from .allocation import AllocationInput, allocate, check_allocator, check_params
 from .backend.reference import check_nm, parse_pattern
-from .calibrate import MODES, LayerStats, calibrate
+from .calibrate import MODES, calibrate
 from .data import Calibration, calibration_samples
 from .errors import WorkbenchError
-from .models import prunable_linears, structure
+from .models import layer_infos, prunable_linears, structure
 from .offload import Residency
 from .profile import SparsityProfile, check_sparsity
 from .pruners import NEEDS, check_metric, layer_scores, prune_linear
+from .units import LayerStats
 
 
 @dataclass

@@ -51,15 +51,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .allocation import AllocationInput, layer_infos
+from .allocation import AllocationInput, groups
 from .allocation.dsa import ops
 from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
-from .allocation.owl import groups
 from .backend import kernels
 from .data import check_held_out, eval_tokens
 from .errors import WorkbenchError
 from .evaluate import perplexity_from_ids, window_kl, window_log_probs
-from .models import prunable_linears
+from .models import layer_infos, prunable_linears
 from .registry import Plugin, Registry
 from .results import write_json_atomic
 

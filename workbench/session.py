@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from .allocation import AllocationInput, allocate, check_allocator, layer_infos
+from .allocation import AllocationInput, allocate, check_allocator
 from .data import calibration_samples
 from .errors import WorkbenchError
 from .experiment import ExperimentConfig, cache_fits, run_experiment
+from .models import layer_infos
 from .profile import SparsityProfile
 
 CURVE_ALLOCATORS = ("uniform", "owl", "dsa")

@@ -25,9 +25,9 @@ import hashlib
 
 import torch
 
-from . import AllocationInput, Param, register_allocator
+from ..errors import WorkbenchError
+from .base import GRANULARITIES, AllocationInput, Param, groups, register_allocator
 from .mapping import minmax
-from .owl import GRANULARITIES, groups
 
 BINS = 100
 EPSILON = 0.3  # the public main.py's --epsilon default (see the module docstring for its scripts' values)
@@ -38,7 +38,7 @@ def hill_alpha(eigs: torch.Tensor, bins: int = BINS) -> float:
     """α of a power-law fit to positive eigenvalues (any order), xmin chosen as the public ``xmin_peak``."""
     eigs = torch.sort(eigs.detach().double().flatten()).values
     if eigs.numel() < 2 or not bool(torch.all(eigs > 0)):
-        raise ValueError("hill_alpha needs at least two positive eigenvalues")
+        raise WorkbenchError("hill_alpha needs at least two positive eigenvalues")
     n_all = eigs.numel()
     logs = torch.log(eigs)
     log10 = torch.log10(eigs)
@@ -98,8 +98,8 @@ def alphapruning(inputs: AllocationInput, sparsity: float, epsilon: float = EPSI
     scale = sparsity * sum(weights) / sum(w * r for w, r in zip(weights, raw, strict=True))
     ratios = [r * scale for r in raw]
     if max(ratios) >= 1.0:
-        raise ValueError(f"allocation='alphapruning': epsilon={epsilon} gives a sparsity of {max(ratios):.3f} >= 1 "
-                         f"at sparsity={sparsity}; allowed: a smaller epsilon")
+        raise WorkbenchError(f"allocation='alphapruning': epsilon={epsilon} gives a sparsity of {max(ratios):.3f} >= 1 "
+                              f"at sparsity={sparsity}; allowed: a smaller epsilon")
     layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
     return inputs.profile(layers, sparsity, "alphapruning", granularity,
                           {"epsilon": epsilon, "alpha": [round(a, 6) for a in alphas]})

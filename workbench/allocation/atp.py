@@ -14,9 +14,9 @@ on the *validation* split with the DSA search's cheap candidate evaluation and t
 
 from __future__ import annotations
 
-from . import AllocationInput, Param, register_allocator
+from ..errors import WorkbenchError
+from .base import AllocationInput, Param, groups, register_allocator
 from .mapping import renormalise
-from .owl import groups
 
 MAX_SPARSITY = 0.99
 
@@ -38,14 +38,14 @@ PARAMS = (
 def atp(inputs: AllocationInput, sparsity: float, beta: float | str = 0.01):
     """Sparsity rising linearly with depth: s_l = S + β(l − (L−1)/2) (ATP)."""
     if beta == "auto":
-        raise ValueError("allocation='atp': beta='auto' is chosen by a run (prune / the CLI / a grid), which "
-                         "searches it on the validation split; here give a number")
+        raise WorkbenchError("allocation='atp': beta='auto' is chosen by a run (prune / the CLI / a grid), which "
+                              "searches it on the validation split; here give a number")
     grouped = groups(inputs, "block")
     blocks = len(grouped)
     limit = beta_limit(sparsity, blocks)
     if abs(beta) > limit + 1e-12:
-        raise ValueError(f"allocation='atp': beta={beta} leaves [0, 1] for some of the {blocks} blocks at "
-                         f"sparsity={sparsity}; allowed: |beta| <= {limit:.6g}")
+        raise WorkbenchError(f"allocation='atp': beta={beta} leaves [0, 1] for some of the {blocks} blocks at "
+                              f"sparsity={sparsity}; allowed: |beta| <= {limit:.6g}")
     raw = [sparsity + beta * (i - (blocks - 1) / 2) for i in range(blocks)]
     weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
     ratios = renormalise(raw, weights, sparsity, MAX_SPARSITY)

@@ -55,12 +55,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backend import kernels
+from ..errors import WorkbenchError
 from ..profile import SparsityProfile, check_sparsity
 from ..pruners import layer_scores
-from . import AllocationInput, Param, register_allocator
+from .base import AllocationInput, Param, register_allocator
 
 if TYPE_CHECKING:
-    from ..calibrate import BlockData
+    from ..units import BlockData
 
 GRANULARITIES = ("row", "layer")
 IMPORTANCES = ("wanda", "magnitude", "sparsegpt")
@@ -277,30 +278,31 @@ class BesaLearner:
     def __post_init__(self) -> None:
         check_sparsity(self.target, "sparsity")
         if self.target <= 0:
-            raise ValueError(f"sparsity={self.target!r} must be > 0 for allocation='besa' (the penalty divides by it)")
+            raise WorkbenchError(f"sparsity={self.target!r} must be > 0 for allocation='besa' (the penalty "
+                                 f"divides by it)")
         for name, value, allowed in (("granularity", self.granularity, GRANULARITIES),
                                      ("importance", self.importance, IMPORTANCES),
                                      ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("reference", self.reference, REFERENCES)):
             if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not allowed; allowed: {list(allowed)}")
+                raise WorkbenchError(f"{name}={value!r} is not allowed; allowed: {list(allowed)}")
         if isinstance(self.beta, bool) or not isinstance(self.beta, int | float) or not math.isfinite(self.beta) \
                 or self.beta < 0:
-            raise ValueError(f"beta={self.beta!r} must be a finite number >= 0")
+            raise WorkbenchError(f"beta={self.beta!r} must be a finite number >= 0")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+                raise WorkbenchError(f"{name}={value!r} must be an integer >= 1")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
         if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not self.lr > 0:
-            raise ValueError(f"lr={self.lr!r} must be a number > 0")
+            raise WorkbenchError(f"lr={self.lr!r} must be a number > 0")
         if not isinstance(self.sigmoid, bool) or not isinstance(self.exact_target, bool):
-            raise ValueError("sigmoid and exact_target must be true or false")
+            raise WorkbenchError("sigmoid and exact_target must be true or false")
         lo, hi = reachable(candidates(), self.sigmoid)
         if not lo < self.target < hi:
-            raise ValueError(f"sparsity={self.target} is outside what softmax(sigmoid(logits)) can express "
-                             f"({lo:.3f}, {hi:.3f}); pass sigmoid=False (plain softmax) for this target")
+            raise WorkbenchError(f"sparsity={self.target} is outside what softmax(sigmoid(logits)) can express "
+                                  f"({lo:.3f}, {hi:.3f}); pass sigmoid=False (plain softmax) for this target")
         if self.optimizer == "prodigy":
             _prodigy()  # fail now, not after the first block
 
@@ -326,7 +328,7 @@ class BesaLearner:
         """The learned allocation (per row for ``row``, per layer for ``layer``) of every linear."""
         missing = set(self.layers_info.layers) - set(self.layers)
         if missing:
-            raise ValueError(f"BESA has not learned {len(missing)} layers (e.g. {sorted(missing)[0]})")
+            raise WorkbenchError(f"BESA has not learned {len(missing)} layers (e.g. {sorted(missing)[0]})")
         prof = self.layers_info.profile(dict(self.layers), self.target, "besa", self.granularity, self.params())
         prof.rows = dict(self.rows)
         prof.validate()
@@ -449,7 +451,7 @@ def _prodigy():
     try:
         from prodigyopt import Prodigy
     except ImportError as err:
-        raise ValueError("optimizer='prodigy' needs the PyPI package prodigyopt (pip install prodigyopt==1.1.2)") \
+        raise WorkbenchError("optimizer='prodigy' needs the PyPI package prodigyopt (pip install prodigyopt==1.1.2)") \
             from err
     return Prodigy
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from . import AllocationInput, Param, register_allocator
+from .base import AllocationInput, Param, groups, register_allocator
 from .global_ import kth_smallest
 from .mapping import CLAMPS, LAMBDA_MAX, map_to_sparsity
-from .owl import groups
 
 STRATEGIES = ("median", "mean")
 

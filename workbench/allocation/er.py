@@ -12,7 +12,8 @@ writes into the final hidden state read by lm_head.
 
 from __future__ import annotations
 
-from . import AllocationInput, register_allocator
+from ..errors import WorkbenchError
+from .base import AllocationInput, register_allocator
 
 
 def er_densities(shapes: dict[str, tuple[int, int]], sparsity: float,
@@ -26,7 +27,7 @@ def er_densities(shapes: dict[str, tuple[int, int]], sparsity: float,
         free = [n for n in shapes if n not in fixed]
         budget = total_budget - sum(numel[n] for n in fixed)
         if not free or budget <= 0:
-            raise ValueError(f"sparsity={sparsity}: the target cannot be reached with {sorted(dense)} dense")
+            raise WorkbenchError(f"sparsity={sparsity}: the target cannot be reached with {sorted(dense)} dense")
         eps = budget / sum(raw[n] * numel[n] for n in free)
         over = {n for n in free if eps * raw[n] > 1.0}
         if not over:

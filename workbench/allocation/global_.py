@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from . import AllocationInput, Param, register_allocator
+from ..errors import WorkbenchError
+from .base import AllocationInput, Param, register_allocator
 
 PARAMS = (
     Param("score", "wanda", "score the threshold is taken over (default: the pruning metric's)", kind="choice",
@@ -78,9 +79,9 @@ def global_ratios(inputs: AllocationInput, sparsity: float, score: str, max_laye
     budget = int(sparsity * total)
     reachable = sum(int(max_layer_sparsity * numel[n]) for n in names)  # every layer at its cap
     if budget > reachable:
-        raise ValueError(f"sparsity={sparsity} cannot be reached with max_layer_sparsity={max_layer_sparsity} "
-                         f"(at most {reachable / total:.4f} with every layer capped); allowed: a larger "
-                         "max_layer_sparsity or a smaller sparsity")
+        raise WorkbenchError(f"sparsity={sparsity} cannot be reached with max_layer_sparsity={max_layer_sparsity} "
+                              f"(at most {reachable / total:.4f} with every layer capped); allowed: a larger "
+                              "max_layer_sparsity or a smaller sparsity")
     capped: dict[str, float] = {}
     while True:  # with budget <= reachable, a capping round always leaves free layers and budget for them
         free = [n for n in names if n not in capped]

@@ -10,10 +10,8 @@ defaults are M = 3). ``granularity="layer"`` computes one LOD per linear instead
 from __future__ import annotations
 
 from ..backend import kernels
-from . import AllocationInput, Param, register_allocator
+from .base import GRANULARITIES, AllocationInput, Param, groups, register_allocator
 from .mapping import CLAMPS, LAMBDA_MAX, map_to_sparsity
-
-GRANULARITIES = ("block", "layer")
 
 
 def outlier_ratio(inputs: AllocationInput, names: list[str], m: float) -> float:
@@ -24,16 +22,6 @@ def outlier_ratio(inputs: AllocationInput, names: list[str], m: float) -> float:
     threshold = m * sum(sums) / numel
     count = sum(kernels.score_sum_and_count(s, threshold)[1] for s in scores)
     return 100.0 * count / numel
-
-
-def groups(inputs: AllocationInput, granularity: str) -> dict[str, list[str]]:
-    """Layer names by block (``block``) or one group per layer (``layer``), in model order."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity={granularity!r} is not allowed; allowed: {list(GRANULARITIES)}")
-    out: dict[str, list[str]] = {}
-    for name, info in inputs.layers.items():
-        out.setdefault(str(info.block) if granularity == "block" else name, []).append(name)
-    return out
 
 
 PARAMS = (

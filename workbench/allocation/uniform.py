@@ -1,6 +1,6 @@
 """Uniform allocation: every prunable linear at the target sparsity S."""
 
-from . import AllocationInput, register_allocator
+from .base import AllocationInput, register_allocator
 
 
 @register_allocator("uniform")

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .. import AllocationInput, Param, register_allocator
+from ...errors import WorkbenchError
+from ..base import AllocationInput, Param, groups, register_allocator
 from ..mapping import check_lambda, map_to_sparsity
-from ..owl import groups
 from . import ops
 
 NOISE_RTOL = 1e-9
@@ -56,21 +56,21 @@ class AllocationFunction:
     def __post_init__(self) -> None:
         for stage, chain, allowed in (("pre", self.pre, ops.PRE), ("post", self.post, ops.POST)):
             if isinstance(chain, str) or not isinstance(chain, list | tuple):
-                raise ValueError(f"{stage}={chain!r} must be a list of op names; allowed: {list(allowed)}")
+                raise WorkbenchError(f"{stage}={chain!r} must be a list of op names; allowed: {list(allowed)}")
             if not 1 <= len(chain) <= MAX_CHAIN:
-                raise ValueError(f"{stage}={list(chain)!r} must hold 1 to {MAX_CHAIN} ops (use 'no_op' for none)")
+                raise WorkbenchError(f"{stage}={list(chain)!r} must hold 1 to {MAX_CHAIN} ops (use 'no_op' for none)")
             for op in chain:
                 if not isinstance(op, str) or op not in allowed:
-                    raise ValueError(f"{stage} op {op!r} is not allowed; allowed: {list(allowed)}")
+                    raise WorkbenchError(f"{stage} op {op!r} is not allowed; allowed: {list(allowed)}")
         object.__setattr__(self, "pre", tuple(self.pre))
         object.__setattr__(self, "post", tuple(self.post))
         if not isinstance(self.reduction, str) or self.reduction not in ops.REDUCTIONS:
-            raise ValueError(f"reduction={self.reduction!r} is not allowed; allowed: {list(ops.REDUCTIONS)}")
+            raise WorkbenchError(f"reduction={self.reduction!r} is not allowed; allowed: {list(ops.REDUCTIONS)}")
         check_lambda(self.lam)
         if isinstance(self.direction, bool) or self.direction not in (1, -1):
-            raise ValueError(f"direction={self.direction!r} must be 1 or -1")
+            raise WorkbenchError(f"direction={self.direction!r} must be 1 or -1")
         if self.nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite={self.nonfinite!r} is not allowed; allowed: {list(NONFINITE)}")
+            raise WorkbenchError(f"nonfinite={self.nonfinite!r} is not allowed; allowed: {list(NONFINITE)}")
 
     # ------------------------------------------------------------------ data
     def to_dict(self) -> dict:
@@ -81,14 +81,15 @@ class AllocationFunction:
     @classmethod
     def from_dict(cls, data: dict) -> AllocationFunction:
         if not isinstance(data, dict):
-            raise ValueError(f"allocation function must be a JSON object, got {type(data).__name__}")
+            raise WorkbenchError(f"allocation function must be a JSON object, got {type(data).__name__}")
         allowed = {"pre", "reduction", "post", "lam", "direction", "name", "nonfinite"}
         unknown = set(data) - allowed
         if unknown:
-            raise ValueError(f"unknown fields in allocation function: {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise WorkbenchError(f"unknown fields in allocation function: {sorted(unknown)}; allowed: "
+                                 f"{sorted(allowed)}")
         lam = data.get("lam", 0.08)
         if isinstance(lam, bool) or not isinstance(lam, int | float):
-            raise ValueError(f"lam={lam!r} must be a number")
+            raise WorkbenchError(f"lam={lam!r} must be a number")
         return cls(pre=data.get("pre", ("no_op",)), reduction=data.get("reduction", "mean"),
                    post=data.get("post", ("no_op",)), lam=float(lam),
                    direction=data.get("direction", 1), name=str(data.get("name", "")),
@@ -102,7 +103,7 @@ class AllocationFunction:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"function: allocation function is not valid JSON ({err})") from None
+            raise WorkbenchError(f"function: allocation function is not valid JSON ({err})") from None
         return cls.from_dict(data)
 
     def key(self) -> str:
@@ -253,7 +254,7 @@ def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
     if isinstance(spec, dict):
         return AllocationFunction.from_dict(spec)
     if not isinstance(spec, str):
-        raise ValueError(f"function={spec!r} must be a preset name, a JSON file, JSON text or a mapping")
+        raise WorkbenchError(f"function={spec!r} must be a preset name, a JSON file, JSON text or a mapping")
     if spec in DEGENERATE:
         raise InvalidFunction(DEGENERATE[spec])
     if spec in PRESETS:
@@ -268,12 +269,12 @@ def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"function={spec!r}: cannot read the file ({err})") from None
+            raise WorkbenchError(f"function={spec!r}: cannot read the file ({err})") from None
         try:
             return AllocationFunction.from_json(text)
         except ValueError as err:
-            raise ValueError(f"function={spec!r}: {err}") from None
-    raise ValueError(f"function={spec!r} is neither a preset {list(PRESETS)}, a JSON file nor JSON")
+            raise WorkbenchError(f"function={spec!r}: {err}") from None
+    raise WorkbenchError(f"function={spec!r} is neither a preset {list(PRESETS)}, a JSON file nor JSON")
 
 
 def block_scores(inputs: AllocationInput) -> list[list[torch.Tensor]]:
