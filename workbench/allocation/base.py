@@ -110,7 +110,7 @@ class Param:
             return value
         if value is None and self.optional or self.kind == "any" or value in self.special:
             return value
-        bad = ValueError(f"allocation={allocator!r}: {self.name}={value!r} is not allowed; "
+        bad = WorkbenchError(f"allocation={allocator!r}: {self.name}={value!r} is not allowed; "
                          f"allowed: {self.describe()}")
         if self.kind == "choice":
             if value not in self.choices:

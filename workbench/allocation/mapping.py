@@ -13,16 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ..errors import WorkbenchError
+
 CLAMPS = ("safe", "reference")
 
 
 def minmax(values: Sequence[float]) -> list[float]:
     """Min-max normalisation to [0, 1]; a constant or non-finite vector cannot be mapped."""
     if any(not math.isfinite(v) for v in values):
-        raise ValueError("values contain NaN or inf")
+        raise WorkbenchError("values contain NaN or inf")
     lo, hi = min(values), max(values)
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-        raise ValueError("values are constant: min-max normalisation is undefined")
+        raise WorkbenchError("values are constant: min-max normalisation is undefined")
     return [(v - lo) / (hi - lo) for v in values]
 
 
@@ -32,7 +34,7 @@ LAMBDA_MAX = 0.5  # the spread of the sparsities is 2λ: beyond 0.5 it exceeds t
 def check_lambda(lam: float) -> float:
     if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) \
             or not 0 <= lam <= LAMBDA_MAX:
-        raise ValueError(f"lam={lam!r} must be a number in [0, {LAMBDA_MAX}] (the sparsities spread over 2·lam)")
+        raise WorkbenchError(f"lam={lam!r} must be a number in [0, {LAMBDA_MAX}] (the sparsities spread over 2·lam)")
     return float(lam)
 
 
@@ -42,9 +44,9 @@ def map_to_sparsity(values: Sequence[float], sparsity: float, lam: float, direct
     """Sparsity of each entry from its value (see the module docstring)."""
     check_lambda(lam)
     if clamp not in CLAMPS:
-        raise ValueError(f"clamp={clamp!r} is not allowed; allowed: {list(CLAMPS)}")
+        raise WorkbenchError(f"clamp={clamp!r} is not allowed; allowed: {list(CLAMPS)}")
     if direction not in (1, -1):
-        raise ValueError(f"direction={direction!r} must be 1 or -1")
+        raise WorkbenchError(f"direction={direction!r} must be 1 or -1")
     weights = [1.0] * len(values) if weights is None else [float(w) for w in weights]
     n = minmax(values)
     if clamp == "reference":
@@ -53,8 +55,8 @@ def map_to_sparsity(values: Sequence[float], sparsity: float, lam: float, direct
         out = [0.01 if s <= 0 else s for s in out]
         bad = [s for s in out if s >= 1.0]
         if bad:
-            raise ValueError(f"lam={lam}: sparsity {max(bad):.3f} >= 1 for some entries; no valid allocation "
-                             "(lower lam or the target)")
+            raise WorkbenchError(f"lam={lam}: sparsity {max(bad):.3f} >= 1 for some entries; no valid allocation "
+                                  "(lower lam or the target)")
         return out
     total = sum(weights)
     mean = sum(w * x for w, x in zip(weights, n, strict=True)) / total
@@ -66,7 +68,7 @@ def renormalise(raw: list[float], weights: list[float], target: float, max_spars
     """Clip to [0, max_sparsity] and shift by one offset so that the weighted mean is ``target``
     (bisection on the offset: the clipped weighted mean is monotone in it)."""
     if not 0.0 <= target <= max_sparsity:
-        raise ValueError(f"sparsity={target} must lie in [0, {max_sparsity}]")
+        raise WorkbenchError(f"sparsity={target} must lie in [0, {max_sparsity}]")
     total = sum(weights)
 
     def mean_at(offset: float) -> float:

@@ -18,27 +18,29 @@ from __future__ import annotations
 import torch
 
 from ..backend.reference import check_nm
+from ..errors import WorkbenchError
 
 
 def _check(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n: int, prune_m: int,
            blocksize: int, percdamp: float) -> None:
     if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        raise WorkbenchError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     if not weight.is_floating_point() or not hessian.is_floating_point():
-        raise ValueError(f"weight and hessian must be floating point, got {weight.dtype} and {hessian.dtype}")
+        raise WorkbenchError(f"weight and hessian must be floating point, got {weight.dtype} and {hessian.dtype}")
     cols = weight.shape[1]
     if tuple(hessian.shape) != (cols, cols):
-        raise ValueError(f"hessian must have shape ({cols}, {cols}) (in_features squared), got {tuple(hessian.shape)}")
+        raise WorkbenchError(f"hessian must have shape ({cols}, {cols}) (in_features squared), got "
+                             f"{tuple(hessian.shape)}")
     if not bool(torch.isfinite(hessian).all()):
-        raise ValueError("hessian has non-finite entries (NaN or inf)")
+        raise WorkbenchError("hessian has non-finite entries (NaN or inf)")
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity={sparsity} must be in [0, 1)")
+        raise WorkbenchError(f"sparsity={sparsity} must be in [0, 1)")
     if prune_n or prune_m:
         check_nm(prune_n, prune_m, cols)
     if blocksize < 1:
-        raise ValueError(f"blocksize={blocksize} must be >= 1")
+        raise WorkbenchError(f"blocksize={blocksize} must be >= 1")
     if percdamp < 0:
-        raise ValueError(f"percdamp={percdamp} must be >= 0")
+        raise WorkbenchError(f"percdamp={percdamp} must be >= 0")
 
 
 def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -49,8 +51,8 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
         inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
         return torch.linalg.cholesky(inv, upper=True)
     except torch.linalg.LinAlgError as err:
-        raise ValueError(f"hessian + damping is not positive definite (percdamp={percdamp}); "
-                         "increase percdamp or check the calibration statistics") from err
+        raise WorkbenchError(f"hessian + damping is not positive definite (percdamp={percdamp}); "
+                              "increase percdamp or check the calibration statistics") from err
 
 
 def _prepare(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ MAX_CHAIN = 4  # ops in a pre or post chain
 NONFINITE = ("invalid", "reference")
 
 
-class InvalidFunction(ValueError):
+class InvalidFunction(WorkbenchError):
     """The function cannot give a valid allocation on these scores (the reason says why)."""
 
 

@@ -33,6 +33,8 @@ from collections.abc import Callable
 
 import torch
 
+from ...errors import WorkbenchError
+
 MATRIX_SIDE = 256  # matrix reductions look at a strided <= 256 x 256 view of each layer's scores
 
 
@@ -254,4 +256,4 @@ def reduce(name: str, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> tupl
         value = torch.stack([MATRIX_REDUCTIONS[name](m.view(shape)) for m, shape in zip(mats, shapes, strict=True)])
         value = value.mean()
         return float(value), abs(float(value))
-    raise ValueError(f"reduction={name!r} is not allowed; allowed: {list(REDUCTIONS)}")
+    raise WorkbenchError(f"reduction={name!r} is not allowed; allowed: {list(REDUCTIONS)}")
