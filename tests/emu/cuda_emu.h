@@ -1,4 +1,4 @@
-// CPU emulation of the CUDA execution model, for running the *unmodified* kernels/*.cu on a machine
+// CPU emulation of the CUDA execution model, for running the *unmodified* workbench/resources/kernels/*.cu on a machine
 // without a GPU (the harness compiles `#include "cuda_emu.h"` + the kernel with g++ -fsanitize=thread).
 //
 // Execution: every thread of a block is a ucontext fiber on one OS thread. A fiber runs until it reaches

@@ -1,4 +1,4 @@
-"""Build a kernels/*.cu file *unmodified* with g++ and the CUDA-emulation header, and launch its kernels.
+"""Build a resources/kernels/*.cu file *unmodified* with g++ and the CUDA-emulation header, and launch its kernels.
 
 Each source is concatenated after ``#include "cuda_emu.h"`` with generated ``launch_<name>`` wrappers
 (one per kernel listed in ``workbench.backend.kernels.KERNELS``), compiled with ``-fsanitize=thread`` so
