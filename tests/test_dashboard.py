@@ -8,6 +8,7 @@ from browser_support import ARTIFACTS, free_port, require_chromium
 
 from workbench.dashboard import DashboardConfig, serve
 from workbench.dashboard import app as app_mod
+from workbench.dashboard.app import Dashboard, DashboardServices
 
 require_chromium()
 
@@ -21,9 +22,11 @@ def server(tmp_path_factory):
     config = DashboardConfig(models=("tiny-llama", "tiny-qwen2"), default_model="tiny-llama", nsamples=4, seqlen=64,
                              eval_seqlen=256, results_dir=results, reproduce_dir=reproduce)
     port = free_port()
-    thread = serve(config, port=port, threaded=True)
-    yield f"http://127.0.0.1:{port}/", config
+    services = DashboardServices(config)  # shared by every page of the server (sessions, job queue, curves)
+    thread = serve(config, port=port, threaded=True, services=services)
+    yield f"http://127.0.0.1:{port}/", config, services
     thread.stop()
+    services.close()
 
 
 DEEP_TEXT = """e => { const walk = n => { let t = n.shadowRoot ? walk(n.shadowRoot) : '';
@@ -64,12 +67,12 @@ def _rows(page) -> int:
 
 
 def test_allocator_change_redraws_the_curve_and_a_run_adds_a_row(server, browser):
-    url, config = server
+    url, config, services = server
     page = _open(browser, url)
     assert _curve(page).startswith("uniform @ 0.7: 0.7000 0.7000 0.7000")
     page.locator(".wb-allocator select").select_option("owl")
     text = _wait_text(page.locator(".wb-curve"), lambda t: t.startswith("owl @"))
-    expected = app_mod.shared_session("tiny-llama", config).profile("owl", 0.7, lam=0.08, M=5.0).block_means()
+    expected = services.session("tiny-llama").profile("owl", 0.7, lam=0.08, M=5.0).block_means()
     shown = [float(v) for v in text.split(":")[1].split("(")[0].split()]
     assert shown == pytest.approx(list(expected.values()), abs=1e-4)
     page.locator(".wb-run button").click()
@@ -86,7 +89,7 @@ def test_allocator_change_redraws_the_curve_and_a_run_adds_a_row(server, browser
 
 
 def test_second_page_stays_responsive_during_queued_runs_and_keeps_its_own_state(server, browser):
-    url, _config = server
+    url, _config, services = server
     first = _open(browser, url)
     first.locator(".wb-allocator select").select_option("owl")  # the readme DSA preset is refused on tiny-llama
     _wait_text(first.locator(".wb-curve"), lambda t: t.startswith("owl @"))
@@ -94,7 +97,7 @@ def test_second_page_stays_responsive_during_queued_runs_and_keeps_its_own_state
         first.locator(".wb-run button").click()
     second = _open(browser, url)
     assert _curve(second).startswith("uniform @")  # the first page's allocator is not the second's
-    busy = [j for j in first_page_jobs() if j.status == "running"]
+    busy = [j for j in first_page_jobs(services) if j.status == "running"]
     start = time.monotonic()
     field = second.locator(".wb-target input")
     field.fill("0.55")
@@ -110,8 +113,8 @@ def test_second_page_stays_responsive_during_queued_runs_and_keeps_its_own_state
     second.close()
 
 
-def first_page_jobs():
-    queue = app_mod.job_queue()
+def first_page_jobs(services):
+    queue = services.jobs  # the server's one queue
     time.sleep(0.5)
     return list(queue.history)
 
@@ -120,7 +123,7 @@ def first_page_jobs():
                                          ("1.5", "target sparsity: 1.5 is out of range"),
                                          ("abc", "target sparsity: 'abc' is not a number")])
 def test_bad_input_shows_a_message_and_changes_nothing(server, browser, typed, match):
-    url, config = server
+    url, config, _services = server
     page = _open(browser, url)
     before = _curve(page)
     records = len(list(config.results_dir.glob("*.json")))
@@ -149,13 +152,13 @@ def _plot_title(page) -> str:
 
 def test_model_switch_redraws_at_once_and_a_besa_run_keeps_its_config(server, browser):
     """Switching the model shows that model's curves without touching another control; BESA runs with
-    the sigmoid option the page offers; the row shows its parameters and rounded numbers; the
-    perplexity-vs-sparsity chart gets the run and the dense baseline."""
-    url, config = server
+    the sigmoid option the page offers (a control generated from BESA's declarations); the row shows its
+    parameters and rounded numbers; the perplexity-vs-sparsity chart gets the run and the dense baseline."""
+    url, config, services = server
     page = _open(browser, url)
     page.locator(".wb-model select").select_option("tiny-qwen2")
     _wait_text(page.locator(".wb-curve"), lambda t: t.startswith("uniform @"), timeout=60)
-    expected = app_mod.shared_session("tiny-qwen2", config).profile("uniform", 0.7)
+    expected = services.session("tiny-qwen2").profile("uniform", 0.7)
     assert len(expected.block_means()) == 3
     deadline = time.monotonic() + 60
     while "tiny-qwen2" not in _plot_title(page) and time.monotonic() < deadline:
@@ -163,6 +166,9 @@ def test_model_switch_redraws_at_once_and_a_besa_run_keeps_its_config(server, br
     assert _plot_title(page).startswith("tiny-qwen2"), _plot_title(page)
     page.locator(".wb-allocator select").select_option("besa")
     _wait_text(page.locator(".wb-message"), lambda t: "press Prune & evaluate" in t, timeout=30)
+    sigmoid = page.locator(".wb-param-sigmoid input")  # BESA's declared default (True) reaches only ~0.38-0.62
+    assert sigmoid.is_checked()
+    sigmoid.uncheck()
     page.locator(".wb-run button").click()
     text = _wait_text(page.locator(".wb-results"), lambda t: "done" in t or "Error" in t, timeout=300)
     assert "done" in text and "sigmoid=False" in text, text
@@ -180,29 +186,34 @@ def test_error_rows_keep_their_configuration_and_the_chart_has_the_dense_line(tm
     works adds a point to the perplexity-vs-sparsity chart beside the dense baseline."""
     config = DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4, seqlen=64,
                              eval_seqlen=128, results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
-    app = app_mod.DashboardApp(config)
-    app.allocation.value, app.besa_sigmoid.value = "besa", True  # 0.7 is outside what the sigmoid reaches
+    services = DashboardServices(config)
+    app = Dashboard(services)
+    app.allocation = "besa"
+    app.controls().sigmoid = True  # 0.7 is outside what the sigmoid reaches
     failing = app.start_run()
-    app.allocation.value = "owl"
+    app.allocation = "owl"
     working = app.start_run()
     deadline = time.monotonic() + 300
     while (failing.status not in ("done", "error") or working.status not in ("done", "error")) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
     app.poll()
-    rows = app.results.value.to_dict("records")
+    services.close()
+    rows = app.runs.to_dict("records")
     bad, good = rows
-    assert bad["allocation"] == "besa" and bad["target"] == 0.7 and bad["params"] == "sigmoid=True"
+    assert bad["allocation"] == "besa" and bad["target"] == 0.7 and "sigmoid=True" in bad["params"]
     assert "sigmoid=False" in bad["status"]  # the message recommends what the page offers
-    assert good["status"] == "done" and good["params"] == "lam=0.08, M=5" and good["actual"] == round(good["actual"], 4)
-    fig = app.ppl_plot.object
+    # every control of the chosen allocator is in the run it asked for (generated from OWL's declarations)
+    assert good["status"] == "done" and good["params"] == "lam=0.08, M=5, clamp=safe, granularity=block"
+    assert good["actual"] == round(good["actual"], 4)
+    fig = app.ppl_figure()
     assert [t.name for t in fig.data] == ["owl"] and list(fig.data[0].y) == [good["perplexity"]]
     dense = fig.layout.shapes[0].y0
-    from workbench.experiment import ExperimentConfig, run_experiment
-    from workbench.models import load_model
+    from workbench.runner import run
+    from workbench.spec import RunSpec
 
-    direct = run_experiment(ExperimentConfig(model="tiny-llama", allocation="dense", eval_seqlen=128),
-                            *load_model("tiny-llama"), progress=False)  # the dense model, evaluated here
+    direct = run(RunSpec.from_flat({"model": "tiny-llama", "allocation": "dense", "eval_seqlen": 128}),
+                 progress=False)  # the dense model, evaluated here
     assert dense == pytest.approx(direct["metrics"]["perplexity"], rel=1e-9)
 
 
@@ -210,20 +221,22 @@ def test_curves_are_computed_off_the_server_thread(tmp_path):
     """update_curves returns with a busy line; poll draws once the worker is done."""
     config = DashboardConfig(models=("tiny-llama", "tiny-neox"), default_model="tiny-llama", nsamples=4, seqlen=64,
                              results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
-    app = app_mod.DashboardApp(config)
+    services = DashboardServices(config)
+    app = Dashboard(services)
     gate = threading.Event()
     original = app_mod._compute_curves
     app_mod._compute_curves = lambda *a: (gate.wait(60), original(*a))[1]  # hold the worker
     try:
-        app.model.value = "tiny-neox"
+        app.model = "tiny-neox"
         assert app._pending is not None and not app._pending[1].done()
         app.poll()
-        assert "computing" in app.busy.object and "tiny-neox" in app.busy.object
-        assert app.plot.object.layout.title.text.startswith("tiny-neox: computing")
+        assert "computing" in app.busy and "tiny-neox" in app.busy
+        assert app.curve_figure.layout.title.text.startswith("tiny-neox: computing")
     finally:
         gate.set()
         app_mod._compute_curves = original
     app._pending[1].result(timeout=120)
     app.poll()
-    assert app.busy.object == "" and app.plot.object.layout.title.text.startswith("tiny-neox: layer-wise")
-    assert app.curve_text.object.startswith("uniform @ 0.7: 0.7000 0.7000 0.7000")
+    services.close()
+    assert app.busy == "" and app.curve_figure.layout.title.text.startswith("tiny-neox: layer-wise")
+    assert app.curve_text.startswith("uniform @ 0.7: 0.7000 0.7000 0.7000")

@@ -1,6 +1,7 @@
 """The dashboard's perplexity-vs-sparsity chart: axes set from the runs (plotly alone spans -0.3..1.7 around a
 single point), the sparsity axis inside [0, 1] and the perplexity axis around the points and the dense line."""
 
+import pandas as pd
 import pytest
 
 from workbench import plots
@@ -65,3 +66,24 @@ def test_a_non_finite_perplexity_does_not_break_the_range():
     lo, hi = fig.layout.yaxis.range
     assert lo < 50.0 < hi and hi < 100.0
 
+
+def test_the_dashboard_page_draws_its_rows_on_this_chart(tmp_path):
+    """The page's chart is this figure of its run table: one finished row gives an x-range inside [0, 1]."""
+    from workbench.dashboard.app import COLUMNS, Dashboard, DashboardConfig, DashboardServices
+
+    config = DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4, seqlen=64,
+                             results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
+    services = DashboardServices(config)
+    try:
+        page = Dashboard(services)
+        row = dict.fromkeys(COLUMNS) | {"run": 1, "model": "tiny-llama", "allocation": "owl", "actual": 0.7,
+                                        "perplexity": 123.4, "status": "done"}
+        page.runs = pd.DataFrame([row], columns=COLUMNS)
+        page.dense_ppl = 50.0
+        fig = page.ppl_figure()
+        lo, hi = fig.layout.xaxis.range
+        _inside_unit((lo, hi))
+        assert lo < 0.7 < hi
+        assert list(fig.data[0].y) == [123.4] and fig.layout.shapes[0].y0 == 50.0
+    finally:
+        services.close()

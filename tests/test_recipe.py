@@ -94,14 +94,13 @@ def test_row_profiles_are_refused():
 
 
 def test_dashboard_download_is_the_cli_recipe(owl_record, tmp_path):
-    from workbench.dashboard import app as app_mod
-    from workbench.dashboard.app import DashboardConfig
+    from workbench.dashboard.app import Dashboard, DashboardConfig, DashboardServices
 
     results = tmp_path / "r"
     results.mkdir()
     (results / "owl.json").write_text(owl_record.read_text())
-    app = app_mod.DashboardApp(DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4,
-                                               seqlen=64, results_dir=results, reproduce_dir=tmp_path / "t"))
+    app = Dashboard(DashboardServices(DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4,
+                                                      seqlen=64, results_dir=results, reproduce_dir=tmp_path / "t")))
     assert app.download_recipe.filename == "owl.recipe.yaml"
     profile = SparsityProfile.from_dict(json.loads(owl_record.read_text())["profile"])
     assert app._record_recipe().getvalue().decode() == recipe_text(profile, "tiny-llama", "wanda", "unstructured")

@@ -1,8 +1,12 @@
 """The dashboard page: controls, layer-wise sparsity curves, queued prune-and-evaluate runs, records, tables.
 
-Each browser session gets its own :class:`DashboardApp` (its controls and its run table are its
-own); the expensive parts are shared: one :class:`~workbench.session.Session` per model (dense
-statistics computed once) and one job queue, so two runs started at once execute one after the other.
+Each browser session gets its own :class:`Dashboard` (a Panel ``Viewer`` whose state is ``param`` parameters:
+its controls, its run table, its messages). What the pages of one server share lives in one
+:class:`DashboardServices` that :func:`serve` creates and hands to every page: one
+:class:`~workbench.session.Session` per model (dense statistics computed once), one job queue (two runs started
+at once execute one after the other), the curve workers and the dense perplexities.
+Menus come from the registries and each allocator's controls from its declared parameters
+(:class:`workbench.allocation.Param`); a run is one :class:`~workbench.spec.RunSpec`.
 Run ``python -m workbench dashboard`` or ``panel serve workbench/dashboard/app.py``.
 """
 
@@ -17,28 +21,29 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import panel as pn
+import param
+import plotly.graph_objects as go
 
 from workbench import plots
-from workbench.allocation import ALLOCATORS as REGISTRY
-from workbench.allocation import declared_defaults, learns_while_pruning
-from workbench.allocation.dsa.function import PRESETS
+from workbench.allocation import allocation_names, learns_while_pruning
+from workbench.dashboard.controls import AllocatorControls, controls_class
 from workbench.dashboard.jobs import Job, JobQueue
 from workbench.errors import WorkbenchError
-from workbench.experiment import ExperimentConfig
 from workbench.inputs import parse_number
+from workbench.models import MODELS
+from workbench.profile import SparsityProfile
 from workbench.pruners import METRICS
 from workbench.results import compact_params, write_json_atomic
-from workbench.session import Session
+from workbench.session import CURVE_ALLOCATORS, Session
+from workbench.spec import DENSE, MethodSpec, RunSpec, field_help
 
-ALLOCATORS = tuple(REGISTRY)  # every registered allocator, in registration order
-COLUMNS = ["run", "model", "allocation", "params", "metric", "target", "actual", "perplexity", "seconds", "status"]
-# Curves are computed here, never on the server thread (dense statistics of a new model, `global`'s
-# sort over every weight): the page polls the future and shows a busy line with the elapsed time.
-_CURVES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="workbench-curves")
-_DENSE_PPL: dict[tuple, float] = {}  # dense perplexity per (model, eval settings), for the chart
+_METHOD = MethodSpec()  # a run's defaults (metric, pattern, allocation): the page starts from them
+COLUMNS = ("run", "model", "allocation", "params", "metric", "target", "pattern", "actual", "perplexity", "seconds",
+           "status")
 
 
 @dataclass
@@ -55,25 +60,50 @@ class DashboardConfig:
     poll_ms: int = 400
 
 
-_SESSIONS: dict[str, Session] = {}
-_SESSIONS_LOCK = threading.Lock()
-_QUEUE: JobQueue | None = None
+class DashboardServices:
+    """What every page of one server shares: a Session per model, the run queue, the curve workers and the
+    dense perplexities (created once by :func:`serve`, handed to each page)."""
+
+    def __init__(self, config: DashboardConfig | None = None, curve_workers: int = 2):
+        self.config = config or DashboardConfig()
+        self.jobs = JobQueue()  # runs, one after another, on one worker thread
+        # Curves are computed here, never on the server thread (dense statistics of a new model, `global`'s
+        # sort over every weight): a page polls the future and shows a busy line with the elapsed time.
+        self.curve_pool = ThreadPoolExecutor(max_workers=curve_workers, thread_name_prefix="workbench-curves")
+        self._sessions: dict[str, Session] = {}
+        self._dense_ppl: dict[tuple, float] = {}  # dense perplexity per (model, eval dataset, eval seqlen)
+        self._lock = threading.Lock()
+
+    def session(self, model: str) -> Session:
+        """The one Session of ``model`` (its dense statistics are read-only for curves; runs take its lock)."""
+        with self._lock:
+            if model not in self._sessions:
+                self._sessions[model] = Session(model, nsamples=self.config.nsamples, seqlen=self.config.seqlen)
+            return self._sessions[model]
+
+    def dense_perplexity(self, spec: RunSpec, stage=None) -> float | None:
+        """The dense model's perplexity on ``spec``'s evaluation settings (computed once; on the job worker)."""
+        ev = spec.evaluation
+        key = (spec.model.name, ev.dataset, ev.seqlen)
+        with self._lock:
+            known = self._dense_ppl.get(key)
+        if known is None:
+            if stage is not None:
+                stage("dense baseline")
+            dense = RunSpec.from_flat({"model": spec.model.name, "allocation": DENSE, "evals": ["ppl"],
+                                       "eval_dataset": ev.dataset, "eval_seqlen": ev.seqlen})
+            known = self.session(spec.model.name).run(dense)["metrics"]["perplexity"]
+            with self._lock:
+                self._dense_ppl[key] = known
+        return known
+
+    def close(self) -> None:
+        """Stop the curve workers and the job worker (queued jobs finish first)."""
+        self.curve_pool.shutdown(wait=False, cancel_futures=True)
+        self.jobs.close()
 
 
-def shared_session(model: str, config: DashboardConfig) -> Session:
-    """One Session per model for the whole server (its dense statistics are read-only for curves)."""
-    with _SESSIONS_LOCK:
-        if model not in _SESSIONS:
-            _SESSIONS[model] = Session(model, nsamples=config.nsamples, seqlen=config.seqlen)
-        return _SESSIONS[model]
-
-
-def job_queue() -> JobQueue:
-    global _QUEUE
-    with _SESSIONS_LOCK:
-        if _QUEUE is None:
-            _QUEUE = JobQueue()
-        return _QUEUE
+# --------------------------------------------------------------------------- the page
 
 
 def record_csv(record: dict) -> str:
@@ -95,161 +125,190 @@ def record_csv(record: dict) -> str:
     return buf.getvalue()
 
 
-class DashboardApp:
-    """One browser session's page."""
+class Dashboard(pn.viewable.Viewer):
+    """One browser session's page; ``services`` are the server's shared parts."""
 
-    def __init__(self, config: DashboardConfig):
-        self.config = config
-        self.model = pn.widgets.Select(name="model", options=list(config.models), value=config.default_model,
-                                      css_classes=["wb-model"])
-        self.metric = pn.widgets.Select(name="metric", options=list(METRICS), value="wanda", css_classes=["wb-metric"])
-        self.allocation = pn.widgets.Select(name="allocator", options=list(ALLOCATORS), value="uniform",
-                                           css_classes=["wb-allocator"])
-        self.target = pn.widgets.TextInput(name="target sparsity", value="0.7", css_classes=["wb-target"])
-        self.lam = pn.widgets.TextInput(name="λ (OWL, DSA)", value="0.08", css_classes=["wb-lam"])
-        self.M = pn.widgets.TextInput(name="M (OWL)", value="5", css_classes=["wb-M"])
-        self.function = pn.widgets.Select(name="DSA function", options=list(PRESETS), value="readme")
-        # BESA's own option: with the sigmoid only targets near 0.5 are reachable (its error says so)
-        self.besa_sigmoid = pn.widgets.Checkbox(name="BESA: sigmoid on the logits (targets ~0.38-0.62)", value=False,
-                                                css_classes=["wb-besa-sigmoid"])
-        self.run_button = pn.widgets.Button(name="Prune & evaluate", button_type="primary", css_classes=["wb-run"])
-        self.progress = pn.indicators.Progress(name="run", active=False, value=0, max=100, width=240)
-        self.status = pn.pane.Markdown("No run yet.", css_classes=["wb-status"])
-        self.message = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["wb-message"])
-        self.plot = pn.pane.Plotly(plots.sparsity_curves({}), height=440, sizing_mode="stretch_width")
-        self.curve_text = pn.pane.Str("computing dense statistics…", css_classes=["wb-curve"],
-                                      styles={"white-space": "pre-wrap", "word-break": "break-word"},
-                                      sizing_mode="stretch_width")
-        self.busy = pn.pane.Markdown("", css_classes=["wb-busy"])
-        self.ppl_plot = pn.pane.Plotly(plots.perplexity_vs_sparsity([]), height=360, sizing_mode="stretch_width")
-        self.results = pn.widgets.Tabulator(pd.DataFrame(columns=COLUMNS), disabled=True, show_index=False,
-                                            sizing_mode="stretch_width", css_classes=["wb-results"])
-        self.record_select = pn.widgets.Select(name="result record", options=[])
-        self.record_view = pn.pane.JSON({}, depth=2, sizing_mode="stretch_width")
+    # ---- what the person chooses (menus from the registries)
+    model = param.Selector(objects=MODELS.names(), default=MODELS.names()[0], doc=field_help("model"))
+    metric = param.Selector(objects=METRICS.names(), default=_METHOD.metric, doc=field_help("metric"))
+    allocation = param.Selector(objects=allocation_names(), default=_METHOD.allocation.name, label="allocator",
+                                doc=field_help("allocation") or "the layer-wise allocation")
+    sparsity = param.String("0.7", label="target sparsity", doc=field_help("sparsity"))  # as typed; parsed on use
+    pattern = param.String(_METHOD.pattern, doc=field_help("pattern"))
+    run = param.Event(label="Prune & evaluate")
+    record = param.Selector(objects=[], allow_None=True, label="result record")
+    refresh_tables = param.Event(label="Refresh tables")
+
+    # ---- what the page shows (set by the page, drawn by panes bound to them)
+    message = param.String("", doc="the last refusal or failure, in one line")
+    status = param.String("No run yet.")
+    busy = param.String("")
+    running = param.Boolean(False)
+    curve_text = param.String("computing dense statistics…")
+    curve_figure = param.ClassSelector(class_=go.Figure)
+    runs = param.DataFrame(doc="this page's runs, one row each")
+    dense_ppl = param.Number(None, allow_None=True, doc="the dense model's perplexity (the chart's dashed line)")
+
+    def __init__(self, services: DashboardServices, **params: Any):
+        self.services = services
+        self.jobs: list[Job] = []
+        self.learned: dict[tuple[str, str], SparsityProfile] = {}  # BESA profiles of this page's runs
+        self._controls: dict[str, AllocatorControls] = {}
+        self._shown: set[int] = set()
+        self._specs: dict[int, RunSpec] = {}  # job id -> the run it was asked for
+        self._pending: tuple[tuple, Future, float] | None = None  # (request, future, started)
+        self._shown_model: str | None = None  # the model whose curves the plot shows
+        self._poller = None
+        self._ready = False
+        config = services.config
+        super().__init__(curve_figure=plots.sparsity_curves({}), runs=pd.DataFrame(columns=COLUMNS), **params)
+        self.param.model.objects = list(dict.fromkeys([*config.models, *MODELS.names()]))
+        self.model = config.default_model
         self.download_json = pn.widgets.FileDownload(callback=self._record_json, filename="record.json",
-                                                     label="Download JSON", button_type="default")
+                                                     label="Download JSON")
         self.download_csv = pn.widgets.FileDownload(callback=self._record_csv, filename="record.csv",
-                                                    label="Download CSV", button_type="default")
+                                                    label="Download CSV")
         self.download_recipe = pn.widgets.FileDownload(callback=self._record_recipe, filename="record.recipe.yaml",
                                                        label="Download llm-compressor recipe")
-        self.tables = pn.Column()
-        self.jobs: list[Job] = []
-        self.learned: dict[str, object] = {}  # BESA profiles learned by this page's runs, by target
-        self._shown: set[int] = set()
-        self._configs: dict[int, ExperimentConfig] = {}  # job id -> the run it was asked for
-        self._pending: tuple[tuple, Future, float] | None = None  # (request, future, started)
-        self._dense: float | None = None
-        self._shown_model: str | None = None  # the model whose curves the plot shows
-
-        for widget in (self.model, self.allocation, self.target, self.lam, self.M, self.function):
-            widget.param.watch(lambda _event: self.update_curves(), "value")
-        self.record_select.param.watch(lambda _event: self._show_record(), "value")
-        self.run_button.on_click(lambda _event: self.start_run())
         self.refresh_records()
-        self.refresh_tables()
+        self._name_downloads()
+        self._ready = True
         self.update_curves()
+
+    # ------------------------------------------------------------------ allocator controls
+    def controls(self, allocation: str | None = None) -> AllocatorControls:
+        """This page's controls of ``allocation`` (the chosen one by default), made on first use."""
+        name = allocation or self.allocation
+        if name not in self._controls:
+            controls = controls_class(name)()
+            controls.follow_metric(self.metric)
+            controls.param.watch(lambda _event: self.update_curves(), controls.controls())
+            self._controls[name] = controls
+        return self._controls[name]
+
+    @param.depends("metric", watch=True)
+    def _follow_metric(self) -> None:
+        for controls in self._controls.values():
+            controls.follow_metric(self.metric)
+
+    @param.depends("allocation")
+    def allocator_controls(self) -> pn.viewable.Viewable:
+        """The chosen allocator's parameter controls, generated from its declarations."""
+        controls = self.controls()
+        if not controls.controls():
+            return pn.pane.Markdown(f"*{self.allocation} has no parameters.*", css_classes=["wb-params"])
+        return pn.Param(controls, parameters=controls.controls(), widgets=controls.widget_options(),
+                        show_name=False, css_classes=["wb-params"], sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ curves
     def session(self) -> Session:
-        return shared_session(self.model.value, self.config)
+        return self.services.session(self.model)
 
-    def inputs(self) -> dict:
-        """The typed fields, validated (ValueError names the field and the allowed range)."""
-        return {"sparsity": parse_number(self.target.value, "target sparsity", 0.0, 1.0),
-                "lam": parse_number(self.lam.value, "λ", 0.0, 1.0, high_open=False),
-                "M": parse_number(self.M.value, "M", 1e-9, 1e6, high_open=False)}
+    def target(self) -> float:
+        """The typed target sparsity (a WorkbenchError names the field and the allowed range)."""
+        return parse_number(self.sparsity, "target sparsity", 0.0, 1.0)
 
     def _fail(self, text: str) -> None:
-        self.message.object, self.message.visible = text, True
+        self.message = text
+
+    @param.depends("model", "allocation", "sparsity", watch=True)
+    def _inputs_changed(self) -> None:
+        self.update_curves()
 
     def update_curves(self) -> None:
-        """Ask for the curves of the current fields (computed off the server thread; :meth:`poll` draws
+        """Ask for the curves of the current controls (computed off the server thread; :meth:`poll` draws
         them). Bad input shows a message and changes nothing."""
+        if not self._ready:
+            return
         try:
-            values = self.inputs()
+            sparsity = self.target()
         except WorkbenchError as err:
             self._fail(str(err))
             return
-        chosen, model = self.allocation.value, self.model.value
-        function = {**PRESETS[self.function.value].to_dict(), "lam": values["lam"]}
-        if learns_while_pruning(chosen):  # learned while pruning: available after a run of this page
-            key = f"{values['sparsity']:g}"
-            if key not in self.learned:
-                self._fail("BESA learns its allocation while pruning: press Prune & evaluate to see its curve "
-                           f"at {values['sparsity']:g}")
-                return
+        chosen, model = self.allocation, self.model
+        if learns_while_pruning(chosen) and (model, f"{sparsity:g}") not in self.learned:
+            self._fail(f"{chosen} learns its allocation while pruning: press Prune & evaluate to see its curve "
+                       f"at {sparsity:g}")
+            return
         if model != self._shown_model:  # another model: never show the old one's curves
-            self.plot.object = plots.sparsity_curves({}, title=f"{model}: computing dense statistics…")
-            self.curve_text.object = f"{model}: computing dense statistics…"
-        request = (model, chosen, values["sparsity"], values["lam"], values["M"], json.dumps(function, sort_keys=True))
-        session = shared_session(model, self.config)
-        future = _CURVES.submit(_compute_curves, session, chosen, values, function)
+            self.curve_figure = plots.sparsity_curves({}, title=f"{model}: computing dense statistics…")
+            self.curve_text = f"{model}: computing dense statistics…"
+        names = [*CURVE_ALLOCATORS, *([] if chosen in CURVE_ALLOCATORS or learns_while_pruning(chosen) else [chosen])]
+        params = {name: self.controls(name).values() for name in names}
+        request = (model, chosen, sparsity, json.dumps(params, sort_keys=True, default=str))
+        future = self.services.curve_pool.submit(_compute_curves, self.session(), tuple(names), sparsity, params)
         self._pending = (request, future, time.monotonic())
         self._show_busy()
 
     def _show_busy(self) -> None:
         if self._pending is None or self._pending[1].done():
-            self.busy.object = ""
+            self.busy = ""
             return
         (model, chosen, *_rest), _future, started = self._pending
-        what = "dense statistics and curves" if shared_session(model, self.config)._cache is None else "curves"
-        self.busy.object = f"⏳ computing {what} for {model} ({chosen})… {time.monotonic() - started:.1f} s"
+        what = "dense statistics and curves" if self.services.session(model)._cache is None else "curves"
+        self.busy = f"⏳ computing {what} for {model} ({chosen})… {time.monotonic() - started:.1f} s"
 
     def _draw_pending(self) -> None:
         """Draw the latest requested curves once computed (older requests are superseded)."""
         if self._pending is None or not self._pending[1].done():
             return
-        (model, chosen, sparsity, *_rest), future, _started = self._pending
+        (model, chosen, sparsity, _params), future, _started = self._pending
         self._pending = None
-        self.busy.object = ""
+        self.busy = ""
         try:
             profiles, errors = future.result()
         except Exception as err:  # noqa: BLE001 - shown on the page
             self._fail(f"{chosen}: {type(err).__name__}: {err}")
             return
         if learns_while_pruning(chosen):
-            profiles[chosen] = self.learned[f"{sparsity:g}"]
+            profiles[chosen] = self.learned[(model, f"{sparsity:g}")]
         if chosen in errors:
             self._fail(f"{chosen}: {errors[chosen]}")
             return
-        self.message.visible = False
+        self.message = ""
         fig = plots.sparsity_curves(profiles, title=f"{model}: layer-wise sparsity, target {sparsity:.2f}")
         for trace in fig.data:
             trace.line.width = 5 if trace.name.startswith(f"{chosen} ") else 1.5
-        self.plot.object = fig
+        self.curve_figure = fig
         self._shown_model = model
         curve = profiles[chosen].block_means()
-        self.curve_text.object = (f"{chosen} @ {sparsity:g}: " + " ".join(f"{v:.4f}" for v in curve.values())
-                                  + f"  (mean {profiles[chosen].mean():.4f})")
+        self.curve_text = (f"{chosen} @ {sparsity:g}: " + " ".join(f"{v:.4f}" for v in curve.values())
+                           + f"  (mean {profiles[chosen].mean():.4f})")
 
     # ------------------------------------------------------------------ runs
+    def spec(self) -> RunSpec:
+        """The run the controls describe, as one RunSpec (a WorkbenchError says what is refused)."""
+        config = self.services.config
+        return RunSpec.from_flat({"model": self.model, "metric": self.metric, "allocation": self.allocation,
+                                  "alloc_params": self.controls().values(), "sparsity": self.target(),
+                                  "pattern": self.pattern, "evals": ["ppl"], "nsamples": config.nsamples,
+                                  "seqlen": config.seqlen, "eval_seqlen": config.eval_seqlen})
+
+    @param.depends("run", watch=True)
+    def _run_pressed(self) -> None:
+        self.start_run()
+
     def start_run(self) -> Job | None:
-        """Queue a prune-and-evaluate run of the current fields; bad input queues nothing."""
+        """Queue a prune-and-evaluate run of the current controls; a refused spec queues nothing."""
         try:
-            values = self.inputs()
-            params = {"owl": {"lam": values["lam"], "M": values["M"]},
-                      "dsa": {"function": {**PRESETS[self.function.value].to_dict(), "lam": values["lam"]}},
-                      "besa": {"sigmoid": self.besa_sigmoid.value}}
-            config = ExperimentConfig(model=self.model.value, metric=self.metric.value,
-                                      allocation=self.allocation.value, sparsity=values["sparsity"],
-                                      alloc_params=params.get(self.allocation.value, _defaults(self.allocation.value)),
-                                      nsamples=self.config.nsamples,
-                                      seqlen=self.config.seqlen, eval_seqlen=self.config.eval_seqlen)
+            spec = self.spec()
         except WorkbenchError as err:
             self._fail(str(err))
             return None
-        self.message.visible = False
-        session, out_dir = self.session(), self.config.results_dir
+        self.message = ""
+        services, session, out_dir = self.services, self.session(), self.services.config.results_dir
 
         def work(stage) -> dict:
-            record = session.run(config, on_stage=stage)
+            record = session.run(spec, on_stage=stage)
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-            path = out_dir / f"{stamp}-{config.model}-{config.allocation}-{config.sparsity:g}.json"
+            m = spec.method
+            path = out_dir / f"{stamp}-{spec.model.name}-{m.allocation.name}-{m.sparsity:g}.json"
             write_json_atomic(path, record)
-            return {"record": record, "path": str(path), "dense_perplexity": _dense_perplexity(session, config, stage)}
+            return {"record": record, "path": str(path), "dense_perplexity": services.dense_perplexity(spec, stage)}
 
-        job = job_queue().submit(f"{config.allocation} {config.metric} {config.sparsity:g}", work)
-        self._configs[job.id] = config
+        m = spec.method
+        job = services.jobs.submit(f"{m.allocation.name} {m.metric} {m.sparsity:g}", work)
+        self._specs[job.id] = spec
         self.jobs.append(job)
         self.poll()
         return job
@@ -259,54 +318,65 @@ class DashboardApp:
         self._draw_pending()
         self._show_busy()
         active = [j for j in self.jobs if j.status in ("queued", "running")]
-        self.progress.active = bool(active)
+        self.running = bool(active)
         if active:
             j = active[0]
-            ahead = job_queue().pending()
+            ahead = self.services.jobs.pending()
             since = f", {time.time() - j.started:.0f} s" if j.started else ""
-            self.status.object = (f"run {j.id} ({j.label}): {j.status}{since}"
-                                  + (f", stage {j.stage}" if j.stage else "") + (f"; {ahead} queued" if ahead else ""))
+            self.status = (f"run {j.id} ({j.label}): {j.status}{since}"
+                           + (f", stage {j.stage}" if j.stage else "") + (f"; {ahead} queued" if ahead else ""))
         for job in self.jobs:
             if job.status in ("done", "error") and job.id not in self._shown:
                 self._shown.add(job.id)
-                self._add_row(job)
-                if (job.result or {}).get("dense_perplexity") is not None:
-                    self._dense = job.result["dense_perplexity"]
-                self.ppl_plot.object = plots.perplexity_vs_sparsity(self.results.value.to_dict("records"), self._dense)
-                record = (job.result or {}).get("record", {})
-                if learns_while_pruning(record.get("method", {}).get("allocation", "uniform")):
-                    from workbench.profile import SparsityProfile
+                self._finished(job)
 
-                    self.learned[f"{record['method']['sparsity']:g}"] = SparsityProfile.from_dict(record["profile"])
-                    self.update_curves()
-                self.status.object = f"run {job.id} ({job.label}): {job.status}" + (
-                    f" — {job.error}" if job.error else "")
-                self.refresh_records()
+    def _finished(self, job: Job) -> None:
+        """A finished job: its row, the chart's dense line, a learned curve, the status line and the records."""
+        self._add_row(job)
+        result = job.result or {}
+        if result.get("dense_perplexity") is not None:
+            self.dense_ppl = result["dense_perplexity"]
+        record = result.get("record") or {}
+        method = record.get("method", {})
+        if method and learns_while_pruning(method.get("allocation", "uniform")):
+            key = (record["model"]["id"], f"{method['sparsity']:g}")
+            self.learned[key] = SparsityProfile.from_dict(record["profile"])
+            self.update_curves()
+        self.status = f"run {job.id} ({job.label}): {job.status}" + (f" — {job.error}" if job.error else "")
+        self.refresh_records()
 
     def _add_row(self, job: Job) -> None:
-        """A row for a finished job: the configuration it was asked for (also when it failed), numbers rounded."""
-        config, metrics = self._configs[job.id], ((job.result or {}).get("record") or {}).get("metrics", {})
-        row = {"run": job.id, "model": config.model, "allocation": config.allocation,
-               "params": compact_params(config.alloc_params), "metric": config.metric,
-               "target": round(config.sparsity, 4),
+        """A row for a finished job: the run it was asked for (also when it failed), numbers rounded."""
+        flat, metrics = self._specs[job.id].flat(), ((job.result or {}).get("record") or {}).get("metrics", {})
+        row = {"run": job.id, "model": flat["model"], "allocation": flat["allocation"],
+               "params": compact_params(flat["alloc_params"]), "metric": flat["metric"],
+               "target": round(flat["sparsity"], 4), "pattern": flat["pattern"],
                "actual": _round(metrics.get("actual_sparsity"), 4), "perplexity": _round(metrics.get("perplexity"), 2),
                "seconds": round((job.finished or 0) - (job.started or 0), 1), "status": job.error or job.status}
-        self.results.value = pd.concat([self.results.value, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
+        self.runs = pd.concat([self.runs, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
+
+    @param.depends("runs", "dense_ppl")
+    def ppl_figure(self) -> go.Figure:
+        """Perplexity against actual sparsity of this page's runs, with the dense line."""
+        return plots.perplexity_vs_sparsity(self.runs.to_dict("records"), self.dense_ppl)
 
     # ------------------------------------------------------------------ records and tables
     def refresh_records(self) -> None:
-        files = sorted(self.config.results_dir.glob("*.json"), reverse=True)
-        self.record_select.options = [str(p) for p in files]
-        if files and self.record_select.value is None:
-            self.record_select.value = str(files[0])
+        files = [str(p) for p in sorted(self.services.config.results_dir.glob("*.json"), reverse=True)]
+        self.param.record.objects = files
+        if files and self.record is None:
+            self.record = files[0]
 
     def _record(self) -> dict:
-        path = self.record_select.value
-        return json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
+        return json.loads(Path(self.record).read_text(encoding="utf-8")) if self.record else {}
 
-    def _show_record(self) -> None:
-        self.record_view.object = self._record()
-        stem = Path(self.record_select.value).stem if self.record_select.value else "record"
+    @param.depends("record")
+    def record_view(self) -> pn.viewable.Viewable:
+        return pn.pane.JSON(self._record(), depth=2, sizing_mode="stretch_width")
+
+    @param.depends("record", watch=True)
+    def _name_downloads(self) -> None:
+        stem = Path(self.record).stem if self.record else "record"
         self.download_json.filename, self.download_csv.filename = f"{stem}.json", f"{stem}.csv"
         self.download_recipe.filename = f"{stem}.recipe.yaml"
 
@@ -321,7 +391,7 @@ class DashboardApp:
         a record that cannot be exported shows why and downloads only that reason."""
         from workbench.recipe import read_profile_source, recipe_text, run_settings
 
-        path = self.record_select.value or "record"
+        path = self.record or "record"
         try:
             profile, known = read_profile_source(self._record(), path)
             return io.BytesIO(recipe_text(profile, *run_settings(known, path)).encode())
@@ -329,76 +399,78 @@ class DashboardApp:
             self._fail(f"recipe: {err}")
             return io.BytesIO(f"# no recipe: {err}\n".encode())
 
-    def refresh_tables(self) -> None:
-        panes = []
-        for path in sorted(self.config.reproduce_dir.glob("*/tables/*.md")):
-            panes.append(pn.pane.Markdown(f"### {path.parent.parent.name}: {path.stem}\n\n" + path.read_text()))
-        self.tables.objects = panes or [pn.pane.Markdown(
-            f"No tables yet under `{self.config.reproduce_dir}`: run `python -m workbench reproduce --grid ...`.")]
+    @param.depends("refresh_tables")
+    def tables(self) -> pn.Column:
+        """The reproduction tables found under the configured folder (read again on *Refresh tables*)."""
+        folder = self.services.config.reproduce_dir
+        panes = [pn.pane.Markdown(f"### {path.parent.parent.name}: {path.stem}\n\n" + path.read_text())
+                 for path in sorted(folder.glob("*/tables/*.md"))]
+        return pn.Column(*(panes or [pn.pane.Markdown(
+            f"No tables yet under `{folder}`: run `python -m workbench reproduce --grid ...`.")]))
 
     # ------------------------------------------------------------------ layout
-    def view(self) -> pn.viewable.Viewable:
-        controls = pn.Column(self.model, self.metric, self.allocation, self.target, self.lam, self.M, self.function,
-                             self.besa_sigmoid, self.run_button, self.progress, width=300)
-        refresh = pn.widgets.Button(name="Refresh tables")
-        refresh.on_click(lambda _e: self.refresh_tables())
-        tabs = pn.Tabs(("Runs", pn.Column(self.status, self.results, self.ppl_plot)),
-                       ("Records", pn.Column(self.record_select, pn.Row(self.download_json, self.download_csv,
-                                                                                self.download_recipe),
-                                             self.record_view)),
-                       ("Tables", pn.Column(refresh, self.tables)))
-        page = pn.Column(pn.pane.Markdown("## Sparsity Allocation Workbench"), self.message,
-                         pn.Row(controls, pn.Column(self.busy, self.plot, self.curve_text,
-                                                    sizing_mode="stretch_width")),
-                         tabs, sizing_mode="stretch_width")
-        pn.state.add_periodic_callback(self.poll, period=self.config.poll_ms)
-        return page
+    def __panel__(self) -> pn.viewable.Viewable:
+        def select(name: str, css: str) -> pn.widgets.Select:
+            return pn.widgets.Select.from_param(self.param[name], css_classes=[css],
+                                                description=self.param[name].doc)
+
+        controls = pn.Column(
+            select("model", "wb-model"), select("metric", "wb-metric"), select("allocation", "wb-allocator"),
+            pn.widgets.TextInput.from_param(self.param.sparsity, css_classes=["wb-target"],
+                                            description=self.param.sparsity.doc),
+            pn.widgets.TextInput.from_param(self.param.pattern, css_classes=["wb-pattern"],
+                                            description=self.param.pattern.doc),
+            self.allocator_controls,
+            pn.widgets.Button.from_param(self.param.run, color="primary", css_classes=["wb-run"]),
+            pn.indicators.Progress(active=self.param.running, value=-1, width=240), width=300)
+        runs = pn.Column(pn.pane.Markdown(self.param.status, css_classes=["wb-status"]),
+                         pn.widgets.Tabulator(self.param.runs, disabled=True, show_index=False,
+                                              sizing_mode="stretch_width", css_classes=["wb-results"]),
+                         pn.pane.Plotly(self.ppl_figure, height=360, sizing_mode="stretch_width"))
+        records = pn.Column(pn.widgets.Select.from_param(self.param.record),
+                            pn.Row(self.download_json, self.download_csv, self.download_recipe), self.record_view)
+        tables = pn.Column(pn.widgets.Button.from_param(self.param.refresh_tables), self.tables)
+        curves = pn.Column(pn.pane.Markdown(self.param.busy, css_classes=["wb-busy"]),
+                           pn.pane.Plotly(self.param.curve_figure, height=440, sizing_mode="stretch_width"),
+                           pn.pane.Str(self.param.curve_text, css_classes=["wb-curve"], sizing_mode="stretch_width",
+                                       styles={"white-space": "pre-wrap", "word-break": "break-word"}),
+                           sizing_mode="stretch_width")
+        message = pn.pane.Alert(self.param.message, alert_type="danger", visible=self.param.message.rx.bool(),
+                                css_classes=["wb-message"])
+        if self._poller is None:
+            self._poller = pn.state.add_periodic_callback(self.poll, period=self.services.config.poll_ms)
+        return pn.Column(pn.pane.Markdown("## Sparsity Allocation Workbench"), message, pn.Row(controls, curves),
+                         pn.Tabs(("Runs", runs), ("Records", records), ("Tables", tables)),
+                         sizing_mode="stretch_width")
 
 
-def _defaults(allocation: str) -> dict:
-    """The parameters the chosen allocator's curve is drawn with and its run uses (besa: its own, learned)."""
-    return {} if REGISTRY[allocation].in_loop else declared_defaults(allocation)
-
-
-def _compute_curves(session: Session, chosen: str, values: dict, function: dict) -> tuple[dict, dict]:
-    """uniform / OWL / DSA curves and the chosen allocator's (on a curve worker; dense statistics first)."""
-    profiles, errors = session.curves(values["sparsity"], lam=values["lam"], M=values["M"], function=function)
-    if chosen not in profiles and chosen not in errors and not REGISTRY[chosen].in_loop:
-        try:
-            profiles[chosen] = session.profile(chosen, values["sparsity"], **_defaults(chosen))
-        except WorkbenchError as err:
-            errors[chosen] = str(err)
-    return profiles, errors
-
-
-def _dense_perplexity(session: Session, config: ExperimentConfig, stage) -> float | None:
-    """The dense model's perplexity on the run's evaluation settings (once per server; on the job worker)."""
-    key = (config.model, config.eval_dataset, config.eval_seqlen)
-    if key not in _DENSE_PPL:
-        stage("dense baseline")
-        dense = ExperimentConfig(model=config.model, allocation="dense", eval_dataset=config.eval_dataset,
-                                 eval_seqlen=config.eval_seqlen)
-        _DENSE_PPL[key] = session.run(dense)["metrics"]["perplexity"]
-    return _DENSE_PPL[key]
+def _compute_curves(session: Session, names: tuple[str, ...], sparsity: float,
+                    params: dict[str, dict]) -> tuple[dict, dict]:
+    """The profiles of ``names`` at ``sparsity`` with the page's parameters (on a curve worker; the dense
+    statistics first); an allocator that cannot allocate gives its message instead."""
+    return session.curves(sparsity, allocators=names, params=params)
 
 
 def _round(value, digits: int):
     return None if value is None else round(float(value), digits)
 
 
-def create_app(config: DashboardConfig | None = None) -> pn.viewable.Viewable:
-    """A fresh page (one per browser session)."""
-    return DashboardApp(config or DashboardConfig()).view()
+def create_app(config: DashboardConfig | None = None, services: DashboardServices | None = None) -> Dashboard:
+    """A fresh page (one per browser session) on ``services`` (the server's shared parts; new ones if not given)."""
+    return Dashboard(services or DashboardServices(config))
 
 
 def serve(config: DashboardConfig | None = None, port: int = 5006, address: str = "127.0.0.1",
-          threaded: bool = False, show: bool = False):
-    """Serve the dashboard on ``address:port`` (127.0.0.1 unless asked); threaded=True returns a stoppable thread."""
-    config = config or DashboardConfig()
+          threaded: bool = False, show: bool = False, services: DashboardServices | None = None):
+    """Serve the dashboard on ``address:port`` (127.0.0.1 unless asked); every page shares one
+    DashboardServices (``services``, or new ones of ``config``); threaded=True returns a stoppable thread."""
+    services = services or DashboardServices(config)
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
-    return pn.serve({"/": lambda: create_app(config)}, port=port, address=address, websocket_origin=origins,
-                    show=show, threaded=threaded, title="Sparsity Allocation Workbench", verbose=False)
+    return pn.serve({"/": lambda: create_app(services=services)}, port=port, address=address,
+                    websocket_origin=origins, show=show, threaded=threaded, title="Sparsity Allocation Workbench",
+                    verbose=False)
 
 
-if __name__.startswith("bokeh"):  # `panel serve workbench/dashboard/app.py`
-    create_app().servable()
+if __name__.startswith("bokeh"):  # `panel serve workbench/dashboard/app.py` runs this module once per page: the
+    # shared parts live in Panel's server-wide cache
+    create_app(services=pn.state.as_cached("workbench-dashboard-services", DashboardServices)).servable()
