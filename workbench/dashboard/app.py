@@ -129,12 +129,12 @@ class Dashboard(pn.viewable.Viewer):
     """One browser session's page; ``services`` are the server's shared parts."""
 
     # ---- what the person chooses (menus from the registries)
-    model = param.Selector(objects=MODELS.names(), default=MODELS.names()[0], doc=field_help("model"))
-    metric = param.Selector(objects=METRICS.names(), default=_METHOD.metric, doc=field_help("metric"))
+    model = param.Selector(objects=MODELS.names(), default=MODELS.names()[0], label="model", doc=field_help("model"))
+    metric = param.Selector(objects=METRICS.names(), default=_METHOD.metric, label="metric", doc=field_help("metric"))
     allocation = param.Selector(objects=allocation_names(), default=_METHOD.allocation.name, label="allocator",
                                 doc=field_help("allocation") or "the layer-wise allocation")
     sparsity = param.String("0.7", label="target sparsity", doc=field_help("sparsity"))  # as typed; parsed on use
-    pattern = param.String(_METHOD.pattern, doc=field_help("pattern"))
+    pattern = param.String(_METHOD.pattern, label="pattern", doc=field_help("pattern"))
     run = param.Event(label="Prune & evaluate")
     record = param.Selector(objects=[], allow_None=True, label="result record")
     refresh_tables = param.Event(label="Refresh tables")
@@ -422,7 +422,8 @@ class Dashboard(pn.viewable.Viewer):
                                             description=self.param.pattern.doc),
             self.allocator_controls,
             pn.widgets.Button.from_param(self.param.run, color="primary", css_classes=["wb-run"]),
-            pn.indicators.Progress(active=self.param.running, value=-1, width=240), width=300)
+            pn.indicators.Progress(active=self.param.running, visible=self.param.running, value=-1, width=240),
+            width=300)
         runs = pn.Column(pn.pane.Markdown(self.param.status, css_classes=["wb-status"]),
                          pn.widgets.Tabulator(self.param.runs, disabled=True, show_index=False,
                                               sizing_mode="stretch_width", css_classes=["wb-results"]),
@@ -473,4 +474,5 @@ def serve(config: DashboardConfig | None = None, port: int = 5006, address: str 
 
 if __name__.startswith("bokeh"):  # `panel serve workbench/dashboard/app.py` runs this module once per page: the
     # shared parts live in Panel's server-wide cache
-    create_app(services=pn.state.as_cached("workbench-dashboard-services", DashboardServices)).servable()
+    create_app(services=pn.state.as_cached("workbench-dashboard-services", DashboardServices)).servable(
+        title="Sparsity Allocation Workbench")
