@@ -25,7 +25,8 @@ def main() -> None:
 
     model, tok = load_model(args.model)
     calib = calibration_samples(tok, "embedded", args.nsamples, args.seqlen, 0)
-    res = prune(model, tok, "wanda", "uniform", 0.5, calibration=calib, mode="sequential", progress=False)
+    res = prune(model, tok, metric="wanda", allocation="uniform", sparsity=0.5, calibration=calib,
+                mode="sequential", progress=False)
     fwd, other = res.timings["forward_s"], res.timings["prune_s"]
     print(f"model={args.model} calibration={args.nsamples}x{args.seqlen} (embedded)")
     print(f"sequential wanda 50%: forward passes {fwd:7.2f} s, everything else {other:6.2f} s, "
@@ -40,7 +41,8 @@ def main() -> None:
         timings = []
         for allocation, sparsity in (("uniform", 0.6), ("er", 0.7), ("global", 0.5)):
             t0 = time.perf_counter()
-            prune(model, tok, "wanda", allocation, sparsity, mode="dense", cache=cache, progress=False)
+            prune(model, tok, metric="wanda", allocation=allocation, sparsity=sparsity, mode="dense",
+                  cache=cache, progress=False)
             timings.append((allocation, sparsity, time.perf_counter() - t0))
     finally:
         calibrate_mod.capture_block_inputs = original

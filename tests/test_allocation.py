@@ -201,12 +201,17 @@ def test_declared_defaults_are_the_published_ones_and_skip_unset_values():
 
 
 def test_only_besa_learns_while_pruning_and_every_other_allocator_has_a_curve():
-    from workbench.allocation import curve_allocators, learns_while_pruning
+    from workbench.allocation import LEARNERS, Learner, allocation_names, curve_allocators, learns_while_pruning
+    from workbench.errors import WorkbenchError
 
-    assert [n for n in sorted(ALLOCATORS) if learns_while_pruning(n)] == ["besa"]
+    assert [n for n in allocation_names() if learns_while_pruning(n)] == ["besa"] == LEARNERS.names()
+    assert "besa" not in ALLOCATORS and isinstance(LEARNERS["besa"], Learner)  # a learner, not a flagged allocator
+    assert allocation_names() == [*ALLOCATORS, "besa"]
     assert curve_allocators() == [n for n in ALLOCATORS if n != "besa"]
-    with pytest.raises(ValueError, match="allocation='bogus' is not allowed"):
+    with pytest.raises(WorkbenchError, match="allocation='bogus' is not allowed.*'besa'"):
         learns_while_pruning("bogus")
+    with pytest.raises(WorkbenchError, match="allocation='besa' learns block by block"):
+        allocate("besa", AllocationInput({}), 0.5)
 
 
 def test_param_describes_its_allowed_values_in_words():

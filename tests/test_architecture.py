@@ -29,10 +29,11 @@ LAYERS = [
     ("models", "offload"),
     ("data", "tasks", "recipe", "sparse_backend"),
     ("calibrate", "evaluate", "zeroshot", "", "plots"),  # "" is the package root (load_model, perplexity)
+    ("spec",),  # the run specification: validates settings against the registries before any work
+    ("plan",),  # plan, then execute: per unit what is pruned to what, and the one executor
     ("prune",),
     ("search", "tuning"),
-    ("spec",),  # the run specification: validates settings against the allocators, metrics and tuning
-    ("experiment", "runner"),
+    ("runner",),  # the one runner under every front end
     ("session",),
     ("widgets", "dashboard", "demo", "reproduce"),
     ("distributed",),  # runs the grid runner's entries on Ray: the CLI hands reproduce.run_grid this executor

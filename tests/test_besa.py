@@ -122,10 +122,10 @@ def test_keep_prob_prefix_rounds_down_as_the_public_code_and_the_hard_mask(cols)
 
 
 def test_besa_help_texts_say_the_defaults_and_the_sparsegpt_score_by_its_public_name():
-    from workbench.allocation import ALLOCATORS
+    from workbench.allocation import LEARNERS
     from workbench.pruners.sparsegpt import sparsegpt_scores
 
-    besa = ALLOCATORS["besa"]
+    besa = LEARNERS["besa"]
     assert besa_mod.DEFAULT_LR == {"adamw": 1e-2, "prodigy": 1.0}  # the public --normal-opt-lr, --prodigy-lr
     assert "default: 0.01 for adamw, 1 for prodigy" in besa.param("lr").help
     learner = besa_mod.besa(AllocationInput(layer_infos(fresh()[0])), 0.5, progress=False)
@@ -279,7 +279,7 @@ def test_a_learning_step_leaves_weights_frozen_and_moves_the_logits(calib):
 @pytest.mark.parametrize("target", [0.5, 0.6])
 def test_block_sparsity_on_target_and_masks_realise_the_learned_counts(calib, granularity, target):
     model, tok = fresh()
-    res = prune(model, tok, "wanda", "besa", target, calibration=calib, progress=False,
+    res = prune(model, tok, metric="wanda", allocation="besa", sparsity=target, calibration=calib, progress=False,
                 allocation_params={"granularity": granularity, "epochs": 2, "lr": 0.05})
     prof = res.profile
     linears = prunable_linears(model)
@@ -314,9 +314,9 @@ def test_block_sparsity_on_target_and_masks_realise_the_learned_counts(calib, gr
 
 def test_learned_profile_reapplied_reproduces_the_counts(calib):
     model, tok = fresh()
-    res = prune(model, tok, "wanda", "besa", 0.5, calibration=calib, progress=False)
+    res = prune(model, tok, metric="wanda", allocation="besa", sparsity=0.5, calibration=calib, progress=False)
     again, tok = fresh()
-    prune(again, tok, "wanda", profile=res.profile, calibration=calib, progress=False)
+    prune(again, tok, metric="wanda", profile=res.profile, calibration=calib, progress=False)
     for name, lin in prunable_linears(again).items():
         expected = (prunable_linears(model)[name].weight == 0).sum(1)
         assert torch.equal((lin.weight == 0).sum(1), expected), name
@@ -328,7 +328,7 @@ def test_block0_prunes_the_lowest_ranked_weights_of_each_importance(calib, impor
     dense = prunable_linears(model)[Q0].weight.detach().clone()
     stats = calibrate(model, calib.input_ids, "dense", ("sq_norm", "xtx"), progress=False)[Q0]
     scores = layer_scores(importance, dense, stats)
-    res = prune(model, tok, importance, "besa", 0.5, calibration=calib, progress=False)
+    res = prune(model, tok, metric=importance, allocation="besa", sparsity=0.5, calibration=calib, progress=False)
     assert res.profile.params["importance"] == importance
     pruned = prunable_linears(model)[Q0].weight == 0
     counts = pruned.sum(1)
@@ -353,7 +353,7 @@ def test_dense_reference_carries_the_dense_models_activations(calib):
         assert torch.allclose(torch.cat(seen[i].dense_outputs), hidden[i + 1], atol=1e-4)
     assert not torch.allclose(torch.cat(seen[1].inputs), hidden[1], atol=1e-3)  # pruned model's inputs
     model2, tok = fresh()
-    res = prune(model2, tok, "wanda", "besa", 0.5, calibration=calib, progress=False,
+    res = prune(model2, tok, metric="wanda", allocation="besa", sparsity=0.5, calibration=calib, progress=False,
                 allocation_params={"reference": "dense", "granularity": "layer"})
     assert res.profile.params["reference"] == "dense"
     assert res.report["actual"] == pytest.approx(0.5, abs=0.005)
@@ -369,7 +369,7 @@ def test_prodigy_optimizer(calib, monkeypatch):
 
     monkeypatch.setattr(besa_mod, "_prodigy", lambda: spy)
     model, tok = fresh()
-    res = prune(model, tok, "wanda", "besa", 0.5, calibration=calib, progress=False,
+    res = prune(model, tok, metric="wanda", allocation="besa", sparsity=0.5, calibration=calib, progress=False,
                 allocation_params={"optimizer": "prodigy", "granularity": "layer"})
     assert res.profile.params["optimizer"] == "prodigy" and res.profile.params["lr"] == 1.0
     assert built and all(kw == {"lr": 1.0, "weight_decay": 0.0, "d_coef": 1.0} for kw in built)
@@ -411,7 +411,7 @@ def test_prodigy_without_its_package_is_refused_before_the_model_is_touched(cali
     before = weight_hash(model)
     with pytest.raises(ValueError, match=r"optimizer='prodigy' needs the PyPI package prodigyopt \(pip install "
                                          r"prodigyopt==1\.1\.2\)$"):
-        prune(model, tok, "wanda", "besa", 0.5, calibration=calib, progress=False,
+        prune(model, tok, metric="wanda", allocation="besa", sparsity=0.5, calibration=calib, progress=False,
               allocation_params={"optimizer": "prodigy"})
     assert weight_hash(model) == before
 
@@ -479,7 +479,7 @@ def test_the_sparsity_penalty_pulls_the_learned_sparsity_to_the_target_without_t
 
     def learned(beta: float) -> list[float]:
         model, tok = fresh()
-        res = prune(model, tok, "wanda", "besa", 0.6, calibration=calib, progress=False,
+        res = prune(model, tok, metric="wanda", allocation="besa", sparsity=0.6, calibration=calib, progress=False,
                     allocation_params={"granularity": "layer", "epochs": 4, "lr": 0.2, "beta": beta,
                                        "sigmoid": False, "exact_target": False})
         return [entry["learned_sparsity"] for entry in res.profile.params["blocks"]]
@@ -499,7 +499,8 @@ def test_besa_learns_on_a_bfloat16_model(calib):
     """The straight-through mask is cast to the weights' dtype: a half-precision block runs and is pruned."""
     model, tok = fresh()
     model.to(torch.bfloat16)
-    res = prune(model, tok, "wanda", "besa", 0.5, calibration=calib, allocation_params={"epochs": 1},
+    res = prune(model, tok, metric="wanda", allocation="besa", sparsity=0.5, calibration=calib,
+                allocation_params={"epochs": 1},
                 progress=False)
     assert res.report["actual"] == pytest.approx(0.5, abs=0.01)
     assert all(lin.weight.dtype == torch.bfloat16 for lin in prunable_linears(model).values())

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from workbench.demo import DemoConfig, run_demo
-from workbench.experiment import ExperimentConfig, check_cache, run_experiment
+from workbench.runner import check_cache, run
 from workbench.session import Session
+from workbench.spec import RunSpec
 
 VALID_ON_TINY = {"pre": ["abs"], "reduction": "mean", "post": ["no_op"], "lam": 0.05, "direction": 1}
 METHODS = (("uniform", "uniform", {}), ("OWL", "owl", {"lam": 0.08, "M": 5}),
@@ -41,7 +42,7 @@ def test_dense_mode_runs_share_one_calibration_and_match_a_standalone_run(demo):
         assert runs[label]["method"]["mode"] == "dense"
     assert runs["BESA (row)"]["method"]["mode"] == "sequential" and runs["BESA (row)"]["timings"]["forward_s"] > 0
     # an independent path: a fresh model, its own dense-mode calibration, the same settings
-    standalone = run_experiment(ExperimentConfig(model="tiny-llama", allocation="owl", sparsity=0.5,
+    standalone = run(RunSpec.from_flat(model="tiny-llama", allocation="owl", sparsity=0.5,
                                                  alloc_params={"lam": 0.08, "M": 5}, mode="dense", nsamples=4,
                                                  seqlen=64, eval_seqlen=64), progress=False)
     assert standalone["timings"]["forward_s"] > 0
@@ -60,7 +61,7 @@ def test_a_second_run_keeps_finished_records(demo):
 
 def test_a_cache_of_another_calibration_is_refused():
     session = Session("tiny-llama", nsamples=4, seqlen=64)
-    other = ExperimentConfig(model="tiny-llama", allocation="uniform", sparsity=0.5, mode="dense", nsamples=8,
+    other = RunSpec.from_flat(model="tiny-llama", allocation="uniform", sparsity=0.5, mode="dense", nsamples=8,
                              seqlen=64, eval_seqlen=64)
     with pytest.raises(ValueError, match="cache"):
         check_cache(other, session.cache)

@@ -238,7 +238,7 @@ def test_gpu_prune_matches_cpu_prune():
     for device in ("cpu", "cuda"):
         model, tok = load_model("tiny-llama", device=device)
         calib = calibration_samples(tok, "embedded", nsamples=4, seqlen=64)
-        prune(model, tok, "wanda", "uniform", 0.5, calibration=calib, progress=False)
+        prune(model, tok, metric="wanda", allocation="uniform", sparsity=0.5, calibration=calib, progress=False)
         results[device] = {n: (lin.weight == 0).cpu() for n, lin in prunable_linears(model).items()}
     agree = sum(torch.equal(results["cpu"][n], results["cuda"][n]) for n in results["cpu"])
     assert agree >= len(results["cpu"]) - 1  # float rounding of activations may flip a boundary weight

@@ -244,7 +244,8 @@ def test_candidate_masks_equal_a_full_dense_prune_after_any_sequence(context, mo
         cheap = {n: lin.weight.detach().clone() for n, lin in prunable_linears(ctx.model).items()}
         model, _ = load_model("tiny-llama")
         monkeypatch.undo()
-        prune(model, tok, "wanda", "dsa", 0.6, calibration=calib, mode="dense", allocation_params={"function": fn},
+        prune(model, tok, metric="wanda", allocation="dsa", sparsity=0.6, calibration=calib, mode="dense",
+              allocation_params={"function": fn},
               progress=False)
         monkeypatch.setattr(calibrate_mod, "capture_block_inputs",
                             lambda *a, **k: pytest.fail("a candidate ran a calibration pass"))

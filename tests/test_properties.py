@@ -1,6 +1,7 @@
 """No traceback on any input (property-based, hypothesis): every generated run specification, CLI command
 line, allocation-function JSON and grid YAML is either accepted (and runs on the tiny model) or refused with
-a one-line ``ValueError`` that names the parameter; a refused command writes nothing."""
+a one-line ``WorkbenchError`` that names the parameter; a refused command writes nothing. An accepted run
+specification round-trips through JSON, YAML and its flat form unchanged."""
 
 import contextlib
 import io
@@ -12,13 +13,15 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from workbench.allocation import ALLOCATORS, declared_defaults
+from workbench.allocation import ALLOCATORS, allocation_names, declared_defaults
 from workbench.allocation.dsa import ops
 from workbench.allocation.dsa.function import AllocationFunction, InvalidFunction, load_function
 from workbench.cli import main as cli_main
-from workbench.experiment import ExperimentConfig, run_experiment
+from workbench.errors import WorkbenchError
 from workbench.models import load_model
 from workbench.reproduce import expand, load_grid
+from workbench.runner import run
+from workbench.spec import FLAT, RunSpec
 
 # bounded and deterministic: the default run stays fast and a failure reproduces
 # (no shrinking phase: a failing example is printed as found, and a red run cannot take minutes to shrink)
@@ -31,12 +34,10 @@ RUNS = settings(max_examples=12, deadline=None, derandomize=True, phases=PHASES,
 junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 5000), st.floats(allow_nan=True, allow_infinity=True),
                  st.text(max_size=8), st.lists(st.integers(0, 3), max_size=3),
                  st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
-CONFIG_FIELDS = ("metric", "allocation", "sparsity", "pattern", "alloc_params", "mode", "group", "calib_dataset",
-                 "nsamples", "seqlen", "seed", "evals", "eval_dataset", "eval_seqlen", "tasks", "limit",
-                 "zs_batch_size", "dtype", "device")
+CONFIG_FIELDS = tuple(name for name in FLAT if name != "model")  # every run setting but the model
 PLAUSIBLE = {
     "metric": st.sampled_from(["magnitude", "wanda", "sparsegpt", "Wanda", "obs"]),
-    "allocation": st.sampled_from([*ALLOCATORS, "dense", "owl2", ""]),
+    "allocation": st.sampled_from([*allocation_names(), "dense", "owl2", ""]),
     "sparsity": st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0.0, 0.5, 0.7, 0.999, 1.0])),
     "pattern": st.sampled_from(["unstructured", "2:4", "4:8", "4:4", "0:4", "2:x", "2:4:8", "1:3"]),
     "alloc_params": st.dictionaries(st.sampled_from(["lam", "M", "lamda", "beta", "epsilon", "alpha", "granularity",
@@ -54,6 +55,9 @@ PLAUSIBLE = {
     "dtype": st.sampled_from(["float32", "fp32", "int8", "bfloat16"]),
     "device": st.sampled_from(["cpu", "gpu", "cuda:x"]),
     "seed": st.integers(-3, 3),
+    "activations": st.sampled_from([None, "device", "cpu", "disk", "gpu"]),
+    "onload": st.sampled_from([False, True, "yes"]),
+    "format": st.sampled_from(["dense", "compressed", "sparse-24-bitmask", "zip"]),
 }
 
 
@@ -72,16 +76,23 @@ def _config_kwargs():
 @given(_config_kwargs())
 def test_experiment_config_accepts_or_names_the_parameter(kwargs):
     try:
-        config = ExperimentConfig(model="tiny-llama", **kwargs)
-    except ValueError as err:
+        config = RunSpec.from_flat(model="tiny-llama", **kwargs)
+    except WorkbenchError as err:
         params = kwargs.get("alloc_params")
         keys = [str(k) for k in params] if isinstance(params, dict) else []
         assert _one_line_naming(err, [*CONFIG_FIELDS, *keys, "allocation"]), err
         return
-    # accepted: every field is what a run can use
-    assert isinstance(config.to_dict(), dict)
-    if config.allocation != "dense" and config.pattern == "unstructured":
-        assert 0 <= config.sparsity < 1 and math.isfinite(config.sparsity)
+    # accepted: every field is what a run can use, and the spec round-trips unchanged
+    method = config.method
+    if method.prunes and method.pattern == "unstructured":
+        assert 0 <= method.sparsity < 1 and math.isfinite(method.sparsity)
+    assert RunSpec.model_validate_json(config.model_dump_json()) == config
+    assert RunSpec.from_yaml(config.to_yaml()) == config
+    assert RunSpec.model_validate(json.loads(json.dumps(config.to_dict()))) == config
+    assert RunSpec.from_flat(config.flat()) == config
+    for name, value in kwargs.items():  # the flat form says what was given
+        if name != "alloc_params" and isinstance(value, str | int | float) and not isinstance(value, bool):
+            assert config.flat()[name] == value or name in ("sparsity",), (name, value, config.flat()[name])
 
 
 _TINY = {}
@@ -104,20 +115,21 @@ def _tiny():
 }))
 def test_an_accepted_config_runs_on_the_tiny_model(kwargs):
     try:
-        config = ExperimentConfig(model="tiny-llama", **kwargs)
-    except ValueError as err:
+        config = RunSpec.from_flat(model="tiny-llama", **kwargs)
+    except WorkbenchError as err:
         assert _one_line_naming(err, [*CONFIG_FIELDS, "allocation"]), err
         return
     model, tok = _tiny()
     fresh, _ = load_model("tiny-llama")
     model.load_state_dict(fresh.state_dict())
     try:
-        record = run_experiment(config, model, tok, progress=False)
-    except ValueError as err:  # a property of the data (e.g. a DSA function degenerate on these scores)
+        record = run(config, model=model, tokenizer=tok, progress=False)
+    except WorkbenchError as err:  # a property of the data (e.g. a DSA function degenerate on these scores)
         assert _one_line_naming(err, ["allocation", "function", "sparsity", "seqlen", "nsamples"]), err
         return
     report = record["sparsity_report"]
-    assert abs(report["allocated_mean"] - config.sparsity) < 1e-3 or config.allocation.startswith("global")
+    assert abs(report["allocated_mean"] - config.method.sparsity) < 1e-3 or \
+        config.method.allocation.name.startswith("global")
     assert math.isfinite(record["metrics"]["perplexity"])
 
 
@@ -125,7 +137,7 @@ def test_an_accepted_config_runs_on_the_tiny_model(kwargs):
 
 FLAGS = {
     "--metric": st.sampled_from(["wanda", "magnitude", "sparsegpt", "wandaa", ""]),
-    "--allocation": st.sampled_from([*ALLOCATORS, "dense", "xyz"]),
+    "--allocation": st.sampled_from([*allocation_names(), "dense", "xyz"]),
     "--sparsity": st.sampled_from(["0.5", "0.7", "1", "-0.1", "nan", "inf", "abc", "0.5.5"]),
     "--pattern": st.sampled_from(["unstructured", "2:4", "3:3", "a:b", "2:5"]),
     "--alloc-param": st.sampled_from(["lam=0.08", "lamda=0.1", "M=5", "M=-1", "beta=auto", "=3", "lam", "x=y=z",
@@ -184,7 +196,7 @@ def test_function_json_is_a_function_or_a_named_error(data):
     text = json.dumps(data, allow_nan=True)
     try:
         fn = load_function(text)
-    except ValueError as err:  # InvalidFunction is a ValueError
+    except WorkbenchError as err:  # InvalidFunction is a WorkbenchError
         names = ["function", "pre", "post", "reduction", "lam", "direction", "nonfinite", "fields", "allocation"]
         assert _one_line_naming(err, names), err
         return
@@ -203,7 +215,7 @@ def test_a_valid_function_allocates_the_target_or_says_why(data, sparsity):
 
     try:
         fn = AllocationFunction.from_dict(data)
-    except ValueError:
+    except WorkbenchError:
         return
     model, tok = _tiny()
     if "stats" not in _TINY:
@@ -247,19 +259,19 @@ def test_grid_yaml_is_runs_or_a_named_error(tmp_path_factory, grid):
     path.write_text(yaml.safe_dump(grid))
     try:
         runs = expand(load_grid(path))
-    except ValueError as err:
+    except WorkbenchError as err:
         assert "\n" not in str(err).strip(), err
         assert "grid" in str(err) or any(k in str(err) for k in (*CONFIG_FIELDS, "methods", "label")), err
         return
-    for run in runs:  # every accepted run is a valid run specification
-        params = {k: v for k, v in run.params.items() if k in CONFIG_FIELDS}
-        ExperimentConfig(model="tiny-llama", **params)
+    for entry in runs:  # every accepted run is a valid run specification
+        params = {k: v for k, v in entry.params.items() if k in CONFIG_FIELDS}
+        RunSpec.from_flat(model="tiny-llama", **params)
 
 
 def test_declared_defaults_make_valid_configs():
     """The registry's defaults are accepted for every allocator (the strategies above build on them)."""
-    for name in ALLOCATORS:
-        ExperimentConfig(model="tiny-llama", allocation=name, alloc_params=declared_defaults(name))
+    for name in allocation_names():
+        RunSpec.from_flat(model="tiny-llama", allocation=name, alloc_params=declared_defaults(name))
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -269,5 +281,5 @@ if __name__ == "__main__":  # pragma: no cover
 @pytest.mark.parametrize("field", ["calib_dataset", "eval_dataset"])
 def test_an_unknown_dataset_is_refused_under_its_own_field_name(field):
     # found by the property test above (hypothesis drew eval_dataset='\x92...'): the error said "dataset="
-    with pytest.raises(ValueError, match=rf"^{field}='no-such-text' is neither a known dataset \["):
-        ExperimentConfig(model="tiny-llama", **{field: "no-such-text"})
+    with pytest.raises(WorkbenchError, match=rf"^{field}='no-such-text' is neither a known dataset \["):
+        RunSpec.from_flat(model="tiny-llama", **{field: "no-such-text"})

@@ -43,7 +43,7 @@ def test_wanda_mask_equals_direct_row_sort(calib, mode, block):
     name = Q0 if block == 0 else Q1
     dense_w = prunable_linears(model)[name].weight.detach().clone()
     expected = _wanda_oracle(dense_w, _q_proj_inputs(model, calib.input_ids, block), 0.5)
-    prune(model, tok, "wanda", "uniform", 0.5, calibration=calib, mode=mode, progress=False)
+    prune(model, tok, metric="wanda", allocation="uniform", sparsity=0.5, calibration=calib, mode=mode, progress=False)
     got = prunable_linears(model)[name].weight == 0
     assert torch.equal(got, expected)
 
@@ -52,7 +52,8 @@ def test_sequential_and_dense_agree_on_block_0_only(calib):
     masks = {}
     for mode in ("sequential", "dense"):
         model, tok = fresh()
-        prune(model, tok, "wanda", "uniform", 0.6, calibration=calib, mode=mode, progress=False)
+        prune(model, tok, metric="wanda", allocation="uniform", sparsity=0.6, calibration=calib, mode=mode,
+              progress=False)
         masks[mode] = {n: lin.weight == 0 for n, lin in prunable_linears(model).items()}
     names = list(masks["dense"])
     block0 = [n for n in names if ".layers.0." in n]
@@ -68,7 +69,8 @@ def test_sparsegpt_reconstructs_better_than_wanda(calib):
     errors = {}
     for metric in ("wanda", "sparsegpt"):
         m, tok = fresh()
-        prune(m, tok, metric, "uniform", 0.5, calibration=calib, mode="sequential", progress=False)
+        prune(m, tok, metric=metric, allocation="uniform", sparsity=0.5, calibration=calib, mode="sequential",
+              progress=False)
         w_hat = prunable_linears(m)[Q0].weight.detach()
         assert float((w_hat == 0).float().mean()) == pytest.approx(0.5, abs=1 / 64)
         errors[metric] = float(((x @ w.t() - x @ w_hat.t()) ** 2).sum())
@@ -80,7 +82,8 @@ def test_sparsegpt_reconstructs_better_than_wanda(calib):
 def test_nm_groups_have_exactly_n_zeros(calib, metric, pattern):
     n, m = map(int, pattern.split(":"))
     model, tok = fresh()
-    res = prune(model, tok, metric, "uniform", 0.0, pattern=pattern, calibration=calib, progress=False)
+    res = prune(model, tok, metric=metric, allocation="uniform", sparsity=0.0, pattern=pattern,
+                calibration=calib, progress=False)
     for lin in prunable_linears(model).values():
         zeros = (lin.weight == 0).view(lin.out_features, -1, m).sum(-1)
         assert (zeros == n).all()
@@ -93,7 +96,8 @@ def test_actual_sparsity_is_within_one_over_cin(calib, metric, allocation):
     model, tok = fresh()
     # the default DSA preset (readme) has a NaN in every block of the random tiny model: give a valid function
     params = {"function": {"pre": ["abs"], "reduction": "std", "post": ["no_op"]}} if allocation == "dsa" else None
-    res = prune(model, tok, metric, allocation, 0.6, calibration=calib, allocation_params=params, progress=False)
+    res = prune(model, tok, metric=metric, allocation=allocation, sparsity=0.6, calibration=calib,
+                allocation_params=params, progress=False)
     linears = prunable_linears(model)
     for name, row in res.report["layers"].items():
         assert abs(row["actual"] - row["target"]) <= 1 / linears[name].in_features + 1e-9, name
@@ -126,24 +130,25 @@ def test_profile_with_wrong_names_is_refused(calib):
     other, _ = load_model("tiny-opt")
     bad = allocate("uniform", AllocationInput(layer_infos(other)), 0.5)
     with pytest.raises(ValueError, match="does not match"):
-        prune(model, tok, "wanda", profile=bad, calibration=calib, progress=False)
+        prune(model, tok, metric="wanda", profile=bad, calibration=calib, progress=False)
     assert weight_hash(model) == before
 
 
 def test_dense_cache_reprunes_without_a_forward_pass(calib, monkeypatch):
     model, tok = fresh()
     cache = DenseCache.build(model, calib, ("sq_norm",), progress=False)
-    prune(model, tok, "wanda", "uniform", 0.5, mode="dense", cache=cache, progress=False)
+    prune(model, tok, metric="wanda", allocation="uniform", sparsity=0.5, mode="dense", cache=cache, progress=False)
 
     def no_forward(*a, **k):
         raise AssertionError("a forward pass ran")
 
     monkeypatch.setattr(calibrate_mod, "capture_block_inputs", no_forward)
-    res = prune(model, tok, "wanda", "er", 0.7, mode="dense", cache=cache, progress=False)
+    res = prune(model, tok, metric="wanda", allocation="er", sparsity=0.7, mode="dense", cache=cache, progress=False)
     got = {n: lin.weight.detach().clone() for n, lin in prunable_linears(model).items()}
     monkeypatch.undo()
     ref_model, _ = fresh()
-    prune(ref_model, tok, "wanda", "er", 0.7, calibration=calib, mode="dense", progress=False)
+    prune(ref_model, tok, metric="wanda", allocation="er", sparsity=0.7, calibration=calib, mode="dense",
+          progress=False)
     for n, lin in prunable_linears(ref_model).items():
         assert torch.equal(got[n], lin.weight)
     assert res.report["actual"] == pytest.approx(0.7, abs=0.01)
@@ -156,7 +161,7 @@ def test_row_profile_realises_per_row_counts(calib):
     g = torch.Generator().manual_seed(0)
     rows = {n: (torch.rand(i.out_features, generator=g) * 0.9).tolist() for n, i in infos.items()}
     prof = SparsityProfile(layers, {n: i.numel for n, i in infos.items()}, 0.5, "hand", "row", rows=rows)
-    prune(model, tok, "wanda", profile=prof, calibration=calib, progress=False)
+    prune(model, tok, metric="wanda", profile=prof, calibration=calib, progress=False)
     for n, lin in prunable_linears(model).items():
         expected = [int(lin.in_features * s) for s in rows[n]]
         assert (lin.weight == 0).sum(1).tolist() == expected
@@ -166,7 +171,7 @@ def test_save_pruned_reloads_with_from_pretrained(calib, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model, tok = fresh()
-    res = prune(model, tok, "wanda", "er", 0.5, calibration=calib, progress=False)
+    res = prune(model, tok, metric="wanda", allocation="er", sparsity=0.5, calibration=calib, progress=False)
     out = save_pruned(model, tok, res.profile, tmp_path / "pruned")
     again = AutoModelForCausalLM.from_pretrained(out)
     for n, lin in prunable_linears(again).items():
@@ -178,7 +183,7 @@ def test_save_pruned_reloads_with_from_pretrained(calib, tmp_path):
 
 def test_magnitude_needs_no_calibration():
     model, _ = fresh()
-    res = prune(model, None, "magnitude", "uniform", 0.5, progress=False)
+    res = prune(model, None, metric="magnitude", allocation="uniform", sparsity=0.5, progress=False)
     assert res.report["actual"] == pytest.approx(0.5)
     assert res.timings["forward_s"] == 0.0
 

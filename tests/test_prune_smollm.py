@@ -21,7 +21,8 @@ def results():
                                  ("wanda 2:4", "wanda", "2:4")]:
         model, tok = load_model("smollm2-135m")
         if metric:
-            res = prune(model, tok, metric, "uniform", 0.5, pattern=pattern, calibration=calib, progress=False)
+            res = prune(model, tok, metric=metric, allocation="uniform", sparsity=0.5, pattern=pattern,
+                        calibration=calib, progress=False)
             assert res.report["actual"] == pytest.approx(0.5, abs=0.005)
         out[key] = perplexity(model, tok, "embedded", "validation", seqlen=512, progress=False).ppl
     return out

@@ -70,8 +70,11 @@ def test_a_failing_entry_is_recorded_and_the_tables_still_build(tmp_path, monkey
     assert (bad.parent / "executed.ipynb").exists()
     injected = [c for c in nbformat.read(good.parent / "executed.ipynb", as_version=4).cells
                 if "injected-parameters" in c.metadata.get("tags", [])]
-    # only parameters the notebook declares are passed (the perplexity notebook has no `tasks`)
-    assert len(injected) == 1 and "nsamples = 4" in injected[0].source and "tasks" not in injected[0].source
+    # the notebook gets the run's settings as one `settings` dict (every run setting, the grid's values over the
+    # spec's defaults) and where to write the record: the parameters it declares, nothing else
+    assert len(injected) == 1 and '"nsamples": 4' in injected[0].source
+    declared = {line.split(" = ")[0] for line in injected[0].source.splitlines() if " = " in line}
+    assert declared == {"settings", "result_path"}
     ppl = read_record(good)["metrics"]["perplexity"]
     # settings the grid leaves out take the library's defaults, never the notebook's small ones
     assert read_record(good)["config"]["eval_seqlen"] is None and read_record(good)["data"]["eval"]["seqlen"] == 512

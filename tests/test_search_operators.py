@@ -530,7 +530,7 @@ def test_a_checkpoint_of_another_version_is_refused_by_name(tmp_path):
     data = json.loads(state.read_text())
     data["version"] = 99
     state.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=rf"checkpoint .*state.json is malformed or truncated \(ValueError: "
+    with pytest.raises(ValueError, match=rf"checkpoint .*state.json is malformed or truncated \(WorkbenchError: "
                                          rf"version 99 is not {search_mod.STATE_VERSION}\); remove it"):
         Search(FakeContext(), cfg, tmp_path, resume=True, progress=False)
 

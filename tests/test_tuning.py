@@ -6,7 +6,8 @@ import random
 import pytest
 
 from workbench import tuning
-from workbench.experiment import ExperimentConfig, run_experiment
+from workbench.runner import run
+from workbench.spec import RunSpec
 
 SPARSITY = 0.7
 TUNE_CALIB = {"nsamples": 4, "seqlen": 64}
@@ -34,9 +35,9 @@ def split_dir(tmp_path):
 
 
 def _run(allocation, params, eval_dataset="embedded"):
-    config = ExperimentConfig(model="tiny-llama", allocation=allocation, sparsity=SPARSITY, alloc_params=params,
+    config = RunSpec.from_flat(model="tiny-llama", allocation=allocation, sparsity=SPARSITY, alloc_params=params,
                               evals=(), eval_dataset=eval_dataset, **TUNE_CALIB)
-    return run_experiment(config, progress=False)
+    return run(config, progress=False)
 
 
 def _check_choice(record, allocation):
@@ -97,15 +98,15 @@ def test_tuning_reads_the_runs_validation_text(split_dir):
 
 def test_tuning_on_a_dataset_without_held_out_validation_is_refused(text_file):
     with pytest.raises(ValueError, match=r"eval_dataset=.*single file.*no held-out validation split"):
-        ExperimentConfig(model="tiny-llama", allocation="owl", sparsity=SPARSITY, alloc_params={"lam": "auto"},
+        RunSpec.from_flat(model="tiny-llama", allocation="owl", sparsity=SPARSITY, alloc_params={"lam": "auto"},
                          eval_dataset=str(text_file))
     # without "auto" the same file is a fine evaluation text (used whole)
-    ExperimentConfig(model="tiny-llama", allocation="owl", sparsity=SPARSITY, eval_dataset=str(text_file))
+    RunSpec.from_flat(model="tiny-llama", allocation="owl", sparsity=SPARSITY, eval_dataset=str(text_file))
 
 
 def test_untunable_auto_values_are_refused_before_any_work():
     with pytest.raises(ValueError, match=r"M='auto' is tuned together with lam='auto'"):
-        ExperimentConfig(model="tiny-llama", allocation="owl", sparsity=SPARSITY, alloc_params={"M": "auto"})
+        RunSpec.from_flat(model="tiny-llama", allocation="owl", sparsity=SPARSITY, alloc_params={"M": "auto"})
     with pytest.raises(ValueError, match=r"allocation='owl': lam='auto' is chosen by a run"):
         from workbench.allocation import AllocationInput, allocate
         from workbench.models import layer_infos, load_model

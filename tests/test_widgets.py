@@ -6,9 +6,10 @@ import math
 import pytest
 
 from workbench import plots
-from workbench.experiment import ExperimentConfig, run_experiment
 from workbench.models import load_model
+from workbench.runner import run
 from workbench.session import Session
+from workbench.spec import RunSpec
 from workbench.widgets import PruneRunner, SearchMonitor, SparsityCurves
 
 
@@ -69,13 +70,13 @@ def test_custom_dsa_function_and_bad_input_show_a_message_and_change_nothing(ses
 def test_runner_click_adds_the_same_row_a_direct_run_gives(session, text_file):
     runner = PruneRunner(session, eval_seqlen=64)
     runner.allocation.value, runner.sparsity.value = "owl", 0.6
-    runner.config = lambda: ExperimentConfig(model="tiny-llama", allocation="owl", sparsity=0.6, nsamples=4,
+    runner.config = lambda: RunSpec.from_flat(model="tiny-llama", allocation="owl", sparsity=0.6, nsamples=4,
                                              seqlen=64, eval_dataset=str(text_file), eval_seqlen=64)
     runner.button.click()
     runner.wait(timeout=300)
     assert len(runner.rows) == 1 and "error" not in runner.rows[0]
     model, tok = load_model("tiny-llama")
-    direct = run_experiment(runner.config(), model, tok, progress=False)
+    direct = run(runner.config(), model=model, tokenizer=tok, progress=False)
     assert runner.rows[0]["perplexity"] == pytest.approx(direct["metrics"]["perplexity"], rel=1e-6)
     assert runner.rows[0]["actual"] == pytest.approx(direct["metrics"]["actual_sparsity"])
     assert "<td>owl</td>" in runner.table.value
@@ -141,7 +142,7 @@ def test_a_besa_run_adds_its_learned_curve(session, text_file):
     curves = SparsityCurves(session, sparsity=0.5)
     runner = PruneRunner(session, curves=curves)
     runner.allocation.value, runner.sparsity.value = "besa", 0.5
-    runner.config = lambda: ExperimentConfig(model="tiny-llama", allocation="besa", sparsity=0.5, nsamples=4,
+    runner.config = lambda: RunSpec.from_flat(model="tiny-llama", allocation="besa", sparsity=0.5, nsamples=4,
                                              seqlen=64, eval_dataset=str(text_file), eval_seqlen=64)
     runner.start()
     runner.wait(timeout=300)
@@ -162,7 +163,7 @@ def test_what_the_curves_show_is_what_the_runner_prunes(session, text_file):
     curves.sparsity.value, curves.lam.value, curves.M.value = 0.65, 0.17, 7.0
     assert runner.sparsity.value == 0.65 and runner.sparsity.disabled
     runner.allocation.value = "owl"
-    assert runner.config().alloc_params == {"lam": 0.17, "M": 7.0}
+    assert runner.config().method.allocation.params() == {"lam": 0.17, "M": 7.0}
     runner.start()
     runner.wait(timeout=300)
     record = runner.records[-1]
@@ -193,7 +194,7 @@ def test_the_notebook_figure_keeps_the_full_layout(session):
 
 
 def test_every_registered_allocator_can_be_plotted_and_runs_as_plotted(session):
-    from workbench.allocation import ALLOCATORS, curve_allocators, declared_defaults
+    from workbench.allocation import allocation_names, curve_allocators, declared_defaults
 
     curves = SparsityCurves(session, sparsity=0.6)
     others = [n for n in curve_allocators() if n not in ("uniform", "owl", "dsa")]
@@ -205,6 +206,6 @@ def test_every_registered_allocator_can_be_plotted_and_runs_as_plotted(session):
         expected = session.profile(name, 0.6, **declared_defaults(name))
         assert shown[name] == pytest.approx(list(expected.block_means().values()))
     runner = PruneRunner(session, curves=curves)
-    assert list(runner.allocation.options) == list(ALLOCATORS)
+    assert list(runner.allocation.options) == allocation_names()
     runner.allocation.value = "atp"
     assert runner.params() == {"beta": 0.01}

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .backend import kernels
 from .errors import WorkbenchError
-from .models import find_blocks, get_blocks, structure
+from .models import ModelStructure, find_blocks, get_blocks, structure
 from .offload import Residency
 from .units import BlockData, LayerStats
 
@@ -111,7 +111,8 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
               statistics: tuple[str, ...] = ("sq_norm",),
               on_block: Callable[[int, dict[str, nn.Linear], dict[str, LayerStats]], None] | None = None,
               progress: bool = True, block_step: Callable[[BlockData], None] | None = None,
-              dense_reference: bool = False, residency: Residency | None = None) -> dict[str, LayerStats]:
+              dense_reference: bool = False, residency: Residency | None = None,
+              layout: ModelStructure | None = None) -> dict[str, LayerStats]:
     """Run the capture loop over ``input_ids`` (n_windows, seqlen) and return every linear's statistics.
 
     In ``sequential`` mode ``on_block(index, linears, stats)`` is called after block ``index``'s
@@ -130,7 +131,7 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
     if (block_step is not None or dense_reference) and mode != "sequential":
         raise WorkbenchError(f"block_step and dense_reference need mode='sequential', got mode={mode!r}")
     stats, outputs, _kwargs = _block_loop(model, input_ids, mode, tuple(statistics), on_block, block_step,
-                                          dense_reference, residency or Residency(), progress)
+                                          dense_reference, residency or Residency(), progress, layout)
     outputs.close()
     return stats
 
@@ -145,9 +146,10 @@ def block_outputs(model: nn.Module, input_ids: torch.Tensor, residency: Residenc
     return outputs, kwargs
 
 
-def _block_loop(model, input_ids, mode, statistics, on_block, block_step, dense_reference, residency, progress):
+def _block_loop(model, input_ids, mode, statistics, on_block, block_step, dense_reference, residency, progress,
+                layout=None):
     """The loop itself: (statistics of every linear, the last block's outputs, the blocks' kwargs)."""
-    layout = structure(model)
+    layout = layout or structure(model)
     inputs, kwargs = capture_block_inputs(model, input_ids, residency)
     dense_inputs = inputs if dense_reference else None
     all_stats: dict[str, LayerStats] = {}

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from . import data as data_mod
 from .allocation import ALLOCATORS, describe_allocators
-from .checkpoint import FORMATS
 from .errors import WorkbenchError
 from .sparse_backend import BACKENDS as SPARSE_BACKENDS
 
@@ -23,24 +22,71 @@ def _default_out(kind: str, *parts: str) -> Path:
     return Path("runs") / f"{kind}-{slug}-{stamp}.json"
 
 
+def _add_spec_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """One flag per run setting in ``names``, generated from the run specification (type, allowed values, help
+    and default are the spec's; a flag not given leaves the spec's default)."""
+    import typing
+
+    from .spec import FLAT, RunSpec, field_help
+
+    for name in names:
+        section, field, *_ = FLAT[name]
+        info = RunSpec.model_fields[section].default_factory.model_fields[field]
+        flag = "--" + name.replace("_", "-")
+        default = info.default
+        words = field_help(name) + ("" if default is None else f" (default {default})")
+        annotation = info.annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        literal = [a for a in args if typing.get_origin(a) is typing.Literal]
+        if annotation is bool or "StrictBool" in str(annotation):
+            p.add_argument(flag, action="store_true", default=None, help=field_help(name))
+        elif literal:
+            p.add_argument(flag, default=None, choices=typing.get_args(literal[0]), help=words)
+        elif int in args:
+            p.add_argument(flag, type=int, default=None, help=words)
+        elif float in args:
+            p.add_argument(flag, type=float, default=None, help=words)
+        else:
+            p.add_argument(flag, default=None, help=words)
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    """One flag per field of the search specification (workbench.search.SearchConfig: type, default, help)."""
+    from .search import FITNESS, FUNCTION_SETS, SearchConfig
+
+    choices = {"fitness": FITNESS.names(), "cheap_fitness": FITNESS.names(), "function_set": FUNCTION_SETS.names()}
+    for name, info in SearchConfig.model_fields.items():
+        if name == "random_baseline":
+            continue  # --no-random-baseline turns it off
+        kind = {int: int, float: float}.get(info.annotation, None)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices.get(name),
+                       help=f"{info.description} (default {info.default})")
+
+
+MODEL_ARGS = ("model", "dtype", "device", "trust_remote_code")
+PLACEMENT_ARGS = ("onload", "offload_dir", "activations")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="embedded model (smollm2-135m), tiny test model, Hugging Face id or local directory")
-    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off)")
+    _add_spec_args(p, MODEL_ARGS)
+    p.set_defaults(**_spec_defaults(MODEL_ARGS))
 
 
 def _add_placement_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--onload", action="store_true",
-                   help="keep the model in CPU memory and move one block at a time to --device (chosen by itself "
-                        "on a CUDA device the model does not fit)")
-    p.add_argument("--offload-dir", default=None, metavar="DIR",
-                   help="stream the model's blocks from its safetensors checkpoint one at a time (never all in "
-                        "memory); DIR holds the run's scratch files (activations), removed afterwards")
-    p.add_argument("--activations", default=None, choices=("device", "cpu", "disk"),
-                   help="where the windows' hidden states wait between blocks (default: device; cpu with --onload; "
-                        "disk under --offload-dir with it)")
+    _add_spec_args(p, PLACEMENT_ARGS)
+
+
+def _spec_defaults(names: tuple[str, ...]) -> dict:
+    """The spec's defaults of ``names`` (for commands that read ``args.model`` etc. directly)."""
+    from .spec import RunSpec
+
+    flat = RunSpec().flat()
+    return {name: flat[name] for name in names}
+
+
+def _given(args: argparse.Namespace, names) -> dict:
+    """The run settings given on the command line (None: not given, the spec's default applies)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _add_worker_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -51,7 +97,7 @@ def _add_worker_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _placement(args: argparse.Namespace) -> dict:
-    return {"onload": args.onload, "offload_dir": args.offload_dir, "activations": args.activations}
+    return {"onload": bool(args.onload), "offload_dir": args.offload_dir, "activations": args.activations}
 
 
 def _placed(args: argparse.Namespace) -> bool:
@@ -158,16 +204,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_zero_shot(args: argparse.Namespace) -> int:
-    """Zero-shot accuracy of the dense model: the same run_experiment path as ``prune --eval zero-shot``."""
+    """Zero-shot accuracy of the dense model: the same runner path as ``prune --eval zero-shot``."""
     if args.sparse_backend is not None:
         raise WorkbenchError("--sparse-backend applies to perplexity (eval without --tasks) and generate")
-    from .experiment import ExperimentConfig, run_experiment
     from .results import write_json_atomic
+    from .runner import run
+    from .spec import RunSpec
 
-    config = ExperimentConfig(model=args.model, allocation="dense", evals=("zero-shot",), tasks=args.tasks,
-                              limit=args.limit, zs_batch_size=args.zs_batch_size, dtype=args.dtype,
-                              device=args.device, trust_remote_code=args.trust_remote_code)
-    record = run_experiment(config)
+    spec = RunSpec.from_flat(_given(args, (*MODEL_ARGS, "tasks", "limit", "zs_batch_size")), allocation="dense",
+                             evals=("zero-shot",))
+    record = run(spec)
     _print_zero_shot(record, args.limit)
     out = Path(args.out) if args.out else _default_out("eval", args.model, "zero-shot", args.tasks)
     write_json_atomic(out, record)
@@ -191,85 +237,56 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    """Prune a model, report target vs actual sparsity, optionally evaluate and save it; writes a record."""
-    from .checkpoint import resolve_format, save_pruned
-    from .experiment import ExperimentConfig, run_experiment
-    from .models import load_model
-    from .profile import SparsityProfile
-    from .results import write_json_atomic
+PRUNE_ARGS = (*MODEL_ARGS, "metric", "allocation", "sparsity", "pattern", "group", "mode", "calib_dataset",
+              "nsamples", "seqlen", "seed", "eval_dataset", "eval_seqlen", "tasks", "limit", "zs_batch_size",
+              "save", "format", *PLACEMENT_ARGS)
+
+
+def prune_spec(args: argparse.Namespace):
+    """The RunSpec of a ``prune`` command line (only the flags given; the spec's defaults for the rest)."""
+    from .spec import RunSpec
 
     if args.allocation == "dense":
         raise WorkbenchError(f"allocation='dense' prunes nothing: use `workbench eval --model {args.model}` for the "
-                              f"dense model; allowed here: {sorted(ALLOCATORS)}")
+                             f"dense model; allowed here: {sorted(ALLOCATORS)}")
+    settings = _given(args, PRUNE_ARGS)
     params = _parse_params(args.alloc_param)
     if args.granularity is not None:
         params["granularity"] = args.granularity
-    layout = resolve_format(args.format, args.pattern)  # refused before any work, not after pruning
-    evals = {None: (), "ppl": ("ppl",), "zero-shot": ("zero-shot",), "all": ("ppl", "zero-shot")}[args.eval]
-    config = ExperimentConfig(model=args.model, metric=args.metric, allocation=args.allocation,
-                              sparsity=args.sparsity, pattern=args.pattern, alloc_params=params, mode=args.mode,
-                              group=args.group, calib_dataset=args.calib_dataset, nsamples=args.nsamples,
-                              seqlen=args.seqlen, seed=args.seed, evals=evals, eval_dataset=args.eval_dataset,
-                              eval_seqlen=args.eval_seqlen, tasks=args.tasks, limit=args.limit,
-                              zs_batch_size=args.zs_batch_size, dtype=args.dtype, device=args.device,
-                              trust_remote_code=args.trust_remote_code)
-    if _may_onload(args):
-        record = _prune_placed(args, config)
-    else:
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
-                                      trust_remote_code=args.trust_remote_code)
-        record = run_experiment(config, model, tokenizer)
+    if params:
+        settings["alloc_params"] = params
+    settings["evals"] = {None: (), "ppl": ("ppl",), "zero-shot": ("zero-shot",), "all": ("ppl", "zero-shot")}[args.eval]
+    return RunSpec.from_flat(settings)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune a model, report target vs actual sparsity, optionally evaluate and save it; writes a record."""
+    from .checkpoint import resolve_format
+    from .results import write_json_atomic
+    from .runner import run
+
+    spec = prune_spec(args)
+    record = run(spec)
     rep, timings, metrics = record["sparsity_report"], record["timings"], record["metrics"]
-    print(f"{args.model}: {args.metric} + {args.allocation} ({args.pattern}), target {rep['target']:.4f}, "
+    m = spec.method
+    print(f"{spec.model.name}: {m.metric} + {m.allocation.name} ({m.pattern}), target {rep['target']:.4f}, "
           f"allocated mean {rep['allocated_mean']:.4f}, actual {rep['actual']:.4f}")
     if "learn_s_per_block" in timings:
         print(f"learning: {timings['prune_s']:.1f} s in all, {timings['learn_s_per_block']:.1f} s "
               f"per block; forward passes {timings['forward_s']:.1f} s")
     if "perplexity" in metrics:
         ppl = record["data"]["eval"]
-        print(f"perplexity on {args.eval_dataset}/test (paper protocol, seqlen {ppl['seqlen']}): "
+        print(f"perplexity on {spec.evaluation.dataset}/test (paper protocol, seqlen {ppl['seqlen']}): "
               f"{metrics['perplexity']:.3f}")
     if "zero_shot" in record["data"]:
-        _print_zero_shot(record, args.limit)
-    if args.save and not _may_onload(args):
-        save_pruned(model, tokenizer, SparsityProfile.from_dict(record["profile"]), args.save, args.format,
-                    args.pattern)
-    if args.save:
-        print(f"pruned model ({layout}): {args.save}")
-    out = Path(args.out) if args.out else _default_out("prune", args.model, args.metric, args.allocation,
-                                                       str(args.sparsity), args.pattern)
+        _print_zero_shot(record, spec.evaluation.limit)
+    if spec.save.dir:
+        print(f"pruned model ({resolve_format(spec.save.format, m.pattern)}): {spec.save.dir}")
+    out = Path(args.out) if args.out else _default_out("prune", spec.model.name, m.metric, m.allocation.name,
+                                                       str(m.sparsity), m.pattern)
     write_json_atomic(out, record)
     print(f"result record: {out}")
     return 0
-
-
-def _prune_placed(args: argparse.Namespace, config) -> dict:
-    """``prune`` with the model onloaded or streamed; a streamed run writes ``--save`` block by block (nothing
-    appears under that name unless the whole checkpoint was written)."""
-    from contextlib import nullcontext
-
-    from .checkpoint import complete_checkpoint
-    from .experiment import check_placed, run_experiment
-    from .offload import Stream, placed_model
-    from .profile import SparsityProfile
-    from .results import atomic_directory
-
-    if _placed(args):
-        check_placed(config)  # before loading (an automatic onload is checked once it is chosen)
-    save = atomic_directory(args.save) if args.save and args.offload_dir else nullcontext(None)
-    with save as out, placed_model(args.model, args.dtype, args.device, args.trust_remote_code, prunes=True,
-                                   out=out, **_placement(args)) as (model, tokenizer, residency):
-        record = run_experiment(config, model, tokenizer, residency=residency)
-        profile = SparsityProfile.from_dict(record["profile"])
-        if isinstance(residency, Stream) and out is not None:
-            residency.finish()
-            complete_checkpoint(out, tokenizer, profile, args.format, args.pattern)
-        elif args.save:
-            from .checkpoint import save_pruned
-
-            save_pruned(model, tokenizer, profile, args.save, args.format, args.pattern)
-    return record
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -280,12 +297,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     data_mod.check_dataset(args.calib_dataset, "calib_dataset")
     data_mod.check_held_out(args.fitness_dataset, "fitness_dataset")
-    config = SearchConfig(sparsity=args.sparsity, population=args.population, generations=args.generations,
-                          elite=args.elite, seed=args.seed, random_baseline=not args.no_random_baseline,
-                          fitness=args.fitness, fitness_windows=args.fitness_windows,
-                          fitness_seqlen=args.fitness_seqlen, cheap_fitness=args.cheap_fitness,
-                          cheap_windows=args.cheap_windows, cheap_seqlen=args.cheap_seqlen, promote=args.promote,
-                          heldout_windows=args.heldout_windows, function_set=args.function_set)
+    given = {name: getattr(args, name) for name in SearchConfig.model_fields if getattr(args, name, None) is not None}
+    config = SearchConfig(**given, **({"random_baseline": False} if args.no_random_baseline else {}))
     out = Path(args.out)
     if (out / "state.json").exists() and not args.resume:
         raise WorkbenchError(f"--out {out} already holds a search; add --resume to continue it")
@@ -298,7 +311,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         torch.set_num_threads(search_threads(args.workers))
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
-    calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, args.seed)
+    calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, config.seed)
     cache = DenseCache.build(model, calibration, ("sq_norm",))
     ctx = SearchContext(model, tokenizer, cache, config, dataset=args.fitness_dataset)
     meta = {"model": {"id": args.model, "weight_sha256": model_hash(model)}, "calibration": cache.provenance,
@@ -450,63 +463,27 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="allocators and their parameters (--alloc-param KEY=VALUE):\n" + describe_allocators(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
-    p.add_argument("--metric", default="wanda", help="magnitude | wanda | sparsegpt")
-    p.add_argument("--allocation", default="uniform", help=" | ".join(ALLOCATORS) + " (parameters: see below)")
+    _add_spec_args(p, ("metric", "allocation", "sparsity", "pattern", "group", "mode", "calib_dataset", "nsamples",
+                       "seqlen", "seed"))
     p.add_argument("--granularity", default=None,
                    help="the allocator's granularity parameter (same as --alloc-param granularity=...)")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
                    help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=readme|FILE.json, beta=auto)")
-    p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")
-    p.add_argument("--pattern", default="unstructured", help="unstructured | N:M such as 2:4, 4:8")
-    p.add_argument("--group", default=None, help="comparison group: row | matrix (default: the metric's own)")
-    p.add_argument("--mode", default="sequential", choices=("sequential", "dense"))
-    p.add_argument("--calib-dataset", default="embedded",
-                   help=f"one of {list(data_mod.DATASETS)} or a local UTF-8 text file")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 32 embedded, 128 paper)")
-    p.add_argument("--seqlen", type=int, default=None, help="calibration window length (default 512 / 2048)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", nargs="?", const="ppl", default=None, choices=("ppl", "zero-shot", "all"),
                    help="evaluate after pruning: ppl (perplexity, also plain --eval), zero-shot (lm-eval accuracy "
                         "on --tasks) or all")
-    p.add_argument("--eval-dataset", default="embedded")
-    p.add_argument("--eval-seqlen", type=int, default=None)
-    _add_zero_shot_args(p, default_tasks="embedded")
-    p.add_argument("--save", default=None, metavar="DIR", help="write safetensors + sparsity_profile.json")
-    p.add_argument("--format", default="dense", choices=FORMATS,
-                   help="--save layout: dense (zeros stored, any from_pretrained reads it; default), compressed "
-                        "(sparse-24-bitmask for 2:4, else sparse-bitmask: compressed-tensors' layouts), or one "
-                        "of those two by name")
+    _add_spec_args(p, ("eval_dataset", "eval_seqlen", "tasks", "limit", "zs_batch_size", "save", "format"))
     _add_placement_args(p)
     p.add_argument("--out", default=None, help="result record path (default runs/prune-...json)")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("search", help="evolutionary search over DSA allocation functions")
     _add_model_args(p)
-    p.add_argument("--sparsity", type=float, default=0.7)
-    p.add_argument("--population", type=int, default=32)
-    p.add_argument("--generations", type=int, default=14)
-    p.add_argument("--elite", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    _add_search_args(p)
     p.add_argument("--calib-dataset", default="embedded")
     p.add_argument("--nsamples", type=int, default=None)
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--fitness-dataset", default="embedded", help="dataset whose validation split scores candidates")
-    p.add_argument("--fitness", choices=("ppl", "kl"), default="ppl", help="full-fidelity fitness")
-    p.add_argument("--fitness-seqlen", type=int, default=512, help="window length of the full-fidelity fitness")
-    p.add_argument("--fitness-windows", type=int, default=8, help="validation windows at full fidelity")
-    p.add_argument("--cheap-fitness", choices=("ppl", "kl"), default="kl", help="first-stage fitness")
-    p.add_argument("--cheap-seqlen", type=int, default=64,
-                   help="window length of the first stage")
-    p.add_argument("--cheap-windows", type=int, default=1,
-                   help="validation windows of the first stage (0: every candidate at full fidelity)")
-    p.add_argument("--promote", type=int, default=1,
-                   help="new candidates per generation scored at full fidelity (the best of the first stage)")
-    p.add_argument("--heldout-windows", type=int, default=8,
-                   help="fresh validation windows (x --fitness-seqlen, never used by the search) on which the final "
-                        "choices and baselines are re-scored; 0 skips")
-    p.add_argument("--function-set", choices=("workbench", "dsa-public"), default="workbench",
-                   help="ops the functions may use: every op with λ and direction searched, or the public DSA "
-                        "code's space (its ops only, direction +1, λ 0.08)")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
     p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")

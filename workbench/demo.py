@@ -17,9 +17,9 @@ from typing import Any
 
 from .allocation import learns_while_pruning
 from .errors import WorkbenchError
-from .experiment import ExperimentConfig
 from .reproduce import Run, build_tables, finish_record
 from .results import read_record
+from .spec import RunSpec
 
 # label, allocation, allocator parameters (the DSA function is the study's searched one, shipped as data)
 METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -45,17 +45,17 @@ class DemoConfig:
     limit: int | None = 100  # of 200 items per embedded task: zero-shot is half the demo's time otherwise
     methods: tuple[tuple[str, str, dict[str, Any]], ...] = field(default=METHODS)
 
-    def runs(self) -> list[tuple[Run, ExperimentConfig]]:
+    def runs(self) -> list[tuple[Run, RunSpec]]:
         """Dense first, then every method at every sparsity."""
         shared = {"model": self.model, "metric": self.metric, "seqlen": self.seqlen, "eval_seqlen": self.eval_seqlen,
                   "evals": ("ppl", "zero-shot"), "tasks": self.tasks, "limit": self.limit}
-        out = [(Run("demo", "dense", None), ExperimentConfig(allocation="dense", nsamples=self.nsamples, **shared))]
+        out = [(Run("demo", "dense", None), RunSpec.from_flat(shared, allocation="dense", nsamples=self.nsamples))]
         for sparsity in self.sparsities:
             for label, allocation, params in self.methods:
                 sequential = learns_while_pruning(allocation)  # BESA learns on the pruned blocks' inputs
-                config = ExperimentConfig(allocation=allocation, sparsity=sparsity, alloc_params=dict(params),
-                                          mode="sequential" if sequential else "dense",
-                                          nsamples=self.besa_nsamples if sequential else self.nsamples, **shared)
+                config = RunSpec.from_flat(shared, allocation=allocation, sparsity=sparsity, alloc_params=dict(params),
+                                           mode="sequential" if sequential else "dense",
+                                           nsamples=self.besa_nsamples if sequential else self.nsamples)
                 out.append((Run("demo", label, sparsity), config))
         return out
 
@@ -91,7 +91,7 @@ def run_demo(config: DemoConfig | None = None, out: str | Path = "runs/demo", pr
             "failed": [r for r in records if r.get("status") != "ok"]}
 
 
-def _execute(session, run: Run, experiment: ExperimentConfig, path: Path) -> dict[str, Any]:
+def _execute(session, run: Run, experiment: RunSpec, path: Path) -> dict[str, Any]:
     """One run on the session's model, its record written to ``path``; a failure is recorded (the demo goes on)."""
     t0 = time.perf_counter()
     try:
@@ -100,7 +100,7 @@ def _execute(session, run: Run, experiment: ExperimentConfig, path: Path) -> dic
         record = {"status": "error", "error": f"{type(err).__name__}: {err}"}
     except Exception as err:  # noqa: BLE001 - a bug: recorded with its traceback, the demo goes on
         record = {"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
-    return finish_record(record, run, experiment.to_dict(), time.perf_counter() - t0, path)
+    return finish_record(record, run, experiment.flat(), time.perf_counter() - t0, path)
 
 
 def _as_tables(records: list[dict]) -> list[dict]:

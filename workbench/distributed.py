@@ -74,6 +74,43 @@ def connect(address: str | None = None, workers: int = 1) -> None:
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
+# --------------------------------------------------------------------------- the one work loop
+
+def work_loop(n_jobs: int, slots: int, submit: Callable[[int, int], Any],
+              failed: Callable[[int, int, Exception], Any]) -> list:
+    """Run jobs ``0..n_jobs-1`` on ``slots`` Ray slots, at most one job per slot at a time; results in job order.
+
+    ``submit(slot, job)`` starts a job and returns its object ref. When a job's result raises a Ray error,
+    ``failed(slot, job, err)`` says what to do: return :data:`RETRY` to run the job again (first in the queue),
+    or a value that becomes the job's result. Both the search's actor pool and the grid's tasks use this loop.
+    """
+    import ray
+
+    results: list = [None] * n_jobs
+    queue = list(range(n_jobs))
+    running: dict = {}  # object ref -> (slot, job)
+    free = list(range(slots))
+    while queue or running:
+        while queue and free:
+            slot, job = free.pop(0), queue.pop(0)
+            running[submit(slot, job)] = (slot, job)
+        done, _ = ray.wait(list(running), num_returns=1)
+        slot, job = running.pop(done[0])
+        try:
+            results[job] = ray.get(done[0])
+        except ray.exceptions.RayError as err:
+            outcome = failed(slot, job, err)
+            if outcome is RETRY:
+                queue.insert(0, job)
+            else:
+                results[job] = outcome
+        free.append(slot)
+    return results
+
+
+RETRY = object()  # what ``failed`` returns to have :func:`work_loop` run a job again
+
+
 # --------------------------------------------------------------------------- search workers
 
 @dataclass(frozen=True)
@@ -170,27 +207,20 @@ class RayFitnessPool:
         re-run on its replacement."""
         import ray
 
-        results: list = [None] * len(jobs)
-        queue = list(range(len(jobs)))
-        running: dict = {}  # object ref -> (actor slot, job index)
-        free = list(range(len(self.actors)))
-        while queue or running:
-            while queue and free:
-                slot, index = free.pop(0), queue.pop(0)
-                ref = getattr(self.actors[slot], method).remote(*jobs[index])
-                running[ref] = (slot, index)
-                if self.on_submit is not None:
-                    self.on_submit(self.actors[slot], index)
-            done, _ = ray.wait(list(running), num_returns=1)
-            slot, index = running.pop(done[0])
-            try:
-                results[index] = ray.get(done[0])
-            except ray.exceptions.RayActorError:
-                self.actors[slot] = self._start()  # a fresh worker builds its context again
-                self.replaced += 1
-                queue.insert(0, index)
-            free.append(slot)
-        return results
+        def submit(slot: int, index: int):
+            ref = getattr(self.actors[slot], method).remote(*jobs[index])
+            if self.on_submit is not None:
+                self.on_submit(self.actors[slot], index)
+            return ref
+
+        def failed(slot: int, _index: int, err: Exception):
+            if not isinstance(err, ray.exceptions.RayActorError):
+                raise err
+            self.actors[slot] = self._start()  # a fresh worker builds its context again
+            self.replaced += 1
+            return RETRY
+
+        return work_loop(len(jobs), len(self.actors), submit, failed)
 
     def close(self) -> None:
         import ray
@@ -210,7 +240,7 @@ def search_spec(args, config) -> WorkerSpec:
     threads = search_threads(args.workers)
     return WorkerSpec(model=args.model, config=config.to_dict(), dtype=args.dtype, device=args.device,
                       trust_remote_code=args.trust_remote_code, calib_dataset=args.calib_dataset,
-                      nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                      nsamples=args.nsamples, seqlen=args.seqlen, seed=config.seed,
                       fitness_dataset=args.fitness_dataset, threads=threads)
 
 
@@ -241,20 +271,14 @@ def run_entries(entries: list[tuple[Any, str, Path]], workers: int, address: str
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     task = ray.remote(num_cpus=0, max_retries=0)(_execute_entry).options(runtime_env={"env_vars": env})
-    results: list = [None] * len(entries)
-    queue = list(range(len(entries)))
-    running: dict = {}
-    while queue or running:
-        while queue and len(running) < workers:
-            index = queue.pop(0)
-            run, model, folder = entries[index]
-            running[task.remote(asdict(run), model, str(folder))] = index
-        done, _ = ray.wait(list(running), num_returns=1)
-        index = running.pop(done[0])
-        try:
-            results[index] = ray.get(done[0])
-        except ray.exceptions.RayError as err:
-            run, _model, folder = entries[index]
-            record = {"status": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
-            results[index] = finish_record(record, Run(**asdict(run)), {}, 0.0, Path(folder) / "result.json")
-    return results
+
+    def submit(_slot: int, index: int):
+        run, model, folder = entries[index]
+        return task.remote(asdict(run), model, str(folder))
+
+    def failed(_slot: int, index: int, err: Exception) -> dict:
+        run, _model, folder = entries[index]
+        record = {"status": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+        return finish_record(record, Run(**asdict(run)), {}, 0.0, Path(folder) / "result.json")
+
+    return work_loop(len(entries), workers, submit, failed)

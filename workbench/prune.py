@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .allocation import AllocationInput, allocate, check_allocator, check_params
-from .backend.reference import check_nm, parse_pattern
-from .calibrate import MODES, calibrate
+from .allocation import AllocationInput, allocate, check_allocator, learns_while_pruning
+from .backend.reference import check_nm
+from .calibrate import calibrate
 from .data import Calibration, calibration_samples
 from .errors import WorkbenchError
-from .models import layer_infos, prunable_linears, structure
+from .models import ModelStructure, prunable_linears, structure
 from .offload import Residency
-from .profile import SparsityProfile, check_sparsity
-from .pruners import NEEDS, check_metric, layer_scores, prune_linear
+from .plan import Plan, execute, score_fn
+from .profile import SparsityProfile
+from .pruners import NEEDS
+from .spec import MethodSpec, check_target
 from .units import LayerStats
 
 
@@ -83,149 +85,129 @@ def sparsity_report(model: nn.Module, profile: SparsityProfile, residency: Resid
     return {"target": profile.target, "allocated_mean": profile.mean(), "actual": zeros / total, "layers": layers}
 
 
-def _scores_fn(model: nn.Module, stats: dict[str, LayerStats] | None, score: str, residency: Residency):
-    linears = prunable_linears(model)
-    return lambda name: layer_scores(score, residency.weight(name, linears[name]), stats[name] if stats else None)
+def _method(method: MethodSpec | None, settings: dict[str, Any]) -> tuple[MethodSpec, dict[str, Any]]:
+    """The method from a spec or from keyword settings (``metric=``, ``allocation=``, ``allocation_params=``...),
+    and the allocator's internal parameters (passed by the workbench itself, never part of a spec)."""
+    if method is not None:
+        if settings:
+            raise WorkbenchError(f"prune: give a MethodSpec or keyword settings, not both (got {sorted(settings)})")
+        return method, {}
+    params = settings.pop("allocation_params", None) or {}
+    if not isinstance(params, dict):
+        raise WorkbenchError(f"alloc_params={params!r} must be a mapping of parameter names to values")
+    params = dict(params)
+    allocation = settings.pop("allocation", "uniform")
+    internal: dict[str, Any] = {}
+    if isinstance(allocation, str) and allocation != "dense":
+        entry = check_allocator(allocation)
+        internal = {k: params.pop(k) for k in list(params) if (p := entry.param(k)) is not None and p.internal}
+    return MethodSpec(**settings, allocation={"name": allocation, **params}), internal
 
 
-def check_target(pattern: str, allocation: str, sparsity: float, with_profile: bool = False) -> tuple[int, int]:
-    """The one check of a run's target: an N:M ``pattern`` (returned as (N, M), (0, 0) if unstructured)
-    fixes every layer, so it goes with ``allocation='uniform'`` only; otherwise ``sparsity`` is the target."""
-    n, m = parse_pattern(pattern)
-    if n:
-        if allocation not in ("uniform", "dense") or with_profile:
-            raise WorkbenchError(f"pattern={pattern!r} fixes every layer at {n}/{m}: use allocation='uniform' "
-                                  f"(got allocation={allocation!r}{' and a profile' if with_profile else ''})")
-    elif allocation != "dense":
-        check_sparsity(sparsity, "sparsity")
-    return n, m
-
-
-def _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
-              allocation_params, residency) -> tuple[int, int, dict]:
-    """Every check that can fail, done before the model is touched; returns N, M and the allocator's
-    parameters with the defaults filled in (as given when a profile is passed)."""
-    check_metric(metric, group)
-    n, m = check_target(pattern, allocation, sparsity, with_profile=profile is not None)
-    if mode not in MODES:
-        raise WorkbenchError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
-    linears = prunable_linears(model)
-    for name, lin in linears.items() if n else ():
+def _validate(layout: ModelStructure, method: MethodSpec, profile: SparsityProfile | None, cache,
+              residency: Residency) -> tuple[int, int]:
+    """The checks that need the model (N:M fits every linear, a given profile names its linears) or the call
+    (cache, residency), done before the model is touched; returns N, M. The method was checked when built."""
+    n, m = check_target(method.pattern, method.allocation.name, method.sparsity, with_profile=profile is not None)
+    for name, lin in layout.linears.items() if n else ():
         check_nm(n, m, lin.in_features, layer=name)
     if profile is not None:
         profile.validate()
-        profile.check_matches(linears)
-        params = dict(allocation_params or {})
-    else:
-        params = check_params(allocation, allocation_params or {}, metric)
-    if cache is not None and mode != "dense":
+        profile.check_matches(layout.linears)
+    if cache is not None and method.mode != "dense":
         raise WorkbenchError("cache= holds dense statistics: use mode='dense' with it")
-    if type(residency) is not Residency and (mode != "sequential" or cache is not None):
+    if type(residency) is not Residency and (method.mode != "sequential" or cache is not None):
         raise WorkbenchError(f"an onloaded or streamed model prunes block by block: use mode='sequential' without a "
-                              f"cache (got mode={mode!r})")
-    return n, m, params
+                             f"cache (got mode={method.mode!r})")
+    learner = profile is None and learns_while_pruning(method.allocation.name)
+    if learner and (method.mode != "sequential" or cache is not None):
+        raise WorkbenchError(f"allocation={method.allocation.name!r} learns on the pruned model's block inputs: use "
+                             f"mode='sequential' without a cache (got mode={method.mode!r})")
+    if learner and (n or method.group is not None):
+        raise WorkbenchError(f"allocation={method.allocation.name!r} chooses its own unstructured masks: leave "
+                             f"pattern 'unstructured' and group unset")
+    return n, m
 
 
-def prune(model: nn.Module, tokenizer=None, metric: str = "wanda", allocation: str = "uniform",
-          sparsity: float = 0.5, pattern: str = "unstructured", calibration: Calibration | None = None,
-          mode: str = "sequential", group: str | None = None, allocation_params: dict | None = None,
-          profile: SparsityProfile | None = None, cache: DenseCache | None = None,
-          progress: bool = True, residency: Residency | None = None) -> PruneResult:
-    """Prune ``model`` in place and return the applied profile and a sparsity report.
+def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
+          calibration: Calibration | None = None, profile: SparsityProfile | None = None,
+          cache: DenseCache | None = None, residency: Residency | None = None, progress: bool = True,
+          **settings: Any) -> PruneResult:
+    """Prune ``model`` in place as ``method`` says (or keyword settings: ``metric``, ``allocation``, ``sparsity``,
+    ``pattern``, ``mode``, ``group``, ``allocation_params``); returns the applied profile and a sparsity report.
 
-    ``calibration`` defaults to the embedded corpus' defaults (needs ``tokenizer``); ``profile``
-    overrides ``allocation``; ``cache`` (dense mode) re-prunes from stored dense statistics;
-    ``residency`` onloads or streams the blocks one at a time (:mod:`workbench.offload`, sequential mode).
+    Plan, then execute (:mod:`workbench.plan`): the model's structure is discovered once; an allocator's plan is
+    made from dense statistics (``cache``, or a dense pass over ``calibration``) before anything is pruned, a
+    learner's inside the loop. ``calibration`` defaults to the embedded corpus' defaults (needs ``tokenizer``);
+    ``profile`` overrides the allocation; ``residency`` onloads or streams the blocks one at a time.
     """
+    method, internal = _method(method, settings)
     residency = residency or Residency()
-    n, m, params = _validate(model, metric, allocation, sparsity, pattern, mode, group, profile, cache,
-                             allocation_params, residency)
-    if profile is None and check_allocator(allocation).in_loop:
-        params["progress"] = (allocation_params or {}).get("progress", progress)
-        return _prune_in_loop(model, tokenizer, metric, allocation, sparsity, (n, m), calibration, mode, group,
-                              params, cache, progress, residency)
-    needs_scores = profile is None and check_allocator(allocation).needs_scores
-    score = params.get("score", "wanda")
-    statistics = set(NEEDS[metric]) | ({"sq_norm"} if needs_scores and score == "wanda" else set())
-    if cache is not None and not cache.has(tuple(statistics)):
-        raise WorkbenchError(f"cache lacks statistics {sorted(statistics)}; build it with them")
+    layout = structure(model)
+    pattern = _validate(layout, method, profile, cache, residency)
+    if profile is None and learns_while_pruning(method.allocation.name):
+        plan = _learner_plan(method, internal, layout, pattern, progress)
+        calibration = calibration or _default_calibration(tokenizer)
+        execute(plan, layout, model, calibration, None, residency, progress)
+        return PruneResult(plan.profile, sparsity_report(model, plan.profile, residency), calibration.provenance(),
+                           plan.timings)
+    needs_scores = profile is None and check_allocator(method.allocation.name).needs_scores
+    score = method.params().get("score", "wanda")
+    statistics = tuple(sorted(set(NEEDS[method.metric]) | ({"sq_norm"} if needs_scores and score == "wanda"
+                                                          else set())))
+    if cache is not None and not cache.has(statistics):
+        raise WorkbenchError(f"cache lacks statistics {list(statistics)}; build it with them")
     if statistics and calibration is None and cache is None:
-        if tokenizer is None:
-            raise WorkbenchError("calibration: give calibration samples or a tokenizer to draw embedded ones")
-        calibration = calibration_samples(tokenizer, "embedded")
-
+        calibration = _default_calibration(tokenizer)
     timings = {"forward_s": 0.0, "prune_s": 0.0}
     if cache is not None:
         cache.restore(model)
-    elif mode == "dense" and statistics:
-        cache = DenseCache.build(model, calibration, tuple(sorted(statistics)), progress=progress)
+    elif method.mode == "dense" and statistics:
+        cache = DenseCache.build(model, calibration, statistics, progress=progress)
         timings["forward_s"] += cache.forward_s
     dense_stats = cache.stats if cache is not None else None
-    if needs_scores and dense_stats is None and score == "wanda":  # allocation needs the dense model's scores
+    if needs_scores and dense_stats is None and score == "wanda":  # the allocation reads the dense model's scores
         start = time.perf_counter()
         dense_stats = calibrate(model, calibration.input_ids, "dense", ("sq_norm",), progress=progress,
-                                residency=residency.reader())
+                                residency=residency.reader(), layout=layout)
         timings["forward_s"] += time.perf_counter() - start
-
     start = time.perf_counter()
-    linears = prunable_linears(model)
-    inputs = AllocationInput(layer_infos(model),
-                             _scores_fn(model, dense_stats, score, residency) if needs_scores else None,
-                             weights=lambda name: residency.weight(name, linears[name]))
     if profile is None:
-        target = n / m if n else sparsity
-        profile = allocate("uniform" if n else allocation, inputs, target, **params)
-        if n:
-            profile.params["pattern"] = pattern
+        profile = _allocate(method, internal, layout, pattern, needs_scores, dense_stats, score, residency)
+    plan = Plan.from_profile(profile, method.metric, pattern, method.group, method.mode, statistics)
     timings["prune_s"] += time.perf_counter() - start
-
-    if group is None and metric != "sparsegpt":  # an allocator may fix the comparison group (the papers' Global)
-        group = profile.params.get("mask_group")
-
-    def prune_layers(names, stats):
-        t0 = time.perf_counter()
-        for name in names:
-            prune_linear(linears[name], metric, profile.layers[name], stats.get(name) if stats else None,
-                         pattern=(n, m), group=group, row_sparsities=profile.rows.get(name))
-        timings["prune_s"] += time.perf_counter() - t0
-
-    if mode == "sequential" and statistics:
-        start, prune_before = time.perf_counter(), timings["prune_s"]
-        calibrate(model, calibration.input_ids, "sequential", tuple(sorted(statistics)),
-                  on_block=lambda _i, block_linears, stats: prune_layers(block_linears, stats), progress=progress,
-                  residency=residency)
-        timings["forward_s"] += time.perf_counter() - start - (timings["prune_s"] - prune_before)
-    else:
-        layout = structure(model)
-        for index in tqdm(range(len(layout.blocks)), desc=f"prune ({metric})", disable=not progress, leave=False):
-            residency.enter(index, layout.blocks[index])
-            prune_layers(list(layout.block_linears[index]), dense_stats)
-            residency.exit(index, layout.blocks[index])
-    report = sparsity_report(model, profile, residency)
+    plan.timings = timings
+    execute(plan, layout, model, calibration, cache.stats if cache is not None else None, residency, progress)
+    report = sparsity_report(model, plan.profile, residency)
     calib = cache.provenance if cache is not None else (calibration.provenance() if calibration else {})
-    return PruneResult(profile, report, calib, timings)
+    return PruneResult(plan.profile, report, calib, plan.timings)
 
 
-def _prune_in_loop(model: nn.Module, tokenizer, metric: str, allocation: str, sparsity: float,
-                   pattern: tuple[int, int], calibration: Calibration | None, mode: str, group: str | None,
-                   params: dict, cache: DenseCache | None, progress: bool, residency: Residency) -> PruneResult:
-    """Allocators that learn while pruning (BESA): one sequential pass, the learner prunes each block."""
-    if mode != "sequential" or cache is not None:
-        raise WorkbenchError(f"allocation={allocation!r} learns on the pruned model's block inputs: use "
-                              f"mode='sequential' without a cache (got mode={mode!r})")
-    if pattern[0] or group is not None:
-        raise WorkbenchError(f"allocation={allocation!r} chooses its own unstructured masks: leave pattern "
-                              f"'unstructured' and group unset")
-    learner = check_allocator(allocation).fn(AllocationInput(layer_infos(model)), sparsity, **params)
-    if calibration is None:
-        if tokenizer is None:
-            raise WorkbenchError("calibration: give calibration samples or a tokenizer to draw embedded ones")
-        calibration = calibration_samples(tokenizer, "embedded")
-    start = time.perf_counter()
-    calibrate(model, calibration.input_ids, "sequential", tuple(sorted(learner.statistics)),
-              block_step=learner.step, dense_reference=learner.needs_dense, progress=progress, residency=residency)
-    total = time.perf_counter() - start
-    learn = sum(b.seconds for b in learner.log)
-    profile = learner.profile()
-    timings = {"forward_s": total - learn, "prune_s": learn, "learn_s_per_block": learn / max(len(learner.log), 1)}
-    return PruneResult(profile, sparsity_report(model, profile, residency), calibration.provenance(), timings)
+def _default_calibration(tokenizer) -> Calibration:
+    if tokenizer is None:
+        raise WorkbenchError("calibration: give calibration samples or a tokenizer to draw embedded ones")
+    return calibration_samples(tokenizer, "embedded")
+
+
+def _learner_plan(method: MethodSpec, internal: dict, layout: ModelStructure, pattern: tuple[int, int],
+                  progress: bool) -> Plan:
+    """A learner's plan: empty until the learner has pruned every block inside the sequential loop."""
+    params = {**method.params(), **internal, "progress": internal.get("progress", progress)}
+    learner = check_allocator(method.allocation.name).fn(AllocationInput(layout.layer_infos()), method.sparsity,
+                                                         **params)
+    return Plan(method.metric, pattern, None, "sequential", tuple(sorted(learner.statistics)), learner=learner)
+
+
+def _allocate(method: MethodSpec, internal: dict, layout: ModelStructure, pattern: tuple[int, int],
+              needs_scores: bool, dense_stats, score: str, residency: Residency) -> SparsityProfile:
+    """The allocator's profile (an N:M pattern fixes every unit at N/M: uniform)."""
+    linears = layout.linears
+    inputs = AllocationInput(layout.layer_infos(),
+                             score_fn(layout, dense_stats, score, residency) if needs_scores else None,
+                             weights=lambda unit: residency.weight(unit, linears[unit]))
+    n, m = pattern
+    if n:
+        profile = allocate("uniform", inputs, n / m)
+        profile.params["pattern"] = method.pattern
+        return profile
+    return allocate(method.allocation.name, inputs, method.sparsity, **method.params(), **internal)

@@ -25,11 +25,11 @@ import yaml
 
 from .errors import WorkbenchError
 from .results import read_record, write_json_atomic, write_text_atomic
+from .spec import FLAT
 
 NOTEBOOKS: Path = resources.files("workbench") / "resources" / "notebooks"  # package data: the run notebooks
 TABLES = {"perplexity": "reproduce_perplexity.ipynb", "zeroshot": "reproduce_zeroshot.ipynb"}
-RUN_FIELDS = ("metric", "allocation", "sparsity", "pattern", "alloc_params", "mode", "calib_dataset", "nsamples",
-              "seqlen", "seed", "eval_dataset", "eval_seqlen", "tasks", "limit", "device", "dtype")
+RUN_FIELDS = tuple(name for name in FLAT if name not in ("model", "evals"))  # a grid entry's settings
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _check_sparsities(value: Any, where: str) -> None:
 
 def expand(grid: dict[str, Any]) -> list[Run]:
     """Every run of the grid: for each table, the dense row (if asked) and each method x sparsity. Each run
-    is checked as an ExperimentConfig here, so a bad grid is refused before any run starts."""
+    is checked as a RunSpec here, so a bad grid is refused before any run starts."""
     runs = []
     for table in TABLES:
         spec = grid.get(table)
@@ -139,22 +139,22 @@ def expand(grid: dict[str, Any]) -> list[Run]:
 
 
 def check_run(run: Run, model: str) -> None:
-    """Refuse a run whose settings are not a valid ExperimentConfig, naming the table and the row."""
-    from .experiment import ExperimentConfig
+    """Refuse a run whose settings are not a valid RunSpec, naming the table and the row."""
+    from .spec import RunSpec
 
     evals = ("zero-shot",) if run.table == "zeroshot" else ("ppl",)
     try:
-        ExperimentConfig(model=model, evals=evals, **run.params)
+        RunSpec.from_flat(run.params, model=model, evals=evals)
     except ValueError as err:
         raise WorkbenchError(f"grid {run.table}.methods[{run.label}] at sparsity {run.sparsity}: {err}") from None
 
 
 def run_defaults() -> dict[str, Any]:
-    """ExperimentConfig's defaults for every run setting: a grid never inherits a notebook's small defaults."""
-    from .experiment import ExperimentConfig
+    """The run specification's defaults for every run setting: a grid never inherits a notebook's small defaults."""
+    from .spec import RunSpec
 
-    defaults = ExperimentConfig()
-    return {name: getattr(defaults, name) for name in RUN_FIELDS}
+    defaults = RunSpec().flat()
+    return {name: defaults[name] for name in RUN_FIELDS}
 
 
 def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") -> dict[str, Any]:
@@ -164,12 +164,11 @@ def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") ->
     folder.mkdir(parents=True, exist_ok=True)
     result_path = folder / "result.json"
     notebook = str(NOTEBOOKS / TABLES[run.table])
-    params = {"model": model, **run_defaults(), **run.params, "result_path": str(result_path.resolve())}
-    declared = pm.inspect_notebook(notebook)  # e.g. the perplexity notebook has no `tasks`
-    params = {k: v for k, v in params.items() if k in declared}
+    params = {"model": model, **run_defaults(), **run.params}
     start = time.perf_counter()
     try:
-        pm.execute_notebook(notebook, str(folder / "executed.ipynb"), parameters=params,
+        pm.execute_notebook(notebook, str(folder / "executed.ipynb"),
+                            parameters={"settings": params, "result_path": str(result_path.resolve())},
                             kernel_name=kernel_name, progress_bar=False, cwd=str(folder))
         record = read_record(result_path)
     except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, the grid goes on

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("torch", "transformers", "datasets", "safetensors", "gguf", "numpy", "lm_eval", "cupy-cuda13x")
@@ -40,9 +40,34 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+class RunRecord(TypedDict, total=False):
+    """The one result record of a run (written as JSON; every front end reads the same keys)."""
+
+    schema: int
+    kind: str                    # "prune" | "eval"
+    created: str
+    model: dict[str, Any]        # id, weight_sha256, dtype, device
+    method: dict[str, Any]       # metric, allocation, sparsity, pattern, mode, group, params
+    data: dict[str, Any]         # calibration / eval / zero_shot provenance
+    metrics: dict[str, Any]      # actual_sparsity, perplexity, zero-shot accuracies
+    wall_time_s: float | None
+    versions: dict[str, str]
+    platform: dict[str, Any]
+    config: dict[str, Any]       # the run's settings by flat name (workbench.spec.FLAT)
+    spec: dict[str, Any]         # the RunSpec as given (RunSpec.model_validate reads it back)
+    residency: dict[str, Any]
+    profile: dict[str, Any]
+    sparsity_report: dict[str, Any]
+    timings: dict[str, float]
+    tuning: dict[str, Any]
+    peak_gpu_memory_bytes: int
+    status: str                  # set by the grid runner: ok | error
+    run: dict[str, Any]
+
+
 def make_record(kind: str, model: dict[str, Any], method: dict[str, Any], metrics: dict[str, Any],
                 data: dict[str, Any] | None = None, wall_time_s: float | None = None,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                extra: dict[str, Any] | None = None) -> RunRecord:
     """Assemble a result record; ``model`` holds id and weight hash, ``data`` the dataset provenance."""
     record = {
         "schema": SCHEMA_VERSION,

@@ -47,8 +47,10 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import Field, StrictBool, model_validator
 from tqdm.auto import tqdm
 
 from .allocation import AllocationInput, groups
@@ -61,6 +63,7 @@ from .evaluate import perplexity_from_ids, window_kl, window_log_probs
 from .models import layer_infos, prunable_linears
 from .registry import Plugin, Registry
 from .results import write_json_atomic
+from .spec import Spec
 
 STATE_VERSION = 5  # 5: no score shared between kinds, paid fitness per record, held-out re-score
 NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
@@ -76,50 +79,70 @@ KINDS = ("evolution", "random")
 
 # --------------------------------------------------------------------------- configuration
 
-@dataclass
-class SearchConfig:
-    """Everything that defines a search's result (a checkpoint resumes only with the same values)."""
+class SearchConfig(Spec):
+    """The search specification: everything that defines a search's result (a checkpoint resumes only with the
+    same values). Typed and frozen like :class:`workbench.spec.RunSpec`; the CLI's ``search`` flags are generated
+    from these fields (type, default, help written once, here)."""
 
-    sparsity: float
-    population: int = 32
-    generations: int = 14
-    elite: int = 2
-    tournament: int = 3
-    seed: int = 0
-    random_baseline: bool = True
-    fitness: str = "ppl"
-    fitness_windows: int = 8
-    fitness_seqlen: int = 512
-    cheap_fitness: str = "kl"
-    cheap_windows: int = 1
-    cheap_seqlen: int = 64  # KL 1 x 64: Spearman 0.922 with the full fitness (benchmarks/search_cost.py)
-    promote: int = 1
-    heldout_windows: int = 8  # fresh validation windows (x fitness_seqlen) re-scoring each kind's final choice
-    function_set: str = "workbench"
+    sparsity: float = Field(0.7, description="target sparsity of every candidate allocation, in [0, 1)")
+    population: int = Field(32, description="candidates per generation")
+    generations: int = Field(14, description="generations of evolution")
+    elite: int = Field(2, description="best candidates carried into the next generation unchanged")
+    tournament: int = Field(3, description="tournament size of parent selection")
+    seed: int = Field(0, description="seed of the search's random draws")
+    random_baseline: StrictBool = Field(True, description="also run the equal-budget random search")
+    fitness: str = Field("ppl", description="full-fidelity fitness: ppl | kl")
+    fitness_windows: int = Field(8, description="validation windows at full fidelity")
+    fitness_seqlen: int = Field(512, description="window length of the full-fidelity fitness")
+    cheap_fitness: str = Field("kl", description="first-stage fitness: ppl | kl")
+    cheap_windows: int = Field(1, description="validation windows of the first stage (0: every candidate at full "
+                                              "fidelity)")
+    # KL 1 x 64: Spearman 0.922 with the full fitness (benchmarks/search_cost.py)
+    cheap_seqlen: int = Field(64, description="window length of the first stage")
+    promote: int = Field(1, description="new candidates per generation scored at full fidelity (the best of the "
+                                        "first stage)")
+    heldout_windows: int = Field(8, description="fresh validation windows (x fitness_seqlen, never used by the "
+                                                "search) on which the final choices and baselines are re-scored; "
+                                                "0 skips")
+    function_set: str = Field("workbench", description="ops the functions may use: every op with λ and direction "
+                                                       "searched (workbench), or the public DSA code's space "
+                                                       "(dsa-public: its ops only, direction +1, λ 0.08)")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="before")
+    @classmethod
+    def _checked(cls, data: Any) -> Any:
+        """Today's checks and wording, before pydantic coerces anything."""
         from .profile import check_sparsity
 
-        check_sparsity(self.sparsity, "sparsity")
+        if not isinstance(data, dict):
+            return data
+        get = lambda name: data.get(name, cls.model_fields[name].default)  # noqa: E731
+        check_sparsity(get("sparsity"), "sparsity")
         for name, low in (("population", 2), ("generations", 1), ("tournament", 1), ("promote", 1),
                           ("fitness_windows", 1), ("fitness_seqlen", 2), ("cheap_windows", 0), ("cheap_seqlen", 2),
-                          ("heldout_windows", 0)):
-            value = getattr(self, name)
+                          ("heldout_windows", 0), ("seed", 0)):
+            value = get(name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise WorkbenchError(f"{name}={value!r} must be an integer >= {low}")
-        if isinstance(self.elite, bool) or not isinstance(self.elite, int) or not 0 <= self.elite < self.population:
-            raise WorkbenchError(f"elite={self.elite!r} must be an integer in [0, population={self.population})")
+        elite, population = get("elite"), get("population")
+        if isinstance(elite, bool) or not isinstance(elite, int) or not 0 <= elite < population:
+            raise WorkbenchError(f"elite={elite!r} must be an integer in [0, population={population})")
         for name in ("fitness", "cheap_fitness"):
-            if getattr(self, name) not in FITNESS:
-                raise WorkbenchError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {FITNESS.names()}")
-        FUNCTION_SETS.check(self.function_set)
+            if get(name) not in FITNESS:
+                raise WorkbenchError(f"{name}={get(name)!r} is not allowed; allowed: {FITNESS.names()}")
+        FUNCTION_SETS.check(get("function_set"))
+        return data
 
     @property
     def multi_fidelity(self) -> bool:
         return self.cheap_windows > 0
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """Every field (defaults included): what a checkpoint stores and compares on resume."""
+        return self.model_dump()
+
+
+SearchSpec = SearchConfig  # the search specification, beside workbench.spec.RunSpec
 
 
 # --------------------------------------------------------------------------- cheap candidate evaluation

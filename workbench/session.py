@@ -3,7 +3,7 @@
 The widgets and the dashboard ask a session for allocation profiles (uniform / OWL / DSA / any
 registered allocator) many times a second while a slider moves: the dense calibration pass and the
 per-layer Wanda scores are computed once, so a re-allocation costs no forward pass. Runs (prune and
-evaluate) go through :func:`workbench.experiment.run_experiment` on the session's model, one at a
+evaluate) go through :func:`workbench.runner.run` on the session's model, one at a
 time (a lock queues concurrent requests), and the dense weights are put back before each run.
 """
 
@@ -17,9 +17,9 @@ import torch
 from .allocation import AllocationInput, allocate, check_allocator
 from .data import calibration_samples
 from .errors import WorkbenchError
-from .experiment import ExperimentConfig, cache_fits, run_experiment
 from .models import layer_infos
 from .profile import SparsityProfile
+from .spec import RunSpec
 
 CURVE_ALLOCATORS = ("uniform", "owl", "dsa")
 
@@ -113,16 +113,18 @@ class Session:
         return profiles, errors
 
     # ------------------------------------------------------------------ runs
-    def run(self, config: ExperimentConfig, on_stage=None) -> dict[str, Any]:
+    def run(self, spec: RunSpec, on_stage=None) -> dict[str, Any]:
         """Prune-and-evaluate on the session's model (dense weights restored first); queued by a lock.
         A dense-mode run on the session's calibration prunes from the session's dense statistics."""
-        if config.model != self.model_name:
-            raise WorkbenchError(f"config.model={config.model!r} differs from the session's model {self.model_name!r}")
+        from .runner import cache_fits, run
+
+        if spec.model.name != self.model_name:
+            raise WorkbenchError(f"model={spec.model.name!r} differs from the session's model {self.model_name!r}")
         with self.run_lock:
             self.cache.restore(self.model)
             try:
-                cache = self.cache if cache_fits(config, self.cache) else None
-                return run_experiment(config, self.model, self.tokenizer, progress=self.progress, on_stage=on_stage,
-                                      cache=cache)
+                cache = self.cache if cache_fits(spec, self.cache) else None
+                return run(spec, model=self.model, tokenizer=self.tokenizer, cache=cache, progress=self.progress,
+                           on_stage=on_stage)
             finally:
                 self.cache.restore(self.model)

@@ -28,10 +28,13 @@ from pydantic import (
 )
 
 from . import data as data_mod
-from .allocation import ALLOCATORS, check_allocator, check_params
+from .allocation import allocation_names, check_allocator, check_params
+from .allocation.tunable import check_auto
+from .backend.reference import parse_pattern
 from .checkpoint import FORMATS, resolve_format
 from .errors import WorkbenchError
 from .models import resolve_dtype
+from .profile import check_sparsity
 from .pruners import check_metric
 
 DENSE = "dense"  # the allocation of a run that prunes nothing (the dense baseline row)
@@ -40,7 +43,7 @@ MODES = ("sequential", "dense")
 ACTIVATIONS = ("device", "cpu", "disk")
 
 
-def _refusal(err: ValidationError) -> WorkbenchError:
+def _refusal(err: ValidationError, cls: type[BaseModel]) -> WorkbenchError:
     """The first problem pydantic found, worded as the workbench words refusals (our own errors pass through)."""
     first = err.errors()[0]
     original = (first.get("ctx") or {}).get("error")
@@ -51,17 +54,16 @@ def _refusal(err: ValidationError) -> WorkbenchError:
     section = _SECTION_OF.get(err.title)
     where = ".".join(str(p) for p in ((section,) if section else ()) + tuple(first["loc"]))
     if first["type"] == "extra_forbidden":
-        allowed = _allowed_at(err.title, first["loc"])
-        return WorkbenchError(f"{where} is not a setting; allowed in {where.rpartition('.')[0] or 'a run spec'}: "
+        allowed = _allowed_at(cls, first["loc"])
+        return WorkbenchError(f"{where} is not a setting; allowed in {where.rpartition('.')[0] or cls.__name__}: "
                               f"{allowed}{_did_you_mean(str(first['loc'][-1]), allowed)}")
     if first["type"] == "missing":
         return WorkbenchError(f"{where} is required")
     return WorkbenchError(f"{where}={first['input']!r} is not allowed: {first['msg']}")
 
 
-def _allowed_at(title: str, loc: tuple) -> list[str]:
-    """The field names of the section at ``loc[:-1]`` of the model named ``title``."""
-    model = _SPECS.get(title)
+def _allowed_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The field names of the section at ``loc[:-1]`` of ``model``."""
     for part in loc[:-1]:
         if model is None:
             return []
@@ -84,14 +86,14 @@ class Spec(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise _refusal(err) from None
+            raise _refusal(err, type(self)) from None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any):  # type: ignore[override]
         try:
             return super().model_validate(obj, **kwargs)
         except ValidationError as err:
-            raise _refusal(err) from None
+            raise _refusal(err, cls) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The settings given (defaults left out), as JSON-ready values; ``model_validate`` reads it back."""
@@ -254,7 +256,7 @@ class DenseAllocation(AllocationBase):
 
 
 ALLOCATION_MODELS: dict[str, type[AllocationBase]] = {DENSE: DenseAllocation,
-                                                      **{name: _allocation_model(name) for name in ALLOCATORS}}
+                                                      **{name: _allocation_model(name) for name in allocation_names()}}
 AllocationSpec = Annotated[Union[tuple(ALLOCATION_MODELS.values())], Field(discriminator="name")]  # noqa: UP007
 
 
@@ -319,12 +321,8 @@ class MethodSpec(Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> MethodSpec:
-        from .prune import check_target
-
         check_metric(self.metric, self.group)
         if self.has_auto():  # the values themselves were checked against the declarations (AllocationBase)
-            from .tuning import check_auto
-
             check_auto(self.allocation.name, self.allocation.params())
         check_target(self.pattern, self.allocation.name, self.sparsity)
         return self
@@ -460,6 +458,19 @@ class RunSpec(Spec):
         return cls.model_validate(yaml.safe_load(text) or {})
 
 
+def check_target(pattern: str, allocation: str, sparsity: float, with_profile: bool = False) -> tuple[int, int]:
+    """The one check of a run's target: an N:M ``pattern`` (returned as (N, M), (0, 0) if unstructured)
+    fixes every layer, so it goes with ``allocation='uniform'`` only; otherwise ``sparsity`` is the target."""
+    n, m = parse_pattern(pattern)
+    if n:
+        if allocation not in ("uniform", DENSE) or with_profile:
+            raise WorkbenchError(f"pattern={pattern!r} fixes every layer at {n}/{m}: use allocation='uniform' "
+                                 f"(got allocation={allocation!r}{' and a profile' if with_profile else ''})")
+    elif allocation != DENSE:
+        check_sparsity(sparsity, "sparsity")
+    return n, m
+
+
 def check_placed(spec: RunSpec) -> None:
     """What an onloaded or streamed run (or one keeping activations off the device) cannot do, refused
     before any work."""
@@ -528,7 +539,7 @@ def field_help(name: str) -> str:
     return (info.description or "") if info is not None else ""
 
 
-_SPECS: dict[str, type[BaseModel]] = {m.__name__: m for m in (RunSpec, ModelSpec, PlacementSpec, CalibrationSpec,
-                                                              MethodSpec, EvaluationSpec, SaveSpec)}
+
+
 _SECTION_OF = {"ModelSpec": "model", "PlacementSpec": "placement", "CalibrationSpec": "calibration",
                "MethodSpec": "method", "EvaluationSpec": "evaluation", "SaveSpec": "save"}

@@ -12,10 +12,13 @@ from __future__ import annotations
 from .base import (
     ALLOCATORS,
     GRANULARITIES,
+    LEARNERS,
     AllocationInput,
     Allocator,
+    Learner,
     Param,
     allocate,
+    allocation_names,
     check_allocator,
     check_params,
     curve_allocators,
@@ -24,11 +27,12 @@ from .base import (
     groups,
     learns_while_pruning,
     register_allocator,
+    register_learner,
 )
 
-__all__ = ["ALLOCATORS", "GRANULARITIES", "AllocationInput", "Allocator", "Param", "allocate",
-           "check_allocator", "check_params", "curve_allocators", "declared_defaults", "describe_allocators",
-           "groups", "learns_while_pruning", "register_allocator"]
+__all__ = ["ALLOCATORS", "AllocationInput", "Allocator", "GRANULARITIES", "LEARNERS", "Learner", "Param", "allocate",
+           "allocation_names", "check_allocator", "check_params", "curve_allocators", "declared_defaults",
+           "describe_allocators", "groups", "learns_while_pruning", "register_allocator", "register_learner"]
 
 # Register the built-in allocators (each file adds itself to ALLOCATORS, in this order in every menu).
 from . import uniform  # noqa: E402,F401,I001

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import WorkbenchError
 from ..profile import SparsityProfile, check_sparsity
+from ..registry import Plugin, Registry
 from ..units import LayerInfo
 
 
@@ -134,14 +135,13 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Allocator:
-    name: str
-    fn: Callable[..., SparsityProfile]
-    needs_scores: bool
-    in_loop: bool = False  # learns inside the sequential capture loop (BESA): fn returns a per-block learner
+class Allocator(Plugin):
+    """A pure function (layer statistics, target, parameters) -> SparsityProfile, known before any pruning."""
+
+    fn: Callable[..., SparsityProfile] | None = None
+    needs_scores: bool = False
     params: tuple[Param, ...] = ()
     needs_weights: bool = False  # reads the dense weights themselves (AlphaPruning's spectra)
-    summary: str = ""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -150,41 +150,71 @@ class Allocator:
         return tuple(p for p in self.params if not p.internal)
 
 
-ALLOCATORS: dict[str, Allocator] = {}
+@dataclass(frozen=True)
+class Learner(Allocator):
+    """Learns the allocation while pruning (BESA): ``fn(inputs, target, **params)`` returns an object whose
+    ``step(BlockData)`` prunes each block inside the sequential capture loop and whose ``profile()`` is the plan
+    it produced; ``statistics`` and ``needs_dense`` say what the loop must carry."""
+
+
+ALLOCATORS: Registry[Allocator] = Registry("allocator", "allocation")
+LEARNERS: Registry[Learner] = Registry("learner", "allocation")
+
+
+def _summary(fn) -> str:
+    return (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
 
 
 # pragma: no mutate block -- runs at import, before mutmut can switch a mutant on (the registry tests cover it)
-def register_allocator(name: str, needs_scores: bool = False, in_loop: bool = False,
-                       params: tuple[Param, ...] = (), needs_weights: bool = False):
-    """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``
-    (``in_loop``: ``fn`` returns a learner whose ``step`` runs per block inside ``prune``'s sequential loop).
+def register_allocator(name: str, needs_scores: bool = False, params: tuple[Param, ...] = (),
+                       needs_weights: bool = False):
+    """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``.
     ``params`` declares every keyword ``fn`` takes; the first docstring line becomes the summary."""
 
     def wrap(fn):
-        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        ALLOCATORS[name] = Allocator(name, fn, needs_scores, in_loop, tuple(params), needs_weights, summary)
+        ALLOCATORS.add(name, Allocator(name, _summary(fn), fn, needs_scores, tuple(params), needs_weights))
         return fn
 
     return wrap
 
 
+def register_learner(name: str, params: tuple[Param, ...] = ()):
+    """Decorator: make ``fn(inputs, sparsity, **params) -> learner`` available as allocation ``name``."""
+
+    def wrap(fn):
+        LEARNERS.add(name, Learner(name, _summary(fn), fn, False, tuple(params)))
+        return fn
+
+    return wrap
+
+
+def allocation_names() -> list[str]:
+    """Every allocation a run may name: the allocators, then the learners (the order of every menu)."""
+    return ALLOCATORS.names() + LEARNERS.names()
+
+
 def check_allocator(name: str) -> Allocator:
-    if name not in ALLOCATORS:
-        close = difflib.get_close_matches(str(name), list(ALLOCATORS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise WorkbenchError(f"allocation={name!r} is not allowed; allowed: {sorted(ALLOCATORS)}{hint}")
-    return ALLOCATORS[name]
+    """The allocator or learner ``name``, or a refusal naming the allowed ones and the closest."""
+    if isinstance(name, str) and name in LEARNERS:
+        return LEARNERS[name]
+    if isinstance(name, str) and name in ALLOCATORS:
+        return ALLOCATORS[name]
+    names = allocation_names()
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise WorkbenchError(f"allocation={name!r} is not allowed; allowed: {sorted(names)}{hint}")
 
 
 def learns_while_pruning(name: str) -> bool:
-    """True for allocators that learn inside the sequential loop (BESA): no curve before a run, sequential only."""
-    return check_allocator(name).in_loop
+    """True for learners (BESA): no curve before a run, sequential only."""
+    return isinstance(check_allocator(name), Learner)
 
 
 def describe_allocators() -> str:
     """Every allocator with its summary and public parameters (default, allowed values, meaning), for help."""
     lines = []
-    for name, allocator in ALLOCATORS.items():
+    for name in allocation_names():
+        allocator = check_allocator(name)
         lines.append(f"  {name:<15} {allocator.summary}")
         for p in allocator.public_params():
             extra = "".join(f", {metric}: {value!r}" for metric, value in p.by_metric)
@@ -200,7 +230,7 @@ def declared_defaults(name: str) -> dict[str, Any]:
 
 def curve_allocators() -> list[str]:
     """Allocators whose curve can be drawn from dense statistics alone (not those that learn while pruning)."""
-    return [name for name, a in ALLOCATORS.items() if not a.in_loop]
+    return ALLOCATORS.names()
 
 
 def check_params(name: str, params: dict[str, Any], metric: str | None = None) -> dict[str, Any]:
@@ -230,7 +260,7 @@ def check_params(name: str, params: dict[str, Any], metric: str | None = None) -
 def allocate(name: str, inputs: AllocationInput, sparsity: float, **params) -> SparsityProfile:
     """Run allocator ``name`` for target ``sparsity``; the profile's weighted mean is the target."""
     allocator = check_allocator(name)
-    if allocator.in_loop:
+    if isinstance(allocator, Learner):
         raise WorkbenchError(f"allocation={name!r} learns block by block on calibration data while pruning: "
                               f"use prune(model, tokenizer, allocation={name!r}, ...)")
     check_sparsity(sparsity, "sparsity")

@@ -58,7 +58,7 @@ from ..backend import kernels
 from ..errors import WorkbenchError
 from ..profile import SparsityProfile, check_sparsity
 from ..pruners import layer_scores
-from .base import AllocationInput, Param, register_allocator
+from .base import AllocationInput, Param, register_learner
 
 if TYPE_CHECKING:
     from ..units import BlockData
@@ -478,7 +478,7 @@ PARAMS = (
 )
 
 
-@register_allocator("besa", in_loop=True, params=PARAMS)
+@register_learner("besa", params=PARAMS)
 def besa(inputs: AllocationInput, sparsity: float, granularity: str = "row", importance: str = "wanda",
          beta: float = 5.0, epochs: int = 1, batch_size: int = 1, optimizer: str = "adamw", lr: float | None = None,
          d_coef: float = 1.0, reference: str = "pruned", sigmoid: bool = True, exact_target: bool = True,

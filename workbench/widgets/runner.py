@@ -8,14 +8,14 @@ import time
 
 import ipywidgets as w
 
-from ..allocation import ALLOCATORS, learns_while_pruning
+from ..allocation import allocation_names, learns_while_pruning
 from ..errors import WorkbenchError
-from ..experiment import ExperimentConfig
 from ..pruners import METRICS
 from ..results import compact_params
 from ..session import Session
+from ..spec import RunSpec
 
-ALLOCATIONS = tuple(ALLOCATORS)  # every registered allocator, in registration order
+ALLOCATIONS = tuple(allocation_names())  # every registered allocator and learner, in registration order
 PATTERNS = ("unstructured", "2:4", "4:8")
 STAGES = {"load": 0.05, "prune": 0.1, "ppl": 0.6}
 COLUMNS = ("allocation", "params", "metric", "pattern", "target", "actual", "perplexity", "seconds", "error")
@@ -52,13 +52,13 @@ class PruneRunner:
         """Allocator parameters: exactly those the curves plot for this allocation (none without curves)."""
         return self.curves.params(self.allocation.value) if self.curves is not None else {}
 
-    def config(self) -> ExperimentConfig:
-        """The run the controls describe (raises ValueError on an invalid combination)."""
-        return ExperimentConfig(model=self.session.model_name, metric=self.metric.value,
-                                allocation=self.allocation.value, sparsity=round(self.sparsity.value, 4),
-                                pattern=self.pattern.value, mode=self.mode.value, eval_seqlen=self.eval_seqlen,
-                                eval_dataset=self.eval_dataset, alloc_params=self.params(),
-                                **self.session.calibration_settings)  # the calibration the curves were computed from
+    def config(self) -> RunSpec:
+        """The run the controls describe (a WorkbenchError on an invalid combination)."""
+        return RunSpec.from_flat(self.session.calibration_settings,  # the calibration the curves were computed from
+                                 model=self.session.model_name, metric=self.metric.value,
+                                 allocation=self.allocation.value, sparsity=round(self.sparsity.value, 4),
+                                 pattern=self.pattern.value, mode=self.mode.value, eval_seqlen=self.eval_seqlen,
+                                 eval_dataset=self.eval_dataset, alloc_params=self.params())
 
     def start(self) -> threading.Thread:
         """Start a run in a background thread (runs queue behind each other in the session)."""
