@@ -33,10 +33,13 @@ def _add_spec_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
         section, field, *_ = FLAT[name]
         info = RunSpec.model_fields[section].default_factory.model_fields[field]
         flag = "--" + name.replace("_", "-")
-        default = info.default
+        default = info.get_default(call_default_factory=True)
+        default = getattr(default, "name", default)  # the allocation's default is a model: show its name
         words = field_help(name) + ("" if default is None else f" (default {default})")
         annotation = info.annotation
         args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        if typing.get_origin(annotation) is typing.Literal:
+            args = [annotation]
         literal = [a for a in args if typing.get_origin(a) is typing.Literal]
         if annotation is bool or "StrictBool" in str(annotation):
             p.add_argument(flag, action="store_true", default=None, help=field_help(name))

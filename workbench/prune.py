@@ -71,12 +71,13 @@ class DenseCache:
         return all(getattr(first, s) is not None for s in statistics)
 
 
-def sparsity_report(model: nn.Module, profile: SparsityProfile, residency: Residency | None = None) -> dict:
+def sparsity_report(model: nn.Module, profile: SparsityProfile, residency: Residency | None = None,
+                    layout: ModelStructure | None = None) -> dict:
     """Target vs actual sparsity (fraction of exact zeros) per layer and parameter-weighted overall
     (``residency`` reads weights that are not in memory, e.g. a streamed run's output)."""
     residency = residency or Residency()
     layers, zeros, total = {}, 0, 0
-    for name, lin in prunable_linears(model).items():
+    for name, lin in (layout or structure(model)).linears.items():
         weight = residency.weight(name, lin)
         z = int((weight == 0).sum())
         n = weight.numel()
@@ -149,8 +150,8 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
         plan = _learner_plan(method, internal, layout, pattern, progress)
         calibration = calibration or _default_calibration(tokenizer)
         execute(plan, layout, model, calibration, None, residency, progress)
-        return PruneResult(plan.profile, sparsity_report(model, plan.profile, residency), calibration.provenance(),
-                           plan.timings)
+        report = sparsity_report(model, plan.profile, residency, layout)
+        return PruneResult(plan.profile, report, calibration.provenance(), plan.timings)
     needs_scores = profile is None and check_allocator(method.allocation.name).needs_scores
     score = method.params().get("score", "wanda")
     statistics = tuple(sorted(set(NEEDS[method.metric]) | ({"sq_norm"} if needs_scores and score == "wanda"
@@ -178,7 +179,7 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
     timings["prune_s"] += time.perf_counter() - start
     plan.timings = timings
     execute(plan, layout, model, calibration, cache.stats if cache is not None else None, residency, progress)
-    report = sparsity_report(model, plan.profile, residency)
+    report = sparsity_report(model, plan.profile, residency, layout)
     calib = cache.provenance if cache is not None else (calibration.provenance() if calibration else {})
     return PruneResult(plan.profile, report, calib, plan.timings)
 
