@@ -1088,10 +1088,12 @@ def markdown(r: dict[str, Any]) -> str:
         p = r["prune"]
         with_default = sum(q["has_default"] for q in p["parameters"])
         kwonly = sum(q["kind"] == "KEYWORD_ONLY" for q in p["parameters"])
+        var_kw = [q["name"] for q in p["parameters"] if q["kind"] == "VAR_KEYWORD"]
         lines += ["", "## 4. prune()", "", f"`{p['signature']}`", "",
                   f"- {p['file']}:{p['first_line']}, **{p['lines']}** lines (decorators and docstring included)",
                   f"- parameters: **{len(p['parameters'])}**, with a default (keyword parameters): "
-                  f"**{with_default}**, keyword-only: {kwonly}"]
+                  f"**{with_default}**, keyword-only: {kwonly}"
+                  + (f", and **{var_kw[0]} (any further keywords)" if var_kw else "")]
     return "\n".join(lines) + "\n"
 
 
