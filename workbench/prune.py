@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import AllocationInput, allocate, check_allocator, learns_while_pruning
+from .allocation import AllocationInput, Learner, allocate, check_allocator
 from .backend.reference import check_nm
 from .calibrate import calibrate
 from .data import Calibration, calibration_samples
@@ -105,7 +105,7 @@ def _method(method: MethodSpec | None, settings: dict[str, Any]) -> tuple[Method
     return MethodSpec(**settings, allocation={"name": allocation, **params}), internal
 
 
-def _validate(layout: ModelStructure, method: MethodSpec, profile: SparsityProfile | None, cache,
+def _validate(layout: ModelStructure, method: MethodSpec, learner: bool, profile: SparsityProfile | None, cache,
               residency: Residency) -> tuple[int, int]:
     """The checks that need the model (N:M fits every linear, a given profile names its linears) or the call
     (cache, residency), done before the model is touched; returns N, M. The method was checked when built."""
@@ -120,7 +120,6 @@ def _validate(layout: ModelStructure, method: MethodSpec, profile: SparsityProfi
     if type(residency) is not Residency and (method.mode != "sequential" or cache is not None):
         raise WorkbenchError(f"an onloaded or streamed model prunes block by block: use mode='sequential' without a "
                              f"cache (got mode={method.mode!r})")
-    learner = profile is None and learns_while_pruning(method.allocation.name)
     if learner and (method.mode != "sequential" or cache is not None):
         raise WorkbenchError(f"allocation={method.allocation.name!r} learns on the pruned model's block inputs: use "
                              f"mode='sequential' without a cache (got mode={method.mode!r})")
@@ -143,17 +142,20 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
     ``profile`` overrides the allocation; ``residency`` onloads or streams the blocks one at a time.
     """
     method, internal = _method(method, settings)
+    entry = check_allocator(method.allocation.name)  # the one look-up of the allocator (or learner)
+    params = method.params()  # with the declared defaults for this metric
+    learner = profile is None and isinstance(entry, Learner)
     residency = residency or Residency()
     layout = structure(model)
-    pattern = _validate(layout, method, profile, cache, residency)
-    if profile is None and learns_while_pruning(method.allocation.name):
-        plan = _learner_plan(method, internal, layout, pattern, progress)
+    pattern = _validate(layout, method, learner, profile, cache, residency)
+    if learner:
+        plan = _learner_plan(method, entry, {**params, **internal}, layout, pattern, progress)
         calibration = calibration or _default_calibration(tokenizer)
         execute(plan, layout, model, calibration, None, residency, progress)
         report = sparsity_report(model, plan.profile, residency, layout)
         return PruneResult(plan.profile, report, calibration.provenance(), plan.timings)
-    needs_scores = profile is None and check_allocator(method.allocation.name).needs_scores
-    score = method.params().get("score", "wanda")
+    needs_scores = profile is None and entry.needs_scores
+    score = params.get("score", "wanda")
     statistics = tuple(sorted(set(NEEDS[method.metric]) | ({"sq_norm"} if needs_scores and score == "wanda"
                                                           else set())))
     if cache is not None and not cache.has(statistics):
@@ -174,7 +176,8 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
         timings["forward_s"] += time.perf_counter() - start
     start = time.perf_counter()
     if profile is None:
-        profile = _allocate(method, internal, layout, pattern, needs_scores, dense_stats, score, residency)
+        profile = _allocate(method, {**params, **internal}, layout, pattern, needs_scores, dense_stats, score,
+                            residency)
     plan = Plan.from_profile(profile, method.metric, pattern, method.group, method.mode, statistics)
     timings["prune_s"] += time.perf_counter() - start
     plan.timings = timings
@@ -190,16 +193,15 @@ def _default_calibration(tokenizer) -> Calibration:
     return calibration_samples(tokenizer, "embedded")
 
 
-def _learner_plan(method: MethodSpec, internal: dict, layout: ModelStructure, pattern: tuple[int, int],
-                  progress: bool) -> Plan:
+def _learner_plan(method: MethodSpec, entry: Learner, params: dict, layout: ModelStructure,
+                  pattern: tuple[int, int], progress: bool) -> Plan:
     """A learner's plan: empty until the learner has pruned every block inside the sequential loop."""
-    params = {**method.params(), **internal, "progress": internal.get("progress", progress)}
-    learner = check_allocator(method.allocation.name).fn(AllocationInput(layout.layer_infos()), method.sparsity,
-                                                         **params)
+    params = {**params, "progress": params.get("progress", progress)}
+    learner = entry.fn(AllocationInput(layout.layer_infos()), method.sparsity, **params)
     return Plan(method.metric, pattern, None, "sequential", tuple(sorted(learner.statistics)), learner=learner)
 
 
-def _allocate(method: MethodSpec, internal: dict, layout: ModelStructure, pattern: tuple[int, int],
+def _allocate(method: MethodSpec, params: dict, layout: ModelStructure, pattern: tuple[int, int],
               needs_scores: bool, dense_stats, score: str, residency: Residency) -> SparsityProfile:
     """The allocator's profile (an N:M pattern fixes every unit at N/M: uniform)."""
     linears = layout.linears
@@ -211,4 +213,4 @@ def _allocate(method: MethodSpec, internal: dict, layout: ModelStructure, patter
         profile = allocate("uniform", inputs, n / m)
         profile.params["pattern"] = method.pattern
         return profile
-    return allocate(method.allocation.name, inputs, method.sparsity, **method.params(), **internal)
+    return allocate(method.allocation.name, inputs, method.sparsity, **params)

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from . import data as data_mod
-from .allocation import allocation_names, check_allocator, check_params
+from .allocation import allocation_entries, check_allocator, check_params
 from .allocation.tunable import check_auto
 from .backend.reference import parse_pattern
 from .checkpoint import FORMATS, resolve_format
@@ -240,10 +240,10 @@ def _param_type(param) -> Any:
     return base | None if param.optional or param.default is None else base
 
 
-def _allocation_model(name: str) -> type[AllocationBase]:
+def _allocation_model(name: str, entry) -> type[AllocationBase]:
     """The parameter model of allocator ``name``, generated from its declarations (one declaration each)."""
     fields: dict[str, Any] = {"name": (Literal[name], name)}
-    for param in check_allocator(name).public_params():
+    for param in entry.public_params():
         fields[param.name] = (_param_type(param), Field(param.default, description=param.help))
     title = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Allocation"
     return create_model(title, __base__=AllocationBase, **fields)
@@ -255,8 +255,8 @@ class DenseAllocation(AllocationBase):
     name: Literal["dense"] = DENSE
 
 
-ALLOCATION_MODELS: dict[str, type[AllocationBase]] = {DENSE: DenseAllocation,
-                                                      **{name: _allocation_model(name) for name in allocation_names()}}
+ALLOCATION_MODELS: dict[str, type[AllocationBase]] = {
+    DENSE: DenseAllocation, **{name: _allocation_model(name, entry) for name, entry in allocation_entries().items()}}
 AllocationSpec = Annotated[Union[tuple(ALLOCATION_MODELS.values())], Field(discriminator="name")]  # noqa: UP007
 
 

@@ -18,6 +18,7 @@ from .base import (
     Learner,
     Param,
     allocate,
+    allocation_entries,
     allocation_names,
     check_allocator,
     check_params,
@@ -30,9 +31,10 @@ from .base import (
     register_learner,
 )
 
-__all__ = ["ALLOCATORS", "AllocationInput", "Allocator", "GRANULARITIES", "LEARNERS", "Learner", "Param", "allocate",
-           "allocation_names", "check_allocator", "check_params", "curve_allocators", "declared_defaults",
-           "describe_allocators", "groups", "learns_while_pruning", "register_allocator", "register_learner"]
+__all__ = ["ALLOCATORS", "AllocationInput", "Allocator", "GRANULARITIES", "LEARNERS", "Learner", "Param",
+           "allocate", "allocation_entries", "allocation_names", "check_allocator", "check_params",
+           "curve_allocators", "declared_defaults", "describe_allocators", "groups", "learns_while_pruning",
+           "register_allocator", "register_learner"]
 
 # Register the built-in allocators (each file adds itself to ALLOCATORS, in this order in every menu).
 from . import uniform  # noqa: E402,F401,I001

@@ -193,6 +193,11 @@ def allocation_names() -> list[str]:
     return ALLOCATORS.names() + LEARNERS.names()
 
 
+def allocation_entries() -> dict[str, Allocator]:
+    """Every allocator and learner by name, in menu order (for help texts and generated models)."""
+    return {**ALLOCATORS, **LEARNERS}
+
+
 def check_allocator(name: str) -> Allocator:
     """The allocator or learner ``name``, or a refusal naming the allowed ones and the closest."""
     if isinstance(name, str) and name in LEARNERS:
@@ -213,8 +218,7 @@ def learns_while_pruning(name: str) -> bool:
 def describe_allocators() -> str:
     """Every allocator with its summary and public parameters (default, allowed values, meaning), for help."""
     lines = []
-    for name in allocation_names():
-        allocator = check_allocator(name)
+    for name, allocator in allocation_entries().items():
         lines.append(f"  {name:<15} {allocator.summary}")
         for p in allocator.public_params():
             extra = "".join(f", {metric}: {value!r}" for metric, value in p.by_metric)
