@@ -37,10 +37,11 @@ def main() -> None:
     import torch
 
     from workbench.distributed import RayFitnessPool, WorkerSpec, build_context
-    from workbench.search import Search, SearchConfig
+    from workbench.search import Search, SearchConfig, SearchSetup
+    from workbench.spec import CalibrationSpec, ModelSpec
 
     config = SearchConfig(sparsity=0.7, population=args.population, generations=args.generations)
-    spec = WorkerSpec(model=args.model, config=config.to_dict(), threads=1)
+    spec = WorkerSpec(SearchSetup(ModelSpec(name=args.model), CalibrationSpec(), config), threads=1)
     cores = os.cpu_count() or 1
     rows, histories, memory = [], {}, []
     with tempfile.TemporaryDirectory() as tmp:

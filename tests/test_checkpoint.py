@@ -165,7 +165,7 @@ def test_sharded_compressed_checkpoint_round_trips(tmp_path):
 def test_formats_refused_with_the_allowed_values():
     assert resolve_format("compressed", "2:4") == "sparse-24-bitmask"
     assert resolve_format("compressed", "4:8") == "sparse-bitmask"
-    with pytest.raises(ValueError, match=r"format='zip' is not supported; allowed: \['dense', 'compressed'"):
+    with pytest.raises(ValueError, match=r"format='zip' is not allowed; allowed: \['dense', 'compressed'"):
         resolve_format("zip", "unstructured")
     with pytest.raises(ValueError, match="needs a 2:4 profile, but the pattern is 'unstructured'"):
         resolve_format("sparse-24-bitmask", "unstructured")

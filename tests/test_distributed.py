@@ -25,11 +25,12 @@ from workbench.distributed import (  # noqa: E402
     check_workers,
     grid_runner,
 )
-from workbench.search import Search, SearchConfig  # noqa: E402
+from workbench.search import Search, SearchConfig, SearchSetup  # noqa: E402
+from workbench.spec import CalibrationSpec, ModelSpec  # noqa: E402
 
 CONFIG = SearchConfig(sparsity=0.5, population=6, generations=3, elite=1, fitness_windows=2, fitness_seqlen=64,
                       cheap_windows=1, cheap_seqlen=32, promote=1)
-SPEC = WorkerSpec(model="tiny-llama", config=CONFIG.to_dict(), nsamples=4, seqlen=32, threads=1)
+SPEC = WorkerSpec(SearchSetup(ModelSpec(name="tiny-llama"), CalibrationSpec(nsamples=4, seqlen=32), CONFIG), threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -294,14 +294,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Evolutionary search over DSA allocation functions (+ random baseline), checkpointed in --out."""
-    from .models import load_model, model_hash
-    from .prune import DenseCache
-    from .search import Search, SearchConfig, SearchContext
+    from .models import model_hash
+    from .search import Search, SearchConfig, SearchSetup
+    from .spec import RunSpec
 
-    data_mod.check_dataset(args.calib_dataset, "calib_dataset")
-    data_mod.check_held_out(args.fitness_dataset, "fitness_dataset")
     given = {name: getattr(args, name) for name in SearchConfig.model_fields if getattr(args, name, None) is not None}
     config = SearchConfig(**given, **({"random_baseline": False} if args.no_random_baseline else {}))
+    run = RunSpec.from_flat(_given(args, (*MODEL_ARGS, "calib_dataset", "nsamples", "seqlen")), seed=config.seed)
+    setup = SearchSetup(run.model, run.calibration, config, args.fitness_dataset)
     out = Path(args.out)
     if (out / "state.json").exists() and not args.resume:
         raise WorkbenchError(f"--out {out} already holds a search; add --resume to continue it")
@@ -312,18 +312,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         from .distributed import search_threads
 
         torch.set_num_threads(search_threads(args.workers))
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
-                                  trust_remote_code=args.trust_remote_code)
-    calibration = data_mod.calibration_samples(tokenizer, args.calib_dataset, args.nsamples, args.seqlen, config.seed)
-    cache = DenseCache.build(model, calibration, ("sq_norm",))
-    ctx = SearchContext(model, tokenizer, cache, config, dataset=args.fitness_dataset)
-    meta = {"model": {"id": args.model, "weight_sha256": model_hash(model)}, "calibration": cache.provenance,
+    model, _tokenizer, ctx = setup.build()
+    meta = {"model": {"id": run.model.name, "weight_sha256": model_hash(model)}, "calibration": ctx.cache.provenance,
             "fitness": ctx.fitness_data, "metric": "wanda"}
     pool = None
     if args.workers is not None:
-        from .distributed import RayFitnessPool, search_spec
+        from .distributed import RayFitnessPool, WorkerSpec, search_threads
 
-        pool = RayFitnessPool(search_spec(args, config), args.workers, args.address)
+        pool = RayFitnessPool(WorkerSpec(setup, search_threads(args.workers)), args.workers, args.address)
     try:
         search = Search(ctx, config, out, resume=args.resume, meta=meta, pool=pool)
         best = search.run()
@@ -483,9 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="evolutionary search over DSA allocation functions")
     _add_model_args(p)
     _add_search_args(p)
-    p.add_argument("--calib-dataset", default="embedded")
-    p.add_argument("--nsamples", type=int, default=None)
-    p.add_argument("--seqlen", type=int, default=None)
+    _add_spec_args(p, ("calib_dataset", "nsamples", "seqlen"))
     p.add_argument("--fitness-dataset", default="embedded", help="dataset whose validation split scores candidates")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
     p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")

@@ -73,7 +73,7 @@ _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-pack
               "__pycache__", "ensurepip", "tkinter", "__phello__"}
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(WorkbenchError):
     """A paper dataset could not be fetched (no network or hub cache)."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from .errors import WorkbenchError
 
 CONNECT_TIMEOUT_S = 10.0
+MAX_RETRIES = 3  # a job whose worker dies is re-run on a replacement at most this often
 
 
 def check_workers(workers: Any) -> int:
@@ -115,35 +116,17 @@ RETRY = object()  # what ``failed`` returns to have :func:`work_loop` run a job 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a search worker needs to build the same candidate context as the driver."""
+    """What a search worker needs: the search's setup (model, calibration, search spec, fitness dataset), from
+    which it builds the same candidate context as the driver, and its thread count."""
 
-    model: str
-    config: dict  # SearchConfig.to_dict()
-    dtype: str = "float32"
-    device: str = "cpu"
-    trust_remote_code: bool = False
-    calib_dataset: str = "embedded"
-    nsamples: int | None = None
-    seqlen: int | None = None
-    seed: int = 0
-    fitness_dataset: str = "embedded"
+    setup: Any  # workbench.search.SearchSetup
     threads: int = 1
     env: dict = field(default_factory=dict)
 
 
 def build_context(spec: WorkerSpec):
     """(model, tokenizer, SearchContext) from ``spec``: the driver and every worker build it the same way."""
-    from . import data as data_mod
-    from .models import load_model
-    from .prune import DenseCache
-    from .search import SearchConfig, SearchContext
-
-    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device,
-                                  trust_remote_code=spec.trust_remote_code)
-    calibration = data_mod.calibration_samples(tokenizer, spec.calib_dataset, spec.nsamples, spec.seqlen, spec.seed)
-    cache = DenseCache.build(model, calibration, ("sq_norm",), progress=False)
-    ctx = SearchContext(model, tokenizer, cache, SearchConfig(**spec.config), dataset=spec.fitness_dataset)
-    return model, tokenizer, ctx
+    return spec.setup.build(progress=False)
 
 
 class _Worker:
@@ -213,9 +196,15 @@ class RayFitnessPool:
                 self.on_submit(self.actors[slot], index)
             return ref
 
-        def failed(slot: int, _index: int, err: Exception):
+        deaths: dict[int, int] = {}
+
+        def failed(slot: int, index: int, err: Exception):
             if not isinstance(err, ray.exceptions.RayActorError):
                 raise err
+            deaths[index] = deaths.get(index, 0) + 1
+            if deaths[index] > MAX_RETRIES:  # a worker that cannot even start would be replaced for ever
+                raise RuntimeError(f"job {index} lost its worker {deaths[index]} times; last: "
+                                   f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
             self.actors[slot] = self._start()  # a fresh worker builds its context again
             self.replaced += 1
             return RETRY
@@ -233,15 +222,6 @@ class RayFitnessPool:
 def search_threads(workers: int) -> int:
     """Threads of each search worker (and of the driver): the machine's cores shared among the workers."""
     return max(1, (os.cpu_count() or 1) // workers)
-
-
-def search_spec(args, config) -> WorkerSpec:
-    """The worker spec of a ``workbench search`` command line."""
-    threads = search_threads(args.workers)
-    return WorkerSpec(model=args.model, config=config.to_dict(), dtype=args.dtype, device=args.device,
-                      trust_remote_code=args.trust_remote_code, calib_dataset=args.calib_dataset,
-                      nsamples=args.nsamples, seqlen=args.seqlen, seed=config.seed,
-                      fitness_dataset=args.fitness_dataset, threads=threads)
 
 
 # --------------------------------------------------------------------------- grid workers

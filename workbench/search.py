@@ -63,7 +63,7 @@ from .evaluate import perplexity_from_ids, window_kl, window_log_probs
 from .models import layer_infos, prunable_linears
 from .registry import Plugin, Registry
 from .results import write_json_atomic
-from .spec import Spec
+from .spec import CalibrationSpec, ModelSpec, Spec
 
 STATE_VERSION = 5  # 5: no score shared between kinds, paid fitness per record, held-out re-score
 NOVELTY_TRIES = 50  # redraws of a child (or random draw) whose function was already evaluated
@@ -143,6 +143,33 @@ class SearchConfig(Spec):
 
 
 SearchSpec = SearchConfig  # the search specification, beside workbench.spec.RunSpec
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """What a search runs on: the model and calibration sections of a run specification, the search specification
+    and the dataset whose validation split scores candidates. The CLI and every Ray worker build the same
+    candidate context from it (:meth:`build`)."""
+
+    model: ModelSpec
+    calibration: CalibrationSpec
+    search: SearchConfig
+    fitness_dataset: str = "embedded"
+
+    def __post_init__(self) -> None:
+        check_held_out(self.fitness_dataset, "fitness_dataset")
+
+    def build(self, progress: bool = True):
+        """(model, tokenizer, SearchContext): the model loaded, its dense Wanda statistics, the candidate context."""
+        from .data import calibration_samples
+        from .models import load_model
+        from .prune import DenseCache
+
+        m, c = self.model, self.calibration
+        model, tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+        calibration = calibration_samples(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
+        cache = DenseCache.build(model, calibration, ("sq_norm",), progress=progress)
+        return model, tokenizer, SearchContext(model, tokenizer, cache, self.search, dataset=self.fitness_dataset)
 
 
 # --------------------------------------------------------------------------- cheap candidate evaluation
