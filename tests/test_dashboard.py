@@ -240,3 +240,33 @@ def test_curves_are_computed_off_the_server_thread(tmp_path):
     services.close()
     assert app.busy == "" and app.curve_figure.layout.title.text.startswith("tiny-neox: layer-wise")
     assert app.curve_text.startswith("uniform @ 0.7: 0.7000 0.7000 0.7000")
+
+
+def test_a_stale_curve_request_does_not_clear_the_learner_message(tmp_path, monkeypatch):
+    """Found by the browser test on a loaded machine: curves asked for before BESA was chosen finished after it
+    and cleared BESA's 'press Prune & evaluate' message. A newer choice drops the older request."""
+    release = threading.Event()
+    real = app_mod._compute_curves
+
+    def slow(*args, **kwargs):
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_mod, "_compute_curves", slow)
+    config = DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=2, seqlen=32,
+                             eval_seqlen=128, results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
+    services = DashboardServices(config)
+    try:
+        app = Dashboard(services)
+        app.sparsity = "0.6"  # a curve request, still computing
+        assert app._pending is not None
+        app.allocation = "besa"  # a learner: its message replaces the request
+        assert "press Prune & evaluate" in app.message
+        release.set()
+        time.sleep(0.5)
+        app.poll()
+        assert "press Prune & evaluate" in app.message
+        assert app._pending is None and app.busy == ""
+    finally:
+        release.set()
+        services.close()

@@ -223,10 +223,12 @@ class Dashboard(pn.viewable.Viewer):
         try:
             sparsity = self.target()
         except WorkbenchError as err:
+            self._pending, self.busy = None, ""
             self._fail(str(err))
             return
         chosen, model = self.allocation, self.model
         if learns_while_pruning(chosen) and (model, f"{sparsity:g}") not in self.learned:
+            self._pending, self.busy = None, ""  # an older request's curves must not clear this message when done
             self._fail(f"{chosen} learns its allocation while pruning: press Prune & evaluate to see its curve "
                        f"at {sparsity:g}")
             return
