@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import re
 import sys
@@ -79,12 +80,17 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
     _add_spec_args(p, PLACEMENT_ARGS)
 
 
-def _spec_defaults(names: tuple[str, ...]) -> dict:
-    """The spec's defaults of ``names`` (for commands that read ``args.model`` etc. directly)."""
+@functools.cache
+def _default_settings() -> dict:
+    """Every run setting's default, from the spec (built once per process)."""
     from .spec import RunSpec
 
-    flat = RunSpec().flat()
-    return {name: flat[name] for name in names}
+    return RunSpec().flat()
+
+
+def _spec_defaults(names: tuple[str, ...]) -> dict:
+    """The spec's defaults of ``names`` (for commands that read ``args.model`` etc. directly)."""
+    return {name: _default_settings()[name] for name in names}
 
 
 def _given(args: argparse.Namespace, names) -> dict:

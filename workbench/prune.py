@@ -102,7 +102,7 @@ def _method(method: MethodSpec | None, settings: dict[str, Any]) -> tuple[Method
     if isinstance(allocation, str) and allocation != "dense":
         entry = check_allocator(allocation)
         internal = {k: params.pop(k) for k in list(params) if (p := entry.param(k)) is not None and p.internal}
-    return MethodSpec(**settings, allocation={"name": allocation, **params}), internal
+    return MethodSpec.model_validate({**settings, "allocation": {"name": allocation, **params}}), internal
 
 
 def _validate(layout: ModelStructure, method: MethodSpec, learner: bool, profile: SparsityProfile | None, cache,

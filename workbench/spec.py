@@ -77,16 +77,11 @@ def _did_you_mean(key: str, allowed: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-class Spec(BaseModel):
-    """Base of every section: unknown keys refused, frozen, refusals as WorkbenchError."""
+class Section(BaseModel):
+    """Base of every section: unknown keys refused, frozen; ``model_validate`` refuses with a WorkbenchError.
+    (No ``__init__`` of its own: pydantic would then validate a nested section twice.)"""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def __init__(self, **data: Any):
-        try:
-            super().__init__(**data)
-        except ValidationError as err:
-            raise _refusal(err, type(self)) from None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any):  # type: ignore[override]
@@ -98,6 +93,16 @@ class Spec(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The settings given (defaults left out), as JSON-ready values; ``model_validate`` reads it back."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+
+class Spec(Section):
+    """A whole specification (never nested in another): built directly, it refuses with a WorkbenchError too."""
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise _refusal(err, type(self)) from None
 
 
 def _count(name: str, value: Any, low: int, optional: bool = True) -> Any:
@@ -119,7 +124,7 @@ def _text(name: str, value: Any) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-class ModelSpec(Spec):
+class ModelSpec(Section):
     """Which model, in which dtype, on which device."""
 
     name: str = Field("smollm2-135m", description="embedded (smollm2-135m), a tiny test model (tiny-llama, ...), a "
@@ -154,7 +159,7 @@ class ModelSpec(Spec):
         return value
 
 
-class PlacementSpec(Spec):
+class PlacementSpec(Section):
     """Where the model and the activations live while a run prunes and evaluates (:mod:`workbench.offload`)."""
 
     onload: StrictBool = Field(False, description="keep the model in CPU memory and move one block at a time to the "
@@ -171,7 +176,7 @@ class PlacementSpec(Spec):
         return bool(self.onload or self.offload_dir or self.activations)
 
 
-class CalibrationSpec(Spec):
+class CalibrationSpec(Section):
     """The calibration windows: dataset, how many, how long, drawn with which seed."""
 
     dataset: str = Field("embedded", description=f"one of {data_mod.DATASETS.names()} or a local UTF-8 text file "
@@ -207,7 +212,7 @@ class CalibrationSpec(Spec):
                 "seqlen": self.seqlen or defaults["seqlen"], "seed": self.seed}
 
 
-class AllocationBase(Spec):
+class AllocationBase(Section):
     """An allocator (or learner) by name with the parameters given; unset ones take the declared default."""
 
     name: str
@@ -268,7 +273,7 @@ def check_allocation_name(name: Any) -> str:
     return name
 
 
-class MethodSpec(Spec):
+class MethodSpec(Section):
     """How a run prunes: metric, target, pattern, comparison group, capture mode and the allocation."""
 
     metric: str = Field("wanda", description="pruning metric: magnitude | wanda | sparsegpt")
@@ -340,7 +345,7 @@ class MethodSpec(Spec):
         return any(isinstance(v, str) and v == "auto" for v in self.allocation.params().values())
 
 
-class EvaluationSpec(Spec):
+class EvaluationSpec(Section):
     """What is measured after pruning: perplexity (papers' protocol) and/or zero-shot accuracy."""
 
     evals: tuple[Literal["ppl", "zero-shot"], ...] = Field(("ppl",), description="ppl, zero-shot, or both")
@@ -393,7 +398,7 @@ class EvaluationSpec(Spec):
         return self
 
 
-class SaveSpec(Spec):
+class SaveSpec(Section):
     """Where and how the pruned model is written (nothing when ``dir`` is unset)."""
 
     dir: str | None = Field(None, description="write safetensors + sparsity_profile.json here")
