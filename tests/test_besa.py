@@ -13,6 +13,7 @@ from workbench.backend.reference import prune_counts
 from workbench.calibrate import calibrate
 from workbench.cli import main as cli_main
 from workbench.data import calibration_samples
+from workbench.errors import WorkbenchError
 from workbench.models import layer_infos, load_model, prunable_linears, weight_hash
 from workbench.prune import prune
 from workbench.pruners import layer_scores
@@ -414,6 +415,14 @@ def test_prodigy_without_its_package_is_refused_before_the_model_is_touched(cali
         prune(model, tok, metric="wanda", allocation="besa", sparsity=0.5, calibration=calib, progress=False,
               allocation_params={"optimizer": "prodigy"})
     assert weight_hash(model) == before
+
+
+@pytest.mark.parametrize("lr", [True, "0.1", 0.0, -1.0])
+def test_a_learner_built_directly_refuses_a_learning_rate_that_is_not_a_positive_number(lr):
+    """BesaLearner's own check, for callers that skip the allocator's Param check (mutant __post_init__ _48)."""
+    with pytest.raises(WorkbenchError, match=f"lr={lr!r} must be a number > 0"):
+        besa_mod.BesaLearner({}, target=0.5, lr=lr)
+    assert besa_mod.BesaLearner({}, target=0.5, lr=0.01).lr == 0.01
 
 
 def test_allocate_points_to_prune():
