@@ -17,6 +17,7 @@ import pytest
 import workbench.search as search_mod
 from workbench.allocation.dsa import ops
 from workbench.allocation.dsa.function import MAX_CHAIN, AllocationFunction
+from workbench.errors import WorkbenchError
 from workbench.search import (
     NOVELTY_TRIES,
     Search,
@@ -884,3 +885,23 @@ def test_the_dsa_public_function_set_stays_in_the_public_space():
     with pytest.raises(ValueError, match=r"function_set='paper' is not allowed; allowed: "
                                          r"\['workbench', 'dsa-public'\]"):
         SearchConfig(sparsity=0.5, function_set="paper")
+
+
+def test_the_search_setup_builds_the_candidate_context_from_its_specs():
+    """What the CLI and every Ray worker build: the model and calibration of the run spec's sections, the dense
+    statistics of those windows, a context scoring with the search spec on the fitness dataset."""
+    from workbench.search import SearchSetup
+    from workbench.spec import CalibrationSpec, ModelSpec
+
+    config = SearchConfig(sparsity=0.5, population=4, generations=1, elite=1, fitness_windows=1, fitness_seqlen=64,
+                          cheap_windows=1, cheap_seqlen=32, heldout_windows=0)
+    setup = SearchSetup(ModelSpec(name="tiny-llama"), CalibrationSpec(nsamples=2, seqlen=32, seed=3), config)
+    model, tokenizer, ctx = setup.build(progress=False)
+    assert ctx.config is config and ctx.model is model and tokenizer is not None
+    prov = ctx.cache.provenance
+    assert (prov["dataset"], prov["nsamples"], prov["seqlen"], prov["seed"]) == ("embedded", 2, 32, 3)
+    assert all(s.n_windows == 2 and s.sq_norm is not None for s in ctx.cache.stats.values())
+    alloc = ctx.allocation(AllocationFunction(("abs",), "std", ("no_op",)))
+    assert math.isfinite(ctx.fitness(alloc["counts"], "cheap"))
+    with pytest.raises(WorkbenchError, match="fitness_dataset"):
+        SearchSetup(ModelSpec(), CalibrationSpec(), config, fitness_dataset="no-such-file.txt")
