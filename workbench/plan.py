@@ -86,7 +86,7 @@ def execute(plan: Plan, layout: ModelStructure, model: nn.Module, calibration: C
     def prune_units(names, stats):
         t0 = time.perf_counter()
         for name in names:
-            unit = plan.unit(name, -1)
+            unit = plan.unit(name, layout.block_of(name))
             prune_linear(linears[name], plan.metric, unit.sparsity, stats.get(name) if stats else None,
                          pattern=plan.pattern, group=plan.group,
                          row_sparsities=list(unit.rows) if unit.rows is not None else None)

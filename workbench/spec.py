@@ -105,7 +105,7 @@ class Spec(Section):
             raise _refusal(err, type(self)) from None
 
 
-def _count(name: str, value: Any, low: int, optional: bool = True) -> Any:
+def _count(name: str, low: int, optional: bool = True, *, value: Any) -> Any:
     """Today's check of an integer setting: None (when optional) or an integer >= ``low``, bools refused."""
     if value is None and optional:
         return value
@@ -113,6 +113,17 @@ def _count(name: str, value: Any, low: int, optional: bool = True) -> Any:
         words = "None (the default) or an integer" if optional else "an integer"
         raise WorkbenchError(f"{name}={value!r} must be {words} >= {low}")
     return value
+
+
+# The integer settings: (section, field) -> (flat name in errors, minimum, None allowed).
+_COUNTS = {("calibration", "nsamples"): ("nsamples", 1, True), ("calibration", "seqlen"): ("seqlen", 2, True),
+           ("calibration", "seed"): ("seed", 0, False), ("evaluation", "seqlen"): ("eval_seqlen", 2, True),
+           ("evaluation", "limit"): ("limit", 1, True)}
+
+
+def _dataset_named(name: str, value: Any) -> str:
+    """A dataset setting, refused under its own flat name (calib_dataset / eval_dataset)."""
+    return data_mod.check_dataset(_text(name, value), name)
 
 
 def _text(name: str, value: Any) -> str:
@@ -188,22 +199,12 @@ class CalibrationSpec(Section):
     @field_validator("dataset", mode="before")
     @classmethod
     def _dataset(cls, value: Any) -> str:
-        return data_mod.check_dataset(_text("calib_dataset", value), "calib_dataset")
+        return _dataset_named("calib_dataset", value)
 
-    @field_validator("nsamples", mode="before")
+    @field_validator("nsamples", "seqlen", "seed", mode="before")
     @classmethod
-    def _nsamples(cls, value: Any) -> Any:
-        return _count("nsamples", value, 1)
-
-    @field_validator("seqlen", mode="before")
-    @classmethod
-    def _seqlen(cls, value: Any) -> Any:
-        return _count("seqlen", value, 2)
-
-    @field_validator("seed", mode="before")
-    @classmethod
-    def _seed(cls, value: Any) -> Any:
-        return _count("seed", value, 0, optional=False)
+    def _counts(cls, value: Any, info) -> Any:
+        return _count(*_COUNTS["calibration", info.field_name], value=value)
 
     def provenance(self) -> dict[str, Any]:
         """What the record's calibration provenance will say (the dataset's defaults filled in)."""
@@ -369,17 +370,12 @@ class EvaluationSpec(Section):
     @field_validator("dataset", mode="before")
     @classmethod
     def _dataset(cls, value: Any) -> str:
-        return data_mod.check_dataset(_text("eval_dataset", value), "eval_dataset")
+        return _dataset_named("eval_dataset", value)
 
-    @field_validator("seqlen", mode="before")
+    @field_validator("seqlen", "limit", mode="before")
     @classmethod
-    def _seqlen(cls, value: Any) -> Any:
-        return _count("eval_seqlen", value, 2)
-
-    @field_validator("limit", mode="before")
-    @classmethod
-    def _limit(cls, value: Any) -> Any:
-        return _count("limit", value, 1)
+    def _counts(cls, value: Any, info) -> Any:
+        return _count(*_COUNTS["evaluation", info.field_name], value=value)
 
     @field_validator("tasks", mode="before")
     @classmethod
