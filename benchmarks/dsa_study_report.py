@@ -38,8 +38,6 @@ def baselines(folder: Path) -> dict[str, float]:
     out = {}
     for name, allocation, params in (("uniform", "uniform", {}), ("OWL", "owl", {"lam": 0.08, "M": 5}),
                                      ("DSA readme", "dsa", {"function": "readme"})):
-        if allocation == "dsa":
-            params["cached_block_scores"] = ctx.block_scores
         out[name] = ctx.fitness(ctx.counts_of(allocate(allocation, ctx.inputs, config.sparsity, **params)), "full")
     return out
 

@@ -89,7 +89,7 @@ def main() -> None:
     parts = {"model": sum(p.numel() * p.element_size() for p in ctx.model.parameters()),
              "dense copy of the prunable weights": sum(w.numel() * w.element_size()
                                                        for w in ctx.cache.weights.values()),
-             "Wanda scores (float32)": sum(s.numel() * s.element_size() for b in ctx.block_scores for s in b),
+             "Wanda scores (float32)": sum(s.numel() * s.element_size() for s in ctx.scores.values()),
              "per-row sort orders": sum(o.numel() * o.element_size() for o in ctx.orders.values())}
     print("a worker's context: " + ", ".join(f"{k} {v / 2 ** 30:.3f} GiB" for k, v in parts.items()))
     reference = histories["serial, 1 thread"]

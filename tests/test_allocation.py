@@ -194,8 +194,9 @@ def test_declared_defaults_are_the_published_ones_and_skip_unset_values():
 
     assert declared_defaults("owl") == {"lam": 0.08, "M": 5.0, "clamp": "safe", "granularity": "block"}
     assert declared_defaults("alphapruning") == {"epsilon": 0.3, "granularity": "block"}
-    assert declared_defaults("dlp") == {"alpha": 0.15, "strategy": "median", "clamp": "safe"}
-    assert declared_defaults("uniform") == {}
+    assert declared_defaults("dlp") == {"alpha": 0.15, "strategy": "median", "clamp": "safe", "granularity": "block"}
+    assert declared_defaults("uniform") == {"granularity": "block"}
+    assert declared_defaults("er") == {"granularity": "projection"}
     besa = declared_defaults("besa")
     assert "lr" not in besa and besa["beta"] == 5.0  # lr has no metric-independent default (None)
 

@@ -82,8 +82,8 @@ def test_owl_allocator_computes_lod_and_maps_it():
     expected = _closed_form(lod, 0.6, 0.1)
     assert list(prof.block_means().values()) == pytest.approx(expected)
     assert prof.layers["b1.a"] == prof.layers["b1.b"]  # one ratio per block
-    per_layer = allocate("owl", _inputs_with_lod(counts), 0.6, lam=0.1, M=5, granularity="layer")
-    assert per_layer.granularity == "layer" and per_layer.mean() == pytest.approx(0.6, abs=1e-6)
+    per_layer = allocate("owl", _inputs_with_lod(counts), 0.6, lam=0.1, M=5, granularity="layer")  # older name
+    assert per_layer.granularity == "projection" and per_layer.mean() == pytest.approx(0.6, abs=1e-6)
 
 
 def test_reallocation_reuses_derived_statistics_and_equals_a_fresh_one():
@@ -408,14 +408,27 @@ def test_renormalise_accepts_the_ends_of_its_range_and_names_the_rest():
         renormalise(raw, weights, 0.995, 0.99)
 
 
-def test_groups_by_block_or_by_layer():
+def test_groups_by_block_sublayer_or_projection():
     from workbench.allocation import groups
 
     inputs = AllocationInput({f"b{b}.{p}": LayerInfo(f"b{b}.{p}", b, 4, 4) for b in range(2) for p in "xy"})
-    assert groups(inputs, "block") == {"0": ["b0.x", "b0.y"], "1": ["b1.x", "b1.y"]}
-    assert groups(inputs, "layer") == {n: [n] for n in inputs.layers}
-    with pytest.raises(ValueError, match=r"^granularity='row' is not allowed; allowed: \['block', 'layer'\]$"):
+    assert groups(inputs, "block") == {"block 0": ["b0.x", "b0.y"], "block 1": ["b1.x", "b1.y"]}
+    assert groups(inputs, "projection") == {n: [n] for n in inputs.layers}
+    with pytest.raises(ValueError, match=r"^granularity='row' is not allowed; allowed: "
+                                         r"\['block', 'sublayer', 'projection'\]$"):
         groups(inputs, "row")
+    # sublayer = the block's child that holds the linear; names that break the pattern: the block index appears
+    # twice (an expert numbered like its block), a linear directly under its block, interleaved children
+    names = ["m.layers.1.attn.q", "m.layers.1.mlp.experts.1.down", "m.layers.1.attn.o", "m.layers.1.gate",
+             "m.layers.1.mlp.up"]
+    inputs = AllocationInput({n: LayerInfo(n, 1, 4, 4) for n in names})
+    assert groups(inputs, "sublayer") == {
+        "block 1 attn": ["m.layers.1.attn.q", "m.layers.1.attn.o"],
+        "block 1 mlp": ["m.layers.1.mlp.experts.1.down", "m.layers.1.mlp.up"],
+        "block 1 gate": ["m.layers.1.gate"]}
+    # a recorded sublayer (what models.py fills in) wins over the name
+    inputs = AllocationInput({"x.1.a": LayerInfo("x.1.a", 1, 2, 2, sublayer="attention")})
+    assert groups(inputs, "sublayer") == {"block 1 attention": ["x.1.a"]}
 
 
 def test_check_lambda_accepts_its_closed_range_and_names_anything_else():

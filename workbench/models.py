@@ -283,7 +283,8 @@ class ModelStructure:
 
     def layer_infos(self) -> dict[str, LayerInfo]:
         """The allocators' view of every prunable linear (name, block, shape), in model order."""
-        return {name: LayerInfo(name, i, lin.out_features, lin.in_features)
+        return {name: LayerInfo(name, i, lin.out_features, lin.in_features,
+                                sublayer=name[len(f"{self.prefix}.{i}."):].split(".", 1)[0])
                 for i, block in enumerate(self.block_linears) for name, lin in block.items()}
 
 

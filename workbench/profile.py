@@ -1,9 +1,9 @@
 """SparsityProfile: how sparse each prunable linear is (always sparsity = fraction of zeros, never density).
 
 A profile maps every prunable linear (full dotted name) to a sparsity in [0, 1). Allocators that work
-per row (BESA row-wise) add a per-row list for a layer. The profile records its granularity, the
-allocator and its parameters, the target and the parameter-weighted mean it reaches, and round-trips
-through JSON.
+per row (BESA row-wise) add a per-row list for a layer. The profile records its granularity (the allocation
+unit: block, sublayer or projection; ``units`` names each linear's unit), the allocator and its parameters,
+the target and the parameter-weighted mean it reaches, and round-trips through JSON.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WorkbenchError
+from .units import GRANULARITIES as UNIT_GRANULARITIES
+from .units import LEGACY_GRANULARITIES, unit_of
 
-GRANULARITIES = ("uniform", "block", "layer", "row")
+# what a profile may record: uniform, an allocation unit (block / sublayer / projection), or BESA's rows
+GRANULARITIES = ("uniform", *UNIT_GRANULARITIES, "row")
 
 
 @dataclass
@@ -31,8 +34,10 @@ class SparsityProfile:
     params: dict[str, Any] = field(default_factory=dict)
     rows: dict[str, list[float]] = field(default_factory=dict)
     blocks: dict[str, int] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)  # linear -> its allocation unit (``block 3 mlp``, ...)
 
     def __post_init__(self) -> None:
+        self.granularity = LEGACY_GRANULARITIES.get(self.granularity, self.granularity)
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -45,6 +50,8 @@ class SparsityProfile:
             raise WorkbenchError("profile layers and numels name different layers")
         for name, value in self.layers.items():
             check_sparsity(value, f"sparsity of {name}")
+        if self.units and set(self.units) != set(self.layers):
+            raise WorkbenchError("profile units and layers name different layers")
         for name, values in self.rows.items():
             if name not in self.layers:
                 raise WorkbenchError(f"row sparsities given for unknown layer {name!r}")
@@ -74,18 +81,37 @@ class SparsityProfile:
             acc[1] += self.numels[name]
         return {b: s / n for b, (s, n) in sorted(sums.items())}
 
+    def unit_names(self) -> dict[str, str]:
+        """Each linear's allocation unit (recorded, else derived from the granularity and blocks)."""
+        if self.units:
+            return dict(self.units)
+        unit = {"uniform": "block", "row": "projection"}.get(self.granularity, self.granularity)
+        if not self.blocks:  # without the block structure only the linears themselves are known
+            unit = "projection"
+        return {n: unit_of(n, self.blocks.get(n, 0), unit) for n in self.layers}
+
+    def unit_means(self) -> dict[str, float]:
+        """Parameter-weighted mean sparsity of each allocation unit, in model order: one point per unit."""
+        sums: dict[str, list[float]] = {}
+        for name, unit in self.unit_names().items():
+            acc = sums.setdefault(unit, [0.0, 0.0])
+            acc[0] += self.layers[name] * self.numels[name]
+            acc[1] += self.numels[name]
+        return {u: s / n if n else 0.0 for u, (s, n) in sums.items()}
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "mean": self.mean(), "allocator": self.allocator,
                 "granularity": self.granularity, "params": self.params, "layers": self.layers,
-                "numels": self.numels, "blocks": self.blocks, "rows": self.rows}
+                "numels": self.numels, "blocks": self.blocks, "units": self.units, "rows": self.rows}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SparsityProfile:
         return cls(layers={k: float(v) for k, v in data["layers"].items()},
                    numels={k: int(v) for k, v in data["numels"].items()}, target=float(data["target"]),
                    allocator=data["allocator"], granularity=data.get("granularity", "layer"),
-                   params=data.get("params", {}), rows=data.get("rows", {}), blocks=data.get("blocks", {}))
+                   params=data.get("params", {}), rows=data.get("rows", {}), blocks=data.get("blocks", {}),
+                   units=data.get("units", {}))
 
     def save(self, path: str | Path) -> Path:
         from .results import write_json_atomic

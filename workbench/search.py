@@ -47,13 +47,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, StrictBool, model_validator
 from tqdm.auto import tqdm
 
-from .allocation import AllocationInput, groups
+from .allocation import AllocationInput
 from .allocation.dsa import ops
 from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
 from .backend import kernels
@@ -107,6 +107,9 @@ class SearchConfig(Spec):
     function_set: str = Field("workbench", description="ops the functions may use: every op with λ and direction "
                                                        "searched (workbench), or the public DSA code's space "
                                                        "(dsa-public: its ops only, direction +1, λ 0.08)")
+    granularity: Literal["block", "sublayer", "projection"] = Field(
+        "block", description="allocation unit the functions are searched at: block (the paper), sublayer "
+                             "(attention / MLP of each block) or projection (each linear)")
 
     @model_validator(mode="before")
     @classmethod
@@ -199,7 +202,7 @@ class SearchContext:
         cache.restore(model)
         scores = {n: layer_scores("wanda", lin.weight, stats[n]) for n, lin in self.linears.items()}
         self.inputs = AllocationInput(layer_infos(model), scores.__getitem__, weights=cache.weights.__getitem__)
-        self.block_scores = [[scores[n] for n in names] for names in groups(self.inputs, "block").values()]
+        self.scores = scores
         self.orders = {n: kernels.row_order(s) for n, s in scores.items()}
         self.counts = {n: 0 for n in self.linears}  # pruned weights per row, as the model holds them now
         self.stages = {"full": (config.fitness, config.fitness_windows, config.fitness_seqlen)}
@@ -237,14 +240,14 @@ class SearchContext:
 
     # -- allocation
     def allocation(self, fn: AllocationFunction) -> dict:
-        """Per-block ratios and per-linear counts of ``fn``, or invalid with the reason."""
+        """Per-unit ratios and per-linear counts of ``fn``, or invalid with the reason."""
         try:
-            profile = dsa(self.inputs, self.config.sparsity, fn, cached_block_scores=self.block_scores)
+            profile = dsa(self.inputs, self.config.sparsity, fn, granularity=self.config.granularity)
         except InvalidFunction as err:
             return {"valid": False, "error": str(err), "ratios": None, "counts": None, "allocation_key": None}
         counts = self.counts_of(profile)
         key = allocation_key(counts)
-        return {"valid": True, "error": None, "ratios": list(profile.block_means().values()), "counts": counts,
+        return {"valid": True, "error": None, "ratios": list(profile.unit_means().values()), "counts": counts,
                 "allocation_key": key}
 
     def counts_of(self, profile) -> dict[str, int]:
@@ -270,10 +273,11 @@ class SearchContext:
 
     def baseline_counts(self) -> dict[str, dict[str, int]]:
         """Counts of the hand-made allocations a search should beat: uniform, and OWL at its defaults (same
-        scores, same masking as every candidate)."""
+        scores, same masking, same granularity as every candidate)."""
         from .allocation import allocate
 
-        return {name: self.counts_of(allocate(name, self.inputs, self.config.sparsity)) for name in ("uniform", "owl")}
+        return {name: self.counts_of(allocate(name, self.inputs, self.config.sparsity,
+                                              granularity=self.config.granularity)) for name in ("uniform", "owl")}
 
     def restore(self) -> None:
         """The dense weights back (the model as it was before the search)."""
@@ -470,7 +474,7 @@ class Search:
             if not resume:
                 raise WorkbenchError(f"out={str(self.out)!r} already holds a search; pass resume=True (--resume)")
             self.state = load_state(self.state_path)
-            if self.state.config != config.to_dict():
+            if {"granularity": "block", **self.state.config} != config.to_dict():  # older: blocks only
                 raise WorkbenchError(f"the checkpoint's configuration {self.state.config} differs from "
                                      f"{config.to_dict()}")
         else:

@@ -32,7 +32,6 @@ class Session:
         self.model_name, self.device, self.progress = model, device, progress
         self.calibration_settings = {"nsamples": nsamples, "seqlen": seqlen, "seed": seed}
         self._model = self._tokenizer = self._cache = self._inputs = None
-        self._block_scores = None
         self._state_lock = threading.Lock()  # lazy loading
         self.run_lock = threading.Lock()  # one prune-and-evaluate run at a time
 
@@ -86,17 +85,7 @@ class Session:
     # ------------------------------------------------------------------ allocation
     def profile(self, allocation: str, sparsity: float, **params: Any) -> SparsityProfile:
         """The allocator's profile for ``sparsity`` from the cached dense statistics (no forward pass)."""
-        allocator = check_allocator(allocation)
-        inputs = self.inputs()
-        if allocator.param("cached_block_scores") is not None:  # DSA: block scores reused across functions
-            from .allocation.dsa.function import block_scores
-
-            if self._block_scores is None:
-                self._block_scores = block_scores(inputs)
-            params.setdefault("cached_block_scores", self._block_scores)
-        profile = allocate(allocation, inputs, sparsity, **params)
-        profile.params.pop("cached_block_scores", None)
-        return profile
+        return allocate(allocation, self.inputs(), sparsity, **params)
 
     def curves(self, sparsity: float, lam: float = 0.08, M: float = 5.0, function: Any = "readme",
                allocators: tuple[str, ...] = CURVE_ALLOCATORS, params: dict[str, dict] | None = None,

@@ -221,9 +221,12 @@ class AllocationBase(Section):
     @model_validator(mode="before")
     @classmethod
     def _declared(cls, data: Any) -> Any:
-        """Unknown keys and values out of their declared range, refused in today's words."""
+        """Unknown keys and values out of their declared range, refused in today's words; an older alias
+        (``granularity: layer``) is stored under its current name."""
         if isinstance(data, dict) and data.get("name") not in (None, DENSE):
-            check_params(data["name"], {k: v for k, v in data.items() if k != "name"})
+            given = {k: v for k, v in data.items() if k != "name"}
+            checked = check_params(data["name"], given)
+            data = {"name": data["name"], **{k: checked[k] if isinstance(v, str) else v for k, v in given.items()}}
         return data
 
     def params(self) -> dict[str, Any]:

@@ -18,6 +18,29 @@ from torch import nn
 from .errors import WorkbenchError
 
 
+GRANULARITIES = ("block", "sublayer", "projection")  # the allocation unit: a block, a block's child, a linear
+LEGACY_GRANULARITIES = {"layer": "projection"}  # older profiles and settings said "layer" for one linear
+
+
+def sublayer_of(name: str, block: int) -> str:
+    """The block's direct child that holds linear ``name`` (``self_attn``, ``mlp``, ...): the segment after the
+    first ``.<block>.`` of the name; a linear directly under its block is its own sublayer."""
+    parts = name.split(".")
+    rest = parts[parts.index(str(block)) + 1:] if str(block) in parts else []
+    return rest[0] if rest else name
+
+
+def unit_of(name: str, block: int, granularity: str, sublayer: str | None = None) -> str:
+    """The allocation unit of linear ``name`` at ``granularity``: ``block 3``, ``block 3 mlp`` or the name."""
+    if granularity == "block":
+        return f"block {block}"
+    if granularity == "sublayer":
+        return f"block {block} {sublayer or sublayer_of(name, block)}"
+    if granularity == "projection":
+        return name
+    raise WorkbenchError(f"granularity={granularity!r} is not allowed; allowed: {list(GRANULARITIES)}")
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """What an allocator may know about one prunable linear without its weights."""
@@ -26,10 +49,15 @@ class LayerInfo:
     block: int
     out_features: int
     in_features: int
+    sublayer: str | None = None  # the block's child that holds it (attention, MLP); derived from the name if None
 
     @property
     def numel(self) -> int:
         return self.out_features * self.in_features
+
+    def unit(self, granularity: str) -> str:
+        """This linear's allocation unit at ``granularity`` (see :func:`unit_of`)."""
+        return unit_of(self.name, self.block, granularity, self.sublayer)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import hashlib
 import torch
 
 from ..errors import WorkbenchError
-from .base import GRANULARITIES, AllocationInput, Param, groups, register_allocator
+from .base import AllocationInput, Param, granularity_param, groups, register_allocator, spread_over, unit_weights
 from .mapping import minmax
 
 BINS = 100
@@ -82,8 +82,7 @@ PARAMS = (
     Param("epsilon", EPSILON, "ratios span S·[1−ε, 1+ε] before rescaling (public main.py default; its scripts "
           "tune it per model: 0.2–0.5), or 'auto' (tuned on validation)", low=0.0, high=1.0, open=True,
           special=("auto",)),
-    Param("granularity", "block", "one α per block (mean over its linears; the public default) or per linear",
-          kind="choice", choices=GRANULARITIES),
+    granularity_param(),
 )
 
 
@@ -93,13 +92,13 @@ def alphapruning(inputs: AllocationInput, sparsity: float, epsilon: float = EPSI
     grouped = groups(inputs, granularity)
     alphas = inputs.memoised(("alphapruning", granularity), lambda: [
         sum(matrix_alpha(inputs.weights(n)) for n in names) / len(names) for names in grouped.values()])
-    weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
+    weights = unit_weights(inputs, grouped)
     raw = [n * 2 * epsilon + (1 - epsilon) for n in minmax(alphas)]
     scale = sparsity * sum(weights) / sum(w * r for w, r in zip(weights, raw, strict=True))
     ratios = [r * scale for r in raw]
     if max(ratios) >= 1.0:
         raise WorkbenchError(f"allocation='alphapruning': epsilon={epsilon} gives a sparsity of {max(ratios):.3f} >= 1 "
                               f"at sparsity={sparsity}; allowed: a smaller epsilon")
-    layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
+    layers = spread_over(grouped, ratios)
     return inputs.profile(layers, sparsity, "alphapruning", granularity,
                           {"epsilon": epsilon, "alpha": [round(a, 6) for a in alphas]})

@@ -15,7 +15,7 @@ on the *validation* split with the DSA search's cheap candidate evaluation and t
 from __future__ import annotations
 
 from ..errors import WorkbenchError
-from .base import AllocationInput, Param, groups, register_allocator
+from .base import AllocationInput, Param, granularity_param, groups, register_allocator, spread_over, unit_weights
 from .mapping import renormalise
 
 MAX_SPARSITY = 0.99
@@ -31,11 +31,13 @@ def beta_limit(sparsity: float, blocks: int) -> float:
 PARAMS = (
     Param("beta", 0.01, "common difference of the progression per block, or 'auto' (searched on validation)",
           special=("auto",)),
+    granularity_param(("block",), why="ATP's progression runs over the depth of the blocks; the linears of "
+                                      "one block share a depth, so a unit below the block has no ratio of its own"),
 )
 
 
 @register_allocator("atp", params=PARAMS)
-def atp(inputs: AllocationInput, sparsity: float, beta: float | str = 0.01):
+def atp(inputs: AllocationInput, sparsity: float, beta: float | str = 0.01, granularity: str = "block"):
     """Sparsity rising linearly with depth: s_l = S + β(l − (L−1)/2) (ATP)."""
     if beta == "auto":
         raise WorkbenchError("allocation='atp': beta='auto' is chosen by a run (prune / the CLI / a grid), which "
@@ -47,7 +49,6 @@ def atp(inputs: AllocationInput, sparsity: float, beta: float | str = 0.01):
         raise WorkbenchError(f"allocation='atp': beta={beta} leaves [0, 1] for some of the {blocks} blocks at "
                               f"sparsity={sparsity}; allowed: |beta| <= {limit:.6g}")
     raw = [sparsity + beta * (i - (blocks - 1) / 2) for i in range(blocks)]
-    weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
-    ratios = renormalise(raw, weights, sparsity, MAX_SPARSITY)
-    layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
+    ratios = renormalise(raw, unit_weights(inputs, grouped), sparsity, MAX_SPARSITY)
+    layers = spread_over(grouped, ratios)
     return inputs.profile(layers, sparsity, "atp", "block", {"beta": beta, "beta_limit": limit})

@@ -16,7 +16,7 @@ import torch
 from ..errors import WorkbenchError
 from ..profile import SparsityProfile, check_sparsity
 from ..registry import Plugin, Registry
-from ..units import LayerInfo
+from ..units import GRANULARITIES, LEGACY_GRANULARITIES, LayerInfo
 
 
 @dataclass
@@ -50,21 +50,31 @@ class AllocationInput:
 
     def profile(self, layers: dict[str, float], target: float, allocator: str, granularity: str,
                 params: dict) -> SparsityProfile:
+        units = {n: info.unit(granularity) for n, info in self.layers.items()} \
+            if granularity in GRANULARITIES else {}
         return SparsityProfile(layers=layers, numels=self.numels(), target=target, allocator=allocator,
-                               granularity=granularity, params=params, blocks=self.blocks())
-
-
-GRANULARITIES = ("block", "layer")  # how score-based allocators group layers: one ratio per block or per linear
+                               granularity=granularity, params=params, blocks=self.blocks(), units=units)
 
 
 def groups(inputs: AllocationInput, granularity: str) -> dict[str, list[str]]:
-    """Layer names by block (``block``) or one group per layer (``layer``), in model order."""
+    """Layer names by allocation unit, in model order: per block (``block``), per block child such as the
+    attention and the MLP (``sublayer``), or one per linear (``projection``)."""
     if granularity not in GRANULARITIES:
         raise WorkbenchError(f"granularity={granularity!r} is not allowed; allowed: {list(GRANULARITIES)}")
     out: dict[str, list[str]] = {}
     for name, info in inputs.layers.items():
-        out.setdefault(str(info.block) if granularity == "block" else name, []).append(name)
+        out.setdefault(info.unit(granularity), []).append(name)
     return out
+
+
+def spread_over(grouped: dict[str, list[str]], ratios: list[float]) -> dict[str, float]:
+    """Each unit's ratio given to every linear of the unit."""
+    return {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
+
+
+def unit_weights(inputs: AllocationInput, grouped: dict[str, list[str]]) -> list[int]:
+    """Parameters of each unit: the weights of the parameter-weighted mean (exact target at any granularity)."""
+    return [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class Param:
     by_metric: tuple[tuple[str, Any], ...] = ()
     internal: bool = False
     validate: Callable[[Any], Any] | None = None  # kind "any": raises ValueError for a value it cannot use
+    why: str = ""  # kind "choice": why the values not offered have no meaning here (said when one is refused)
+    aliases: tuple[tuple[str, str], ...] = ()  # older names accepted for a choice, e.g. ("layer", "projection")
 
     def describe(self) -> str:
         """The allowed values in words, for help texts and errors."""
@@ -114,7 +126,10 @@ class Param:
         bad = WorkbenchError(f"allocation={allocator!r}: {self.name}={value!r} is not allowed; "
                          f"allowed: {self.describe()}")
         if self.kind == "choice":
+            value = dict(self.aliases).get(value, value) if isinstance(value, str) else value
             if value not in self.choices:
+                if self.why:
+                    raise WorkbenchError(f"{bad} ({self.why})")
                 raise bad
             return value
         if self.kind == "bool":
@@ -132,6 +147,16 @@ class Param:
 
     def default_for(self, metric: str | None) -> Any:
         return dict(self.by_metric).get(metric, self.default)
+
+
+def granularity_param(supported: tuple[str, ...] = GRANULARITIES, default: str = "block",
+                      why: str = "") -> Param:
+    """The allocation unit of an allocator: the granularities where its score has a meaning (``why`` says why
+    the others have none); older settings' ``layer`` means ``projection``."""
+    help_text = {"block": "one ratio per block", "sublayer": "per block child (attention, MLP)",
+                 "projection": "per linear"}
+    return Param("granularity", default, "allocation unit: " + "; ".join(help_text[g] for g in supported),
+                 kind="choice", choices=tuple(supported), why=why, aliases=tuple(LEGACY_GRANULARITIES.items()))
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,13 @@ from ..backend import kernels
 from ..errors import WorkbenchError
 from ..profile import SparsityProfile, check_sparsity
 from ..pruners import layer_scores
+from ..units import LEGACY_GRANULARITIES
 from .base import AllocationInput, Param, register_learner
 
 if TYPE_CHECKING:
     from ..units import BlockData
 
-GRANULARITIES = ("row", "layer")
+GRANULARITIES = ("row", "projection")  # what BESA learns inside each block; "layer" (older name) = "projection"
 IMPORTANCES = ("wanda", "magnitude", "sparsegpt")
 OPTIMIZERS = ("adamw", "prodigy")
 REFERENCES = ("pruned", "dense")
@@ -277,6 +278,7 @@ class BesaLearner:
 
     def __post_init__(self) -> None:
         check_sparsity(self.target, "sparsity")
+        self.granularity = LEGACY_GRANULARITIES.get(self.granularity, self.granularity)
         if self.target <= 0:
             raise WorkbenchError(f"sparsity={self.target!r} must be > 0 for allocation='besa' (the penalty "
                                  f"divides by it)")
@@ -457,8 +459,10 @@ def _prodigy():
 
 
 PARAMS = (
-    Param("granularity", "row", "learn one sparsity per row (the paper) or per linear", kind="choice",
-          choices=GRANULARITIES),
+    Param("granularity", "row", "learn one sparsity per row (the paper) or per linear (projection)",
+          kind="choice", choices=GRANULARITIES, aliases=tuple(LEGACY_GRANULARITIES.items()),
+          why="BESA learns inside each block under the block's target, per row or per linear; a learned "
+              "sparsity per block or per sublayer is not built"),
     Param("importance", "wanda", "score that ranks the weights (default: the pruning metric; sparsegpt is "
           "w²/U_jj², the public code's SparseGPT-Git)", kind="choice",
           choices=IMPORTANCES, by_metric=(("magnitude", "magnitude"), ("sparsegpt", "sparsegpt"))),

@@ -7,14 +7,15 @@ D_l = minmax(I)_l · 2α − mean(minmax(I) · 2α) + (1 − S). Since minmax(1 
 s_l = S + 2α(n_l − n̄) with n = minmax(v): a block with larger scores is pruned *more*, the mapping OWL and
 DSA share (``mapping.py``, direction +1). Default α = 0.15 (the public scripts at 70%). The public code
 clamps s ≤ 0 to 0.01 (``clamp="reference"``); the default ``clamp="safe"`` keeps every ratio in [0, 0.99]
-at the target.
+at the target. Below the block (not in the paper): ``granularity="sublayer"`` takes the median over each
+block child's linears (attention, MLP), ``"projection"`` over each linear's own scores.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import AllocationInput, Param, groups, register_allocator
+from .base import AllocationInput, Param, granularity_param, groups, register_allocator, spread_over, unit_weights
 from .global_ import kth_smallest
 from .mapping import CLAMPS, LAMBDA_MAX, map_to_sparsity
 
@@ -36,18 +37,19 @@ PARAMS = (
           kind="choice", choices=STRATEGIES),
     Param("clamp", "safe", "safe: keep ratios in [0, 0.99] at the target; reference: the public code's clamp",
           kind="choice", choices=CLAMPS),
+    granularity_param(),
 )
 
 
 @register_allocator("dlp", needs_scores=True, params=PARAMS)
 def dlp(inputs: AllocationInput, sparsity: float, alpha: float = 0.15, strategy: str = "median",
-        clamp: str = "safe"):
-    """Median Wanda score of each block: blocks with larger scores are pruned more (DLP)."""
-    grouped = groups(inputs, "block")
-    values = inputs.memoised(("dlp", strategy), lambda: [
+        clamp: str = "safe", granularity: str = "block"):
+    """Median Wanda score of each block (or sublayer, linear): units with larger scores are pruned more (DLP)."""
+    grouped = groups(inputs, granularity)
+    values = inputs.memoised(("dlp", strategy, granularity), lambda: [
         block_score([inputs.scores(n) for n in names], strategy) for names in grouped.values()])
-    weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
-    ratios = map_to_sparsity(values, sparsity, alpha, direction=1, weights=weights, clamp=clamp)
-    layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
-    return inputs.profile(layers, sparsity, "dlp", "block",
+    ratios = map_to_sparsity(values, sparsity, alpha, direction=1, weights=unit_weights(inputs, grouped),
+                             clamp=clamp)
+    layers = spread_over(grouped, ratios)
+    return inputs.profile(layers, sparsity, "dlp", granularity,
                           {"alpha": alpha, "strategy": strategy, "clamp": clamp, "scores": list(values)})

@@ -13,7 +13,10 @@ writes into the final hidden state read by lm_head.
 from __future__ import annotations
 
 from ..errors import WorkbenchError
-from .base import AllocationInput, register_allocator
+from .base import AllocationInput, Param, granularity_param, register_allocator
+
+PARAMS = (granularity_param(("projection",), default="projection",
+                            why="ER's density is a function of one linear's shape"),)
 
 
 def er_densities(shapes: dict[str, tuple[int, int]], sparsity: float,
@@ -36,21 +39,21 @@ def er_densities(shapes: dict[str, tuple[int, int]], sparsity: float,
     return {n: 1.0 if n in fixed else eps * raw[n] for n in shapes}
 
 
-def _profile(inputs: AllocationInput, sparsity: float, name: str, dense: set[str]):
+def _profile(inputs: AllocationInput, sparsity: float, name: str, dense: set[str]):  # one ratio per linear
     shapes = {n: (i.out_features, i.in_features) for n, i in inputs.layers.items()}
     dens = er_densities(shapes, sparsity, dense)
     layers = {n: max(0.0, 1.0 - d) for n, d in dens.items()}
-    return inputs.profile(layers, sparsity, name, "layer", {"dense_layers": sorted(dense)})
+    return inputs.profile(layers, sparsity, name, "projection", {"dense_layers": sorted(dense)})
 
 
-@register_allocator("er")
-def er(inputs: AllocationInput, sparsity: float):
+@register_allocator("er", params=PARAMS)
+def er(inputs: AllocationInput, sparsity: float, granularity: str = "projection"):
     """Erdős–Rényi: density ∝ (n_in + n_out)/(n_in · n_out), larger layers pruned more."""
     return _profile(inputs, sparsity, "er", set())
 
 
-@register_allocator("er_plus")
-def er_plus(inputs: AllocationInput, sparsity: float):
+@register_allocator("er_plus", params=PARAMS)
+def er_plus(inputs: AllocationInput, sparsity: float, granularity: str = "projection"):
     """ER with the last linear of the last block kept dense."""
     final = list(inputs.layers)[-1]
     return _profile(inputs, sparsity, "er_plus", {final})

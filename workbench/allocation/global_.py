@@ -23,13 +23,15 @@ from __future__ import annotations
 import torch
 
 from ..errors import WorkbenchError
-from .base import AllocationInput, Param, register_allocator
+from .base import AllocationInput, Param, granularity_param, register_allocator
 
 PARAMS = (
     Param("score", "wanda", "score the threshold is taken over (default: the pruning metric's)", kind="choice",
           choices=("wanda", "magnitude"), by_metric=(("magnitude", "magnitude"),)),
     Param("max_layer_sparsity", 0.99, "cap on one layer's sparsity (its excess budget goes to the others)",
           low=0.0, high=1.0, open=True),
+    granularity_param(("projection",), default="projection",
+                      why="one model-wide threshold gives each linear the share of its scores below it"),
 )
 
 
@@ -54,7 +56,7 @@ def kth_smallest(values: torch.Tensor, k: int, sample: int = 1 << 20, margin: fl
 
 @register_allocator("global", needs_scores=True, params=PARAMS)
 def global_threshold(inputs: AllocationInput, sparsity: float, score: str = "wanda",
-                     max_layer_sparsity: float = 0.99):
+                     max_layer_sparsity: float = 0.99, granularity: str = "projection"):
     """One model-wide score threshold that is the mask (the papers' Global)."""
     profile = global_ratios(inputs, sparsity, score, max_layer_sparsity, "global")
     profile.params["mask_group"] = "matrix"
@@ -63,7 +65,7 @@ def global_threshold(inputs: AllocationInput, sparsity: float, score: str = "wan
 
 @register_allocator("global_per_row", needs_scores=True, params=PARAMS)
 def global_per_row(inputs: AllocationInput, sparsity: float, score: str = "wanda",
-                   max_layer_sparsity: float = 0.99):
+                   max_layer_sparsity: float = 0.99, granularity: str = "projection"):
     """Per-layer ratios from one model-wide threshold, applied per row (Wanda's group)."""
     return global_ratios(inputs, sparsity, score, max_layer_sparsity, "global_per_row")
 
@@ -104,5 +106,5 @@ def global_ratios(inputs: AllocationInput, sparsity: float, score: str, max_laye
             layers.update({n: below[n] / numel[n] for n in free})
             break
         capped.update({n: int(max_layer_sparsity * numel[n]) / numel[n] for n in new_caps})
-    return inputs.profile({n: layers[n] for n in names}, sparsity, name, "layer",
+    return inputs.profile({n: layers[n] for n in names}, sparsity, name, "projection",
                           {"score": score, "max_layer_sparsity": max_layer_sparsity})

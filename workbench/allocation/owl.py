@@ -4,13 +4,15 @@ On the *dense* model, for each block l the Wanda scores A of all its linears are
 LOD_l = 100 · #{A > M · mean(A)} / numel(A) (the layer-wise outlier distribution). Blocks with more
 outliers are pruned less: s_l = S − 2λ(m_l − m̄), m = minmax(LOD) (see ``mapping.py``), one ratio per
 block shared by its linears. Defaults follow the README for LLaMA at 70%: λ = 0.08, M = 5 (the code's
-defaults are M = 3). ``granularity="layer"`` computes one LOD per linear instead (an option).
+defaults are M = 3). Below the block (not in the paper): ``granularity="sublayer"`` computes one LOD per
+block child (the attention's linears together, the MLP's together), ``"projection"`` one per linear; the
+ratios are mapped the same way over those units, weighted by their parameters.
 """
 
 from __future__ import annotations
 
 from ..backend import kernels
-from .base import GRANULARITIES, AllocationInput, Param, groups, register_allocator
+from .base import AllocationInput, Param, granularity_param, groups, register_allocator, spread_over, unit_weights
 from .mapping import CLAMPS, LAMBDA_MAX, map_to_sparsity
 
 
@@ -31,20 +33,18 @@ PARAMS = (
           "(tuned on validation)", low=0.0, open=True, special=("auto",)),
     Param("clamp", "safe", "safe: keep ratios in [0, 0.99] at the target; reference: the public code's clamp",
           kind="choice", choices=CLAMPS),
-    Param("granularity", "block", "one ratio per block (the paper) or per linear", kind="choice",
-          choices=GRANULARITIES),
+    granularity_param(),
 )
 
 
 @register_allocator("owl", needs_scores=True, params=PARAMS)
 def owl(inputs: AllocationInput, sparsity: float, lam: float = 0.08, M: float = 5.0, clamp: str = "safe",
         granularity: str = "block"):
-    """Per-block (or per-layer) sparsities from the layer-wise outlier distribution."""
+    """Per-block (or per-sublayer, per-linear) sparsities from the layer-wise outlier distribution."""
     grouped = groups(inputs, granularity)
     lod = list(inputs.memoised(("owl_lod", granularity, float(M)),
                                lambda: [outlier_ratio(inputs, names, M) for names in grouped.values()]))
-    weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
-    ratios = map_to_sparsity(lod, sparsity, lam, direction=-1, weights=weights, clamp=clamp)
-    layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
+    ratios = map_to_sparsity(lod, sparsity, lam, direction=-1, weights=unit_weights(inputs, grouped), clamp=clamp)
+    layers = spread_over(grouped, ratios)
     return inputs.profile(layers, sparsity, "owl", granularity,
                           {"lam": lam, "M": M, "clamp": clamp, "lod": lod})

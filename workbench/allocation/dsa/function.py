@@ -15,6 +15,10 @@ their spread is at most ``NOISE_RTOL`` of their scale (``ops.SCALES``). float64 
 terms of a block stays below ~1e-12 relative, so 1e-9 keeps a margin of 1000 while any larger spread is
 a property of the scores; min-max would otherwise stretch rounding noise to the full ±λ (the poster's
 [normalize, var] with the torch ``normalize``: the variance of z-scores is 1 for every block).
+
+Below the block (not in the paper): ``granularity="sublayer"`` gives the function each block child's vector
+(the attention's linears together, the MLP's together), ``"projection"`` each linear's own; the mapping is
+the same, weighted by the units' parameters so the mean is exact.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ...errors import WorkbenchError
-from ..base import AllocationInput, Param, groups, register_allocator
+from ..base import AllocationInput, Param, granularity_param, groups, register_allocator, spread_over, unit_weights
 from ..mapping import check_lambda, map_to_sparsity
 from . import ops
 
@@ -277,39 +281,36 @@ def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
     raise WorkbenchError(f"function={spec!r} is neither a preset {list(PRESETS)}, a JSON file nor JSON")
 
 
-def block_scores(inputs: AllocationInput) -> list[list[torch.Tensor]]:
-    """Score matrices of every block's linears, in block order."""
-    return [[inputs.scores(n) for n in names] for names in groups(inputs, "block").values()]
+def unit_scores(inputs: AllocationInput, granularity: str = "block") -> list[list[torch.Tensor]]:
+    """Score matrices of every unit's linears (a block's, a sublayer's, or one linear's), in model order."""
+    return [[inputs.scores(n) for n in names] for names in groups(inputs, granularity).values()]
 
 
 PARAMS = (
     Param("function", "readme", "a preset name, a JSON file, or a function dict (pre, reduction, post, lam)",
           kind="any", validate=lambda spec: load_function(spec)),
-    Param("cached_block_scores", None, "block scores computed once by the caller", kind="any", internal=True),
+    granularity_param(),
 )
 
 
 @register_allocator("dsa", needs_scores=True, params=PARAMS)
 def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | AllocationFunction = "readme",
-        cached_block_scores: list[list[torch.Tensor]] | None = None):
-    """Per-block sparsities from a DSA allocation function of the block's Wanda scores.
-
-    ``cached_block_scores`` skips recomputing them."""
+        granularity: str = "block"):
+    """Per-block (or per-sublayer, per-linear) sparsities from a DSA allocation function of the unit's Wanda
+    scores: the function reads the concatenated score vector of each unit, as the public code a block's."""
     fn = load_function(function)
-    grouped = groups(inputs, "block")
-    weights = [sum(inputs.layers[n].numel for n in names) for names in grouped.values()]
+    grouped = groups(inputs, granularity)
+    weights = unit_weights(inputs, grouped)
 
     def reduced() -> list[float]:  # shared by every function with these pre ops and reduction
-        scores = cached_block_scores if cached_block_scores is not None else block_scores(inputs)
-        return fn.reduced_values(scores)[0]
+        return fn.reduced_values(unit_scores(inputs, granularity))[0]
 
     def values() -> list[float]:
-        return fn.post_values(inputs.memoised(("dsa_reduced", fn.reduced_key()), reduced))
+        return fn.post_values(inputs.memoised(("dsa_reduced", fn.reduced_key(), granularity), reduced))
 
     try:
-        known = list(inputs.memoised(("dsa_block_values", fn.stages_key()), values))
+        known = list(inputs.memoised(("dsa_block_values", fn.stages_key(), granularity), values))
         ratios = fn.sparsities([], sparsity, weights, values=known)
     except InvalidFunction as err:  # say which allocator and function a front end's error line is about
         raise InvalidFunction(f"allocation='dsa': function {fn.key()} is not valid on these scores: {err}") from None
-    layers = {n: r for names, r in zip(grouped.values(), ratios, strict=True) for n in names}
-    return inputs.profile(layers, sparsity, "dsa", "block", {"function": fn.to_dict()})
+    return inputs.profile(spread_over(grouped, ratios), sparsity, "dsa", granularity, {"function": fn.to_dict()})
