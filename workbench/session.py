@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .allocation import AllocationInput, allocate, check_allocator
+from .allocation import AllocationInput, allocate
 from .data import calibration_samples
 from .errors import WorkbenchError
 from .models import layer_infos

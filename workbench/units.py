@@ -17,7 +17,6 @@ from torch import nn
 
 from .errors import WorkbenchError
 
-
 GRANULARITIES = ("block", "sublayer", "projection")  # the allocation unit: a block, a block's child, a linear
 LEGACY_GRANULARITIES = {"layer": "projection"}  # older profiles and settings said "layer" for one linear
 

@@ -13,7 +13,7 @@ writes into the final hidden state read by lm_head.
 from __future__ import annotations
 
 from ..errors import WorkbenchError
-from .base import AllocationInput, Param, granularity_param, register_allocator
+from .base import AllocationInput, granularity_param, register_allocator
 
 PARAMS = (granularity_param(("projection",), default="projection",
                             why="ER's density is a function of one linear's shape"),)
