@@ -141,6 +141,10 @@ def test_zeroshot_table_names_the_metric_of_each_column_and_means_them():
     assert rows == [["dense", "dense", 0.7, 0.9, pytest.approx(0.8)], ["OWL", "70%", 0.4, 0.8, pytest.approx(0.6)]]
     md = reproduce.to_markdown(header, rows)
     assert "| OWL | 70% | 0.4000 | 0.8000 | 0.6000 |" in md
+    # the run's test perplexity, where recorded, is the last column (a row without one shows a dash)
+    with_ppl = {**rec("DLP", 0.7, 0.5, 0.6), "metrics": {"perplexity": 123.5}}
+    header, rows = reproduce.zeroshot_table([rec("OWL", 0.7, 0.4, 0.8), with_ppl])
+    assert header[-2:] == ["mean", "test ppl"] and rows[0][-1] is None and rows[1][-1] == 123.5
 
 
 def test_a_method_may_name_its_own_sparsities(tmp_path):

@@ -29,6 +29,7 @@ from .spec import FLAT
 
 NOTEBOOKS: Path = resources.files("workbench") / "resources" / "notebooks"  # package data: the run notebooks
 TABLES = {"perplexity": "reproduce_perplexity.ipynb", "zeroshot": "reproduce_zeroshot.ipynb"}
+ZEROSHOT_EVALS = ("ppl", "zero-shot")  # a zero-shot row measures its test perplexity too: one prune, both numbers
 RUN_FIELDS = tuple(name for name in FLAT if name not in ("model", "evals"))  # a grid entry's settings
 
 
@@ -142,7 +143,7 @@ def check_run(run: Run, model: str) -> None:
     """Refuse a run whose settings are not a valid RunSpec, naming the table and the row."""
     from .spec import RunSpec
 
-    evals = ("zero-shot",) if run.table == "zeroshot" else ("ppl",)
+    evals = ZEROSHOT_EVALS if run.table == "zeroshot" else ("ppl",)
     try:
         RunSpec.from_flat(run.params, model=model, evals=evals)
     except ValueError as err:
@@ -246,7 +247,8 @@ def perplexity_table(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
 
 
 def zeroshot_table(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
-    """Rows = method @ sparsity, columns = tasks + mean; a cell is acc_norm where the task reports it, else acc.
+    """Rows = method @ sparsity, columns = tasks + mean (+ the same run's test perplexity, which every zero-shot
+    run measures too: one prune gives both numbers); a cell is acc_norm where the task reports it, else acc.
 
     The column names say which of the two each task contributes (the papers' tables mix them).
     """
@@ -256,13 +258,17 @@ def zeroshot_table(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
     for r in ok:
         for task, row in r["data"]["zero_shot"]["tasks"].items():
             columns.setdefault(task, "acc_norm" if row.get("acc_norm") is not None else "acc")
-    header = ["method", "sparsity"] + [f"{t} ({m})" for t, m in columns.items()] + ["mean"]
+    with_ppl = any(r.get("metrics", {}).get("perplexity") is not None for r in ok)
+    header = ["method", "sparsity"] + [f"{t} ({m})" for t, m in columns.items()] + ["mean"] + \
+        (["test ppl"] if with_ppl else [])
     rows = []
     for r in ok:
         zs = r["data"]["zero_shot"]
         sparsity = r["run"]["sparsity"]
         cells = [zs["tasks"].get(t, {}).get(m) for t, m in columns.items()]
-        rows.append([_label(r), "dense" if sparsity is None else f"{sparsity:.0%}"] + cells + [zs.get("mean_acc_norm")])
+        ppl = [r.get("metrics", {}).get("perplexity")] if with_ppl else []
+        rows.append([_label(r), "dense" if sparsity is None else f"{sparsity:.0%}"] + cells +
+                    [zs.get("mean_acc_norm")] + ppl)
     return header, rows
 
 
