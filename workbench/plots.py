@@ -18,21 +18,46 @@ COLORS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa": "#d62728", "besa": "#2c
           "dlp": "#17becf", "atp": "#bcbd22"}  # others get plotly's default colours
 
 
-def block_curve(profile: SparsityProfile) -> tuple[list[int], list[float]]:
-    """(block index, parameter-weighted sparsity of that block) of a profile."""
-    means = profile.block_means()
-    return list(means), list(means.values())
+def unit_curve(profile: SparsityProfile) -> tuple[list[float], list[float], list[str]]:
+    """(x, parameter-weighted sparsity, unit name) of each allocation unit of a profile, in model order.
+
+    x is measured in blocks so curves of different granularities share one axis: the k units of block b sit
+    evenly inside it at b + (i + 0.5)/k - 0.5 (a block unit at b exactly). A profile without block structure
+    places its units at 0, 1, 2, ... in model order."""
+    means = profile.unit_means()
+    block_of: dict[str, int] = {}
+    for linear, unit in profile.unit_names().items():
+        if linear in profile.blocks:
+            block_of.setdefault(unit, profile.blocks[linear])
+    if not block_of:
+        return list(range(len(means))), list(means.values()), list(means)
+    in_block: dict[int, list[str]] = {}
+    for unit in means:  # a unit none of whose linears has a block is where the profile derives it (block 0)
+        in_block.setdefault(block_of.get(unit, 0), []).append(unit)
+    points = []
+    for block, units in sorted(in_block.items()):
+        k = len(units)
+        for i, unit in enumerate(units):
+            points.append((block if k == 1 else block + (i + 0.5) / k - 0.5, means[unit], unit))
+    return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+
+
+def curve_name(label: str, profile: SparsityProfile) -> str:
+    """A curve's legend entry: the label, the granularity where it is finer than a block, the weighted mean."""
+    finer = "" if profile.granularity in ("block", "uniform") else f" · {profile.granularity}"
+    return f"{label}{finer} (mean {profile.mean():.3f})"
 
 
 def sparsity_curves(profiles: Mapping[str, SparsityProfile], title: str | None = None) -> go.Figure:
-    """Layer-wise (per block) sparsity of each named profile, with the weighted mean in the legend."""
+    """Layer-wise sparsity of each named profile, one point per allocation unit (see :func:`unit_curve`),
+    the unit's name on hover and the granularity and weighted mean in the legend."""
     fig = go.Figure()
     for label, profile in profiles.items():
-        x, y = block_curve(profile)
+        x, y, names = unit_curve(profile)
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines+markers", name=f"{label} (mean {profile.mean():.3f})",
+            x=x, y=y, text=names, mode="lines+markers", name=curve_name(label, profile),
             line={"color": COLORS.get(profile.allocator)},
-            hovertemplate=f"{label}<br>block %{{x}}<br>sparsity %{{y:.4f}}<extra></extra>",
+            hovertemplate=f"{label}<br>%{{text}}<br>sparsity %{{y:.4f}}<extra></extra>",
         ))
     target = next(iter(profiles.values())).target if profiles else None
     blocks = max((len(p.block_means()) for p in profiles.values()), default=1)

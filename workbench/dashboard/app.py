@@ -273,9 +273,11 @@ class Dashboard(pn.viewable.Viewer):
             trace.line.width = 5 if trace.name.startswith(f"{chosen} ") else 1.5
         self.curve_figure = fig
         self._shown_model = model
-        curve = profiles[chosen].block_means()
-        self.curve_text = (f"{chosen} @ {sparsity:g}: " + " ".join(f"{v:.4f}" for v in curve.values())
-                           + f"  (mean {profiles[chosen].mean():.4f})")
+        shown = profiles[chosen]  # one value per allocation unit, as the chart draws it
+        unit = {"row": "projection"}.get(shown.granularity, shown.granularity)  # BESA's rows: a point per linear
+        per = "" if unit in ("block", "uniform") else f", per {unit}"
+        self.curve_text = (f"{chosen} @ {sparsity:g}{per}: " + " ".join(f"{v:.4f}" for v in plots.unit_curve(shown)[1])
+                           + f"  (mean {shown.mean():.4f})")
 
     # ------------------------------------------------------------------ runs
     def spec(self) -> RunSpec:

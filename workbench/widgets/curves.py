@@ -1,5 +1,5 @@
-"""SparsityCurves: uniform / OWL / DSA (and any other registered allocator) layer-wise sparsity over block
-index, redrawn in place."""
+"""SparsityCurves: uniform / OWL / DSA (and any other registered allocator) layer-wise sparsity along the
+blocks, one point per allocation unit (``plots.sparsity_curves``, the dashboard's builder), redrawn in place."""
 
 from __future__ import annotations
 
