@@ -152,7 +152,17 @@ def test_a_besa_run_adds_its_learned_curve(session, text_file):
     assert "besa" in ys and len(curves.figure.data) == 3  # uniform, owl, besa (readme is invalid on tiny)
     from workbench.profile import SparsityProfile
 
-    assert ys["besa"] == pytest.approx(list(SparsityProfile.from_dict(learned).block_means().values()))
+    learned_profile = SparsityProfile.from_dict(learned)
+    # BESA learns rows: its curve has a point per linear, each the linear's weighted (row-averaged) sparsity
+    assert ys["besa"] == pytest.approx(list(learned_profile.unit_means().values()))
+    assert len(ys["besa"]) == len(learned_profile.layers) == 21
+    block_of_points = {}  # the linears of each block together still reach the block means
+    for name, value in zip(learned_profile.layers, ys["besa"], strict=True):
+        acc = block_of_points.setdefault(learned_profile.blocks[name], [0.0, 0])
+        acc[0] += value * learned_profile.numels[name]
+        acc[1] += learned_profile.numels[name]
+    assert [total / count for _b, (total, count) in sorted(block_of_points.items())] == pytest.approx(
+        list(learned_profile.block_means().values()))
 
 
 def test_what_the_curves_show_is_what_the_runner_prunes(session, text_file):
