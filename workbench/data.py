@@ -49,6 +49,7 @@ from .errors import WorkbenchError
 from .registry import Plugin, Registry
 
 SPLITS = ("calibration", "validation", "test")
+DEFAULT_DATASET = "embedded"  # what every run, search, curve and notebook reads unless told otherwise
 # Defaults of the papers (GPU, LLaMA) and of the embedded corpus (sized for a 2-core CPU).
 PAPER_DEFAULTS = {"nsamples": 128, "seqlen": 2048, "seed": 0}
 EMBEDDED_DEFAULTS = {"nsamples": 32, "seqlen": 512, "seed": 0}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .calibrate import block_outputs, head_logits
-from .data import eval_tokens
+from .data import DEFAULT_DATASET, eval_tokens
 from .errors import WorkbenchError
 from .offload import Residency
 
@@ -130,7 +130,7 @@ def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, batch_size: int =
     return math.exp(float((nlls * seqlen).sum() / (nlls.numel() * seqlen)))
 
 
-def perplexity(model, tokenizer, dataset: str = "embedded", split: str = "test", seqlen: int | None = None,
+def perplexity(model, tokenizer, dataset: str = DEFAULT_DATASET, split: str = "test", seqlen: int | None = None,
                batch_size: int = 1, progress: bool = True, residency: Residency | None = None) -> Perplexity:
     """Perplexity of ``model`` on ``dataset``'s ``split`` with the paper protocol; seqlen defaults to
     2048 for paper datasets and 512 otherwise (never to the model's maximum context). ``residency``:

@@ -22,7 +22,7 @@ from torch import nn
 from .allocation import AllocationInput, Learner, allocate, check_allocator
 from .backend.reference import check_nm
 from .calibrate import calibrate
-from .data import Calibration, calibration_samples
+from .data import DEFAULT_DATASET, Calibration, calibration_samples
 from .errors import WorkbenchError
 from .models import ModelStructure, prunable_linears, structure
 from .offload import Residency
@@ -190,7 +190,7 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
 def _default_calibration(tokenizer) -> Calibration:
     if tokenizer is None:
         raise WorkbenchError("calibration: give calibration samples or a tokenizer to draw embedded ones")
-    return calibration_samples(tokenizer, "embedded")
+    return calibration_samples(tokenizer, DEFAULT_DATASET)
 
 
 def _learner_plan(method: MethodSpec, entry: Learner, params: dict, layout: ModelStructure,

@@ -57,7 +57,7 @@ from .allocation import AllocationInput
 from .allocation.dsa import ops
 from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
 from .backend import kernels
-from .data import check_held_out, eval_tokens
+from .data import DEFAULT_DATASET, check_held_out, eval_tokens
 from .errors import WorkbenchError
 from .evaluate import perplexity_from_ids, window_kl, window_log_probs
 from .models import layer_infos, prunable_linears
@@ -157,7 +157,7 @@ class SearchSetup:
     model: ModelSpec
     calibration: CalibrationSpec
     search: SearchConfig
-    fitness_dataset: str = "embedded"
+    fitness_dataset: str = DEFAULT_DATASET
 
     def __post_init__(self) -> None:
         check_held_out(self.fitness_dataset, "fitness_dataset")
@@ -189,7 +189,7 @@ class SearchContext:
     weights of each row are pruned and changes only what a new allocation changes.
     """
 
-    def __init__(self, model, tokenizer, cache, config: SearchConfig, dataset: str = "embedded",
+    def __init__(self, model, tokenizer, cache, config: SearchConfig, dataset: str = DEFAULT_DATASET,
                  name: str = "fitness_dataset"):
         from .pruners import layer_scores
 

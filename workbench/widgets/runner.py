@@ -9,6 +9,7 @@ import time
 import ipywidgets as w
 
 from ..allocation import allocation_names, learns_while_pruning
+from ..data import DEFAULT_DATASET
 from ..errors import WorkbenchError
 from ..pruners import METRICS
 from ..results import compact_params
@@ -25,7 +26,7 @@ class PruneRunner:
     """Runs never block the kernel: each executes in a thread; the table grows when one finishes."""
 
     def __init__(self, session: Session, eval_seqlen: int | None = None, mode: str = "sequential", curves=None,
-                 eval_dataset: str = "embedded"):
+                 eval_dataset: str = DEFAULT_DATASET):
         self.session, self.eval_seqlen, self.curves, self.eval_dataset = session, eval_seqlen, curves, eval_dataset
         self.allocation = w.Dropdown(options=ALLOCATIONS, value="uniform", description="allocation")
         self.metric = w.Dropdown(options=METRICS.names(), value="wanda", description="metric")
