@@ -472,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p, ("metric", "allocation", "sparsity", "pattern", "group", "mode", "calib_dataset", "nsamples",
                        "seqlen", "seed"))
     p.add_argument("--granularity", default=None,
-                   help="the allocator's granularity parameter (same as --alloc-param granularity=...)")
+                   help="allocation unit: block (one ratio per block, the papers), sublayer (attention / MLP of "
+                        "a block) or projection (each linear); BESA: row or projection; an allocator refuses one "
+                        "without meaning for it (same as --alloc-param granularity=...)")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
                    help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=readme|FILE.json, beta=auto)")
     p.add_argument("--eval", nargs="?", const="ppl", default=None, choices=("ppl", "zero-shot", "all"),
