@@ -1,0 +1,77 @@
+"""Natural English and granularity at 70% (issue 35): one table per dataset from the study's grids.
+
+Reads ``runs/study/{prose70,granularity70}-{dataset}/<grid>/*/result.json`` (``benchmarks/granularity_study.sh``)
+and prints Markdown: per method, test perplexity with Wanda and SparseGPT at block, sublayer and projection
+granularity, and the zero-shot mean of the block rows; "refused" where the allocator has no meaning at that
+unit, "error" with the reason where a run failed, "—" where not run.
+
+    .venv/bin/python benchmarks/granularity_report.py [--root runs/study]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+GRANULARITIES = ("block", "sublayer", "projection")
+METRICS = {"wanda": "Wanda", "sparsegpt": "SparseGPT"}
+
+
+def records(root: Path, dataset: str) -> list[dict]:
+    out = []
+    for grid in ("prose70", "granularity70"):
+        for path in sorted((root / f"{grid}-{dataset}").glob("*/*/result.json")):
+            out.append(json.loads(path.read_text()))
+    return out
+
+
+def key(record: dict) -> tuple[str, str, str]:
+    """(method, metric, granularity) of a record: the label without its metric and granularity words."""
+    params = record["run"]["params"]
+    granularity = (params.get("alloc_params") or {}).get("granularity", "block")
+    granularity = "block" if granularity == "row" else granularity
+    words = [w for w in record["run"]["label"].split() if w not in METRICS.values() and w not in GRANULARITIES]
+    return " ".join(words), params.get("metric", "wanda"), granularity
+
+
+def cell(record: dict | None) -> str:
+    if record is None:
+        return "—"
+    if record.get("status") != "ok":
+        return "refused" if "is not allowed" in record.get("error", "") else "error"
+    return f"{record['metrics']['perplexity']:.2f}"
+
+
+def table(rows: list[dict]) -> str:
+    by_key = {key(r): r for r in rows if r["run"]["label"] != "dense"}
+    methods = list(dict.fromkeys(k[0] for k in by_key))
+    head = ["method"] + [f"{METRICS[m]} {g}" for m in METRICS for g in GRANULARITIES] + \
+        [f"zero-shot mean, {METRICS[m]} block" for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        cells = [cell(by_key.get((method, m, g))) for m in METRICS for g in GRANULARITIES]
+        for m in METRICS:
+            r = by_key.get((method, m, "block"))
+            zs = (r or {}).get("data", {}).get("zero_shot", {}).get("mean_acc_norm") if r else None
+            cells.append("—" if zs is None else f"{zs:.4f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    dense = next((r for r in rows if r["run"]["label"] == "dense" and r.get("status") == "ok"), None)
+    if dense:
+        zs = dense.get("data", {}).get("zero_shot", {}).get("mean_acc_norm")
+        lines.append(f"\ndense: test perplexity {dense['metrics']['perplexity']:.2f}"
+                     + (f", zero-shot mean {zs:.4f}" if zs is not None else ""))
+    errors = [f"- {r['run']['label']}: {r.get('error', '')[:300]}" for r in rows if r.get("status") != "ok"]
+    return "\n".join(lines + (["", "Failed or refused runs:"] + errors if errors else []))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", default="runs/study")
+    args = parser.parse_args()
+    for dataset in ("sotu", "embedded"):
+        rows = records(Path(args.root), dataset)
+        if rows:
+            print(f"## {dataset}\n\n{table(rows)}\n")
+
+
+if __name__ == "__main__":
+    main()
