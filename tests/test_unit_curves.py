@@ -6,6 +6,11 @@ import time
 
 import pytest
 
+# resolved here, at collection, in the main thread: a dashboard test earlier in the same process may leave a curve
+# worker importing transformers (DashboardServices.close does not wait), and two threads resolving the lazy
+# package at once can hand this module a partly initialised one ("cannot import name 'AutoModelForCausalLM'")
+from transformers import AutoModelForCausalLM  # noqa: F401
+
 from workbench import plots
 from workbench.dashboard.app import Dashboard, DashboardConfig, DashboardServices
 from workbench.profile import SparsityProfile
