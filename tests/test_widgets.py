@@ -218,4 +218,4 @@ def test_every_registered_allocator_can_be_plotted_and_runs_as_plotted(session):
     runner = PruneRunner(session, curves=curves)
     assert list(runner.allocation.options) == allocation_names()
     runner.allocation.value = "atp"
-    assert runner.params() == {"beta": 0.01}
+    assert runner.params() == {"beta": 0.01, "granularity": "block"}

@@ -99,7 +99,7 @@ class DashboardServices:
 
     def close(self) -> None:
         """Stop the curve workers and the job worker (queued jobs finish first)."""
-        self.curve_pool.shutdown(wait=False, cancel_futures=True)
+        self.curve_pool.shutdown(wait=True, cancel_futures=True)  # a running curve may be importing: let it end
         self.jobs.close()
 
 
