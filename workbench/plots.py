@@ -15,7 +15,7 @@ from .profile import SparsityProfile
 
 COLORS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa": "#d62728", "besa": "#2ca02c", "er": "#9467bd",
           "er_plus": "#8c564b", "global": "#e377c2", "global_per_row": "#f7b6d2", "alphapruning": "#ff7f0e",
-          "dlp": "#17becf", "atp": "#bcbd22"}  # others get plotly's default colours
+          "dlp": "#17becf", "atp": "#bcbd22", "lsa": "#393b79"}  # others get plotly's default colours
 
 
 def unit_curve(profile: SparsityProfile) -> tuple[list[float], list[float], list[str]]:

@@ -155,29 +155,38 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
         report = sparsity_report(model, plan.profile, residency, layout)
         return PruneResult(plan.profile, report, calibration.provenance(), plan.timings)
     needs_scores = profile is None and entry.needs_scores
+    needs_hessians = profile is None and entry.needs_hessians
+    if needs_hessians and type(residency) is not Residency:
+        raise WorkbenchError(f"allocation={method.allocation.name!r} reads every linear's dense input Hessian "
+                             "(in x in), all held at once: an onloaded or streamed model keeps one block resident; "
+                             "prune it in memory (no onload / offload directory) or give a profile")
     score = params.get("score", "wanda")
     statistics = tuple(sorted(set(NEEDS[method.metric]) | ({"sq_norm"} if needs_scores and score == "wanda"
                                                           else set())))
-    if cache is not None and not cache.has(statistics):
-        raise WorkbenchError(f"cache lacks statistics {list(statistics)}; build it with them")
-    if statistics and calibration is None and cache is None:
+    # what the allocation reads of the dense model: Wanda's norms (scores), X^T X (Hessians)
+    allocation_stats = tuple(stat for stat, needed in (("sq_norm", needs_scores and score == "wanda"),
+                                                       ("xtx", needs_hessians)) if needed)
+    dense_statistics = tuple(sorted(set(statistics) | set(allocation_stats)))  # what a dense cache must hold
+    if cache is not None and not cache.has(dense_statistics):
+        raise WorkbenchError(f"cache lacks statistics {list(dense_statistics)}; build it with them")
+    if dense_statistics and calibration is None and cache is None:
         calibration = _default_calibration(tokenizer)
     timings = {"forward_s": 0.0, "prune_s": 0.0}
     if cache is not None:
         cache.restore(model)
-    elif method.mode == "dense" and statistics:
-        cache = DenseCache.build(model, calibration, statistics, progress=progress)
+    elif method.mode == "dense" and dense_statistics:
+        cache = DenseCache.build(model, calibration, dense_statistics, progress=progress)
         timings["forward_s"] += cache.forward_s
     dense_stats = cache.stats if cache is not None else None
-    if needs_scores and dense_stats is None and score == "wanda":  # the allocation reads the dense model's scores
+    if allocation_stats and dense_stats is None:  # the allocation reads the dense model's statistics
         start = time.perf_counter()
-        dense_stats = calibrate(model, calibration.input_ids, "dense", ("sq_norm",), progress=progress,
+        dense_stats = calibrate(model, calibration.input_ids, "dense", allocation_stats, progress=progress,
                                 residency=residency.reader(), layout=layout)
         timings["forward_s"] += time.perf_counter() - start
     start = time.perf_counter()
     if profile is None:
         profile = _allocate(method, {**params, **internal}, layout, pattern, needs_scores, dense_stats, score,
-                            residency)
+                            residency, needs_hessians)
     plan = Plan.from_profile(profile, method.metric, pattern, method.group, method.mode, statistics)
     timings["prune_s"] += time.perf_counter() - start
     plan.timings = timings
@@ -202,12 +211,14 @@ def _learner_plan(method: MethodSpec, entry: Learner, params: dict, layout: Mode
 
 
 def _allocate(method: MethodSpec, params: dict, layout: ModelStructure, pattern: tuple[int, int],
-              needs_scores: bool, dense_stats, score: str, residency: Residency) -> SparsityProfile:
+              needs_scores: bool, dense_stats, score: str, residency: Residency,
+              needs_hessians: bool = False) -> SparsityProfile:
     """The allocator's profile (an N:M pattern fixes every unit at N/M: uniform)."""
     linears = layout.linears
     inputs = AllocationInput(layout.layer_infos(),
                              score_fn(layout, dense_stats, score, residency) if needs_scores else None,
-                             weights=lambda unit: residency.weight(unit, linears[unit]))
+                             weights=lambda unit: residency.weight(unit, linears[unit]),
+                             hessians=(lambda unit: dense_stats[unit].hessian()) if needs_hessians else None)
     n, m = pattern
     if n:
         profile = allocate("uniform", inputs, n / m)

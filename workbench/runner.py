@@ -154,13 +154,15 @@ def _save(spec: RunSpec, model, tokenizer, record: RunRecord) -> None:
 
 def cache_fits(spec: RunSpec, cache) -> bool:
     """Whether a run of ``spec`` may prune from ``cache``: dense mode, the same calibration, the metric's
-    statistics present (e.g. SparseGPT needs X^T X, which a Wanda cache lacks)."""
+    statistics present (e.g. SparseGPT needs X^T X, which a Wanda cache lacks; so does LSA's allocation)."""
+    from .allocation import check_allocator
     from .pruners import NEEDS
 
     if spec.method.mode != "dense" or not spec.prunes:
         return False
     same = all(cache.provenance.get(k) == v for k, v in spec.calibration.provenance().items())
-    return same and cache.has(NEEDS[spec.method.metric])
+    hessians = ("xtx",) if check_allocator(spec.method.allocation.name).needs_hessians else ()
+    return same and cache.has((*NEEDS[spec.method.metric], *hessians))
 
 
 def check_cache(spec: RunSpec, cache) -> None:

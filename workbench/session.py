@@ -32,6 +32,7 @@ class Session:
         self.model_name, self.device, self.progress = model, device, progress
         self.calibration_settings = {"nsamples": nsamples, "seqlen": seqlen, "seed": seed}
         self._model = self._tokenizer = self._cache = self._inputs = None
+        self._calibration = self._xtx = None  # the windows of the cache; X^T X of the dense model, on first need
         self._state_lock = threading.Lock()  # lazy loading
         self.run_lock = threading.Lock()  # one prune-and-evaluate run at a time
 
@@ -48,7 +49,7 @@ class Session:
             calibration = calibration_samples(tokenizer, DEFAULT_DATASET, settings["nsamples"], settings["seqlen"],
                                               settings["seed"])
             cache = DenseCache.build(model, calibration, ("sq_norm",), progress=self.progress)
-            self._model, self._tokenizer, self._cache = model, tokenizer, cache
+            self._model, self._tokenizer, self._cache, self._calibration = model, tokenizer, cache, calibration
 
     @property
     def model(self):
@@ -65,8 +66,21 @@ class Session:
         self._load()
         return self._cache
 
+    def _dense_xtx(self) -> dict:
+        """X^T X of every linear's inputs in the dense model over the cache's windows: one more dense pass, made
+        the first time an allocator reads Hessians (LSA), so that the other allocators' curves cost nothing more."""
+        from .calibrate import calibrate
+
+        cache = self.cache  # loaded before the run lock (a run takes the state lock inside it)
+        with self.run_lock:  # a run prunes the model in place: the pass needs its dense weights
+            if self._xtx is None:
+                cache.restore(self.model)
+                self._xtx = calibrate(self.model, self._calibration.input_ids, "dense", ("xtx",),
+                                      progress=self.progress)
+        return self._xtx
+
     def inputs(self) -> AllocationInput:
-        """Layer infos and (memoised) Wanda scores of the dense weights."""
+        """Layer infos, (memoised) Wanda scores of the dense weights and, on first need, their Hessians."""
         if self._inputs is None:
             from .pruners import layer_scores
 
@@ -79,7 +93,8 @@ class Session:
                     scores[name] = layer_scores("wanda", cache.weights[name], stats[name])
                 return scores[name]
 
-            self._inputs = AllocationInput(layer_infos(self.model), score, weights=cache.weights.__getitem__)
+            self._inputs = AllocationInput(layer_infos(self.model), score, weights=cache.weights.__getitem__,
+                                           hessians=lambda name: self._dense_xtx()[name].hessian())
         return self._inputs
 
     # ------------------------------------------------------------------ allocation

@@ -26,6 +26,7 @@ class AllocationInput:
     layers: dict[str, LayerInfo]
     scores: Callable[[str], torch.Tensor] | None = None  # (out, in) importance scores of a layer
     weights: Callable[[str], torch.Tensor] | None = None  # (out, in) dense weights (data-free allocators)
+    hessians: Callable[[str], torch.Tensor] | None = None  # (in, in) float32 H = 2/N Σ x xᵀ of the dense inputs
     # statistics allocators derive from the scores (OWL's LOD per M, a DSA function's block values), kept so
     # that re-allocating at another target or λ costs no pass over the scores; the scores must not change
     memo: dict = field(default_factory=dict, repr=False, compare=False)
@@ -167,6 +168,7 @@ class Allocator(Plugin):
     needs_scores: bool = False
     params: tuple[Param, ...] = ()
     needs_weights: bool = False  # reads the dense weights themselves (AlphaPruning's spectra)
+    needs_hessians: bool = False  # reads each linear's dense input Hessian (LSA's reconstruction error)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -192,12 +194,13 @@ def _summary(fn) -> str:
 
 # pragma: no mutate block -- runs at import, before mutmut can switch a mutant on (the registry tests cover it)
 def register_allocator(name: str, needs_scores: bool = False, params: tuple[Param, ...] = (),
-                       needs_weights: bool = False):
+                       needs_weights: bool = False, needs_hessians: bool = False):
     """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``.
     ``params`` declares every keyword ``fn`` takes; the first docstring line becomes the summary."""
 
     def wrap(fn):
-        ALLOCATORS.add(name, Allocator(name, _summary(fn), fn, needs_scores, tuple(params), needs_weights))
+        ALLOCATORS.add(name, Allocator(name, _summary(fn), fn, needs_scores, tuple(params), needs_weights,
+                                       needs_hessians))
         return fn
 
     return wrap
@@ -302,4 +305,7 @@ def allocate(name: str, inputs: AllocationInput, sparsity: float, **params) -> S
         raise WorkbenchError(f"allocation={name!r} needs layer scores (calibration statistics)")
     if allocator.needs_weights and inputs.weights is None:
         raise WorkbenchError(f"allocation={name!r} needs the layers' dense weights")
+    if allocator.needs_hessians and inputs.hessians is None:
+        raise WorkbenchError(f"allocation={name!r} needs each layer's input Hessian (calibration statistics with "
+                             "'xtx' of the dense model)")
     return allocator.fn(inputs, sparsity, **params)
