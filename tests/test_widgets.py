@@ -171,13 +171,15 @@ def test_what_the_curves_show_is_what_the_runner_prunes(session, text_file):
     curves = SparsityCurves(session, sparsity=0.6)
     runner = PruneRunner(session, eval_seqlen=64, mode="dense", curves=curves, eval_dataset=str(text_file))
     curves.sparsity.value, curves.lam.value, curves.M.value = 0.65, 0.17, 7.0
+    curves.granularity.value = "sublayer"
     assert runner.sparsity.value == 0.65 and runner.sparsity.disabled
     runner.allocation.value = "owl"
-    assert runner.config().method.allocation.params() == {"lam": 0.17, "M": 7.0}
+    assert runner.config().method.allocation.params() == {"lam": 0.17, "M": 7.0, "granularity": "sublayer"}
     runner.start()
     runner.wait(timeout=300)
     record = runner.records[-1]
-    assert record["method"]["params"] == {"lam": 0.17, "M": 7.0} and record["method"]["sparsity"] == 0.65
+    assert record["method"]["params"] == {"lam": 0.17, "M": 7.0, "granularity": "sublayer"}
+    assert record["method"]["sparsity"] == 0.65 and record["profile"]["granularity"] == "sublayer"
     assert record["profile"]["layers"] == pytest.approx(curves.profiles["owl"].layers, abs=1e-12)
     assert "lam=0.17, M=7" in runner.table.value
     curves.custom.value = json.dumps({"pre": ["abs"], "reduction": "mean", "post": ["no_op"], "direction": -1})
@@ -219,3 +221,21 @@ def test_every_registered_allocator_can_be_plotted_and_runs_as_plotted(session):
     assert list(runner.allocation.options) == allocation_names()
     runner.allocation.value = "atp"
     assert runner.params() == {"beta": 0.01, "granularity": "block"}
+
+
+def test_the_granularity_dropdown_redraws_every_curve_per_unit(session):
+    curves = SparsityCurves(session, sparsity=0.6)
+    curves.others.value = ("atp", "dlp")
+    curves.granularity.value = "sublayer"
+    owl = session.profile("owl", 0.6, lam=0.08, M=5.0, granularity="sublayer")
+    dlp = session.profile("dlp", 0.6, granularity="sublayer")
+    shown = {t.name.split(" ")[0]: t for t in curves.figure.data}
+    assert list(shown["owl"].y) == pytest.approx(list(owl.unit_means().values()))
+    assert list(shown["dlp"].y) == pytest.approx(list(dlp.unit_means().values()))
+    assert len(shown["owl"].y) == 2 * len(owl.block_means())  # attention and MLP of each block
+    assert curves.params("owl")["granularity"] == "sublayer" and curves.profiles["uniform"].granularity == "sublayer"
+    # ATP has no unit below the block: drawn per block, and the page says so
+    assert curves.profiles["atp"].granularity == "block" and "atp: drawn per block" in curves.message.value
+    assert "granularity" not in curves.params("atp") or curves.params("atp")["granularity"] == "block"
+    curves.granularity.value = "projection"
+    assert len(curves.profiles["owl"].unit_means()) == len(owl.layers)

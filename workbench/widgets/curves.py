@@ -9,14 +9,21 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from .. import plots
-from ..allocation import curve_allocators, declared_defaults
+from ..allocation import check_allocator, curve_allocators, declared_defaults
 from ..allocation.dsa.function import PRESETS, load_function
 from ..errors import WorkbenchError
 from ..inputs import parse_number
 from ..profile import SparsityProfile
 from ..session import CURVE_ALLOCATORS, Session
+from ..units import GRANULARITIES
 
 TARGET_RANGE = (0.05, 0.95)
+
+
+def units_of(allocation: str) -> tuple[str, ...]:
+    """The granularities an allocator defines (its declared ``granularity`` choices)."""
+    param = check_allocator(allocation).param("granularity")
+    return tuple(param.choices) if param is not None else ()
 
 
 class SparsityCurves:
@@ -39,6 +46,8 @@ class SparsityCurves:
         self.M = w.FloatSlider(value=M, min=0.5, max=20.0, step=0.5, description="M (OWL)",
                                continuous_update=False, style=style)
         self.function = w.Dropdown(options=list(PRESETS), value=function, description="DSA function", style=style)
+        self.granularity = w.Dropdown(options=list(GRANULARITIES), value="block", description="granularity",
+                                      style=style)  # the allocation unit of every curve; one that has none: a note
         self.custom = w.Text(value="", placeholder='optional: JSON, e.g. {"pre":["abslog"],"reduction":"var",'
                              '"post":["abs"]}, or a function file', description="custom DSA", continuous_update=False,
                              style=style, layout={"width": "640px"})
@@ -51,13 +60,14 @@ class SparsityCurves:
         self.profiles: dict[str, SparsityProfile] = {}
         self._custom_function: dict | None = None  # the last valid custom function, as typed
         self.figure = go.FigureWidget()
-        for control in (self.lam, self.M, self.function, self.others):
+        for control in (self.lam, self.M, self.function, self.others, self.granularity):
             control.observe(lambda _change: self.refresh(), names="value")
         self.sparsity.observe(self._slider_moved, names="value")
         self.target_text.observe(self._target_typed, names="value")
         self.custom.observe(self._custom_typed, names="value")
         self.widget = w.VBox([w.HBox([self.sparsity, self.target_text, self.lam, self.M]),
-                              w.HBox([self.function, self.custom]), self.others, self.error, self.figure,
+                              w.HBox([self.function, self.custom]), w.HBox([self.others, self.granularity]),
+                              self.error, self.figure,
                               self.message])
         self.refresh()
 
@@ -115,22 +125,24 @@ class SparsityCurves:
 
     def params(self, allocation: str) -> dict:
         """The allocator parameters the plotted curve of ``allocation`` was drawn with (what a run must use)."""
+        unit = {"granularity": self.granularity.value} if self.granularity.value in units_of(allocation) else {}
         if allocation == "owl":
-            return {"lam": self.lam.value, "M": self.M.value}
+            return {"lam": self.lam.value, "M": self.M.value, **unit}
         if allocation == "dsa":
-            return {"function": self.function_spec()}
-        return declared_defaults(allocation) if allocation in curve_allocators() else {}  # what the curve shows
+            return {"function": self.function_spec(), **unit}
+        return {**declared_defaults(allocation), **unit} if allocation in curve_allocators() else {}  # as shown
 
     def refresh(self) -> None:
         """Re-allocate at the controls' values and redraw the figure in place."""
         self.error.value = ""
         shown = (*CURVE_ALLOCATORS, *self.others.value)
-        profiles, errors = self.session.curves(self.sparsity.value, lam=self.lam.value, M=self.M.value,
-                                               function=self.function_spec(), allocators=shown,
-                                               params={name: self.params(name) for name in self.others.value})
+        profiles, errors = self.session.curves(self.sparsity.value, allocators=shown,
+                                               params={name: self.params(name) for name in shown})
         profiles.update(self.extra)
         self.profiles = profiles
         notes = [f"{name}: {msg}" for name, msg in errors.items()]
+        notes += [f"{name}: drawn per {profiles[name].granularity}; it has no {self.granularity.value} unit"
+                  for name in shown if name in profiles and self.granularity.value not in units_of(name)]
         if profiles:
             plots.sync_figure(self.figure, plots.sparsity_curves(profiles))
         means = ", ".join(f"{k} {p.mean():.4f}" for k, p in profiles.items())
