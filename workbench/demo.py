@@ -2,8 +2,8 @@
 
 One process, one model load, one calibration: every allocator but BESA prunes from the same dense
 Wanda statistics (dense mode, no forward pass per run); BESA learns in its own sequential pass on
-fewer calibration windows. Each run is evaluated on the embedded test split (perplexity) and the
-embedded zero-shot tasks; the tables say this protocol in their captions, since the papers prune
+fewer calibration windows. Each run is evaluated on the default dataset's test split (perplexity) and the
+zero-shot tasks built from it; the tables say this protocol in their captions, since the papers prune
 sequentially (`make reproduce` runs the full grid that way). Finished runs are kept and skipped.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .allocation import learns_while_pruning
+from .data import DEFAULT_DATASET
 from .errors import WorkbenchError
 from .reproduce import Run, build_tables, finish_record
 from .results import read_record
@@ -41,14 +42,16 @@ class DemoConfig:
     seqlen: int = 512
     besa_nsamples: int = 8
     eval_seqlen: int = 512
-    tasks: str = "embedded"
+    dataset: str = DEFAULT_DATASET  # calibration and test text
+    tasks: str = DEFAULT_DATASET  # the zero-shot tasks built from that text's test split
     limit: int | None = 100  # of 200 items per embedded task: zero-shot is half the demo's time otherwise
     methods: tuple[tuple[str, str, dict[str, Any]], ...] = field(default=METHODS)
 
     def runs(self) -> list[tuple[Run, RunSpec]]:
         """Dense first, then every method at every sparsity."""
         shared = {"model": self.model, "metric": self.metric, "seqlen": self.seqlen, "eval_seqlen": self.eval_seqlen,
-                  "evals": ("ppl", "zero-shot"), "tasks": self.tasks, "limit": self.limit}
+                  "evals": ("ppl", "zero-shot"), "tasks": self.tasks, "limit": self.limit,
+                  "calib_dataset": self.dataset, "eval_dataset": self.dataset}
         out = [(Run("demo", "dense", None), RunSpec.from_flat(shared, allocation="dense", nsamples=self.nsamples))]
         for sparsity in self.sparsities:
             for label, allocation, params in self.methods:
@@ -63,9 +66,9 @@ class DemoConfig:
         """The captions' protocol line: how these numbers were made (not the papers' protocol)."""
         limit = "all items" if self.limit is None else f"first {self.limit} items per task"
         return (f"{self.model}, {self.metric} scores, unstructured; uniform/OWL/DSA pruned in dense mode from one "
-                f"calibration ({self.nsamples} x {self.seqlen} embedded windows, seed 0); BESA learned sequentially "
-                f"on {self.besa_nsamples} x {self.seqlen}; perplexity on the embedded test split, seqlen "
-                f"{self.eval_seqlen}; zero-shot: {self.tasks} tasks, {limit}. The papers prune sequentially on "
+                f"calibration ({self.nsamples} x {self.seqlen} {self.dataset} windows, seed 0); BESA learned "
+                f"sequentially on {self.besa_nsamples} x {self.seqlen}; perplexity on the {self.dataset} test split, "
+                f"seqlen {self.eval_seqlen}; zero-shot: {self.tasks} tasks, {limit}. The papers prune sequentially on "
                 f"128 x 2048: `make reproduce` runs that grid")
 
 
@@ -78,7 +81,8 @@ def run_demo(config: DemoConfig | None = None, out: str | Path = "runs/demo", pr
     config = config or DemoConfig()
     root = Path(out)
     start = time.perf_counter()
-    session = Session(config.model, nsamples=config.nsamples, seqlen=config.seqlen, progress=False)
+    session = Session(config.model, nsamples=config.nsamples, seqlen=config.seqlen, progress=False,
+                      dataset=config.dataset)
     records = []
     for run, experiment in tqdm(config.runs(), desc="demo", disable=not progress):
         path = root / run.id / "result.json"

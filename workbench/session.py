@@ -28,8 +28,8 @@ class Session:
     """Model + tokenizer + DenseCache (Wanda statistics of the dense model), loaded lazily."""
 
     def __init__(self, model: str = "smollm2-135m", nsamples: int | None = None, seqlen: int | None = None,
-                 seed: int = 0, device: str = "cpu", progress: bool = False):
-        self.model_name, self.device, self.progress = model, device, progress
+                 seed: int = 0, device: str = "cpu", progress: bool = False, dataset: str = DEFAULT_DATASET):
+        self.model_name, self.device, self.progress, self.dataset = model, device, progress, dataset
         self.calibration_settings = {"nsamples": nsamples, "seqlen": seqlen, "seed": seed}
         self._model = self._tokenizer = self._cache = self._inputs = None
         self._calibration = self._xtx = None  # the windows of the cache; X^T X of the dense model, on first need
@@ -46,7 +46,7 @@ class Session:
                 return
             model, tokenizer = load_model(self.model_name, device=self.device)
             settings = self.calibration_settings
-            calibration = calibration_samples(tokenizer, DEFAULT_DATASET, settings["nsamples"], settings["seqlen"],
+            calibration = calibration_samples(tokenizer, self.dataset, settings["nsamples"], settings["seqlen"],
                                               settings["seed"])
             cache = DenseCache.build(model, calibration, ("sq_norm",), progress=self.progress)
             self._model, self._tokenizer, self._cache, self._calibration = model, tokenizer, cache, calibration
