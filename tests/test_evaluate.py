@@ -75,7 +75,7 @@ def test_embedded_model_dense_perplexity(smollm):
 
 
 def test_perplexity_reads_the_split_it_is_given_at_the_default_seqlen(tiny):
-    from workbench.data import eval_tokens
+    from workbench.data import DEFAULT_DATASET, eval_tokens
 
     model, tok = tiny
     res = perplexity(model, tok, "embedded", "validation", progress=False)  # seqlen: 512 off the paper datasets
@@ -83,8 +83,8 @@ def test_perplexity_reads_the_split_it_is_given_at_the_default_seqlen(tiny):
     assert not torch.equal(ids, eval_tokens(tok, "embedded", "test")[0])
     assert (res.dataset, res.split, res.seqlen, res.n_windows) == ("embedded", "validation", 512, ids.numel() // 512)
     assert res.ppl == pytest.approx(perplexity_from_ids(model, ids, 512, progress=False), rel=1e-9)
-    default = perplexity(model, tok, progress=False)  # the defaults: the embedded test split
-    assert (default.dataset, default.split, default.seqlen) == ("embedded", "test", 512)
+    default = perplexity(model, tok, progress=False)  # the defaults: the default dataset's test split
+    assert (default.dataset, default.split, default.seqlen) == (DEFAULT_DATASET, "test", 512)
     assert default.ppl != res.ppl
 
 
