@@ -1,6 +1,6 @@
 """Natural English and granularity at 70% (issue 35): one table per dataset from the study's grids.
 
-Reads ``runs/study/{prose70,granularity70}-{dataset}/<grid>/*/result.json`` (``benchmarks/granularity_study.sh``)
+Reads ``runs/study/<grid>-{dataset}/<grid>/*/result.json`` (``benchmarks/granularity_study.sh``)
 and prints Markdown: per method, test perplexity with Wanda and SparseGPT at block, sublayer and projection
 granularity, and the zero-shot mean of the block rows; "refused" where the allocator has no meaning at that
 unit, "error" with the reason where a run failed, "—" where not run.
@@ -12,16 +12,21 @@ import argparse
 import json
 from pathlib import Path
 
+from workbench.allocation import check_allocator
+
 GRANULARITIES = ("block", "sublayer", "projection")
 METRICS = {"wanda": "Wanda", "sparsegpt": "SparseGPT"}
+ORDER = ("uniform", "OWL", "DLP", "ATP", "AlphaPruning", "DSA readme", "DSA evolved", "LSA", "BESA (row)")
+
+
+def defined(allocation: str, granularity: str) -> bool:
+    """Whether the allocator has a unit at ``granularity`` (BESA: its row-wise learning counts as block)."""
+    param = check_allocator(allocation).param("granularity")
+    return param is None or granularity in param.choices or (allocation == "besa" and granularity == "block")
 
 
 def records(root: Path, dataset: str) -> list[dict]:
-    out = []
-    for grid in ("prose70", "granularity70"):
-        for path in sorted((root / f"{grid}-{dataset}").glob("*/*/result.json")):
-            out.append(json.loads(path.read_text()))
-    return out
+    return [json.loads(path.read_text()) for path in sorted(root.glob(f"*-{dataset}/*/*/result.json"))]
 
 
 def key(record: dict) -> tuple[str, str, str]:
@@ -43,12 +48,21 @@ def cell(record: dict | None) -> str:
 
 def table(rows: list[dict]) -> str:
     by_key = {key(r): r for r in rows if r["run"]["label"] != "dense"}
-    methods = list(dict.fromkeys(k[0] for k in by_key))
+    allocation = {k[0]: r["run"]["params"]["allocation"] for k, r in by_key.items()}
+    methods = sorted(dict.fromkeys(k[0] for k in by_key), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
     head = ["method"] + [f"{METRICS[m]} {g}" for m in METRICS for g in GRANULARITIES] + \
         [f"zero-shot mean, {METRICS[m]} block" for m in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in methods:
-        cells = [cell(by_key.get((method, m, g))) for m in METRICS for g in GRANULARITIES]
+        cells = []
+        for m in METRICS:
+            for g in GRANULARITIES:
+                if not defined(allocation[method], g):
+                    cells.append("no such unit")
+                elif allocation[method] == "uniform" and g != "block":  # the same masks at every unit
+                    cells.append("= block")
+                else:
+                    cells.append(cell(by_key.get((method, m, g))))
         for m in METRICS:
             r = by_key.get((method, m, "block"))
             zs = (r or {}).get("data", {}).get("zero_shot", {}).get("mean_acc_norm") if r else None
