@@ -285,7 +285,7 @@ def test_block_sparsity_on_target_and_masks_realise_the_learned_counts(calib, gr
     prof = res.profile
     linears = prunable_linears(model)
     prof.check_matches(linears)
-    assert prof.allocator == "besa" and prof.granularity == granularity
+    assert prof.allocator == "besa" and prof.granularity == {"layer": "projection"}.get(granularity, granularity)
     zeros, numel = {}, {}
     for name, lin in linears.items():
         per_row = (lin.weight == 0).sum(dim=1)
@@ -385,7 +385,7 @@ def test_prodigy_optimizer(calib, monkeypatch):
     (dict(allocation_params={"epochs": 0}), "epochs=0"),
     (dict(allocation_params={"epochs": 1.5}), "epochs=1.5"),
     (dict(allocation_params={"batch_size": 0}), "batch_size=0"),
-    (dict(allocation_params={"granularity": "column"}), r"granularity='column'.*\['row', 'layer'\]"),
+    (dict(allocation_params={"granularity": "column"}), r"granularity='column'.*\['row', 'projection'\]"),
     (dict(allocation_params={"importance": "obs"}), r"importance='obs'.*\['wanda', 'magnitude', 'sparsegpt'\]"),
     (dict(allocation_params={"optimizer": "sgd"}), "optimizer='sgd'"),
     (dict(allocation_params={"reference": "teacher"}), "reference='teacher'"),
@@ -521,7 +521,7 @@ def test_the_profile_records_every_setting_under_its_parameter_name():
                             beta=7.0, lr=0.02, progress=False)
     params = learner.params()
     assert {k: v for k, v in params.items() if k != "blocks"} == {
-        "granularity": "layer", "importance": learner.importance, "beta": 7.0, "epochs": 2, "batch_size": 3,
+        "granularity": "projection", "importance": learner.importance, "beta": 7.0, "epochs": 2, "batch_size": 3,
         "optimizer": learner.optimizer, "lr": 0.02, "d_coef": learner.d_coef, "reference": learner.reference,
         "sigmoid": learner.sigmoid, "exact_target": learner.exact_target, "candidates": 101}
     assert params["blocks"] == []

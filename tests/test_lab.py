@@ -229,7 +229,8 @@ def test_curves_notebook_renders_reacts_and_prunes_what_it_shows(lab, browser):
         "print(json.dumps({'method': rec['method'], 'blocks': list(p.block_means().values()),\n"
         "                  'actual': [z / n for _b, (z, n) in sorted(act.items())]}))")
     record = json.loads(out.strip().splitlines()[-1])
-    assert record["method"]["params"] == {"lam": 0.14, "M": 5.0} and record["method"]["sparsity"] == 0.75
+    assert record["method"]["params"] == {"lam": 0.14, "M": 5.0, "granularity": "block"}
+    assert record["method"]["sparsity"] == 0.75
     assert record["blocks"] == pytest.approx(plotted, abs=1e-12)  # the allocation is the plotted one
     assert record["actual"] == pytest.approx(plotted, abs=0.02)  # and the model holds it (per-row rounding)
     assert nb.errors == [], nb.errors

@@ -224,7 +224,7 @@ def context():
     calib = calibration_samples(tok, "embedded", nsamples=4, seqlen=64)
     cache = DenseCache.build(model, calib, ("sq_norm",), progress=False)
     cfg = SearchConfig(**CFG)
-    return SearchContext(model, tok, cache, cfg), tok, calib, cache
+    return SearchContext(model, tok, cache, cfg, dataset="embedded"), tok, calib, cache
 
 
 CFG = dict(sparsity=0.6, population=4, generations=3, elite=1, seed=0, fitness_windows=2, fitness_seqlen=64,
@@ -369,14 +369,16 @@ def test_fitness_budget_larger_than_the_validation_split_is_refused(context):
     with pytest.raises(ValueError, match=r"^fitness_windows=999 x fitness_seqlen=512 needs 511488 tokens; the "
                                          r"validation split of 'embedded' has (\d+) \(allowed: fitness_windows <= "
                                          r"\d+ at this seqlen\)$") as err:
-        SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"fitness_windows": 999, "fitness_seqlen": 512})))
+        SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"fitness_windows": 999, "fitness_seqlen": 512})),
+                      dataset="embedded")
     available = int(re.search(r"has (\d+)", str(err.value)).group(1))
     assert f"fitness_windows <= {available // 512} at" in str(err.value)
 
 
 def test_a_new_context_records_split_metrics_windows_and_lengths_of_its_fitness(context):
     shared, tok, _calib, cache = context
-    ctx = SearchContext(shared.model, tok, cache, SearchConfig(**CFG))  # built here: mutation testing sees it
+    # built here: mutation testing sees it
+    ctx = SearchContext(shared.model, tok, cache, SearchConfig(**CFG), dataset="embedded")
     n = ctx.fitness_data["tokens"]
     assert {k: v for k, v in ctx.fitness_data.items() if k != "text_sha256"} == {
         "dataset": "embedded", "split": "validation", "tokens": n,
@@ -502,7 +504,7 @@ def test_heldout_windows_that_do_not_fit_are_refused_naming_the_limit(context):
     too_many = (n - 2 * 64) // 64 + 1
     with pytest.raises(ValueError, match=rf"heldout_windows={too_many} x fitness_seqlen=64 does not fit .*"
                                          rf"allowed: heldout_windows <= {too_many - 1}"):
-        SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"heldout_windows": too_many})))
+        SearchContext(ctx.model, tok, cache, SearchConfig(**(CFG | {"heldout_windows": too_many})), dataset="embedded")
 
 
 def test_a_fitness_dataset_without_held_out_validation_is_refused(context, text_file, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import workbench.search as search_mod
 from workbench.allocation.dsa import ops
 from workbench.allocation.dsa.function import MAX_CHAIN, AllocationFunction
+from workbench.data import DEFAULT_DATASET
 from workbench.errors import WorkbenchError
 from workbench.search import (
     NOVELTY_TRIES,
@@ -899,7 +900,7 @@ def test_the_search_setup_builds_the_candidate_context_from_its_specs():
     model, tokenizer, ctx = setup.build(progress=False)
     assert ctx.config is config and ctx.model is model and tokenizer is not None
     prov = ctx.cache.provenance
-    assert (prov["dataset"], prov["nsamples"], prov["seqlen"], prov["seed"]) == ("embedded", 2, 32, 3)
+    assert (prov["dataset"], prov["nsamples"], prov["seqlen"], prov["seed"]) == (DEFAULT_DATASET, 2, 32, 3)
     assert all(s.n_windows == 2 and s.sq_norm is not None for s in ctx.cache.stats.values())
     alloc = ctx.allocation(AllocationFunction(("abs",), "std", ("no_op",)))
     assert math.isfinite(ctx.fitness(alloc["counts"], "cheap"))

@@ -20,7 +20,7 @@ from workbench.widgets import SparsityCurves
 
 @pytest.fixture(scope="module")
 def session():
-    return Session("tiny-llama", nsamples=4, seqlen=32)
+    return Session("tiny-llama", nsamples=4, seqlen=32, dataset="embedded")
 
 
 def _parts(name: str) -> tuple[int, str]:
