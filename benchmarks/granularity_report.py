@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from workbench.allocation import check_allocator
+from workbench.allocation import granularities_of
 
 GRANULARITIES = ("block", "sublayer", "projection")
 METRICS = {"wanda": "Wanda", "sparsegpt": "SparseGPT"}
@@ -21,8 +21,8 @@ ORDER = ("uniform", "OWL", "DLP", "ATP", "AlphaPruning", "DSA readme", "DSA evol
 
 def defined(allocation: str, granularity: str) -> bool:
     """Whether the allocator has a unit at ``granularity`` (BESA: its row-wise learning counts as block)."""
-    param = check_allocator(allocation).param("granularity")
-    return param is None or granularity in param.choices or (allocation == "besa" and granularity == "block")
+    units = granularities_of(allocation)
+    return not units or granularity in units or (allocation == "besa" and granularity == "block")
 
 
 def records(root: Path, dataset: str) -> list[dict]:

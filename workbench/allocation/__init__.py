@@ -25,6 +25,7 @@ from .base import (
     curve_allocators,
     declared_defaults,
     describe_allocators,
+    granularities_of,
     groups,
     learns_while_pruning,
     register_allocator,
@@ -33,8 +34,8 @@ from .base import (
 
 __all__ = ["ALLOCATORS", "AllocationInput", "Allocator", "GRANULARITIES", "LEARNERS", "Learner", "Param",
            "allocate", "allocation_entries", "allocation_names", "check_allocator", "check_params",
-           "curve_allocators", "declared_defaults", "describe_allocators", "groups", "learns_while_pruning",
-           "register_allocator", "register_learner"]
+           "curve_allocators", "declared_defaults", "describe_allocators", "granularities_of", "groups",
+           "learns_while_pruning", "register_allocator", "register_learner"]
 
 # Register the built-in allocators (each file adds itself to ALLOCATORS, in this order in every menu).
 from . import uniform  # noqa: E402,F401,I001

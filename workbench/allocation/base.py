@@ -238,6 +238,12 @@ def check_allocator(name: str) -> Allocator:
     raise WorkbenchError(f"allocation={name!r} is not allowed; allowed: {sorted(names)}{hint}")
 
 
+def granularities_of(name: str) -> tuple[str, ...]:
+    """The allocation units allocator ``name`` defines (its declared ``granularity`` choices; none: ())."""
+    param = check_allocator(name).param("granularity")
+    return tuple(param.choices) if param is not None else ()
+
+
 def learns_while_pruning(name: str) -> bool:
     """True for learners (BESA): no curve before a run, sequential only."""
     return isinstance(check_allocator(name), Learner)

@@ -9,7 +9,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from .. import plots
-from ..allocation import check_allocator, curve_allocators, declared_defaults
+from ..allocation import curve_allocators, declared_defaults, granularities_of
 from ..allocation.dsa.function import PRESETS, load_function
 from ..errors import WorkbenchError
 from ..inputs import parse_number
@@ -18,12 +18,6 @@ from ..session import CURVE_ALLOCATORS, Session
 from ..units import GRANULARITIES
 
 TARGET_RANGE = (0.05, 0.95)
-
-
-def units_of(allocation: str) -> tuple[str, ...]:
-    """The granularities an allocator defines (its declared ``granularity`` choices)."""
-    param = check_allocator(allocation).param("granularity")
-    return tuple(param.choices) if param is not None else ()
 
 
 class SparsityCurves:
@@ -125,7 +119,7 @@ class SparsityCurves:
 
     def params(self, allocation: str) -> dict:
         """The allocator parameters the plotted curve of ``allocation`` was drawn with (what a run must use)."""
-        unit = {"granularity": self.granularity.value} if self.granularity.value in units_of(allocation) else {}
+        unit = {"granularity": self.granularity.value} if self.granularity.value in granularities_of(allocation) else {}
         if allocation == "owl":
             return {"lam": self.lam.value, "M": self.M.value, **unit}
         if allocation == "dsa":
@@ -142,7 +136,7 @@ class SparsityCurves:
         self.profiles = profiles
         notes = [f"{name}: {msg}" for name, msg in errors.items()]
         notes += [f"{name}: drawn per {profiles[name].granularity}; it has no {self.granularity.value} unit"
-                  for name in shown if name in profiles and self.granularity.value not in units_of(name)]
+                  for name in shown if name in profiles and self.granularity.value not in granularities_of(name)]
         if profiles:
             plots.sync_figure(self.figure, plots.sparsity_curves(profiles))
         means = ", ".join(f"{k} {p.mean():.4f}" for k, p in profiles.items())
