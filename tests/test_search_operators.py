@@ -19,6 +19,7 @@ from workbench.allocation.dsa import ops
 from workbench.allocation.dsa.function import MAX_CHAIN, AllocationFunction
 from workbench.data import DEFAULT_DATASET
 from workbench.errors import WorkbenchError
+from workbench.profile import SparsityProfile
 from workbench.search import (
     NOVELTY_TRIES,
     Search,
@@ -72,6 +73,10 @@ class FakeContext:
     def baseline_counts(self) -> dict[str, dict]:
         self.baseline_calls += 1
         return {}  # no hand-made allocations in a synthetic fitness
+
+    def profile(self, fn: AllocationFunction) -> SparsityProfile:
+        """What a search writes as best_profile.json: here one layer at the fake allocation's ratio."""
+        return SparsityProfile({"layer": 0.5}, {"layer": 1}, 0.5, "fake", "block", {"key": fn.key()})
 
     def fitness(self, counts: dict, fidelity: str) -> float:
         assert fidelity in ("cheap", "full", "heldout")
@@ -475,6 +480,9 @@ class Dying:
 
     def baseline_counts(self):
         return self.inner.baseline_counts()
+
+    def profile(self, fn):
+        return self.inner.profile(fn)
 
     def fitness(self, counts, fidelity):
         self.n += 1

@@ -299,7 +299,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Evolutionary search over DSA allocation functions (+ random baseline), checkpointed in --out."""
+    """Evolutionary search over DSA allocation functions or per-unit levels (+ random baseline), in --out."""
     from .models import model_hash
     from .search import Search, SearchConfig, SearchSetup
     from .spec import RunSpec
@@ -338,12 +338,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             fresh = heldout.get(kind, {}).get("heldout_fitness")
             fresh = f"  held-out {fresh:.3f}" if fresh is not None else ""
             print(f"best {kind:9s}: validation {config.fitness} {rec['full_fitness']:.3f}{fresh}  "
-                  f"{json_dumps(rec['function'])}")
+                  f"{json_dumps(rec.get('function', rec.get('levels')))}")
     for name in ("uniform", "owl"):
         if name in heldout:
             print(f"baseline {name:7s}: validation {config.fitness} {heldout[name]['search_fitness']:.3f}  "
                   f"held-out {heldout[name]['heldout_fitness']:.3f}")
-    print(f"history: {out / 'history.json'}  best: {out / 'best.json'}")
+    print(f"history: {out / 'history.json'}  best: {out / 'best.json'}  profile: {out / 'best_profile.json'}")
     return 0
 
 

@@ -53,13 +53,15 @@ import torch
 from pydantic import Field, StrictBool, model_validator
 from tqdm.auto import tqdm
 
-from .allocation import AllocationInput
+from .allocation import AllocationInput, groups
+from .allocation.base import spread_over, unit_weights
 from .allocation.dsa import ops
 from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
 from .backend import kernels
 from .data import DEFAULT_DATASET, check_held_out, eval_tokens
 from .errors import WorkbenchError
 from .evaluate import perplexity_from_ids, window_kl, window_log_probs
+from .level_space import LevelSpace, LevelVector, check_step
 from .models import layer_infos, prunable_linears
 from .registry import Plugin, Registry
 from .results import write_json_atomic
@@ -110,6 +112,11 @@ class SearchConfig(Spec):
     granularity: Literal["block", "sublayer", "projection"] = Field(
         "block", description="allocation unit the functions are searched at: block (the paper), sublayer "
                              "(attention / MLP of each block) or projection (each linear)")
+    space: Literal["functions", "levels"] = Field(
+        "functions", description="what a candidate is: a DSA allocation function (functions) or each unit's "
+                                 "sparsity level on a grid (levels, EvoPress: level-switch offspring of one parent)")
+    level_step: float = Field(0.02, description="levels space: sparsity between adjacent levels (the target must "
+                                                "be a multiple)")
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +141,8 @@ class SearchConfig(Spec):
             if get(name) not in FITNESS:
                 raise WorkbenchError(f"{name}={get(name)!r} is not allowed; allowed: {FITNESS.names()}")
         FUNCTION_SETS.check(get("function_set"))
+        if get("space") == "levels":
+            check_step(get("level_step"), get("sparsity"))
         return data
 
     @property
@@ -202,6 +211,9 @@ class SearchContext:
         cache.restore(model)
         scores = {n: layer_scores("wanda", lin.weight, stats[n]) for n, lin in self.linears.items()}
         self.inputs = AllocationInput(layer_infos(model), scores.__getitem__, weights=cache.weights.__getitem__)
+        self.grouped = groups(self.inputs, config.granularity)
+        self.levels = LevelSpace(list(self.grouped), unit_weights(self.inputs, self.grouped), config.sparsity,
+                                 config.level_step, config.granularity) if config.space == "levels" else None
         self.scores = scores
         self.orders = {n: kernels.row_order(s) for n, s in scores.items()}
         self.counts = {n: 0 for n in self.linears}  # pruned weights per row, as the model holds them now
@@ -239,10 +251,19 @@ class SearchContext:
                                   "the held-out re-score)")
 
     # -- allocation
-    def allocation(self, fn: AllocationFunction) -> dict:
-        """Per-unit ratios and per-linear counts of ``fn``, or invalid with the reason."""
+    def profile(self, candidate: AllocationFunction | LevelVector):
+        """The profile of a candidate of either space (a function's DSA allocation, or the levels as recorded)."""
+        c = self.config
+        if isinstance(candidate, LevelVector):
+            ratios = spread_over(self.grouped, self.levels.ratios(candidate))
+            return self.inputs.profile(ratios, c.sparsity, "levels", c.granularity,
+                                       {"levels": candidate.to_list(), "level_step": c.level_step})
+        return dsa(self.inputs, c.sparsity, candidate, granularity=c.granularity)
+
+    def allocation(self, fn: AllocationFunction | LevelVector) -> dict:
+        """Per-unit ratios and per-linear counts of a candidate, or invalid with the reason."""
         try:
-            profile = dsa(self.inputs, self.config.sparsity, fn, granularity=self.config.granularity)
+            profile = self.profile(fn)
         except InvalidFunction as err:
             return {"valid": False, "error": str(err), "ratios": None, "counts": None, "allocation_key": None}
         counts = self.counts_of(profile)
@@ -409,6 +430,80 @@ def tournament(ranked: list, size: int, rng: random.Random):
     return ranked[min(rng.randrange(len(ranked)) for _ in range(size))]
 
 
+# --------------------------------------------------------------------------- the two spaces
+
+class FunctionSpace:
+    """DSA allocation functions: random draws; offspring by tournament, crossover (p 0.9) and one mutation."""
+
+    name, field = "functions", "function"
+
+    def __init__(self, config: SearchConfig):
+        self.ops, self.tournament = function_set(config.function_set), config.tournament
+
+    def decode(self, data: dict) -> AllocationFunction:
+        return AllocationFunction.from_dict(data)
+
+    def encode(self, candidate: AllocationFunction) -> dict:
+        return candidate.to_dict()
+
+    def random(self, rng: random.Random) -> AllocationFunction:
+        return random_function(rng, self.ops)
+
+    def first(self, rng: random.Random, size: int, seen: set[str]) -> list[AllocationFunction]:
+        """Generation 0: ``size`` distinct random functions."""
+        return [novel(lambda: self.random(rng), seen) for _ in range(size)]
+
+    def anchors(self) -> set[str]:
+        """Keys of generation-0 candidates scored at full fidelity whatever their cheap fitness (none here)."""
+        return set()
+
+    def breed(self, parents: list, rng: random.Random, size: int, seen: set[str]) -> list[AllocationFunction]:
+        """``size`` new functions bred from ``parents`` (ranked, best first)."""
+        def child() -> AllocationFunction:
+            a, b = tournament(parents, self.tournament, rng), tournament(parents, self.tournament, rng)
+            return mutate(crossover(a, b, rng) if rng.random() < 0.9 else a, rng, self.ops)
+
+        return [novel(child, seen) for _ in range(size)]
+
+
+class LevelsSpace:
+    """Per-unit sparsity levels (EvoPress, :mod:`workbench.level_space`): the search starts from the uniform
+    profile; every offspring is a level switch of the one parent, the best candidate at full fidelity so far."""
+
+    name, field = "levels", "levels"
+
+    def __init__(self, grid: LevelSpace):
+        self.grid = grid
+
+    def decode(self, data: list) -> LevelVector:
+        return LevelVector.from_list(data)
+
+    def encode(self, candidate: LevelVector) -> list[int]:
+        return candidate.to_list()
+
+    def random(self, rng: random.Random) -> LevelVector:
+        return self.grid.random(rng)
+
+    def first(self, rng: random.Random, size: int, seen: set[str]) -> list[LevelVector]:
+        """Generation 0: the uniform profile and ``size - 1`` distinct offspring of it."""
+        start = self.grid.uniform()
+        seen.add(start.key())
+        return [start, *self.breed([start], rng, size - 1, seen)]
+
+    def anchors(self) -> set[str]:
+        """The uniform start competes at full fidelity (EvoPress adds the parent at the last stage)."""
+        return {self.grid.uniform().key()}
+
+    def breed(self, parents: list, rng: random.Random, size: int, seen: set[str]) -> list[LevelVector]:
+        parent = parents[0]
+        return [novel(lambda: self.grid.switch(parent, rng), seen) for _ in range(size)]
+
+
+def search_space(config: SearchConfig, context: SearchContext) -> FunctionSpace | LevelsSpace:
+    """The candidate space ``config.space`` names, over the context's units."""
+    return FunctionSpace(config) if config.space == "functions" else LevelsSpace(context.levels)
+
+
 # --------------------------------------------------------------------------- state and checkpoints
 
 @dataclass
@@ -447,8 +542,6 @@ def load_state(path: Path) -> SearchState:
                             elites=[str(k) for k in data["elites"]], rng=data["rng"],
                             random_chunks=int(data["random_chunks"]), random_rng=data["random_rng"],
                             history=list(data["history"]), meta=dict(data.get("meta", {})))
-        for rec in state.history:
-            AllocationFunction.from_dict(rec["function"])
         return state
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise WorkbenchError(f"checkpoint {path} is malformed or truncated ({type(err).__name__}: {err}); "
@@ -463,7 +556,7 @@ class Search:
     def __init__(self, context: SearchContext, config: SearchConfig, out: str | Path, resume: bool = False,
                  progress: bool = True, meta: dict | None = None, baselines: bool = True, pool=None):
         self.ctx, self.config, self.out, self.progress = context, config, Path(out), progress
-        self.space = function_set(config.function_set)
+        self.space = search_space(config, context)
         self.pool = pool or SerialPool(context)
         self._allocations: dict[str, dict] = {}  # function key -> allocation computed ahead (parallel pools)
         self._ahead: dict[tuple[str, str], tuple[float, float]] = {}  # (allocation key, fidelity) -> fitness
@@ -474,9 +567,16 @@ class Search:
             if not resume:
                 raise WorkbenchError(f"out={str(self.out)!r} already holds a search; pass resume=True (--resume)")
             self.state = load_state(self.state_path)
-            if {"granularity": "block", **self.state.config} != config.to_dict():  # older: blocks only
+            older = {"granularity": "block", "space": "functions", "level_step": 0.02}  # what older ones lacked
+            if {**older, **self.state.config} != config.to_dict():
                 raise WorkbenchError(f"the checkpoint's configuration {self.state.config} differs from "
                                      f"{config.to_dict()}")
+            try:
+                for rec in self.state.history:
+                    self.space.decode(rec[self.space.field])
+            except (ValueError, KeyError, TypeError) as err:
+                raise WorkbenchError(f"checkpoint {self.state_path} is malformed ({type(err).__name__}: {err}); "
+                                     "remove it to start afresh or point --out elsewhere") from None
         else:
             self.state = SearchState(config=config.to_dict(), meta=meta or {})
         self._index()
@@ -505,7 +605,8 @@ class Search:
         """A new record for ``fn``: its allocation and its fitness at the first fidelity."""
         start = time.perf_counter()
         key = fn.key()
-        record = {"kind": kind, "generation": generation, "function": fn.to_dict(), "function_key": key,
+        record = {"kind": kind, "generation": generation, self.space.field: self.space.encode(fn),
+                  "function_key": key,
                   "cached": None, "cheap_fitness": None, "full_fitness": None, "fitness": None, "fidelity": None,
                   "full_at": None, "paid": []}
         if key in self.by_function[kind]:  # same behaviour, same result: evaluations are deterministic
@@ -563,7 +664,9 @@ class Search:
         for fn in population:
             if fn.key() not in self.by_function[kind]:
                 new.setdefault(fn.key(), fn)
-        self._allocations.update(zip(new, self.pool.allocations(list(new.values())), strict=True))
+        allocations = (self.pool.allocations(list(new.values())) if self.space.name == "functions"
+                       else [self.ctx.allocation(c) for c in new.values()])  # levels: nothing to compute
+        self._allocations.update(zip(new, allocations, strict=True))
         for key in new:
             alloc = self._allocations[key]
             known = self.by_allocation[kind].get(alloc["allocation_key"]) or {}
@@ -582,8 +685,8 @@ class Search:
         self._compute_ahead(jobs)
 
     def _counts_of(self, record: dict) -> dict[str, int]:
-        """A record's counts, recomputed from its function (deterministic) when they were not kept."""
-        return self.ctx.allocation(AllocationFunction.from_dict(record["function"]))["counts"]
+        """A record's counts, recomputed from its candidate (deterministic) when they were not kept."""
+        return self.ctx.allocation(self.space.decode(record[self.space.field]))["counts"]
 
     def _settle(self, record: dict) -> None:
         """fitness/fidelity fields from what is known; a non-finite fitness makes the record invalid."""
@@ -597,9 +700,10 @@ class Search:
                 break
         self._remember(record)
 
-    def _promote(self, records: list[dict], count: int) -> None:
-        """Score the ``count`` best cheap-only records of ``records`` at full fidelity."""
-        pending = sorted((r for r in records if r["valid"] and r["full_fitness"] is None), key=rank_key)[:count]
+    def _promote(self, records: list[dict], count: int, anchors: set[str] = frozenset()) -> None:
+        """Score the ``count`` best cheap-only records of ``records`` at full fidelity, and the ``anchors``."""
+        cheap_only = sorted((r for r in records if r["valid"] and r["full_fitness"] is None), key=rank_key)
+        pending = cheap_only[:count] + [r for r in cheap_only[count:] if r["function_key"] in anchors]
         self._ahead_of_promotion(pending)
         for rec in pending:
             start = time.perf_counter()
@@ -627,8 +731,12 @@ class Search:
             best["heldout"] = heldout
         best["paid"] = {kind: self.paid(kind) for kind in KINDS}
         write_json_atomic(self.out / "best.json", best)
-        if best.get("evolution"):  # ready for `prune --allocation dsa --alloc-param function=...`
+        if best.get("evolution") and self.space.name == "functions":  # for `--alloc-param function=...`
             write_json_atomic(self.out / "best_function.json", best["evolution"]["function"])
+        for kind, name in (("evolution", "best_profile.json"), ("random", "best_random_profile.json")):
+            if best.get(kind):  # for `--allocation profile --alloc-param path=...` and the curves widget
+                candidate = self.space.decode(best[kind][self.space.field])
+                self.ctx.profile(candidate).save(self.out / name)
 
     def _write_progress(self, phase: str | None = None) -> None:
         """``progress.json`` for monitors: steps done of all, seconds spent, the hand-made baselines."""
@@ -671,16 +779,12 @@ class Search:
         elites = [self.by_function["evolution"][k] for k in self.state.elites if k not in keys]
         return sorted(elites + new, key=rank_key)
 
-    def _next_population(self, rng: random.Random) -> list[AllocationFunction]:
+    def _next_population(self, rng: random.Random) -> list:
+        """New candidates bred from the ranked pool (truncation: its better half; the best first)."""
         ranked = self._pool(self.state.generation)
-        parents = [AllocationFunction.from_dict(h["function"]) for h in ranked[: max(2, len(ranked) // 2)]]
+        parents = [self.space.decode(h[self.space.field]) for h in ranked[: max(2, len(ranked) // 2)]]
         seen = set(self.by_function["evolution"])
-
-        def breed() -> AllocationFunction:
-            a, b = tournament(parents, self.config.tournament, rng), tournament(parents, self.config.tournament, rng)
-            return mutate(crossover(a, b, rng) if rng.random() < 0.9 else a, rng, self.space)
-
-        return [novel(breed, seen) for _ in range(self.config.population - len(self.state.elites))]
+        return self.space.breed(parents, rng, self.config.population - len(self.state.elites), seen)
 
     def _promotions(self, generation: int) -> int:
         return max(self.config.promote, self.config.elite) if generation == 0 else self.config.promote
@@ -706,12 +810,11 @@ class Search:
         for gen in tqdm(range(self.state.generation + 1, self.config.generations), desc="DSA evolution",
                         disable=not self.progress):
             if gen == 0:
-                seen: set[str] = set()
-                population = [novel(lambda: random_function(rng, self.space), seen)
-                              for _ in range(self.config.population)]
+                population = self.space.first(rng, self.config.population, set())
             else:
                 population = self._next_population(rng)
-            self._generation(population, "evolution", gen, self._promotions(gen))
+            self._generation(population, "evolution", gen, self._promotions(gen),
+                             self.space.anchors() if gen == 0 else set())
             ranked = [h for h in self._pool(gen) if h["valid"] and h["full_fitness"] is not None]
             self.state.elites = [h["function_key"] for h in ranked[: self.config.elite]]
             self.state.generation, self.state.rng = gen, _rng_state(rng)
@@ -742,14 +845,15 @@ class Search:
         self.state.meta["heldout"] = entries
         self._checkpoint()
 
-    def _generation(self, population: list[AllocationFunction], kind: str, gen: int, promote: int) -> None:
+    def _generation(self, population: list, kind: str, gen: int, promote: int,
+                    anchors: set[str] = frozenset()) -> None:
         """Score ``population`` and promote; an exception rolls the history back (redone on resume)."""
         rollback = len(self.state.history)
         try:
             self._ahead_of_scoring(population, kind)
             records = [self._score(fn, kind, gen) for fn in population]
             if self.config.multi_fidelity:
-                self._promote(records, promote)
+                self._promote(records, promote, anchors)
         except BaseException:
             del self.state.history[rollback:]
             self._index()
@@ -769,7 +873,7 @@ class Search:
             _set_rng(rng, self.state.random_rng)
         for chunk in tqdm(range(self.state.random_chunks, len(sizes)), desc="random search",
                           disable=not self.progress):
-            draws = [novel(lambda: random_function(rng, self.space), seen) for _ in range(sizes[chunk])]
+            draws = [novel(lambda: self.space.random(rng), seen) for _ in range(sizes[chunk])]
             self._generation(draws, "random", chunk, self._promotions(chunk))
             self.state.random_chunks, self.state.random_rng = chunk + 1, _rng_state(rng)
             self._checkpoint()

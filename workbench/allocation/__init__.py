@@ -41,4 +41,4 @@ __all__ = ["ALLOCATORS", "AllocationInput", "Allocator", "GRANULARITIES", "LEARN
 from . import uniform  # noqa: E402,F401,I001
 from . import owl  # noqa: E402,F401
 from .dsa import function as _dsa_function  # noqa: E402,F401
-from . import besa, er, global_, alphapruning, dlp, atp, lsa  # noqa: E402,F401
+from . import besa, er, global_, alphapruning, dlp, atp, lsa, saved  # noqa: E402,F401
