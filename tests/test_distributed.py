@@ -89,6 +89,24 @@ def test_parallel_search_equals_the_serial_search(serial, pool, tmp_path):
     assert len(set(pool.pids())) == 2 and os.getpid() not in pool.pids()  # two worker processes did the work
 
 
+def test_a_parallel_level_search_equals_the_serial_one(local_ray, tmp_path):
+    """The level space (EvoPress) on the Ray pool: the same history as the serial search, record for record."""
+    config = SearchConfig(**(CONFIG.to_dict() | {"space": "levels", "level_step": 0.05, "population": 7}))
+    spec = WorkerSpec(SearchSetup(SPEC.setup.model, SPEC.setup.calibration, config), threads=1)
+    with one_thread():
+        serial = Search(build_context(spec)[2], config, tmp_path / "serial", progress=False).run()
+    pool = RayFitnessPool(spec, 2)
+    try:
+        with one_thread():
+            parallel = Search(build_context(spec)[2], config, tmp_path / "parallel", progress=False, pool=pool).run()
+    finally:
+        pool.close()
+    history = _history(tmp_path / "serial")
+    assert _history(tmp_path / "parallel") == history and all("levels" in r for r in history)
+    assert history[0]["levels"] == [10] * len(history[0]["levels"])  # the uniform start (0.5 / 0.05)
+    assert parallel["evolution"]["levels"] == serial["evolution"]["levels"]
+
+
 def test_a_killed_worker_is_replaced_and_its_candidate_rerun(serial, local_ray, tmp_path):
     history, best = serial
     pool = RayFitnessPool(SPEC, 2)

@@ -243,3 +243,38 @@ def test_the_cli_refuses_bad_level_input_in_one_line_and_writes_nothing(tmp_path
     assert proc.returncode != 0 and message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- on a model: the result applied
+
+def test_a_level_search_on_the_tiny_model_gives_a_profile_that_prune_and_the_curves_apply(tmp_path):
+    from workbench.models import load_model
+    from workbench.prune import prune
+    from workbench.search import SearchSetup
+    from workbench.session import Session
+    from workbench.spec import CalibrationSpec, ModelSpec
+    from workbench.widgets import SparsityCurves
+
+    config = SearchConfig(sparsity=0.5, space="levels", level_step=0.05, population=6, generations=3, elite=1,
+                          fitness_windows=1, fitness_seqlen=64, cheap_windows=1, cheap_seqlen=32, heldout_windows=1,
+                          granularity="sublayer")
+    _model, _tok, ctx = SearchSetup(ModelSpec(name="tiny-llama"), CalibrationSpec(nsamples=2, seqlen=32),
+                                    config).build(progress=False)
+    best = Search(ctx, config, tmp_path / "s", progress=False).run()["evolution"]
+    path = tmp_path / "s" / "best_profile.json"
+    searched = SparsityProfile.load(path)
+    assert searched.granularity == "sublayer" and searched.mean() == pytest.approx(0.5, abs=1e-12)
+    assert list(searched.unit_means().values()) == pytest.approx([v * 0.05 for v in best["levels"]])
+    model, tok = load_model("tiny-llama")
+    result = prune(model, tok, metric="wanda", sparsity=0.5, allocation="profile",
+                   allocation_params={"path": str(path)}, progress=False)
+    assert result.profile.layers == searched.layers and result.profile.params["source"] == "levels"
+    for name, layer in result.report["layers"].items():  # each linear pruned at its searched level
+        assert layer["actual"] == pytest.approx(searched.layers[name], abs=1 / 32)
+    with pytest.raises(WorkbenchError, match=r"was made for sparsity 0.5; it does not transfer to sparsity=0.6"):
+        prune(load_model("tiny-llama")[0], tok, sparsity=0.6, allocation="profile",
+              allocation_params={"path": str(path)}, progress=False)
+    curves = SparsityCurves(Session("tiny-llama", nsamples=2, seqlen=32), sparsity=0.5)
+    curves.add_profile("levels", searched)
+    drawn = {t.name.split(" ")[0]: list(t.y) for t in curves.figure.data}
+    assert drawn["levels"] == pytest.approx([v * 0.05 for v in best["levels"]])
