@@ -606,3 +606,61 @@ def test_block_values_keep_float64_precision_in_the_rounding_check():
     blocks = [[torch.full((2, 2), v, dtype=torch.float64)] for v in (1.0, 1.0 + 2e-8)]
     values, _ = AllocationFunction(("no_op",), "mean").reduced_values(blocks)
     assert values[1] - values[0] == pytest.approx(2e-8, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- kept block vectors (a search)
+
+@pytest.mark.parametrize("first", sorted(ops.PRE))
+def test_pre_ops_on_a_kept_vector_never_write_into_it(first):
+    """``owned=False``: every two-op chain gives the values an owned copy gives, and the kept vector (with
+    negative, zero and many distinct entries) is bit for bit what it was."""
+    g = torch.Generator().manual_seed(7)
+    kept = torch.cat([torch.randn(300, generator=g, dtype=torch.float64) * 3, torch.zeros(5)])
+    before = kept.clone()
+    for second in sorted(ops.PRE):
+        chain = (first, second)
+        got = ops.apply_pre(chain, kept, owned=False)
+        expected = ops.apply_pre(chain, kept.clone())
+        assert torch.equal(kept, before), chain
+        assert torch.allclose(got, expected, equal_nan=True, rtol=0, atol=0), chain
+
+
+def test_a_search_keeping_the_unit_vectors_allocates_exactly_as_a_one_off_call():
+    """The same profile with ``keep_vectors`` (vectors built once, read by every function) as without, over
+    random functions of every reduction, on scores with many distinct values; the kept vectors unchanged."""
+    import random
+
+    from workbench.allocation import AllocationInput
+    from workbench.allocation.dsa.function import dsa, unit_scores, unit_vectors
+    from workbench.search import random_function
+    from workbench.units import LayerInfo
+
+    g = torch.Generator().manual_seed(3)
+    layers, scores = {}, {}
+    for block in range(5):
+        for proj, shape in (("self_attn.q_proj", (24, 40)), ("mlp.up_proj", (64, 40)), ("mlp.down_proj", (40, 64))):
+            name = f"model.layers.{block}.{proj}"
+            layers[name] = LayerInfo(name=name, block=block, out_features=shape[0], in_features=shape[1])
+            scores[name] = torch.rand(shape, generator=g) * (block + 1) + torch.randn(shape, generator=g).abs()
+    kept = AllocationInput(layers, scores.__getitem__, keep_vectors=True)
+    rng, compared = random.Random(5), 0
+    for _ in range(120):
+        fn = random_function(rng)
+        try:
+            expected = dsa(AllocationInput(layers, scores.__getitem__), 0.6, fn, granularity="sublayer").layers
+        except InvalidFunction:
+            with pytest.raises(InvalidFunction):
+                dsa(kept, 0.6, fn, granularity="sublayer")
+            continue
+        assert dsa(kept, 0.6, fn, granularity="sublayer").layers == expected, fn
+        compared += 1
+    assert compared >= 40
+    kept_keys = [k for k in kept.memo if k[0] == "dsa_vectors"]
+    assert kept_keys
+    for key in kept_keys:  # the kept vectors equal ones built afresh from the scores: nothing wrote into them
+        _tag, granularity, views = key
+        ok, vectors = kept.memo[key]
+        fresh = list(unit_vectors(unit_scores(kept, granularity), views))
+        assert ok and len(vectors) == len(fresh)
+        for (flat, shapes), (want, want_shapes) in zip(vectors, fresh, strict=True):
+            assert torch.equal(flat, want) and shapes == want_shapes
