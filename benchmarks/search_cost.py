@@ -8,6 +8,10 @@
 
     .venv/bin/python benchmarks/search_cost.py [--model smollm2-135m] [--functions 60] [--generations 3]
         [--promote N] [--skip-correlation]
+    .venv/bin/python benchmarks/search_cost.py --spaces [--population 64] [--generations 3] [--calib-dataset sotu]
+
+3. ``--spaces``: seconds per distinct candidate of the function space and the level space at one configuration
+   (new candidates a generation, promotions), split into allocation, cheap stage and amortized full stage.
 """
 
 import argparse
@@ -77,6 +81,51 @@ def correlation(ctxs: dict, n_functions: int, seed: int) -> None:
               f"{seconds[name] / len(full):.2f} s per candidate (forward only)")
 
 
+class Timed:
+    """Seconds a context spends allocating, masking and scoring, per fidelity (wraps its methods)."""
+
+    def __init__(self, ctx):
+        self.seconds = {"allocation": 0.0, "masks": 0.0, "cheap": 0.0, "full": 0.0}
+        allocation, set_counts, fitness = ctx.allocation, ctx.set_counts, ctx.fitness
+
+        def timed(label, fn, *args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds[label] += time.perf_counter() - t0
+
+        ctx.allocation = lambda c: timed("allocation", allocation, c)
+        ctx.set_counts = lambda counts: timed("masks", set_counts, counts)
+        ctx.fitness = lambda counts, fidelity: timed(fidelity, fitness, counts, fidelity)
+
+    def per(self, n: int) -> str:
+        s = self.seconds
+        return (f"per candidate: allocation {s['allocation'] / n:.3f}, cheap stage {s['cheap'] / n:.3f}, full stage "
+                f"(amortized) {s['full'] / n:.3f} s; of these, masks {s['masks'] / n:.3f} s")
+
+
+def space_cost(model, tok, cache, sparsity: float, generations: int, population: int, promote: int) -> None:
+    """Seconds per distinct candidate of each space at one configuration, with where they go."""
+    root = tempfile.mkdtemp(prefix="space-cost-")
+    try:
+        for space, elite in (("functions", 2), ("levels", 1)):
+            cfg = SearchConfig(sparsity=sparsity, random_baseline=False, space=space, elite=elite,
+                               population=population + elite, generations=generations, promote=promote,
+                               heldout_windows=0)
+            ctx = SearchContext(model, tok, cache, cfg)
+            timed = Timed(ctx)
+            t0 = time.perf_counter()
+            search = Search(ctx, cfg, f"{root}/{space}", progress=False, baselines=False)
+            search.run()
+            n = len(search.state.history)
+            print(f"{space:9s}: {n} distinct candidates ({population} new a generation, promote {promote}) in "
+                  f"{time.perf_counter() - t0:6.1f} s = {(time.perf_counter() - t0) / n:.3f} s per candidate; "
+                  f"{timed.per(n)}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def search_cost(model, tok, cache, sparsity: float, generations: int, promote: int | None = None) -> None:
     root = tempfile.mkdtemp(prefix="search-cost-")
     try:
@@ -128,13 +177,20 @@ def main() -> None:
     parser.add_argument("--promote", type=int, default=None, help="promotions per generation (default: the search's)")
     parser.add_argument("--skip-correlation", action="store_true", help="only the cost per candidate")
     parser.add_argument("--skip-cost", action="store_true", help="only the rank correlation")
+    parser.add_argument("--spaces", action="store_true",
+                        help="only the cost per candidate of the function and the level space, with its parts")
+    parser.add_argument("--population", type=int, default=64, help="--spaces: new candidates per generation")
+    parser.add_argument("--calib-dataset", default="embedded")
     args = parser.parse_args()
 
     model, tok = load_model(args.model)
-    calib = calibration_samples(tok, "embedded", args.nsamples, args.seqlen, 0)
+    calib = calibration_samples(tok, args.calib_dataset, args.nsamples, args.seqlen, 0)
     cache = DenseCache.build(model, calib, ("sq_norm",), progress=False)
-    print(f"model={args.model} calibration={args.nsamples}x{args.seqlen} sparsity={args.sparsity} "
-          f"threads={torch.get_num_threads()}")
+    print(f"model={args.model} calibration={args.calib_dataset} {args.nsamples}x{args.seqlen} "
+          f"sparsity={args.sparsity} threads={torch.get_num_threads()}")
+    if args.spaces:
+        space_cost(model, tok, cache, args.sparsity, args.generations, args.population, args.promote or 1)
+        return
     if not args.skip_correlation:
         correlation(contexts(model, tok, cache, args.sparsity), args.functions, args.seed)
     if not args.skip_cost:

@@ -401,7 +401,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_export_recipe(args: argparse.Namespace) -> int:
     """Write an llm-compressor recipe whose per-layer sparsity is a profile's, checked against the model."""
-    from .recipe import export_recipe, load_profile_source, run_settings
+    from .profile import load_profile_source
+    from .recipe import export_recipe, run_settings
 
     profile, known = load_profile_source(args.profile)
     model_name, metric, pattern = run_settings(known, args.profile, args.model, args.metric, args.pattern)

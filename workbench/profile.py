@@ -129,3 +129,27 @@ def check_sparsity(value: float, name: str = "sparsity") -> float:
             or not 0.0 <= value < 1.0:
         raise WorkbenchError(f"{name}={value!r} must be a number in [0, 1)")
     return float(value)
+
+
+def load_profile_source(path: str | Path) -> tuple[SparsityProfile, dict[str, Any]]:
+    """:func:`read_profile_source` of a JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise WorkbenchError(f"profile={str(path)!r} could not be read as JSON ({err})") from err
+    return read_profile_source(data, str(path))
+
+
+def read_profile_source(data: Any, where: str = "record") -> tuple[SparsityProfile, dict[str, Any]]:
+    """A profile and what is known of its run (model, metric, pattern), from a result record or a bare
+    ``sparsity_profile.json``."""
+    if isinstance(data, dict) and isinstance(data.get("profile"), dict):  # a result record
+        method = data.get("method", {})
+        known = {"metric": method.get("metric"), "pattern": method.get("pattern"),
+                 "model": data.get("model", {}).get("id")}
+        return SparsityProfile.from_dict(data["profile"]), known
+    if isinstance(data, dict) and "layers" in data:
+        return SparsityProfile.from_dict(data), {}
+    raise WorkbenchError(f"profile={where!r} is neither a result record with a profile nor a sparsity profile "
+                          "(with 'layers')")

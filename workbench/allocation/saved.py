@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import WorkbenchError
-from ..profile import SparsityProfile
+from ..profile import SparsityProfile, load_profile_source
 from .base import AllocationInput, Param, register_allocator
 
 TOLERANCE = 1e-9
@@ -18,8 +18,6 @@ TOLERANCE = 1e-9
 
 def read_saved(path) -> SparsityProfile:
     """The profile in ``path``: a search's best_profile.json, a ``--save`` sparsity_profile.json or a run record."""
-    from ..recipe import load_profile_source
-
     if not isinstance(path, str | Path) or not str(path):
         raise WorkbenchError(f"path={path!r} must name a saved profile (a search's best_profile.json, a "
                              "sparsity_profile.json written by --save, or a run record)")

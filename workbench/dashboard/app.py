@@ -393,7 +393,8 @@ class Dashboard(pn.viewable.Viewer):
     def _record_recipe(self) -> io.BytesIO:
         """The selected record's profile as an llm-compressor recipe (the same code as ``export-recipe``);
         a record that cannot be exported shows why and downloads only that reason."""
-        from workbench.recipe import read_profile_source, recipe_text, run_settings
+        from workbench.profile import read_profile_source
+        from workbench.recipe import recipe_text, run_settings
 
         path = self.record or "record"
         try:
