@@ -3,9 +3,10 @@
 # fitness on sotu validation only (cheap KL 1 x 64 for every candidate, validation ppl 8 x 512 for the best one of
 # each generation), the final choices re-scored on 8 held-out validation windows.
 #   block granularity, 5 seeds: function space (DSA functions: evolution + equal-budget random search) and
-#   level space (EvoPress levels, step 0.02: evolution + equal-budget random search), 32 new candidates a
-#   generation, 63 generations = 2018 (functions) / 2017 (levels) distinct candidates per method and seed;
-#   projection granularity, 3 seeds: the two evolutions only, 32 generations = 1026 / 1025 candidates.
+#   level space (EvoPress levels, step 0.02: evolution + equal-budget random search), 64 new candidates a
+#   generation (EvoPress's offspring count; 1 promoted to the full fitness), 32 generations = 2050 (functions:
+#   66 with 2 elites) / 2049 (levels: 65 with the parent) distinct candidates per method and seed;
+#   projection granularity, 3 seeds: the two evolutions only, 16 generations = 1026 / 1025 candidates.
 # Two searches run side by side, one thread each (2 cores). Resumable: rerun to continue (each search resumes from
 # its state.json). Usage: benchmarks/level_study.sh [ROOT=runs/level_study]
 set -e
@@ -16,8 +17,8 @@ mkdir -p "$ROOT"
 
 search() {  # granularity space seed generations [extra flags]
   local out="$ROOT/$1/$2-s$3"
-  local shape=(--population 34 --elite 2)
-  [ "$2" = levels ] && shape=(--population 33 --elite 1)
+  local shape=(--population 66 --elite 2)
+  [ "$2" = levels ] && shape=(--population 65 --elite 1)
   local resume=()
   [ -f "$out/state.json" ] && resume=(--resume)
   [ -f "$out/progress.json" ] && grep -q '"phase": "done"' "$out/progress.json" && return 0
@@ -31,10 +32,10 @@ export PY ROOT
 
 jobs=()
 for seed in 0 1 2 3 4; do
-  jobs+=("block functions $seed 63" "block levels $seed 63")
+  jobs+=("block functions $seed 32" "block levels $seed 32")
 done
 for seed in 0 1 2; do
-  jobs+=("projection functions $seed 32 --no-random-baseline" "projection levels $seed 32 --no-random-baseline")
+  jobs+=("projection functions $seed 16 --no-random-baseline" "projection levels $seed 16 --no-random-baseline")
 done
 printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c 'search {}'
 $PY benchmarks/level_study_report.py --root "$ROOT" > "$ROOT/report.md"

@@ -274,6 +274,13 @@ def test_a_level_search_on_the_tiny_model_gives_a_profile_that_prune_and_the_cur
     with pytest.raises(WorkbenchError, match=r"was made for sparsity 0.5; it does not transfer to sparsity=0.6"):
         prune(load_model("tiny-llama")[0], tok, sparsity=0.6, allocation="profile",
               allocation_params={"path": str(path)}, progress=False)
+    from workbench.cli import main
+
+    record = tmp_path / "record.json"  # the command line: --profile F, at the profile's own target
+    assert main(["prune", "--model", "tiny-llama", "--profile", str(path), "--nsamples", "2", "--seqlen", "32",
+                 "--out", str(record)]) == 0
+    applied = json.loads(record.read_text())
+    assert applied["profile"]["layers"] == searched.layers and applied["method"]["sparsity"] == 0.5
     curves = SparsityCurves(Session("tiny-llama", nsamples=2, seqlen=32), sparsity=0.5)
     curves.add_profile("levels", searched)
     drawn = {t.name.split(" ")[0]: list(t.y) for t in curves.figure.data}

@@ -262,6 +262,14 @@ def prune_spec(args: argparse.Namespace):
     params = _parse_params(args.alloc_param)
     if args.granularity is not None:
         params["granularity"] = args.granularity
+    if args.profile is not None:  # --profile F: --allocation profile --alloc-param path=F, at the profile's target
+        from .allocation.saved import read_saved
+
+        if args.allocation not in (None, "profile"):
+            raise WorkbenchError(f"--profile applies a saved profile; it cannot be combined with "
+                                 f"--allocation {args.allocation} (allowed: leave --allocation out)")
+        settings["allocation"], params["path"] = "profile", args.profile
+        settings.setdefault("sparsity", read_saved(args.profile).target)
     if params:
         settings["alloc_params"] = params
     settings["evals"] = {None: (), "ppl": ("ppl",), "zero-shot": ("zero-shot",), "all": ("ppl", "zero-shot")}[args.eval]
@@ -478,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without meaning for it (same as --alloc-param granularity=...)")
     p.add_argument("--alloc-param", action="append", default=[], metavar="KEY=VALUE",
                    help="allocator parameter, repeatable (e.g. lam=0.08, M=5, function=readme|FILE.json, beta=auto)")
+    p.add_argument("--profile", default=None, metavar="PROFILE.json",
+                   help="apply a saved profile (a search's best_profile.json, a --save sparsity_profile.json or a run "
+                        "record) at its own target: --allocation profile --alloc-param path=PROFILE.json")
     p.add_argument("--eval", nargs="?", const="ppl", default=None, choices=("ppl", "zero-shot", "all"),
                    help="evaluate after pruning: ppl (perplexity, also plain --eval), zero-shot (lm-eval accuracy "
                         "on --tasks) or all")
