@@ -8,7 +8,8 @@
 #   66 with 2 elites) / 2049 (levels: 65 with the parent) distinct candidates per method and seed;
 #   projection granularity, 3 seeds: the two evolutions only, 16 generations = 1026 / 1025 candidates.
 # Two searches run side by side, one thread each (2 cores). Resumable: rerun to continue (each search resumes from
-# its state.json). Usage: benchmarks/level_study.sh [ROOT=runs/level_study]
+# its state.json; the states are also kept, gzipped, in benchmarks/results/level_study/ and restored from there).
+# Usage: benchmarks/level_study.sh [ROOT=runs/level_study]; `benchmarks/level_study.sh ROOT keep` only saves them.
 set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -29,6 +30,29 @@ search() {  # granularity space seed generations [extra flags]
 }
 export -f search
 export PY ROOT
+
+# Checkpoints kept in the repository (a later session may be a fresh machine): restored where the run folder lacks
+# them, written back (gzip) when this script ends or is stopped.
+KEEP=benchmarks/results/level_study
+restore() {
+  for gz in "$KEEP"/*/*.state.json.gz; do
+    [ -e "$gz" ] || continue
+    local rel=${gz#"$KEEP"/}
+    local out="$ROOT/${rel%.state.json.gz}"
+    [ -f "$out/state.json" ] || { mkdir -p "$out"; gunzip -c "$gz" > "$out/state.json"; }
+  done
+}
+keep() {
+  for state in "$ROOT"/*/*/state.json; do
+    [ -e "$state" ] || continue
+    local rel=${state#"$ROOT"/}
+    mkdir -p "$KEEP/$(dirname "$(dirname "$rel")")"
+    gzip -9 -c "$state" > "$KEEP/${rel%/state.json}.state.json.gz"
+  done
+}
+if [ "${2:-}" = keep ]; then keep; exit 0; fi
+restore
+trap keep EXIT
 
 jobs=()
 for seed in 0 1 2 3 4; do

@@ -1,6 +1,6 @@
 """The level-space study's figure and tables (issue 36), from finished or running searches.
 
-Reads ``<root>/<granularity>/<space>-s<seed>/history.json`` (``benchmarks/level_study.sh``). Four methods at
+Reads ``<root>/<granularity>/<space>-s<seed>/state.json`` (``benchmarks/level_study.sh``). Four methods at
 block granularity: function-space evolution and random search, level-space evolution and random search (two
 at projection granularity: the evolutions). For each: best-so-far validation fitness against distinct
 candidates (mean and 95% t-interval over seeds; the figure, PNG), the final best and its held-out re-score,
@@ -35,15 +35,12 @@ PAIRS = (("functions: evolution", "functions: random"), ("levels: evolution", "l
 def load(root: Path, granularity: str) -> dict[str, dict[int, dict]]:
     """method -> seed -> {"series": (x, y), "heldout": value, "best": record, "scored": n}."""
     out: dict[str, dict[int, dict]] = {}
-    for folder in sorted((root / granularity).glob("*-s*")):
-        if not (folder / "history.json").is_file():
-            continue
+    for folder in sorted(p for p in (root / granularity).glob("*-s*") if (p / "state.json").is_file()):
         space, seed = folder.name.rsplit("-s", 1)
-        history = json.loads((folder / "history.json").read_text())
-        heldout = {}
-        state = folder / "state.json"
-        if state.is_file():
-            heldout = json.loads(state.read_text()).get("meta", {}).get("heldout", {})
+        state = json.loads((folder / "state.json").read_text())  # the history and the held-out re-scores
+        history, heldout = state["history"], state.get("meta", {}).get("heldout", {})
+        if not history:
+            continue
         for kind, series in search_series(history).items():
             full = [h for h in history if h["kind"] == kind and h["valid"] and h["full_fitness"] is not None]
             out.setdefault(METHODS[(space, kind)], {})[int(seed)] = {

@@ -106,22 +106,29 @@ class Timed:
 
 
 def space_cost(model, tok, cache, sparsity: float, generations: int, population: int, promote: int) -> None:
-    """Seconds per distinct candidate of each space at one configuration, with where they go."""
+    """Seconds per distinct candidate of each space at one configuration, with where they go; the function space
+    also without the kept float64 unit vectors (rebuilt for every new pre-op chain, as before): the ratio."""
     root = tempfile.mkdtemp(prefix="space-cost-")
+    allocation = {}
     try:
-        for space, elite in (("functions", 2), ("levels", 1)):
+        for space, elite, keep in (("functions", 2, False), ("functions", 2, True), ("levels", 1, True)):
             cfg = SearchConfig(sparsity=sparsity, random_baseline=False, space=space, elite=elite,
                                population=population + elite, generations=generations, promote=promote,
                                heldout_windows=0)
             ctx = SearchContext(model, tok, cache, cfg)
+            ctx.inputs.keep_vectors = keep
             timed = Timed(ctx)
             t0 = time.perf_counter()
-            search = Search(ctx, cfg, f"{root}/{space}", progress=False, baselines=False)
+            search = Search(ctx, cfg, f"{root}/{space}-{keep}", progress=False, baselines=False)
             search.run()
             n = len(search.state.history)
-            print(f"{space:9s}: {n} distinct candidates ({population} new a generation, promote {promote}) in "
+            allocation[(space, keep)] = timed.seconds["allocation"] / n
+            label = f"{space} ({'kept' if keep else 'rebuilt'} vectors)" if space == "functions" else space
+            print(f"{label:27s}: {n} distinct candidates ({population} new a generation, promote {promote}) in "
                   f"{time.perf_counter() - t0:6.1f} s = {(time.perf_counter() - t0) / n:.3f} s per candidate; "
                   f"{timed.per(n)}", flush=True)
+        print(f"function-space allocation per candidate: rebuilt vectors / kept vectors = "
+              f"{allocation[('functions', False)] / allocation[('functions', True)]:.2f}x")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
