@@ -285,3 +285,16 @@ def test_a_level_search_on_the_tiny_model_gives_a_profile_that_prune_and_the_cur
     curves.add_profile("levels", searched)
     drawn = {t.name.split(" ")[0]: list(t.y) for t in curves.figure.data}
     assert drawn["levels"] == pytest.approx([v * 0.05 for v in best["levels"]])
+
+
+def test_the_search_monitor_follows_a_level_search(tmp_path):
+    """The monitor reads a level search's files as a function search's: one line per kind, best so far."""
+    from workbench.widgets import SearchMonitor
+
+    search, best = run(tmp_path, generations=5)
+    monitor = SearchMonitor(tmp_path / "run")
+    assert monitor.refresh() == len(search.state.history)
+    lines = {t.name: list(t.y) for t in monitor.figure.data if t.name in ("evolution", "random")}
+    assert lines["evolution"][-1] == best["evolution"]["full_fitness"]
+    assert lines["random"][-1] == best["random"]["full_fitness"]
+    assert f"evolution {best['evolution']['full_fitness']:.3f}" in monitor.status.value
