@@ -298,3 +298,32 @@ def test_the_search_monitor_follows_a_level_search(tmp_path):
     assert lines["evolution"][-1] == best["evolution"]["full_fitness"]
     assert lines["random"][-1] == best["random"]["full_fitness"]
     assert f"evolution {best['evolution']['full_fitness']:.3f}" in monitor.status.value
+
+
+def test_the_prefix_cache_scores_as_the_plain_forward_bit_for_bit():
+    """Candidates scored one after another (level switches of a parent, random level vectors, back to the
+    parent) through the cached block prefixes give exactly the protocol's perplexity and KL of the plain forward,
+    whatever was cached before; and blocks shared with a cached allocation were not run again."""
+    from workbench.evaluate import perplexity_from_ids, window_kl
+    from workbench.search import SearchSetup
+    from workbench.spec import CalibrationSpec, ModelSpec
+
+    config = SearchConfig(sparsity=0.5, space="levels", level_step=0.05, fitness_windows=2, fitness_seqlen=32,
+                          cheap_windows=1, cheap_seqlen=16, heldout_windows=0)
+    model, _tok, ctx = SearchSetup(ModelSpec(name="tiny-llama"), CalibrationSpec(nsamples=2, seqlen=32),
+                                   config).build(progress=False)
+    grid, rng = ctx.levels, random.Random(11)
+    parent = grid.uniform()
+    candidates = [parent, *[grid.switch(parent, rng) for _ in range(4)], grid.random(rng), grid.random(rng), parent]
+    blocks, calls = len(ctx.prefix.blocks), 0
+    for candidate in candidates:
+        counts = ctx.allocation(candidate)["counts"]
+        for fidelity in ("cheap", "full"):
+            got = ctx.fitness(counts, fidelity)
+            calls += 1
+            _metric, _w, seqlen = ctx.stages[fidelity]
+            if fidelity == "full":
+                assert got == perplexity_from_ids(model, ctx.ids["full"], seqlen, progress=False)
+            else:
+                assert got == float(window_kl(model, ctx.ids["cheap"], seqlen, ctx.reference["cheap"]).mean())
+    assert ctx.prefix.blocks_run < calls * blocks  # the repeated parent, and switches after block 0, reused

@@ -470,7 +470,7 @@ def test_candidate_records_name_the_error_and_carry_the_block_ratios(context, mo
     assert bad == {"valid": False, "error": bad["error"], "ratios": None, "counts": None, "allocation_key": None}
     assert "constant up to rounding" in bad["error"]
     # a fitness that is not finite (a diverged model) counts as the worst possible
-    monkeypatch.setattr(search_mod, "perplexity_from_ids", lambda *a, **k: math.nan)
+    monkeypatch.setattr(search_mod, "perplexity_of", lambda *a, **k: math.nan)
     assert ctx.fitness(rec["counts"], "full") == math.inf
 
 

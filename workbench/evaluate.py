@@ -44,7 +44,7 @@ def _check_seqlen(seqlen) -> None:
         raise WorkbenchError(f"seqlen={seqlen!r} must be an integer >= 2")
 
 
-def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
+def split_windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     """(n, seqlen) non-overlapping windows of a 1-D id tensor; the remainder is dropped."""
     _check_seqlen(seqlen)
     n = ids.numel() // seqlen
@@ -54,7 +54,7 @@ def _windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     return ids[: n * seqlen].view(n, seqlen)
 
 
-def _mean_nll(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+def mean_nll(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token NLL (float64) of each window of ``batch`` (b, seqlen) given its logits (b, seqlen, vocab)."""
     logits = logits[:, :-1, :]
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
@@ -69,7 +69,7 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, prog
     or streaming ``residency`` (:mod:`workbench.offload`) the windows go through the model block-major."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise WorkbenchError(f"batch_size={batch_size!r} must be an integer >= 1")
-    windows = _windows(ids, seqlen)
+    windows = split_windows(ids, seqlen)
     if residency is not None and residency.blockwise:
         return _window_nlls_blockwise(model, windows, residency, progress)
     device = next(model.parameters()).device
@@ -77,7 +77,7 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, batch_size: int = 1, prog
     starts = range(0, windows.shape[0], batch_size)
     for start in tqdm(starts, desc=f"perplexity (seqlen {seqlen})", disable=not progress, leave=False):
         batch = windows[start: start + batch_size].to(device)
-        out[start: start + batch.shape[0]] = _mean_nll(model(batch).logits, batch)
+        out[start: start + batch.shape[0]] = mean_nll(model(batch).logits, batch)
     return out
 
 
@@ -90,7 +90,7 @@ def _window_nlls_blockwise(model, windows: torch.Tensor, residency: Residency, p
             device = residency.compute_device(model)
             for i, window in enumerate(windows):
                 batch = window[None].to(device)
-                out[i] = _mean_nll(head_logits(model, batch, hidden[i]), batch)[0]
+                out[i] = mean_nll(head_logits(model, batch, hidden[i]), batch)[0]
     finally:
         hidden.close()
     return out
@@ -100,26 +100,41 @@ def _log_probs(model, windows: torch.Tensor):
     """Next-token log-probabilities (float32, (seqlen-1, vocab)) of each window, one forward pass each."""
     device = next(model.parameters()).device
     for w in windows:
-        yield torch.log_softmax(model(w[None].to(device)).logits[0, :-1].float(), dim=-1)
+        yield log_probs_of(model(w[None].to(device)).logits)
+
+
+def log_probs_of(logits: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities (float32, (seqlen-1, vocab)) of one window's logits (1, seqlen, vocab)."""
+    return torch.log_softmax(logits[0, :-1].float(), dim=-1)
+
+
+def kl_of(logq: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean over predicted tokens of KL(reference ‖ q) of one window (float64 scalar)."""
+    return (reference.exp() * (reference - logq)).sum(dim=-1).double().mean()
+
+
+def perplexity_of(nlls: torch.Tensor, seqlen: int) -> float:
+    """The protocol's perplexity from per-window mean NLLs: exp(sum_w nll_w * seqlen / (n * seqlen))."""
+    return math.exp(float((nlls * seqlen).sum() / (nlls.numel() * seqlen)))
 
 
 @torch.inference_mode()
 def window_log_probs(model, ids: torch.Tensor, seqlen: int) -> list[torch.Tensor]:
     """Next-token log-probabilities of each non-overlapping window: the reference a KL fitness compares a
     pruned model with (cached once per search)."""
-    return list(_log_probs(model, _windows(ids, seqlen)))
+    return list(_log_probs(model, split_windows(ids, seqlen)))
 
 
 @torch.inference_mode()
 def window_kl(model, ids: torch.Tensor, seqlen: int, reference: list[torch.Tensor]) -> torch.Tensor:
     """Mean over predicted tokens of KL(reference ‖ model) of each window (float64):
     Σ_v p(v)·(log p(v) − log q(v)), p the reference's next-token distribution, q the model's."""
-    windows = _windows(ids, seqlen)
+    windows = split_windows(ids, seqlen)
     if len(reference) != windows.shape[0]:
         raise WorkbenchError(f"reference has {len(reference)} windows, ids give {windows.shape[0]}")
     out = torch.empty(windows.shape[0], dtype=torch.float64)
     for i, (logq, ref) in enumerate(zip(_log_probs(model, windows), reference, strict=True)):
-        out[i] = (ref.exp() * (ref - logq)).sum(dim=-1).double().mean()
+        out[i] = kl_of(logq, ref)
     return out
 
 
@@ -127,7 +142,7 @@ def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, batch_size: int =
                         residency: Residency | None = None) -> float:
     """The protocol's perplexity of a 1-D token tensor: exp(sum_w nll_w * seqlen / (n * seqlen))."""
     nlls = window_nlls(model, ids, seqlen, batch_size=batch_size, progress=progress, residency=residency)
-    return math.exp(float((nlls * seqlen).sum() / (nlls.numel() * seqlen)))
+    return perplexity_of(nlls, seqlen)
 
 
 def perplexity(model, tokenizer, dataset: str = DEFAULT_DATASET, split: str = "test", seqlen: int | None = None,

@@ -60,9 +60,10 @@ from .allocation.dsa.function import AllocationFunction, InvalidFunction, dsa
 from .backend import kernels
 from .data import DEFAULT_DATASET, check_held_out, eval_tokens
 from .errors import WorkbenchError
-from .evaluate import perplexity_from_ids, window_kl, window_log_probs
+from .evaluate import kl_of, log_probs_of, mean_nll, perplexity_of, split_windows, window_log_probs
 from .level_space import LevelSpace, LevelVector, check_step
 from .models import layer_infos, prunable_linears
+from .prefix_cache import PrefixCache
 from .registry import Plugin, Registry
 from .results import write_json_atomic
 from .spec import CalibrationSpec, ModelSpec, Spec
@@ -229,6 +230,9 @@ class SearchContext:
             self.ids["heldout"] = ids[ids.numel() - config.heldout_windows * config.fitness_seqlen:]
         self.reference = {k: window_log_probs(model, self.ids[k], s)  # dense log-probs, once per search
                           for k, (m, _w, s) in self.stages.items() if m == "kl"}
+        self.prefix = PrefixCache(model)  # a candidate runs only the blocks after those a cached one shares
+        for k, (_m, _w, s) in self.stages.items():
+            self.prefix.add(k, split_windows(self.ids[k], s))
         self.fitness_data = {"dataset": dataset, "split": text.split, "text_sha256": text.sha256,
                              "tokens": ids.numel(),
                              **{k: {"metric": m, "windows": w, "seqlen": s} for k, (m, w, s) in self.stages.items()}}
@@ -312,11 +316,13 @@ class SearchContext:
         """Fitness of an allocation at ``fidelity`` (lower is better; inf if not finite)."""
         metric, _windows, seqlen = self.stages[fidelity]
         self.set_counts(counts)
-        ids = self.ids[fidelity]
-        if metric == "ppl":
-            value = perplexity_from_ids(self.model, ids, seqlen, progress=False)
-        else:
-            value = float(window_kl(self.model, ids, seqlen, self.reference[fidelity]).mean())
+        outputs = self.prefix.logits(fidelity, self.prefix.signature(self.counts))
+        if metric == "ppl":  # the protocol's perplexity (evaluate.perplexity_from_ids), from the cached prefix
+            value = perplexity_of(torch.cat([mean_nll(logits, window) for window, logits in outputs]), seqlen)
+        else:  # evaluate.window_kl's mean, from the cached prefix
+            kls = [kl_of(log_probs_of(logits), ref) for (_w, logits), ref in zip(outputs, self.reference[fidelity],
+                                                                                  strict=True)]
+            value = float(torch.stack(kls).mean())
         return value if math.isfinite(value) else math.inf
 
 
