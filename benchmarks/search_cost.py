@@ -106,37 +106,29 @@ class Timed:
 
 
 def space_cost(model, tok, cache, sparsity: float, generations: int, population: int, promote: int) -> None:
-    """Seconds per distinct candidate of each space at one configuration, with where they go; the function space
-    also without the kept float64 unit vectors (rebuilt for every new pre-op chain, as before), the level space also
-    without prefix reuse (every candidate runs every block): the ratios."""
+    """Seconds per distinct candidate of each space at one configuration, with where they go; the level space also
+    without prefix reuse (every candidate runs every block): the ratio."""
     root = tempfile.mkdtemp(prefix="space-cost-")
-    allocation, forward = {}, {}
+    forward = {}
     try:
-        for space, elite, keep in (("functions", 2, False), ("functions", 2, True), ("levels", 1, False),
-                                   ("levels", 1, True)):
+        for space, elite, keep in (("functions", 2, True), ("levels", 1, False), ("levels", 1, True)):
             cfg = SearchConfig(sparsity=sparsity, random_baseline=False, space=space, elite=elite,
                                population=population + elite, generations=generations, promote=promote,
                                heldout_windows=0)
             ctx = SearchContext(model, tok, cache, cfg)
-            if space == "functions":
-                ctx.inputs.keep_vectors = keep
-            elif not keep:  # no prefix reuse: the cache keeps no allocation, every candidate runs every block
+            if not keep:  # no prefix reuse: the cache keeps no allocation, every candidate runs every block
                 ctx.prefix.capacity = dict.fromkeys(ctx.prefix.capacity, 1)
             timed = Timed(ctx)
             t0 = time.perf_counter()
             search = Search(ctx, cfg, f"{root}/{space}-{keep}", progress=False, baselines=False)
             search.run()
             n = len(search.state.history)
-            allocation[(space, keep)] = timed.seconds["allocation"] / n
             forward[(space, keep)] = (timed.seconds["cheap"] + timed.seconds["full"]) / n
-            label = (f"{space} ({'kept' if keep else 'rebuilt'} vectors)" if space == "functions"
-                     else f"{space} ({'with' if keep else 'no'} prefix reuse)")
+            label = f"{space} ({'with' if keep else 'no'} prefix reuse)"
             print(f"{label:27s}: {n} distinct candidates ({population} new a generation, promote {promote}) in "
                   f"{time.perf_counter() - t0:6.1f} s = {(time.perf_counter() - t0) / n:.3f} s per candidate; "
                   f"{timed.per(n)}", flush=True)
-        print(f"function-space allocation per candidate: rebuilt vectors / kept vectors = "
-              f"{allocation[('functions', False)] / allocation[('functions', True)]:.2f}x; level-space fitness "
-              f"(both stages) per candidate: no prefix reuse / prefix reuse = "
+        print(f"level-space fitness (both stages) per candidate: no prefix reuse / prefix reuse = "
               f"{forward[('levels', False)] / forward[('levels', True)]:.2f}x")
     finally:
         shutil.rmtree(root, ignore_errors=True)

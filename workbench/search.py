@@ -78,7 +78,6 @@ FUNCTION_SETS.add("workbench", Plugin("workbench", "every op, λ and direction s
 FUNCTION_SETS.add("dsa-public", Plugin("dsa-public", "the public DSA code's ops only, direction +1, λ 0.08"))
 PUBLIC_LAMBDA = 0.08  # the public DSA code fixes λ
 KINDS = ("evolution", "random")
-KEEP_VECTORS_BYTES = 4 * 2**30  # a larger model's unit vectors are rebuilt for each new pre-op chain instead
 
 
 # --------------------------------------------------------------------------- configuration
@@ -213,8 +212,6 @@ class SearchContext:
         cache.restore(model)
         scores = {n: layer_scores("wanda", lin.weight, stats[n]) for n, lin in self.linears.items()}
         self.inputs = AllocationInput(layer_infos(model), scores.__getitem__, weights=cache.weights.__getitem__)
-        # each unit's float64 score vector kept for the whole search where it fits (SmolLM2: 0.85 GB)
-        self.inputs.keep_vectors = 8 * sum(self.inputs.numels().values()) <= KEEP_VECTORS_BYTES
         self.grouped = groups(self.inputs, config.granularity)
         self.levels = LevelSpace(list(self.grouped), unit_weights(self.inputs, self.grouped), config.sparsity,
                                  config.level_step, config.granularity) if config.space == "levels" else None

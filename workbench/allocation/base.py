@@ -30,9 +30,6 @@ class AllocationInput:
     # statistics allocators derive from the scores (OWL's LOD per M, a DSA function's block values), kept so
     # that re-allocating at another target or λ costs no pass over the scores; the scores must not change
     memo: dict = field(default_factory=dict, repr=False, compare=False)
-    # keep each unit's float64 score vector in ``memo`` (8 bytes a weight): a search reduces thousands of
-    # pre-op chains over the same vectors; a one-off allocation builds them one at a time and lets them go
-    keep_vectors: bool = False
 
     def memoised(self, key: tuple, compute: Callable[[], object]) -> object:
         """``compute()`` once per ``key``; an exception it raises is remembered and raised again."""

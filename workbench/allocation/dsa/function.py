@@ -130,23 +130,22 @@ class AllocationFunction:
                            "nonfinite": self.nonfinite})
 
     # ------------------------------------------------------------------ evaluation
-    def on_views(self) -> bool:
-        """Whether the reduction reads only each layer's strided view after element-wise pre ops (then the
-        ops run on the views: the same values, 1/8 of the work on SmolLM2)."""
-        return self.reduction in ops.MATRIX_REDUCTIONS and set(self.pre) <= ops.ELEMENTWISE
-
-    def reduced_values(self, block_scores: list[list[torch.Tensor]],
-                       vectors: list[tuple[torch.Tensor, list]] | None = None) -> tuple[list[float], list[float]]:
+    def reduced_values(self, block_scores: list[list[torch.Tensor]]) -> tuple[list[float], list[float]]:
         """Per block: the reduction of the pre-processed concatenated score vector, and its scale.
 
-        ``vectors``: each block's float64 vector and layer shapes, as :func:`unit_vectors` gives them for
-        ``self.on_views()`` (a search keeps them: read, never written); else built from ``block_scores``."""
+        A matrix reduction after element-wise pre ops only reads each layer's strided view, so the ops
+        (and the finiteness check) run on the views: the same values, 1/8 of the work on SmolLM2."""
         values, scales = [], []
         strict = self.nonfinite == "invalid"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate inputs warn (var of one value); the checks decide
-            for flat, shapes in vectors or unit_vectors(block_scores, self.on_views()):
-                flat = ops.apply_pre(self.pre, flat, owned=vectors is None)
+            on_views = self.reduction in ops.MATRIX_REDUCTIONS and set(self.pre) <= ops.ELEMENTWISE
+            for mats in block_scores:
+                if on_views:  # the reduction reads only each layer's strided view: the pre ops run there
+                    mats = [ops.matrix_view(m) for m in mats]
+                shapes = [tuple(m.shape) for m in mats]
+                flat = torch.cat([m.reshape(-1) for m in mats]).double()  # the block's vector, as the public code
+                flat = ops.apply_pre(self.pre, flat)
                 if strict:
                     _check_finite(flat, "pre ops", ",".join(self.pre))
                 if self.reduction in ops.POST_INSIDE:  # public NO_OP: the post ops act on every element
@@ -282,15 +281,6 @@ def load_function(spec: str | dict | AllocationFunction) -> AllocationFunction:
     raise WorkbenchError(f"function={spec!r} is neither a preset {list(PRESETS)}, a JSON file nor JSON")
 
 
-def unit_vectors(block_scores: list[list[torch.Tensor]], views: bool):
-    """Each unit's concatenated score vector in float64 (as the public code a block's) with its layers' shapes;
-    of each layer's strided view (:func:`ops.matrix_view`) when ``views``. A generator: one vector at a time."""
-    for mats in block_scores:
-        if views:
-            mats = [ops.matrix_view(m) for m in mats]
-        yield torch.cat([m.reshape(-1) for m in mats]).double(), [tuple(m.shape) for m in mats]
-
-
 def unit_scores(inputs: AllocationInput, granularity: str = "block") -> list[list[torch.Tensor]]:
     """Score matrices of every unit's linears (a block's, a sublayer's, or one linear's), in model order."""
     return [[inputs.scores(n) for n in names] for names in groups(inputs, granularity).values()]
@@ -313,12 +303,7 @@ def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | Allocat
     weights = unit_weights(inputs, grouped)
 
     def reduced() -> list[float]:  # shared by every function with these pre ops and reduction
-        scores, views = unit_scores(inputs, granularity), fn.on_views()
-        vectors = None
-        if inputs.keep_vectors:  # a search: each unit's float64 vector made once, then only read
-            vectors = inputs.memoised(("dsa_vectors", granularity, views),
-                                      lambda: list(unit_vectors(scores, views)))
-        return fn.reduced_values(scores, vectors)[0]
+        return fn.reduced_values(unit_scores(inputs, granularity))[0]
 
     def values() -> list[float]:
         return fn.post_values(inputs.memoised(("dsa_reduced", fn.reduced_key(), granularity), reduced))

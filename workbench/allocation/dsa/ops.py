@@ -105,18 +105,10 @@ _PRE_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 ELEMENTWISE = frozenset(PRE) - {"normalize", "normalize_np", "minmax"}
 
 
-def apply_pre(chain: tuple[str, ...], x: torch.Tensor, owned: bool = True) -> torch.Tensor:
-    """The pre ops of ``chain`` in order on ``x``. An ``owned`` vector may be overwritten; one the caller keeps
-    (``owned=False``, a search's cached block vector) is copied before the first op that would write into it."""
+def apply_pre(chain: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
+    """The pre ops of ``chain`` in order on ``x``, which the caller owns (it may be overwritten)."""
     for op in chain:
-        if op in _PRE_INPLACE:
-            if not owned:
-                x, owned = x.clone(), True
-            x = _PRE_INPLACE[op](x)
-        else:
-            y = PRE[op](x)
-            owned = owned or y.data_ptr() != x.data_ptr()
-            x = y
+        x = _PRE_INPLACE[op](x) if op in _PRE_INPLACE else PRE[op](x)
     return x
 
 
