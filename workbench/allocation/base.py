@@ -169,6 +169,7 @@ class Allocator(Plugin):
     params: tuple[Param, ...] = ()
     needs_weights: bool = False  # reads the dense weights themselves (AlphaPruning's spectra)
     needs_hessians: bool = False  # reads each linear's dense input Hessian (LSA's reconstruction error)
+    from_file: bool = False  # applies a saved allocation (no curve to draw from dense statistics)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -194,13 +195,13 @@ def _summary(fn) -> str:
 
 # pragma: no mutate block -- runs at import, before mutmut can switch a mutant on (the registry tests cover it)
 def register_allocator(name: str, needs_scores: bool = False, params: tuple[Param, ...] = (),
-                       needs_weights: bool = False, needs_hessians: bool = False):
+                       needs_weights: bool = False, needs_hessians: bool = False, from_file: bool = False):
     """Decorator: make ``fn(inputs, sparsity, **params) -> SparsityProfile`` available as ``name``.
     ``params`` declares every keyword ``fn`` takes; the first docstring line becomes the summary."""
 
     def wrap(fn):
         ALLOCATORS.add(name, Allocator(name, _summary(fn), fn, needs_scores, tuple(params), needs_weights,
-                                       needs_hessians))
+                                       needs_hessians, from_file))
         return fn
 
     return wrap
@@ -267,8 +268,9 @@ def declared_defaults(name: str) -> dict[str, Any]:
 
 
 def curve_allocators() -> list[str]:
-    """Allocators whose curve can be drawn from dense statistics alone (not those that learn while pruning)."""
-    return ALLOCATORS.names()
+    """Allocators whose curve can be drawn from dense statistics alone (not those that learn while pruning, nor
+    ``profile``, which applies a saved file: a widget shows such a profile with ``add_profile``)."""
+    return [name for name, allocator in ALLOCATORS.items() if not allocator.from_file]
 
 
 def check_params(name: str, params: dict[str, Any], metric: str | None = None) -> dict[str, Any]:

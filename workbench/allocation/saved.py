@@ -31,7 +31,7 @@ def read_saved(path) -> SparsityProfile:
     return profile
 
 
-@register_allocator("profile", params=(
+@register_allocator("profile", from_file=True, params=(
     Param("path", None, "a saved profile: a search's best_profile.json, a sparsity_profile.json written by --save, "
           "or a run record", kind="any", optional=True, validate=read_saved),))
 def saved(inputs: AllocationInput, sparsity: float, path: str | None = None):
