@@ -23,12 +23,12 @@ LAYERS = [
     ("errors", "backend", "results", "inputs", "registry", "dashboard.jobs", "allocation.mapping",
      "allocation.dsa.ops"),
     ("units", "profile"),  # what the math knows of a model's prunable units; a sparsity profile
-    ("pruners",),
+    ("pruners", "quantize", "level_space"),  # weight math: masks, the integer grid, the level grid of a search
     ("allocation",),
     ("checkpoint",),
     ("models", "offload"),
     ("data", "tasks", "recipe", "sparse_backend"),
-    ("calibrate", "evaluate", "zeroshot", "", "plots"),  # "" is the package root (load_model, perplexity)
+    ("calibrate", "evaluate", "zeroshot", "prefix_cache", "", "plots"),  # "": the package root (load_model, ...)
     ("spec",),  # the run specification: validates settings against the registries before any work
     ("plan",),  # plan, then execute: per unit what is pruned to what, and the one executor
     ("prune",),

@@ -1,0 +1,91 @@
+"""Weight quantization on the integer grid GPTQ defines (IST-DASLab/gptq, ``quant.py``: ``find_params`` and
+``quantize``), per output channel or per group of input columns, symmetric or asymmetric, round to nearest.
+
+For each row (and each group of ``group_size`` columns of it) with b bits, maxq = 2^b - 1:
+
+* the range always holds zero: xmin = min(min w, 0), xmax = max(max w, 0); symmetric: xmax = max(|xmin|, xmax)
+  and xmin = -xmax where xmin < 0; an all-zero range becomes [-1, 1];
+* scale = (xmax - xmin) / maxq; zero point = 2^(b-1) (symmetric) or round(-xmin / scale) (asymmetric);
+* q = clamp(round(w / scale) + zero, 0, maxq); the dequantized weight is scale * (q - zero).
+
+**Pruned weights stay exactly zero**, by the grid itself: the zero point is an integer, so w = 0 gives q = zero
+and scale * (zero - zero) = 0 exactly (no mask needs re-applying; :func:`quantize_rtn` checks it and says so
+if a grid ever broke it). GPTQ (the error-compensating order) builds on the same grid; so does the export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import WorkbenchError
+
+WBITS = (2, 3, 4, 8, 16)  # 16: no quantization
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How weights are quantized: bits, group size (None: one range per output channel), symmetric or not."""
+
+    wbits: int = 16
+    group_size: int | None = None
+    symmetric: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.wbits != 16
+
+    def check(self, in_features: int | None = None) -> QuantSpec:
+        """This spec, or a one-line error naming the parameter and the allowed values."""
+        if isinstance(self.wbits, bool) or self.wbits not in WBITS:
+            raise WorkbenchError(f"wbits={self.wbits!r} is not allowed; allowed: {list(WBITS)} (16: no quantization)")
+        g = self.group_size
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise WorkbenchError(f"group_size={g!r} must be None (per output channel) or an integer >= 1")
+        if g is not None and in_features is not None and in_features % g:
+            divisors = [d for d in (32, 64, 128, 256) if in_features % d == 0]
+            raise WorkbenchError(f"group_size={g} does not divide the input width {in_features}; allowed: a divisor "
+                                 f"of {in_features} (e.g. {divisors or [in_features]}) or None (per channel)")
+        if not isinstance(self.symmetric, bool):
+            raise WorkbenchError(f"symmetric={self.symmetric!r} must be true or false")
+        return self
+
+
+def grid(w: torch.Tensor, wbits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero point) of each row of ``w`` (rows, columns): GPTQ's ``find_params`` on the weights."""
+    maxq = 2**wbits - 1
+    w = w.float()
+    xmin = torch.clamp(w.min(dim=1).values, max=0.0)
+    xmax = torch.clamp(w.max(dim=1).values, min=0.0)
+    if symmetric:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = torch.where(xmin < 0, -xmax, xmin)
+    empty = (xmin == 0) & (xmax == 0)
+    xmin, xmax = torch.where(empty, -1.0, xmin), torch.where(empty, 1.0, xmax)
+    scale = (xmax - xmin) / maxq
+    zero = torch.full_like(scale, (maxq + 1) / 2) if symmetric else torch.round(-xmin / scale)
+    return scale, zero
+
+
+def dequantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, wbits: int) -> torch.Tensor:
+    """scale * (clamp(round(w / scale) + zero, 0, maxq) - zero), per row (scale and zero are (rows,))."""
+    q = torch.clamp(torch.round(w.float() / scale[:, None]) + zero[:, None], 0, 2**wbits - 1)
+    return scale[:, None] * (q - zero[:, None])
+
+
+def quantize_rtn(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``weight`` (out, in) rounded to nearest on the grid of each row or group, dequantized, in its dtype."""
+    spec.check(weight.shape[1])
+    if not spec.enabled:
+        return weight
+    width = spec.group_size or weight.shape[1]
+    out = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[1], width):
+        part = weight[:, start: start + width]
+        scale, zero = grid(part, spec.wbits, spec.symmetric)
+        out[:, start: start + width] = dequantize(part, scale, zero, spec.wbits)
+    pruned = weight == 0
+    if bool(out[pruned].any()):  # cannot happen on this grid (integer zero points); a guard, never a fix-up
+        raise RuntimeError("quantization moved a pruned weight off zero")
+    return out.to(weight.dtype)
