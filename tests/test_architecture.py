@@ -40,8 +40,8 @@ LAYERS = [
     ("cli", "__main__"),
 ]
 # What the math may import: no model loading, no data, no files (checked with imports inside functions).
-MATH = ("units", "pruners", "allocation")
-MATH_MAY_IMPORT = ("errors", "backend", "registry", "units", "profile", "pruners", "allocation")
+MATH = ("units", "pruners", "allocation", "quantize")
+MATH_MAY_IMPORT = ("errors", "backend", "registry", "units", "profile", "pruners", "allocation", "quantize")
 
 
 def _layer(module: str) -> int:

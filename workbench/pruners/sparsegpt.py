@@ -19,6 +19,7 @@ import torch
 
 from ..backend.reference import check_nm
 from ..errors import WorkbenchError
+from ..quantize import QuantSpec, dequantize, grid
 
 
 def _check(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n: int, prune_m: int,
@@ -68,15 +69,27 @@ def _prepare(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float) -> tu
 
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0.0, *, prune_n: int = 0,
-                    prune_m: int = 0, blocksize: int = 128,
-                    percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (updated weight with pruned entries exactly 0, bool mask True = pruned); inputs untouched."""
+                    prune_m: int = 0, blocksize: int = 128, percdamp: float = 0.01, quant: QuantSpec | None = None,
+                    fixed_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (updated weight with pruned entries exactly 0, bool mask True = pruned); inputs untouched.
+
+    ``quant``: each column is also quantized inside the same OBS pass (the public SparseGPT's joint mode with
+    GPTQ's quantizer; ``sparsity=0`` is GPTQ itself): a group's grid is found when the pass reaches its first
+    column, from the weights as the pass holds them at the start of the current column block (GPTQ's reading).
+    ``fixed_mask``: the entries to hold at zero instead of choosing a mask (GPTQ on an already pruned layer)."""
     _check(weight, hessian, sparsity, prune_n, prune_m, blocksize, percdamp)
+    if quant is not None:
+        quant.check(weight.shape[1])
+    if fixed_mask is not None and (sparsity or prune_n):
+        raise WorkbenchError("fixed_mask holds a given mask: leave sparsity 0 and no N:M pattern")
     w, hinv = _prepare(weight, hessian, percdamp)
     rows, cols = w.shape
     mask = torch.zeros_like(w, dtype=torch.bool)
     if prune_n:  # groups of M columns must not straddle blocks; the result does not depend on blocksize
         blocksize = -(-blocksize // prune_m) * prune_m
+    quantizing = quant is not None and quant.enabled
+    width = (quant.group_size or cols) if quantizing else cols
+    scale = zero = None
 
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
@@ -84,7 +97,9 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         hinv1 = hinv[start:end, start:end]
         d = torch.diag(hinv1)
         mask1 = torch.zeros_like(w1, dtype=torch.bool)
-        if not prune_n and sparsity > 0:
+        if fixed_mask is not None:
+            mask1 = fixed_mask[:, start:end].to(w.device, torch.bool).clone()
+        elif not prune_n and sparsity > 0:
             score = w1 ** 2 / d[None, :] ** 2
             k = int(score.numel() * sparsity)
             threshold = torch.sort(score.flatten())[0][k]
@@ -97,6 +112,10 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                 mask1.scatter_(1, low + i, True)
             col = w1[:, i]
             q = col.masked_fill(mask1[:, i], 0.0)
+            if quantizing:  # on the integer grid a pruned (zero) entry stays exactly zero
+                if (start + i) % width == 0:
+                    scale, zero = grid(w[:, start + i: start + i + width], quant.wbits, quant.symmetric)
+                q = dequantize(q[:, None], scale, zero, quant.wbits)[:, 0]
             err = (col - q) / d[i]
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             w1[:, i] = q
