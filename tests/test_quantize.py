@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.quantize import QuantSpec, quantize_rtn
+from workbench.quantize import QuantSpec, bits_per_weight, quantize_rtn
 
 
 def oracle(weight: torch.Tensor, wbits: int, group: int | None, symmetric: bool) -> list[list[float]]:
@@ -235,3 +235,73 @@ def test_obs_quantization_refuses_bad_settings_in_one_line():
         sparsegpt_prune(w, h, 0.0, quant=QuantSpec(4, 5))
     with pytest.raises(WorkbenchError, match=r"^fixed_mask holds a given mask"):
         sparsegpt_prune(w, h, 0.5, fixed_mask=torch.zeros(w.shape, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- the quantization stage of a run
+
+def on_grid(weight: torch.Tensor, wbits: int, group: int | None) -> bool:
+    width = group or weight.shape[1]
+    return all(len(set(weight[r, s:s + width].tolist())) <= 2**wbits
+               for r in range(weight.shape[0]) for s in range(0, weight.shape[1], width))
+
+
+def test_a_pruned_and_quantized_tiny_model_keeps_every_pruned_zero_and_every_group_on_its_grid():
+    from workbench.models import load_model, structure
+    from workbench.prune import prune
+
+    def run(**quant):
+        model, tok = load_model("tiny-llama")
+        result = prune(model, tok, metric="wanda", sparsity=0.5, mode="dense", progress=False, **quant)
+        return {n: lin.weight.detach().clone() for n, lin in structure(model).linears.items()}, result
+
+    plain, _ = run()
+    for method in ("rtn", "gptq"):
+        weights, result = run(wbits=4, group_size=16, quant_method=method)
+        for name, w in weights.items():
+            assert torch.equal(w[plain[name] == 0], torch.zeros(int((plain[name] == 0).sum()))), (method, name)
+            assert on_grid(w, 4, 16), (method, name)
+        report = result.report
+        assert report["wbits"] == 4 and report["bits_per_weight"] == pytest.approx(
+            sum(bits_per_weight(tuple(w.shape), int((w != 0).sum()), QuantSpec(4, 16)) * w.numel()
+                for w in weights.values()) / sum(w.numel() for w in weights.values()))
+
+
+def test_sparsegpt_with_gptq_quantizes_inside_its_pass_or_after_it():
+    from workbench.models import load_model, structure
+    from workbench.prune import prune
+
+    for method in ("gptq", "gptq-after"):
+        model, tok = load_model("tiny-llama")
+        result = prune(model, tok, metric="sparsegpt", sparsity=0.5, wbits=3, quant_method=method, progress=False)
+        assert result.report["actual"] >= 0.5
+        for lin in structure(model).linears.values():
+            assert on_grid(lin.weight.detach(), 3, None)
+
+
+def test_the_run_record_carries_the_quantization():
+    from workbench.runner import run
+    from workbench.spec import RunSpec
+
+    record = run(RunSpec.from_flat(model="tiny-llama", metric="wanda", sparsity=0.5, nsamples=2, seqlen=32,
+                                   wbits=8, group_size=32, symmetric=True, quant_method="rtn"), progress=False)
+    assert record["method"]["quantization"] == {"wbits": 8, "group_size": 32, "symmetric": True, "method": "rtn"}
+    assert record["sparsity_report"]["bits_per_weight"] < 8
+
+
+def test_bits_per_weight_counts_values_mask_and_grid():
+    # 4 x 64 at 50% with 4 bits in groups of 16: 2 bits of values, 1 of mask, 4 groups x 32 bits / 64 per row
+    assert bits_per_weight((4, 64), 128, QuantSpec(4, 16)) == pytest.approx(2 + 1 + 2)
+    assert bits_per_weight((4, 64), 256, QuantSpec(8)) == pytest.approx(8 + 32 / 64)  # dense: no mask
+
+
+def test_gptq_without_calibration_data_and_besa_with_quantization_are_refused_in_one_line():
+    from workbench.models import load_model
+    from workbench.prune import prune
+
+    model, _tok = load_model("tiny-llama")
+    with pytest.raises(WorkbenchError, match=r"^quant_method='gptq' needs calibration data"):
+        prune(model, None, metric="magnitude", sparsity=0.5, wbits=4, quant_method="gptq", progress=False)
+    with pytest.raises(WorkbenchError, match=r"^allocation='besa' learns its masks without quantization"):
+        prune(model, None, allocation="besa", sparsity=0.5, wbits=4, progress=False)
+    with pytest.raises(WorkbenchError, match=r"^group_size=48 does not divide the input width"):
+        prune(model, None, metric="magnitude", sparsity=0.5, wbits=4, group_size=48, progress=False)

@@ -246,9 +246,10 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
+QUANT_ARGS = ("wbits", "group_size", "symmetric", "quant_method")
 PRUNE_ARGS = (*MODEL_ARGS, "metric", "allocation", "sparsity", "pattern", "group", "mode", "calib_dataset",
               "nsamples", "seqlen", "seed", "eval_dataset", "eval_seqlen", "tasks", "limit", "zs_batch_size",
-              "save", "format", *PLACEMENT_ARGS)
+              "save", "format", *PLACEMENT_ARGS, *QUANT_ARGS)
 
 
 def prune_spec(args: argparse.Namespace):
@@ -479,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_spec_args(p, ("metric", "allocation", "sparsity", "pattern", "group", "mode", "calib_dataset", "nsamples",
-                       "seqlen", "seed"))
+                       "seqlen", "seed", *QUANT_ARGS))
     p.add_argument("--granularity", default=None,
                    help="allocation unit: block (one ratio per block, the papers), sublayer (attention / MLP of "
                         "a block) or projection (each linear); BESA: row or projection; an allocator refuses one "

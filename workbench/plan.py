@@ -26,7 +26,8 @@ from .data import Calibration
 from .models import ModelStructure
 from .offload import Residency
 from .profile import SparsityProfile
-from .pruners import layer_scores, prune_linear
+from .pruners import layer_scores, prune_linear, quantize_linear
+from .quantize import QuantSpec
 from .units import LayerStats
 
 
@@ -52,6 +53,13 @@ class Plan:
     profile: SparsityProfile | None = None  # None until a learner has produced it
     learner: Any = None  # a learner's object (``step(BlockData)``, ``profile()``), or None
     timings: dict[str, float] = field(default_factory=lambda: {"forward_s": 0.0, "prune_s": 0.0})
+    quant: QuantSpec = field(default_factory=QuantSpec)  # the quantization after (or, joint, inside) pruning
+    quant_method: str = "rtn"
+
+    @property
+    def joint(self) -> bool:
+        """SparseGPT with GPTQ: each column quantized inside the same OBS pass."""
+        return self.quant.enabled and self.quant_method == "gptq" and self.metric == "sparsegpt"
 
     @classmethod
     def from_profile(cls, profile: SparsityProfile, metric: str, pattern: tuple[int, int], group: str | None,
@@ -87,9 +95,13 @@ def execute(plan: Plan, layout: ModelStructure, model: nn.Module, calibration: C
         t0 = time.perf_counter()
         for name in names:
             unit = plan.unit(name, layout.block_of(name))
-            prune_linear(linears[name], plan.metric, unit.sparsity, stats.get(name) if stats else None,
-                         pattern=plan.pattern, group=plan.group,
-                         row_sparsities=list(unit.rows) if unit.rows is not None else None)
+            unit_stats = stats.get(name) if stats else None
+            prune_linear(linears[name], plan.metric, unit.sparsity, unit_stats, pattern=plan.pattern,
+                         group=plan.group, row_sparsities=list(unit.rows) if unit.rows is not None else None,
+                         quant=plan.quant if plan.joint else None)
+            if not plan.joint:  # the quantization stage: after pruning, on the layer's own statistics
+                quantize_linear(linears[name], plan.quant, "rtn" if plan.quant_method == "rtn" else "gptq",
+                                unit_stats)
         plan.timings["prune_s"] += time.perf_counter() - t0
 
     if plan.mode == "sequential" and plan.statistics:

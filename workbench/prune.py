@@ -29,6 +29,7 @@ from .offload import Residency
 from .plan import Plan, execute, score_fn
 from .profile import SparsityProfile
 from .pruners import NEEDS
+from .quantize import QuantSpec, bits_per_weight
 from .spec import MethodSpec, check_target
 from .units import LayerStats
 
@@ -72,18 +73,25 @@ class DenseCache:
 
 
 def sparsity_report(model: nn.Module, profile: SparsityProfile, residency: Residency | None = None,
-                    layout: ModelStructure | None = None) -> dict:
+                    layout: ModelStructure | None = None, quant: QuantSpec | None = None) -> dict:
     """Target vs actual sparsity (fraction of exact zeros) per layer and parameter-weighted overall
-    (``residency`` reads weights that are not in memory, e.g. a streamed run's output)."""
+    (``residency`` reads weights that are not in memory, e.g. a streamed run's output); with quantization, the
+    effective bits per weight (:func:`workbench.quantize.bits_per_weight`: values, mask, scales and zero points)."""
     residency = residency or Residency()
-    layers, zeros, total = {}, 0, 0
+    layers, zeros, total, bits = {}, 0, 0, 0.0
     for name, lin in (layout or structure(model)).linears.items():
         weight = residency.weight(name, lin)
         z = int((weight == 0).sum())
         n = weight.numel()
         layers[name] = {"target": profile.layers[name], "actual": z / n, "numel": n}
         zeros, total = zeros + z, total + n
-    return {"target": profile.target, "allocated_mean": profile.mean(), "actual": zeros / total, "layers": layers}
+        if quant is not None and quant.enabled:
+            bits += bits_per_weight(weight.shape, n - z, quant) * n
+    report = {"target": profile.target, "allocated_mean": profile.mean(), "actual": zeros / total, "layers": layers}
+    if quant is not None and quant.enabled:
+        report.update(wbits=quant.wbits, group_size=quant.group_size, symmetric=quant.symmetric,
+                      bits_per_weight=bits / total)
+    return report
 
 
 def _method(method: MethodSpec | None, settings: dict[str, Any]) -> tuple[MethodSpec, dict[str, Any]]:
@@ -126,6 +134,12 @@ def _validate(layout: ModelStructure, method: MethodSpec, learner: bool, profile
     if learner and (n or method.group is not None):
         raise WorkbenchError(f"allocation={method.allocation.name!r} chooses its own unstructured masks: leave "
                              f"pattern 'unstructured' and group unset")
+    quant = method.quant()
+    if learner and quant.enabled:
+        raise WorkbenchError(f"allocation={method.allocation.name!r} learns its masks without quantization here "
+                             f"(BESA with quantization in the loop is not built yet): leave wbits=16")
+    for linear in layout.linears.values() if quant.enabled else ():
+        quant.check(linear.in_features)  # group_size divides every linear's input width
     return n, m
 
 
@@ -148,6 +162,11 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
     residency = residency or Residency()
     layout = structure(model)
     pattern = _validate(layout, method, learner, profile, cache, residency)
+    quant, gptq = method.quant(), method.quant().enabled and method.quant_method != "rtn"
+    if gptq and calibration is None and cache is None and tokenizer is None:
+        raise WorkbenchError(f"quant_method={method.quant_method!r} needs calibration data (the Hessian of each "
+                             "layer's inputs): give calibration samples or a tokenizer; allowed without them: "
+                             "quant_method='rtn'")
     if learner:
         plan = _learner_plan(method, entry, {**params, **internal}, layout, pattern, progress)
         calibration = calibration or _default_calibration(tokenizer)
@@ -162,7 +181,7 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
                              "prune it in memory (no onload / offload directory) or give a profile")
     score = params.get("score", "wanda")
     statistics = tuple(sorted(set(NEEDS[method.metric]) | ({"sq_norm"} if needs_scores and score == "wanda"
-                                                          else set())))
+                                                          else set()) | ({"xtx"} if gptq else set())))
     # what the allocation reads of the dense model: Wanda's norms (scores), X^T X (Hessians)
     allocation_stats = tuple(stat for stat, needed in (("sq_norm", needs_scores and score == "wanda"),
                                                        ("xtx", needs_hessians)) if needed)
@@ -188,10 +207,11 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
         profile = _allocate(method, {**params, **internal}, layout, pattern, needs_scores, dense_stats, score,
                             residency, needs_hessians)
     plan = Plan.from_profile(profile, method.metric, pattern, method.group, method.mode, statistics)
+    plan.quant, plan.quant_method = quant, method.quant_method
     timings["prune_s"] += time.perf_counter() - start
     plan.timings = timings
     execute(plan, layout, model, calibration, cache.stats if cache is not None else None, residency, progress)
-    report = sparsity_report(model, plan.profile, residency, layout)
+    report = sparsity_report(model, plan.profile, residency, layout, quant)
     calib = cache.provenance if cache is not None else (calibration.provenance() if calibration else {})
     return PruneResult(plan.profile, report, calib, plan.timings)
 

@@ -89,3 +89,13 @@ def quantize_rtn(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     if bool(out[pruned].any()):  # cannot happen on this grid (integer zero points); a guard, never a fix-up
         raise RuntimeError("quantization moved a pruned weight off zero")
     return out.to(weight.dtype)
+
+
+def bits_per_weight(shape: tuple[int, int], nonzeros: int, quant: QuantSpec) -> float:
+    """Storage of one quantized linear per weight: the kept values at ``wbits``, a 1-bit mask where any weight is
+    pruned (a bitmask layout), and a 16-bit scale and zero point per group of each row."""
+    rows, cols = shape
+    numel = rows * cols
+    groups = rows * (cols // (quant.group_size or cols))
+    mask = numel if nonzeros < numel else 0
+    return (nonzeros * quant.wbits + mask + groups * 32) / numel

@@ -111,6 +111,9 @@ def _run_loaded(spec: RunSpec, model, tokenizer, cache, residency, progress: boo
     m = spec.method
     method = {"metric": m.metric, "allocation": m.allocation.name, "sparsity": m.sparsity, "pattern": m.pattern,
               "mode": m.mode, "group": m.group, "params": params}
+    if m.quant().enabled:  # what was quantized how (records without it: 16 bits)
+        method["quantization"] = {"wbits": m.wbits, "group_size": m.group_size, "symmetric": m.symmetric,
+                                  "method": m.quant_method}
     record = make_record("prune" if pruned else "eval",
                          model={"id": spec.model.name, "weight_sha256": residency.weight_hash(model),
                                 "dtype": spec.model.dtype, "device": spec.model.device},
@@ -131,7 +134,7 @@ def _prune(spec: RunSpec, model, tokenizer, cache, residency, progress: bool):
     calibration = None
     if cache is not None:
         check_cache(spec, cache)
-    elif m.metric != "magnitude" or m.allocation.name != "uniform":
+    elif m.metric != "magnitude" or m.allocation.name != "uniform" or (m.quant().enabled and m.quant_method != "rtn"):
         calibration = data_mod.calibration_samples(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
     params, tuning = resolve_auto(m.allocation.name, m.allocation.params(), model, tokenizer, m.sparsity,
                                   cache=cache, calibration=calibration, progress=progress,

@@ -289,6 +289,25 @@ class MethodSpec(Section):
                                                                            "dense (one pass over the dense model)")
     allocation: AllocationSpec = Field(default_factory=lambda: ALLOCATION_MODELS["uniform"](),
                                        description="the layer-wise allocation and its parameters")
+    wbits: int = Field(16, description="weight bits after pruning: 2 | 3 | 4 | 8 (16: no quantization)")
+    group_size: int | None = Field(None, description="input columns sharing one quantization scale (default: one "
+                                                     "scale per output channel)")
+    symmetric: StrictBool = Field(False, description="symmetric quantization grid (default: asymmetric, an integer "
+                                                     "zero point per group)")
+    quant_method: Literal["rtn", "gptq", "gptq-after"] = Field(
+        "rtn", description="rtn (round to nearest) | gptq (SparseGPT: inside its OBS pass; other metrics: GPTQ "
+                           "after pruning) | gptq-after (GPTQ after pruning, SparseGPT included)")
+
+    @model_validator(mode="after")
+    def _quantization(self) -> MethodSpec:
+        self.quant().check()
+        return self
+
+    def quant(self):
+        """The quantization of this method (:class:`workbench.quantize.QuantSpec`; 16 bits: none)."""
+        from .quantize import QuantSpec
+
+        return QuantSpec(self.wbits, self.group_size, self.symmetric)
 
     @model_validator(mode="before")
     @classmethod
@@ -503,6 +522,8 @@ FLAT: dict[str, tuple[str, ...]] = {
     "seqlen": ("calibration", "seqlen"), "seed": ("calibration", "seed"),
     "metric": ("method", "metric"), "sparsity": ("method", "sparsity"), "pattern": ("method", "pattern"),
     "group": ("method", "group"), "mode": ("method", "mode"), "allocation": ("method", "allocation", "name"),
+    "wbits": ("method", "wbits"), "group_size": ("method", "group_size"), "symmetric": ("method", "symmetric"),
+    "quant_method": ("method", "quant_method"),
     "alloc_params": ("method", "allocation"),
     "evals": ("evaluation", "evals"), "eval_dataset": ("evaluation", "dataset"),
     "eval_seqlen": ("evaluation", "seqlen"), "tasks": ("evaluation", "tasks"), "limit": ("evaluation", "limit"),

@@ -17,6 +17,7 @@ from torch import nn
 from ..backend import kernels
 from ..backend.reference import prune_counts
 from ..errors import WorkbenchError
+from ..quantize import QuantSpec, quantize_rtn
 from ..registry import Plugin, Registry
 from . import magnitude, wanda
 
@@ -75,8 +76,9 @@ def layer_scores(metric: str, weight: torch.Tensor, stats: LayerStats | None) ->
 @torch.no_grad()
 def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerStats | None = None,
                  pattern: tuple[int, int] = (0, 0), group: str | None = None,
-                 row_sparsities: list[float] | None = None) -> torch.Tensor:
-    """Prune ``linear.weight`` in place; returns the boolean mask (True = pruned)."""
+                 row_sparsities: list[float] | None = None, quant: QuantSpec | None = None) -> torch.Tensor:
+    """Prune ``linear.weight`` in place; returns the boolean mask (True = pruned). ``quant`` (SparseGPT only):
+    quantize each column inside the same OBS pass (the joint mode)."""
     group = check_metric(metric, group)
     weight = linear.weight
     n, m = pattern
@@ -87,7 +89,7 @@ def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerSt
             raise WorkbenchError("metric='sparsegpt' does not take per-row sparsities")
         if stats is None:
             raise WorkbenchError("metric='sparsegpt' needs calibration statistics (xtx)")
-        new_weight, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, prune_n=n, prune_m=m)
+        new_weight, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, prune_n=n, prune_m=m, quant=quant)
         weight.copy_(new_weight)
         return mask
     scores = layer_scores(metric, weight, stats)
@@ -101,3 +103,22 @@ def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerSt
         mask = kernels.matrix_mask(scores, int(weight.numel() * sparsity))
     kernels.apply_mask(weight, mask)
     return mask
+
+
+@torch.no_grad()
+def quantize_linear(linear: nn.Linear, quant: QuantSpec, method: str, stats: LayerStats | None = None) -> None:
+    """The quantization stage of a pruned linear, in place: round to nearest on its grid (``rtn``), or GPTQ
+    (``gptq``) holding its pruned entries at zero (needs the Hessian of its inputs, ``xtx``)."""
+    if not quant.enabled:
+        return
+    weight = linear.weight
+    if method == "rtn":
+        weight.copy_(quantize_rtn(weight, quant))
+        return
+    if stats is None or stats.xtx is None:
+        raise WorkbenchError(f"quant_method={method!r} needs calibration statistics (xtx); allowed without them: "
+                             "'rtn'")
+    from .sparsegpt import sparsegpt_prune
+
+    new_weight, _mask = sparsegpt_prune(weight, stats.hessian(), 0.0, quant=quant, fixed_mask=weight == 0)
+    weight.copy_(new_weight)
