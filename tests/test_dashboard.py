@@ -217,6 +217,26 @@ def test_error_rows_keep_their_configuration_and_the_chart_has_the_dense_line(tm
     assert dense == pytest.approx(direct["metrics"]["perplexity"], rel=1e-9)
 
 
+def test_a_quantized_run_carries_its_bits_into_the_spec_and_the_row(tmp_path):
+    config = DashboardConfig(models=("tiny-llama",), default_model="tiny-llama", nsamples=4, seqlen=64,
+                             eval_seqlen=128, results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
+    services = DashboardServices(config)
+    app = Dashboard(services)
+    app.wbits, app.group_size, app.quant_method = 4, 32, "rtn"
+    spec = app.spec()
+    assert (spec.method.wbits, spec.method.group_size, spec.method.quant_method) == (4, 32, "rtn")
+    job = app.start_run()
+    deadline = time.monotonic() + 300
+    while job.status not in ("done", "error") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    app.poll()
+    services.close()
+    row = app.runs.to_dict("records")[-1]
+    assert row["status"] == "done" and row["wbits"] == "4 (32, rtn)"
+    app.group_size = "channel"
+    assert app.spec().method.group_size is None
+
+
 def test_curves_are_computed_off_the_server_thread(tmp_path):
     """update_curves returns with a busy line; poll draws once the worker is done."""
     config = DashboardConfig(models=("tiny-llama", "tiny-neox"), default_model="tiny-llama", nsamples=4, seqlen=64,

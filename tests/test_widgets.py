@@ -239,3 +239,18 @@ def test_the_granularity_dropdown_redraws_every_curve_per_unit(session):
     assert "granularity" not in curves.params("atp") or curves.params("atp")["granularity"] == "block"
     curves.granularity.value = "projection"
     assert len(curves.profiles["owl"].unit_means()) == len(owl.layers)
+
+
+def test_runner_quantizes_as_its_controls_say(session):
+    """wbits / group / quantizer go into the run; the row shows them and the record's bits per weight."""
+    runner = PruneRunner(session, eval_seqlen=64, mode="dense")
+    runner.wbits.value, runner.group_size.value, runner.quant_method.value = 4, 32, "rtn"
+    spec = runner.config()
+    assert (spec.method.wbits, spec.method.group_size, spec.method.quant_method) == (4, 32, "rtn")
+    runner.start()
+    runner.wait(timeout=300)
+    row = runner.rows[-1]
+    assert "error" not in row and row["wbits"] == "4 (32, rtn)"
+    assert 0 < row["bits/weight"] < 4 + 1 + 1  # values at 4 bits on the kept half, the mask, the group grids
+    runner.wbits.value = 16
+    assert runner.config().method.wbits == 16

@@ -42,8 +42,9 @@ from workbench.session import CURVE_ALLOCATORS, Session
 from workbench.spec import DENSE, MethodSpec, RunSpec, field_help
 
 _METHOD = MethodSpec()  # a run's defaults (metric, pattern, allocation): the page starts from them
-COLUMNS = ("run", "model", "allocation", "params", "metric", "target", "pattern", "actual", "perplexity", "seconds",
-           "status")
+COLUMNS = ("run", "model", "allocation", "params", "metric", "target", "pattern", "wbits", "actual", "perplexity",
+           "seconds", "status")
+GROUPS = ("channel", 32, 64, 128)  # quantization groups offered: one scale per output channel, or per N columns
 
 
 @dataclass
@@ -135,6 +136,11 @@ class Dashboard(pn.viewable.Viewer):
                                 doc=field_help("allocation") or "the layer-wise allocation")
     sparsity = param.String("0.7", label="target sparsity", doc=field_help("sparsity"))  # as typed; parsed on use
     pattern = param.String(_METHOD.pattern, label="pattern", doc=field_help("pattern"))
+    wbits = param.Selector(objects=[16, 8, 4, 3, 2], default=16, label="weight bits", doc=field_help("wbits"))
+    group_size = param.Selector(objects=list(GROUPS), default="channel", label="quantization group",
+                                doc=field_help("group_size"))
+    quant_method = param.Selector(objects=["rtn", "gptq", "gptq-after"], default="rtn", label="quantizer",
+                                  doc=field_help("quant_method"))
     run = param.Event(label="Prune & evaluate")
     record = param.Selector(objects=[], allow_None=True, label="result record")
     refresh_tables = param.Event(label="Refresh tables")
@@ -286,7 +292,9 @@ class Dashboard(pn.viewable.Viewer):
         return RunSpec.from_flat({"model": self.model, "metric": self.metric, "allocation": self.allocation,
                                   "alloc_params": self.controls().values(), "sparsity": self.target(),
                                   "pattern": self.pattern, "evals": ["ppl"], "nsamples": config.nsamples,
-                                  "seqlen": config.seqlen, "eval_seqlen": config.eval_seqlen})
+                                  "seqlen": config.seqlen, "eval_seqlen": config.eval_seqlen, "wbits": self.wbits,
+                                  "group_size": None if self.group_size == "channel" else self.group_size,
+                                  "quant_method": self.quant_method})
 
     @param.depends("run", watch=True)
     def _run_pressed(self) -> None:
@@ -355,6 +363,8 @@ class Dashboard(pn.viewable.Viewer):
         row = {"run": job.id, "model": flat["model"], "allocation": flat["allocation"],
                "params": compact_params(flat["alloc_params"]), "metric": flat["metric"],
                "target": round(flat["sparsity"], 4), "pattern": flat["pattern"],
+               "wbits": flat["wbits"] if flat["wbits"] == 16 else
+               f"{flat['wbits']} ({flat['group_size'] or 'channel'}, {flat['quant_method']})",
                "actual": _round(metrics.get("actual_sparsity"), 4), "perplexity": _round(metrics.get("perplexity"), 2),
                "seconds": round((job.finished or 0) - (job.started or 0), 1), "status": job.error or job.status}
         self.runs = pd.concat([self.runs, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
@@ -425,6 +435,7 @@ class Dashboard(pn.viewable.Viewer):
                                             description=self.param.sparsity.doc),
             pn.widgets.TextInput.from_param(self.param.pattern, css_classes=["wb-pattern"],
                                             description=self.param.pattern.doc),
+            select("wbits", "wb-wbits"), select("group_size", "wb-group"), select("quant_method", "wb-quantizer"),
             self.allocator_controls,
             pn.widgets.Button.from_param(self.param.run, color="primary", css_classes=["wb-run"]),
             pn.indicators.Progress(active=self.param.running, visible=self.param.running, value=-1, width=240),

@@ -19,7 +19,9 @@ from ..spec import RunSpec
 ALLOCATIONS = tuple(allocation_names())  # every registered allocator and learner, in registration order
 PATTERNS = ("unstructured", "2:4", "4:8")
 STAGES = {"load": 0.05, "prune": 0.1, "ppl": 0.6}
-COLUMNS = ("allocation", "params", "metric", "pattern", "target", "actual", "perplexity", "seconds", "error")
+COLUMNS = ("allocation", "params", "metric", "pattern", "target", "actual", "wbits", "bits/weight", "perplexity",
+           "seconds", "error")
+GROUPS = ("channel", 32, 64, 128)  # quantization groups offered: one scale per output channel, or per N columns
 
 
 class PruneRunner:
@@ -34,6 +36,9 @@ class PruneRunner:
         self.sparsity = w.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.01, description="target",
                                       continuous_update=False)
         self.mode = w.Dropdown(options=("sequential", "dense"), value=mode, description="mode")
+        self.wbits = w.Dropdown(options=(16, 8, 4, 3, 2), value=16, description="wbits")  # 16: no quantization
+        self.group_size = w.Dropdown(options=GROUPS, value="channel", description="group")
+        self.quant_method = w.Dropdown(options=("rtn", "gptq", "gptq-after"), value="rtn", description="quantizer")
         self.button = w.Button(description="Prune & evaluate", button_style="primary", icon="play")
         self.progress = w.FloatProgress(value=0.0, min=0.0, max=1.0, description="idle")
         self.table = w.HTML()
@@ -46,6 +51,7 @@ class PruneRunner:
             self.sparsity.disabled = True
             self.sparsity.description = "target (curves)"
         self.widget = w.VBox([w.HBox([self.allocation, self.metric, self.pattern]),
+                              w.HBox([self.wbits, self.group_size, self.quant_method]),
                               w.HBox([self.sparsity, self.mode, self.button]), self.progress, self.table])
         self._render()
 
@@ -59,7 +65,9 @@ class PruneRunner:
                                  model=self.session.model_name, metric=self.metric.value,
                                  allocation=self.allocation.value, sparsity=round(self.sparsity.value, 4),
                                  pattern=self.pattern.value, mode=self.mode.value, eval_seqlen=self.eval_seqlen,
-                                 eval_dataset=self.eval_dataset, alloc_params=self.params())
+                                 eval_dataset=self.eval_dataset, alloc_params=self.params(),
+                                 wbits=self.wbits.value, quant_method=self.quant_method.value,
+                                 group_size=None if self.group_size.value == "channel" else self.group_size.value)
 
     def start(self) -> threading.Thread:
         """Start a run in a background thread (runs queue behind each other in the session)."""
@@ -79,7 +87,9 @@ class PruneRunner:
     def _run(self) -> None:
         start = time.perf_counter()
         row = {"allocation": self.allocation.value, "metric": self.metric.value, "pattern": self.pattern.value,
-               "target": round(self.sparsity.value, 4), "params": compact_params(self.params())}
+               "target": round(self.sparsity.value, 4), "params": compact_params(self.params()),
+               "wbits": self.wbits.value if self.wbits.value == 16 else
+               f"{self.wbits.value} ({self.group_size.value}, {self.quant_method.value})"}
         if self.pattern.value != "unstructured":  # N:M fixes every layer at N/M whatever the slider says
             n, m = (int(x) for x in self.pattern.value.split(":"))
             row["target"] = f"{n / m:g} ({self.pattern.value})"
@@ -87,7 +97,8 @@ class PruneRunner:
         try:
             record = self.session.run(self.config(), on_stage=self._stage)
             self.records.append(record)
-            row.update(actual=record["metrics"].get("actual_sparsity"), perplexity=record["metrics"].get("perplexity"))
+            row.update(actual=record["metrics"].get("actual_sparsity"), perplexity=record["metrics"].get("perplexity"),
+                       **{"bits/weight": record["sparsity_report"].get("bits_per_weight")})
             if self.curves is not None and learns_while_pruning(record["method"]["allocation"]):  # learned: show it
                 from ..profile import SparsityProfile
 
