@@ -305,3 +305,17 @@ def test_gptq_without_calibration_data_and_besa_with_quantization_are_refused_in
         prune(model, None, allocation="besa", sparsity=0.5, wbits=4, progress=False)
     with pytest.raises(WorkbenchError, match=r"^group_size=48 does not divide the input width"):
         prune(model, None, metric="magnitude", sparsity=0.5, wbits=4, group_size=48, progress=False)
+
+
+def test_a_grid_entry_may_quantize_and_a_bad_width_is_refused_when_the_grid_loads(tmp_path):
+    from workbench.reproduce import expand, load_grid
+
+    grid = tmp_path / "q.yaml"
+    grid.write_text("name: q\nmodel: tiny-llama\ndefaults: {metric: wanda}\nperplexity:\n  dense: false\n"
+                    "  sparsities: [0.5]\n  methods:\n    - {label: Wanda 4-bit, wbits: 4, group_size: 32}\n"
+                    "    - {label: SparseGPT+GPTQ, metric: sparsegpt, wbits: 3, quant_method: gptq}\n")
+    runs = expand(load_grid(grid))
+    assert [(r.params.get("wbits"), r.params.get("quant_method")) for r in runs] == [(4, None), (3, "gptq")]
+    grid.write_text(grid.read_text().replace("wbits: 4", "wbits: 6"))
+    with pytest.raises(WorkbenchError, match=r"wbits=6 is not allowed"):
+        expand(load_grid(grid))
