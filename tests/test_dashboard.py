@@ -233,6 +233,10 @@ def test_a_quantized_run_carries_its_bits_into_the_spec_and_the_row(tmp_path):
     services.close()
     row = app.runs.to_dict("records")[-1]
     assert row["status"] == "done" and row["wbits"] == "4 (32, rtn)"
+    assert 0 < row["bits"] < 6  # 4-bit values on the kept 70%, a 1-bit mask, 32 bits of grid per 32 columns
+    fig = app.bits_figure()
+    assert [t.name for t in fig.data] == ["uniform"] and list(fig.data[0].x) == [row["bits"]]
+    assert list(fig.data[0].y) == [row["perplexity"]]
     app.group_size = "channel"
     assert app.spec().method.group_size is None
 

@@ -319,3 +319,15 @@ def test_a_grid_entry_may_quantize_and_a_bad_width_is_refused_when_the_grid_load
     grid.write_text(grid.read_text().replace("wbits: 4", "wbits: 6"))
     with pytest.raises(WorkbenchError, match=r"wbits=6 is not allowed"):
         expand(load_grid(grid))
+
+
+def test_the_bits_chart_places_unquantized_runs_at_sixteen_bit_values_and_a_mask():
+    from workbench.plots import perplexity_vs_bits
+
+    runs = [{"allocation": "owl", "actual": 0.5, "bits": None, "perplexity": 30.0},
+            {"allocation": "owl", "actual": 0.5, "bits": 3.25, "perplexity": 41.0},
+            {"allocation": "dsa", "actual": 0.7, "bits": None, "perplexity": None}]  # failed: no point
+    fig = perplexity_vs_bits(runs, dense=20.0)
+    assert [t.name for t in fig.data] == ["owl"]
+    assert list(fig.data[0].x) == [3.25, 16 * 0.5 + 1] and list(fig.data[0].y) == [41.0, 30.0]
+    assert fig.layout.shapes[0].y0 == 20.0

@@ -187,6 +187,34 @@ def perplexity_vs_sparsity(runs: list[dict], dense: float | None = None) -> go.F
     return fig
 
 
+def perplexity_vs_bits(runs: list[dict], dense: float | None = None) -> go.Figure:
+    """Perplexity against storage bits per weight across runs (``bits`` and ``perplexity`` each; an unquantized
+    run stores 16-bit values and, pruned, a 1-bit mask: 16 x (1 - actual) + 1), one line per allocation, the
+    dense model at 16 bits as a dashed line."""
+    fig = go.Figure()
+    by_alloc: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        bits = run.get("bits")
+        if bits is None and run.get("actual") is not None:
+            bits = 16 * (1 - float(run["actual"])) + 1
+        if bits is not None and run.get("perplexity") is not None:
+            by_alloc.setdefault(str(run.get("allocation")), []).append((float(bits), float(run["perplexity"])))
+    for name, points in by_alloc.items():
+        points.sort()
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=name,
+                                 line={"color": COLORS.get(name)},
+                                 hovertemplate=f"{name}<br>%{{x:.2f}} bits a weight<br>ppl %{{y:.2f}}<extra></extra>"))
+    if dense is not None:
+        fig.add_hline(y=dense, line_dash="dash", line_color="#333", annotation_text=f"dense (16 bits) {dense:.2f}")
+    fig.update_layout(title="Perplexity vs bits per weight (this page's runs)", xaxis_title="bits per weight",
+                      yaxis_title="perplexity", template="plotly_white", height=360)
+    heights = [y for pts in by_alloc.values() for _x, y in pts] + ([dense] if dense is not None else [])
+    heights = [y for y in heights if math.isfinite(y)]
+    if heights:
+        fig.update_yaxes(range=_value_range(heights))
+    return fig
+
+
 def _sparsity_range(xs: list[float], margin: float = 0.05) -> list[float]:
     """An x-range inside [0, 1] around the sparsities ``xs`` (at least ``margin`` either side where [0, 1]
     leaves room); [0, 1] without points."""

@@ -85,6 +85,8 @@ def _run_loaded(spec: RunSpec, model, tokenizer, cache, residency, progress: boo
         stage("prune")
         result, params, tuning = _prune(spec, model, tokenizer, cache, residency, progress)
         metrics["actual_sparsity"] = result.report["actual"]
+        if "bits_per_weight" in result.report:  # quantized: storage per weight (values, mask, grids)
+            metrics["bits_per_weight"] = result.report["bits_per_weight"]
         data["calibration"] = result.provenance
         extra = {"profile": result.profile.to_dict(), "sparsity_report": result.report, "timings": result.timings}
         if tuning is not None:

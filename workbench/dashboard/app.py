@@ -42,8 +42,8 @@ from workbench.session import CURVE_ALLOCATORS, Session
 from workbench.spec import DENSE, MethodSpec, RunSpec, field_help
 
 _METHOD = MethodSpec()  # a run's defaults (metric, pattern, allocation): the page starts from them
-COLUMNS = ("run", "model", "allocation", "params", "metric", "target", "pattern", "wbits", "actual", "perplexity",
-           "seconds", "status")
+COLUMNS = ("run", "model", "allocation", "params", "metric", "target", "pattern", "wbits", "actual", "bits",
+           "perplexity", "seconds", "status")
 GROUPS = ("channel", 32, 64, 128)  # quantization groups offered: one scale per output channel, or per N columns
 
 
@@ -365,7 +365,8 @@ class Dashboard(pn.viewable.Viewer):
                "target": round(flat["sparsity"], 4), "pattern": flat["pattern"],
                "wbits": flat["wbits"] if flat["wbits"] == 16 else
                f"{flat['wbits']} ({flat['group_size'] or 'channel'}, {flat['quant_method']})",
-               "actual": _round(metrics.get("actual_sparsity"), 4), "perplexity": _round(metrics.get("perplexity"), 2),
+               "actual": _round(metrics.get("actual_sparsity"), 4), "bits": _round(metrics.get("bits_per_weight"), 3),
+               "perplexity": _round(metrics.get("perplexity"), 2),
                "seconds": round((job.finished or 0) - (job.started or 0), 1), "status": job.error or job.status}
         self.runs = pd.concat([self.runs, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
 
@@ -373,6 +374,11 @@ class Dashboard(pn.viewable.Viewer):
     def ppl_figure(self) -> go.Figure:
         """Perplexity against actual sparsity of this page's runs, with the dense line."""
         return plots.perplexity_vs_sparsity(self.runs.to_dict("records"), self.dense_ppl)
+
+    @param.depends("runs", "dense_ppl")
+    def bits_figure(self) -> go.Figure:
+        """Perplexity against bits per weight of this page's runs (quantized or not), with the dense line."""
+        return plots.perplexity_vs_bits(self.runs.to_dict("records"), self.dense_ppl)
 
     # ------------------------------------------------------------------ records and tables
     def refresh_records(self) -> None:
@@ -443,7 +449,8 @@ class Dashboard(pn.viewable.Viewer):
         runs = pn.Column(pn.pane.Markdown(self.param.status, css_classes=["wb-status"]),
                          pn.widgets.Tabulator(self.param.runs, disabled=True, show_index=False,
                                               sizing_mode="stretch_width", css_classes=["wb-results"]),
-                         pn.pane.Plotly(self.ppl_figure, height=360, sizing_mode="stretch_width"))
+                         pn.pane.Plotly(self.ppl_figure, height=360, sizing_mode="stretch_width"),
+                         pn.pane.Plotly(self.bits_figure, height=360, sizing_mode="stretch_width"))
         records = pn.Column(pn.widgets.Select.from_param(self.param.record),
                             pn.Row(self.download_json, self.download_csv, self.download_recipe), self.record_view)
         tables = pn.Column(pn.widgets.Button.from_param(self.param.refresh_tables), self.tables)
