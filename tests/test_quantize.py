@@ -331,3 +331,32 @@ def test_the_bits_chart_places_unquantized_runs_at_sixteen_bit_values_and_a_mask
     assert [t.name for t in fig.data] == ["owl"]
     assert list(fig.data[0].x) == [3.25, 16 * 0.5 + 1] and list(fig.data[0].y) == [41.0, 30.0]
     assert fig.layout.shapes[0].y0 == 20.0
+
+
+def test_a_quantized_run_exports_a_recipe_with_a_gptq_stage_compressed_tensors_accepts(tmp_path):
+    import yaml
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    from workbench.cli import main
+    from workbench.models import load_model, prunable_linears
+
+    record = tmp_path / "run.json"
+    assert main(["prune", "--model", "tiny-llama", "--sparsity", "0.5", "--nsamples", "2", "--seqlen", "32",
+                 "--wbits", "4", "--group-size", "32", "--symmetric", "--out", str(record)]) == 0
+    out = tmp_path / "r.yaml"
+    assert main(["export-recipe", str(record), "--out", str(out)]) == 0
+    recipe = yaml.safe_load(out.read_text())
+    assert list(recipe) == ["sparsity_stage", "quantization_stage"]  # prune, then quantize what is kept
+    gptq = recipe["quantization_stage"]["quantization_modifiers"]["GPTQModifier"]
+    (group,) = gptq["config_groups"].values()
+    names = list(prunable_linears(load_model("tiny-llama")[0]))
+    sparsity = recipe["sparsity_stage"]["sparsity_modifiers"]["WandaPruningModifier"]
+    assert group["targets"] == names == sparsity["targets"]
+    args = QuantizationArgs(**group["weights"])  # the library's own schema
+    assert (args.num_bits, args.symmetric, args.strategy, args.group_size) == (4, True, "group", 32)
+    QuantizationScheme(targets=group["targets"], weights=args)
+    plain = tmp_path / "plain.json"  # an unquantized run: the sparsity stage only, as before
+    assert main(["prune", "--model", "tiny-llama", "--sparsity", "0.5", "--nsamples", "2", "--seqlen", "32",
+                 "--out", str(plain)]) == 0
+    assert main(["export-recipe", str(plain), "--out", str(tmp_path / "p.yaml")]) == 0
+    assert list(yaml.safe_load((tmp_path / "p.yaml").read_text())) == ["sparsity_stage"]

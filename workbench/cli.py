@@ -416,7 +416,7 @@ def cmd_export_recipe(args: argparse.Namespace) -> int:
     profile, known = load_profile_source(args.profile)
     model_name, metric, pattern = run_settings(known, args.profile, args.model, args.metric, args.pattern)
     out = Path(args.out) if args.out else Path(args.profile).with_suffix(".recipe.yaml")
-    export_recipe(profile, model_name, metric, pattern, out, args.trust_remote_code)
+    export_recipe(profile, model_name, metric, pattern, out, args.trust_remote_code, known.get("quantization"))
     print(f"llm-compressor recipe ({metric}, {pattern}, {len(profile.layers)} linears, mean sparsity "
           f"{profile.mean():.4f}): {out}")
     return 0

@@ -147,7 +147,7 @@ def read_profile_source(data: Any, where: str = "record") -> tuple[SparsityProfi
     if isinstance(data, dict) and isinstance(data.get("profile"), dict):  # a result record
         method = data.get("method", {})
         known = {"metric": method.get("metric"), "pattern": method.get("pattern"),
-                 "model": data.get("model", {}).get("id")}
+                 "model": data.get("model", {}).get("id"), "quantization": method.get("quantization")}
         return SparsityProfile.from_dict(data["profile"]), known
     if isinstance(data, dict) and "layers" in data:
         return SparsityProfile.from_dict(data), {}

@@ -36,9 +36,10 @@ def run_settings(known: dict[str, Any], where: str, model: str | None = None, me
 
 
 def build_recipe(profile: SparsityProfile, module_order: list[str], metric: str = "wanda",
-                 pattern: str = "unstructured") -> dict[str, Any]:
+                 pattern: str = "unstructured", quantization: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recipe as a dict: one pruning modifier whose targets are the model's prunable linears in
-    ``module_order`` (the model's module order) and whose ``sparsity`` list is the profile's ratios."""
+    ``module_order`` (the model's module order) and whose ``sparsity`` list is the profile's ratios; with a run's
+    ``quantization`` (wbits, group_size, symmetric), a GPTQ stage after it on the same linears."""
     if metric not in MODIFIERS:
         raise WorkbenchError(f"metric={metric!r} has no one-shot llm-compressor modifier with per-layer sparsity; "
                               f"allowed: {sorted(MODIFIERS)}")
@@ -57,7 +58,22 @@ def build_recipe(profile: SparsityProfile, module_order: list[str], metric: str 
     n, m = parse_pattern(pattern)
     modifier = {"sparsity": [float(profile.layers[name]) for name in module_order],
                 "mask_structure": f"{n}:{m}", "targets": list(module_order), "ignore": []}
-    return {"sparsity_stage": {"sparsity_modifiers": {MODIFIERS[metric]: modifier}}}
+    recipe = {"sparsity_stage": {"sparsity_modifiers": {MODIFIERS[metric]: modifier}}}
+    if quantization:
+        recipe["quantization_stage"] = {"quantization_modifiers": {"GPTQModifier": gptq_modifier(
+            module_order, quantization)}}
+    return recipe
+
+
+def gptq_modifier(module_order: list[str], quantization: dict[str, Any]) -> dict[str, Any]:
+    """llm-compressor's GPTQModifier with one compressed-tensors config group: the prunable linears, integer
+    weights at the run's bits, per channel or per group, symmetric or not (activations untouched: W{b}A16)."""
+    group = quantization.get("group_size")
+    weights = {"num_bits": int(quantization["wbits"]), "type": "int", "symmetric": bool(quantization["symmetric"]),
+               "strategy": "group" if group else "channel"}
+    if group:
+        weights["group_size"] = int(group)
+    return {"ignore": ["lm_head"], "config_groups": {"group_0": {"targets": list(module_order), "weights": weights}}}
 
 
 def recipe_yaml(recipe: dict[str, Any], profile: SparsityProfile, model: str | None) -> str:
@@ -74,17 +90,18 @@ def recipe_yaml(recipe: dict[str, Any], profile: SparsityProfile, model: str | N
 
 
 def recipe_text(profile: SparsityProfile, model_name: str, metric: str = "wanda", pattern: str = "unstructured",
-                trust_remote_code: bool = False) -> str:
+                trust_remote_code: bool = False, quantization: dict[str, Any] | None = None) -> str:
     """The YAML recipe of ``profile``, checked against the prunable linears of ``model_name``."""
     from .models import prunable_linears, skeleton
 
     names = list(prunable_linears(skeleton(model_name, trust_remote_code)))
-    return recipe_yaml(build_recipe(profile, names, metric, pattern), profile, model_name)
+    return recipe_yaml(build_recipe(profile, names, metric, pattern, quantization), profile, model_name)
 
 
 def export_recipe(profile: SparsityProfile, model_name: str, metric: str, pattern: str, out: str | Path,
-                  trust_remote_code: bool = False) -> Path:
+                  trust_remote_code: bool = False, quantization: dict[str, Any] | None = None) -> Path:
     """Write :func:`recipe_text` to ``out`` atomically (nothing is written when the profile is refused)."""
     from .results import write_text_atomic
 
-    return write_text_atomic(out, recipe_text(profile, model_name, metric, pattern, trust_remote_code))
+    return write_text_atomic(out, recipe_text(profile, model_name, metric, pattern, trust_remote_code,
+                                              quantization))

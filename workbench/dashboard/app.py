@@ -415,7 +415,8 @@ class Dashboard(pn.viewable.Viewer):
         path = self.record or "record"
         try:
             profile, known = read_profile_source(self._record(), path)
-            return io.BytesIO(recipe_text(profile, *run_settings(known, path)).encode())
+            return io.BytesIO(recipe_text(profile, *run_settings(known, path),
+                                          quantization=known.get("quantization")).encode())
         except WorkbenchError as err:
             self._fail(f"recipe: {err}")
             return io.BytesIO(f"# no recipe: {err}\n".encode())
