@@ -360,3 +360,54 @@ def test_a_quantized_run_exports_a_recipe_with_a_gptq_stage_compressed_tensors_a
                  "--out", str(plain)]) == 0
     assert main(["export-recipe", str(plain), "--out", str(tmp_path / "p.yaml")]) == 0
     assert list(yaml.safe_load((tmp_path / "p.yaml").read_text())) == ["sparsity_stage"]
+
+
+# --------------------------------------------------------------------------- CPU integer linears
+
+@pytest.mark.parametrize("spec", [QuantSpec(8, None, True), QuantSpec(4, 32, False), QuantSpec(4, 64, True)])
+def test_cpu_integer_linears_compute_the_quantized_layer(spec):
+    from workbench.quantized_linear import Int4Linear, Int8Linear
+
+    g = torch.Generator().manual_seed(1)
+    linear = torch.nn.Linear(256, 48)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(48, 256, generator=g) * torch.linspace(0.1, 2, 256))
+        linear.weight[torch.rand(48, 256, generator=g) < 0.5] = 0.0  # pruned half
+    module = (Int8Linear if spec.wbits == 8 else Int4Linear)(linear, spec)
+    x = torch.randn(2, 5, 256, generator=g)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(x, quantize_rtn(linear.weight, spec), linear.bias)
+        got = module(x)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_the_cpu_integer_paths_refuse_what_their_kernels_cannot_hold():
+    from workbench.quantized_linear import Int4Linear, Int8Linear
+
+    linear = torch.nn.Linear(96, 8)
+    with pytest.raises(WorkbenchError, match=r"^the int8 CPU path takes wbits=8, symmetric, one scale per output"):
+        Int8Linear(linear, QuantSpec(8, None, False))
+    with pytest.raises(WorkbenchError, match=r"^the int4 CPU path takes wbits=4 and group_size in \[32, 64"):
+        Int4Linear(linear, QuantSpec(4, 64, False))  # 64 does not divide 96
+
+
+def test_a_quantized_tiny_model_generates_with_integer_linears_as_with_its_dequantized_weights():
+    from workbench.models import load_model, prunable_linears
+    from workbench.prune import prune
+    from workbench.quantized_linear import int_linears
+
+    model, tok = load_model("tiny-llama")
+    prune(model, tok, metric="magnitude", sparsity=0.5, progress=False)
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    reference, _tok = load_model("tiny-llama")  # the same pruned weights, quantized and kept in float
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for linear in prunable_linears(reference).values():
+            linear.weight.copy_(quantize_rtn(linear.weight, QuantSpec(4, 32, False)))
+        expected = reference(ids).logits
+        assert int_linears(model, QuantSpec(4, 32, False)) == len(prunable_linears(reference))
+        got = model(ids).logits
+    assert torch.allclose(got, expected, atol=1e-3 * float(expected.abs().max()))
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 10)
