@@ -1,8 +1,10 @@
 """Round-to-nearest weight quantization against a slow, obvious oracle of GPTQ's grid (python floats, one
 weight at a time); zeros kept exactly; bad input refused in one line."""
 
+import gc
 import math
 import random
+import weakref
 
 import numpy as np
 import pytest
@@ -406,7 +408,10 @@ def test_a_quantized_tiny_model_generates_with_integer_linears_as_with_its_dequa
         for linear in prunable_linears(reference).values():
             linear.weight.copy_(quantize_rtn(linear.weight, QuantSpec(4, 32, False)))
         expected = reference(ids).logits
+        old = weakref.ref(next(iter(prunable_linears(model).values())))
         assert int_linears(model, QuantSpec(4, 32, False)) == len(prunable_linears(reference))
+        gc.collect()
+        assert old() is None  # nothing (the kept model structure included) holds the float weights any more
         got = model(ids).logits
     assert torch.allclose(got, expected, atol=1e-3 * float(expected.abs().max()))
     out = model.generate(ids, max_new_tokens=4, do_sample=False)

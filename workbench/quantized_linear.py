@@ -79,7 +79,7 @@ class Int4Linear(nn.Module):
 def int_linears(model: nn.Module, spec: QuantSpec) -> int:
     """Replace every prunable linear of ``model`` (already on ``spec``'s grid) by its int8 or int4 module; the
     number replaced."""
-    from .models import prunable_linears
+    from .models import forget_structure, prunable_linears
 
     kind = {8: Int8Linear, 4: Int4Linear}.get(spec.wbits)
     if kind is None:
@@ -89,4 +89,5 @@ def int_linears(model: nn.Module, spec: QuantSpec) -> int:
     for name, linear in linears.items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, kind(linear, spec))
+    forget_structure(model)  # the kept structure named the float linears: let them go
     return len(linears)
