@@ -327,3 +327,9 @@ def test_the_prefix_cache_scores_as_the_plain_forward_bit_for_bit():
             else:
                 assert got == float(window_kl(model, ctx.ids["cheap"], seqlen, ctx.reference["cheap"]).mean())
     assert ctx.prefix.blocks_run < calls * blocks  # the repeated parent, and switches after block 0, reused
+    assert ctx.prefix.capacity["cheap"] > 3 and ctx.prefix.capacity["full"] >= 3
+    functions = SearchConfig(sparsity=0.5, fitness_windows=2, fitness_seqlen=32, cheap_windows=1, cheap_seqlen=16,
+                             heldout_windows=1)
+    _m, _t, fn_ctx = SearchSetup(ModelSpec(name="tiny-llama"), CalibrationSpec(nsamples=2, seqlen=32),
+                                 functions).build(progress=False)
+    assert set(fn_ctx.prefix.capacity.values()) == {1}  # functions share no prefix: only block 0's inputs kept

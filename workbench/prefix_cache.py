@@ -18,7 +18,7 @@ import torch
 from .calibrate import capture_block_inputs, head_logits
 from .models import structure
 
-BUDGET_BYTES = 2**30  # cached states per set of windows; at least two allocations (a parent and its child)
+BUDGET_BYTES = 2**29  # cached states per set of windows; at least two allocations (a parent and its child)
 
 
 class PrefixCache:
@@ -37,14 +37,16 @@ class PrefixCache:
         self.blocks_run = 0  # blocks run on all windows of a stage, over every call (what the cache saved: fewer)
 
     @torch.no_grad()
-    def add(self, stage: str, windows: torch.Tensor) -> None:
-        """The windows (n, seqlen) of a stage: their block-0 inputs are captured once (pruning never changes them)."""
+    def add(self, stage: str, windows: torch.Tensor, keep: bool = True) -> None:
+        """The windows (n, seqlen) of a stage: their block-0 inputs are captured once (pruning never changes them);
+        ``keep=False``: no allocation's states are kept (a stage scored a few times, or candidates that share no
+        prefix: the memory would buy nothing)."""
         inputs, kwargs = capture_block_inputs(self.model, windows)
         self.windows[stage], self.kwargs[stage] = windows, kwargs
         self.entries[stage] = OrderedDict({(): [list(inputs)]})  # the empty prefix: block 0's inputs
         first = inputs[0]
         per_entry = len(self.blocks) * len(inputs) * first.numel() * first.element_size()
-        self.capacity[stage] = max(2, BUDGET_BYTES // max(per_entry, 1)) + 1  # + the empty prefix
+        self.capacity[stage] = (max(2, BUDGET_BYTES // max(per_entry, 1)) if keep else 0) + 1  # + the empty prefix
 
     def signature(self, counts: dict[str, int]) -> tuple[tuple[int, ...], ...]:
         """Per block, the pruned-per-row counts of its linears: what a block's output depends on."""

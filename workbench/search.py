@@ -227,9 +227,11 @@ class SearchContext:
             self.ids["heldout"] = ids[ids.numel() - config.heldout_windows * config.fitness_seqlen:]
         self.reference = {k: window_log_probs(model, self.ids[k], s)  # dense log-probs, once per search
                           for k, (m, _w, s) in self.stages.items() if m == "kl"}
-        self.prefix = PrefixCache(model)  # a candidate runs only the blocks after those a cached one shares
+        # a candidate runs only the blocks after those a cached one shares: level offspring share most of their
+        # parent's; functions change every block, and the held-out stage scores a handful: nothing kept there
+        self.prefix = PrefixCache(model)
         for k, (_m, _w, s) in self.stages.items():
-            self.prefix.add(k, split_windows(self.ids[k], s))
+            self.prefix.add(k, split_windows(self.ids[k], s), keep=config.space == "levels" and k != "heldout")
         self.fitness_data = {"dataset": dataset, "split": text.split, "text_sha256": text.sha256,
                              "tokens": ids.numel(),
                              **{k: {"metric": m, "windows": w, "seqlen": s} for k, (m, w, s) in self.stages.items()}}
