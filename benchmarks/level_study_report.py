@@ -98,11 +98,13 @@ def figure(block: dict, png: Path, title: str) -> None:
     fig = go.Figure()
     for name, (x, mean, half) in curves(block).items():
         color = COLORS[name]
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=[m + h for m, h in zip(mean, half, strict=True)]
-                                 + [m - h for m, h in zip(mean[::-1], half[::-1], strict=True)],
-                                 mode="lines", fill="toself", fillcolor=color, opacity=0.18, line={"width": 0},
-                                 showlegend=False,
-                                 hoverinfo="skip", line_shape="hv"))
+        # the band as explicit steps (each value held until the next x), so the fill follows the step lines
+        sx = [v for a, b in zip(x, x[1:] + x[-1:], strict=True) for v in (a, b)]
+        upper = [m + h for m, h in zip(mean, half, strict=True) for _ in (0, 1)]
+        lower = [m - h for m, h in zip(mean, half, strict=True) for _ in (0, 1)]
+        fig.add_trace(go.Scatter(x=sx + sx[::-1], y=upper + lower[::-1], mode="lines", fill="toself",
+                                 fillcolor=color, opacity=0.18, line={"width": 0}, showlegend=False,
+                                 hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", line_shape="hv", line={"color": color},
                                  name=f"{name} (n={len(block[name])})"))
     fig.update_layout(title=title, xaxis_title="distinct candidates scored",
