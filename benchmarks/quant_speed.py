@@ -22,12 +22,7 @@ import subprocess
 import sys
 import time
 
-
-def rss_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+from sparse_speed import rss_mib  # the same resident-memory reading as the sparse benchmark (benchmarks/ on the path)
 
 
 def one(config: dict) -> dict:

@@ -169,11 +169,7 @@ def perplexity_vs_sparsity(runs: list[dict], dense: float | None = None) -> go.F
     for run in runs:
         if run.get("actual") is not None and run.get("perplexity") is not None:
             by_alloc.setdefault(str(run.get("allocation")), []).append((float(run["actual"]), float(run["perplexity"])))
-    for name, points in by_alloc.items():
-        points.sort()
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=name,
-                                 line={"color": COLORS.get(name)},
-                                 hovertemplate=f"{name}<br>sparsity %{{x:.3f}}<br>ppl %{{y:.2f}}<extra></extra>"))
+    _allocation_lines(fig, by_alloc, "sparsity %{x:.3f}")
     if dense is not None:
         fig.add_hline(y=dense, line_dash="dash", line_color="#333", annotation_text=f"dense {dense:.2f}")
     fig.update_layout(title="Perplexity vs sparsity (this page's runs)", xaxis_title="actual sparsity",
@@ -199,11 +195,7 @@ def perplexity_vs_bits(runs: list[dict], dense: float | None = None) -> go.Figur
             bits = 16 * (1 - float(run["actual"])) + 1
         if bits is not None and run.get("perplexity") is not None:
             by_alloc.setdefault(str(run.get("allocation")), []).append((float(bits), float(run["perplexity"])))
-    for name, points in by_alloc.items():
-        points.sort()
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=name,
-                                 line={"color": COLORS.get(name)},
-                                 hovertemplate=f"{name}<br>%{{x:.2f}} bits a weight<br>ppl %{{y:.2f}}<extra></extra>"))
+    _allocation_lines(fig, by_alloc, "%{x:.2f} bits a weight")
     if dense is not None:
         fig.add_hline(y=dense, line_dash="dash", line_color="#333", annotation_text=f"dense (16 bits) {dense:.2f}")
     fig.update_layout(title="Perplexity vs bits per weight (this page's runs)", xaxis_title="bits per weight",
@@ -213,6 +205,15 @@ def perplexity_vs_bits(runs: list[dict], dense: float | None = None) -> go.Figur
     if heights:
         fig.update_yaxes(range=_value_range(heights))
     return fig
+
+
+def _allocation_lines(fig: go.Figure, by_alloc: dict[str, list[tuple[float, float]]], x_hover: str) -> None:
+    """One line per allocation through its (x, perplexity) points, in x order, in the allocation's colour."""
+    for name, points in by_alloc.items():
+        points.sort()
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=name,
+                                 line={"color": COLORS.get(name)},
+                                 hovertemplate=f"{name}<br>{x_hover}<br>ppl %{{y:.2f}}<extra></extra>"))
 
 
 def _sparsity_range(xs: list[float], margin: float = 0.05) -> list[float]:
