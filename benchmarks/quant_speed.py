@@ -17,12 +17,13 @@ import argparse
 import ctypes
 import gc
 import json
-import statistics
 import subprocess
 import sys
-import time
 
-from sparse_speed import rss_mib  # the same resident-memory reading as the sparse benchmark (benchmarks/ on the path)
+from sparse_speed import (  # the sparse benchmark's RSS reading and timing (benchmarks/ on the path)
+    rss_mib,
+    timed_passes,
+)
 
 
 def one(config: dict) -> dict:
@@ -59,16 +60,8 @@ def one(config: dict) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         rss = rss_mib()
         diff = float((model(prompt[:, :64]).logits - reference).abs().max())
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            model(prompt, use_cache=False)
-            times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        out = model.generate(prompt[:, :16], max_new_tokens=config["decode"], min_new_tokens=config["decode"],
-                             do_sample=False, use_cache=True, pad_token_id=tok.eos_token_id)
-        decode_s = time.perf_counter() - start
-    return {**config, "prefill_tok_s": config["prefill"] / statistics.median(times),
+        prefill_s, decode_s, out = timed_passes(model, tok, prompt, config["decode"])
+    return {**config, "prefill_tok_s": config["prefill"] / prefill_s,
             "decode_tok_s": (out.shape[1] - 16) / decode_s, "rss_mib": rss, "linear_mib": nbytes / 2**20,
             "max_logit_diff": diff}
 

@@ -33,6 +33,20 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def timed_passes(model, tok, prompt, decode: int):
+    """(median seconds of 3 forwards over ``prompt`` without cache, seconds of greedy decoding of ``decode`` tokens
+    from its first 16 with the KV cache, the generated ids): what both CPU speed benchmarks time."""
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model(prompt, use_cache=False)
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    out = model.generate(prompt[:, :16], max_new_tokens=decode, min_new_tokens=decode, do_sample=False,
+                         use_cache=True, pad_token_id=tok.eos_token_id)
+    return statistics.median(times), time.perf_counter() - start, out
+
+
 def one(config: dict) -> dict:
     """Measure one configuration (dense, or one sparsity with one backend) in this process."""
     import torch
@@ -66,16 +80,7 @@ def one(config: dict) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so RSS is what is alive
         rss = rss_mib()
         diff = float((model(prompt[:, :64]).logits - reference).abs().max())
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            model(prompt, use_cache=False)
-            times.append(time.perf_counter() - start)
-        prefill_s = statistics.median(times)
-        start = time.perf_counter()
-        out = model.generate(prompt[:, :16], max_new_tokens=config["decode"], min_new_tokens=config["decode"],
-                             do_sample=False, use_cache=True, pad_token_id=tok.eos_token_id)
-        decode_s = time.perf_counter() - start
+        prefill_s, decode_s, out = timed_passes(model, tok, prompt, config["decode"])
     assert out.shape[1] == 16 + config["decode"]
     return {**config, "prefill_tok_s": config["prefill"] / prefill_s, "decode_tok_s": config["decode"] / decode_s,
             "rss_mib": rss, "linear_mib": linear_bytes / 2**20, "max_logit_diff": diff,
