@@ -33,7 +33,7 @@ PAIRS = (("functions: evolution", "functions: random"), ("levels: evolution", "l
 
 
 def load(root: Path, granularity: str) -> dict[str, dict[int, dict]]:
-    """method -> seed -> {"series": (x, y), "heldout": value, "best": record, "scored": n}."""
+    """method -> seed -> {"series": (x, y), "heldout": value, "scored": n, "seconds": s}."""
     out: dict[str, dict[int, dict]] = {}
     for folder in sorted(p for p in (root / granularity).glob("*-s*") if (p / "state.json").is_file()):
         space, seed = folder.name.rsplit("-s", 1)
@@ -42,9 +42,8 @@ def load(root: Path, granularity: str) -> dict[str, dict[int, dict]]:
         if not history:
             continue
         for kind, series in search_series(history).items():
-            full = [h for h in history if h["kind"] == kind and h["valid"] and h["full_fitness"] is not None]
             out.setdefault(METHODS[(space, kind)], {})[int(seed)] = {
-                "series": series, "best": min(full, key=lambda h: h["full_fitness"]),
+                "series": series,
                 "heldout": heldout.get(kind, {}).get("heldout_fitness"),
                 "scored": sum(1 for h in history if h["kind"] == kind),
                 "seconds": sum(h.get("seconds", 0.0) for h in history if h["kind"] == kind)}
