@@ -18,6 +18,7 @@ directory back bit for bit, and also the workbench's earlier ``<linear>.weight.<
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from .backend.reference import check_nm
 from .errors import WorkbenchError
 from .profile import SparsityProfile
+from .quantize import QuantGrid, QuantSpec
 from .registry import Plugin, Registry
 from .results import atomic_directory
 
@@ -34,13 +36,20 @@ FORMATS.add("dense", Plugin("dense", "zeros stored; any from_pretrained reads it
 FORMATS.add("compressed", Plugin("compressed", "sparse-24-bitmask for a 2:4 pattern, else sparse-bitmask"))
 FORMATS.add("sparse-bitmask", Plugin("sparse-bitmask", "compressed-tensors' bitmask layout: values, bits, row offsets"))
 FORMATS.add("sparse-24-bitmask", Plugin("sparse-24-bitmask", "compressed-tensors' 2:4 layout: two values per four"))
+FORMATS.add("pack-quantized", Plugin("pack-quantized", "compressed-tensors' packed integers of a quantized run "
+                                     "(wbits < 16), with the pruning mask as a bitmask"))
 _PARTS = {"sparse-bitmask": ("shape", "compressed", "bitmask", "row_offsets"),
           "sparse-24-bitmask": ("shape", "compressed", "bitmask")}
+_PACKED = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_bitmask")
 
 
-def resolve_format(fmt: str, pattern: str) -> str:
-    """The on-disk layout for ``--format`` and the run's pattern; ``compressed`` picks 2:4 or bitmask."""
+def resolve_format(fmt: str, pattern: str, wbits: int = 16) -> str:
+    """The on-disk layout for ``--format``, the run's pattern and bits; ``compressed`` picks 2:4 or bitmask."""
     FORMATS.check(fmt)
+    if fmt == "pack-quantized" and wbits == 16:
+        raise WorkbenchError("format='pack-quantized' stores the integers of a quantized run: it needs wbits in "
+                             "[2, 3, 4, 8], got 16; allowed without quantization: ['dense', 'compressed', "
+                             "'sparse-bitmask', 'sparse-24-bitmask']")
     if fmt == "compressed":
         return "sparse-24-bitmask" if pattern == "2:4" else "sparse-bitmask"
     if fmt == "sparse-24-bitmask" and pattern != "2:4":
@@ -53,24 +62,39 @@ def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory
                 fmt: str = "dense", pattern: str = "unstructured", max_shard_size: str = "5GB") -> Path:
     """Write the pruned model, its tokenizer and ``sparsity_profile.json`` atomically in layout ``fmt``;
     nothing appears under ``directory`` unless the whole checkpoint was written."""
-    resolve_format(fmt, pattern)
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
-        complete_checkpoint(tmp, tokenizer, profile, fmt, pattern)
+        complete_checkpoint(tmp, tokenizer, profile, fmt, pattern, quant_grids(model))
     return directory
 
 
+def quant_grids(model: nn.Module) -> dict[str, QuantGrid]:
+    """The grids a run quantized the model's linears on (``linear.quant_grid``), by module name."""
+    return {name: module.quant_grid for name, module in model.named_modules() if hasattr(module, "quant_grid")}
+
+
 def complete_checkpoint(directory: Path, tokenizer, profile: SparsityProfile, fmt: str = "dense",
-                        pattern: str = "unstructured") -> None:
+                        pattern: str = "unstructured", grids: dict[str, QuantGrid] | None = None) -> None:
     """Add the tokenizer and ``sparsity_profile.json`` to a directory of dense safetensors shards and
-    config, and store it in layout ``fmt`` (a streamed prune writes its shards itself, then calls this)."""
-    layout = resolve_format(fmt, pattern)
+    config, and store it in layout ``fmt`` (a streamed prune writes its shards itself, then calls this);
+    ``grids``: the quantization grids of the linears, which ``pack-quantized`` stores the integers of."""
+    grids = grids or {}
+    wbits = next(iter(grids.values())).spec.wbits if grids else 16
+    layout = resolve_format(fmt, pattern, wbits)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     profile.save(directory / "sparsity_profile.json")
-    if layout != "dense":
-        _compress_shards(directory, {f"{name}.weight" for name in profile.layers}, layout)
+    if layout == "pack-quantized":
+        missing = sorted(set(profile.layers) - set(grids))
+        if missing:
+            raise WorkbenchError(f"format='pack-quantized': linears {missing[:3]} were not quantized; save dense")
+        _compress_shards(directory, {f"{name}.weight" for name in grids},
+                         lambda tensor, key: pack_weight(tensor, grids[key.removesuffix(".weight")], key))
+        _write_quantization_config(directory, grids)
+    elif layout != "dense":
+        _compress_shards(directory, {f"{name}.weight" for name in profile.layers},
+                         lambda tensor, key: compress_weight(tensor, layout, key))
         _write_sparsity_config(directory, layout, profile, pattern)
 
 
@@ -86,8 +110,10 @@ def _shards(directory: Path) -> list[Path]:
     return [single]
 
 
-def _compress_shards(directory: Path, names: set[str], layout: str) -> None:
-    """Replace each pruned weight in every shard by its compressed parts (and update the shard index)."""
+def _compress_shards(directory: Path, names: set[str],
+                     convert: Callable[[torch.Tensor, str], dict[str, torch.Tensor]]) -> None:
+    """Replace each weight named in ``names`` in every shard by its parts, ``convert(tensor, key)``, stored as
+    ``<linear>.<part>`` (and update the shard index)."""
     from safetensors.torch import load_file, save_file
 
     renamed: dict[str, str] = {}
@@ -98,7 +124,7 @@ def _compress_shards(directory: Path, names: set[str], layout: str) -> None:
             if key not in names:
                 out[key] = tensor
                 continue
-            parts = compress_weight(tensor, layout, key)
+            parts = convert(tensor, key)
             module = key.removesuffix(".weight")  # the library names the parts after the linear
             for part, value in parts.items():
                 out[f"{module}.{part}"] = value
@@ -160,6 +186,80 @@ def decompress_weight(parts: dict[str, torch.Tensor], layout: str) -> torch.Tens
     return dense
 
 
+def pack_weight(weight: torch.Tensor, grid: QuantGrid, name: str = "weight") -> dict[str, torch.Tensor]:
+    """One quantized matrix as compressed-tensors' ``pack-quantized`` stores it (its ``PackedQuantizationCompressor``
+    decompresses it to the same weights): the signed integers q - 2^(b-1) packed into int32 (``weight_packed``),
+    float32 scales (rows, groups), the original shape and, asymmetric, the signed zero points packed along rows;
+    plus, where the layer is pruned, the project's ``weight_bitmask`` (the pruning mask, kept = 1: the library
+    dropped its sparse layouts, and a kept weight that rounds to zero is not a pruned one)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    bits, offset = grid.spec.wbits, 2 ** (grid.spec.wbits - 1)
+    codes = grid.codes(weight)
+    if not torch.equal(grid.values(codes, weight.dtype), weight):
+        raise WorkbenchError(f"{name} is not on the grid it was quantized on (changed after quantizing?): its "
+                             "integers would not give it back; save it with format='dense'")
+    parts = {"weight_packed": pack_to_int32((codes - offset).to(torch.int8), bits),
+             "weight_scale": grid.scale.float().contiguous(), "weight_shape": torch.tensor(list(weight.shape))}
+    if not grid.spec.symmetric:
+        parts["weight_zero_point"] = pack_to_int32((grid.zero - offset).to(torch.int8), bits, packed_dim=0).contiguous()
+    if grid.kept_bits is not None:
+        parts["weight_bitmask"] = grid.kept_bits
+    return parts
+
+
+def unpack_weight(parts: dict[str, torch.Tensor], spec: QuantSpec, dtype: torch.dtype,
+                  name: str = "weight") -> tuple[torch.Tensor, QuantGrid]:
+    """The weight :func:`pack_weight` stored, bit for bit, and its grid (with the pruning mask)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.utils import unpack_bitmasks
+
+    shape = [int(s) for s in parts["weight_shape"].tolist()]
+    bits, offset = spec.wbits, 2 ** (spec.wbits - 1)
+    scale = parts["weight_scale"].float()
+    if spec.symmetric:
+        zero = torch.full_like(scale, float(offset))
+    else:
+        zero = unpack_from_int32(parts["weight_zero_point"], bits, torch.Size(scale.shape), packed_dim=0)
+        zero = zero.float() + offset
+    grid = QuantGrid(spec, scale, zero, parts.get("weight_bitmask"))
+    codes = unpack_from_int32(parts["weight_packed"], bits, torch.Size(shape)).to(torch.int16) + offset
+    weight = grid.values(codes, dtype)
+    if grid.kept_bits is not None and bool(weight[~unpack_bitmasks(grid.kept_bits, shape)].any()):
+        raise WorkbenchError(f"{name}: a weight the bitmask marks pruned is not zero: the checkpoint is inconsistent")
+    return weight, grid
+
+
+def _write_quantization_config(directory: Path, grids: dict[str, QuantGrid]) -> None:
+    """``config.json``'s ``quantization_config`` for ``pack-quantized``: one compressed-tensors config group (the
+    quantized linears, integer weights at the run's bits and grouping, float32 scales), status compressed."""
+    import compressed_tensors
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    spec = next(iter(grids.values())).spec
+    args = QuantizationArgs(num_bits=spec.wbits, type="int", symmetric=spec.symmetric,
+                            strategy="group" if spec.group_size else "channel", group_size=spec.group_size,
+                            scale_dtype=torch.float32)
+    config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=sorted(grids), weights=args)},
+                                format="pack-quantized", quantization_status="compressed", ignore=["lm_head"])
+    config_path = directory / "config.json"
+    data = json.loads(config_path.read_text())
+    data["quantization_config"] = {**config.model_dump(mode="json", exclude_none=True),
+                                   "version": compressed_tensors.__version__}
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _packed_spec(quant: dict, directory: Path) -> QuantSpec:
+    """The QuantSpec of a pack-quantized checkpoint's one config group."""
+    groups = list((quant.get("config_groups") or {}).values())
+    if len(groups) != 1 or not groups[0].get("weights"):
+        raise WorkbenchError(f"{directory}: a pack-quantized checkpoint with {len(groups)} config groups is not "
+                             "readable here; readable: the one group the workbench writes")
+    w = groups[0]["weights"]
+    return QuantSpec(int(w["num_bits"]), w.get("group_size") if w.get("strategy") == "group" else None,
+                     bool(w["symmetric"])).check()
+
+
 def _write_sparsity_config(directory: Path, layout: str, profile: SparsityProfile, pattern: str) -> None:
     """``config.json``'s ``quantization_config`` with the keys compressed-tensors 0.14 writes for a
     sparse-only model (``version``, ``quant_method``, ``sparsity_config``, an empty ``transform_config``;
@@ -178,46 +278,59 @@ def _write_sparsity_config(directory: Path, layout: str, profile: SparsityProfil
 
 
 def compressed_layout(directory: str | Path) -> str | None:
-    """The sparse layout a checkpoint directory is stored in, or None for a plain (dense) checkpoint."""
+    """The compressed layout a checkpoint directory is stored in, or None for a plain (dense) checkpoint."""
     config_path = Path(directory) / "config.json"
     if not config_path.is_file():
         return None
     quant = json.loads(config_path.read_text()).get("quantization_config") or {}
+    if quant.get("format") == "pack-quantized" and "config_groups" in quant:
+        return "pack-quantized"
     layout = (quant.get("sparsity_config") or {}).get("format")
-    if layout is None:
+    if layout is None and "config_groups" not in quant:
         return None
     if layout not in _PARTS or "config_groups" in quant:
-        raise WorkbenchError(f"{directory}: compressed format {layout!r} (or quantization) is not readable here; "
-                              f"readable: {sorted(_PARTS)} without quantization")
+        raise WorkbenchError(f"{directory}: compressed format {layout or quant.get('format')!r} is not readable "
+                             f"here; readable: {sorted(_PARTS)} without quantization, and 'pack-quantized'")
     return layout
 
 
 def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
                     trust_remote_code: bool = False) -> nn.Module:
-    """Build the model of a compressed checkpoint and load its weights, decompressed, bit for bit."""
+    """Build the model of a compressed checkpoint and load its weights, decompressed, bit for bit (a
+    pack-quantized one's linears get their grids back, ``linear.quant_grid``, so that it saves again alike)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     directory = Path(directory)
     layout = compressed_layout(directory)
     config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    quant = getattr(config, "quantization_config", None) or {}
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     state: dict[str, torch.Tensor] = {}
     for shard in _shards(directory):
         state.update(load_file(shard))
+    names = _PACKED if layout == "pack-quantized" else _PARTS[layout]
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key in list(state):
         base, _, part = key.rpartition(".")
-        if part in _PARTS[layout]:  # <linear>.<part>; the workbench's earlier layout: <linear>.weight.<part>
-            parts.setdefault(base, {})[part] = state.pop(key)
+        if part in names:  # <linear>.<part>; the workbench's earlier layout: <linear>.weight.<part>
+            parts.setdefault(base.removesuffix(".weight"), {})[part] = state.pop(key)
+    float_dtype = dtype or next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    spec = _packed_spec(quant if isinstance(quant, dict) else quant.to_dict(), directory) \
+        if layout == "pack-quantized" else None
+    grids: dict[str, QuantGrid] = {}
     for name, group in parts.items():
-        missing = sorted(set(_PARTS[layout]) - set(group))
+        needed = ("weight_packed", "weight_scale", "weight_shape") + (() if spec is None or spec.symmetric else
+                                                                      ("weight_zero_point",))
+        missing = sorted(set(needed if spec else _PARTS[layout]) - set(group))
         if missing:
             raise WorkbenchError(f"{directory}: compressed tensor {name} lacks {[f'{name}.{m}' for m in missing]}")
-        state[f"{name.removesuffix('.weight')}.weight"] = decompress_weight(group, layout)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or next(iter(state.values())).dtype,
-                                             trust_remote_code=trust_remote_code)
+        if spec is not None:
+            state[f"{name}.weight"], grids[name] = unpack_weight(group, spec, float_dtype, name)
+        else:
+            state[f"{name}.weight"] = decompress_weight(group, layout)
+    model = AutoModelForCausalLM.from_config(config, dtype=float_dtype, trust_remote_code=trust_remote_code)
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {}) | set(
         getattr(model, "_tied_weights_keys", None) or {})
@@ -226,6 +339,9 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
         raise WorkbenchError(f"{directory}: checkpoint does not match its config: missing tensors {missing[:3]}, "
                               f"unexpected {result.unexpected_keys[:3]}")
     model.tie_weights()
+    modules = dict(model.named_modules())
+    for name, grid in grids.items():
+        modules[name].quant_grid = grid
     return model.eval()
 
 

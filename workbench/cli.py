@@ -299,7 +299,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if "zero_shot" in record["data"]:
         _print_zero_shot(record, spec.evaluation.limit)
     if spec.save.dir:
-        print(f"pruned model ({resolve_format(spec.save.format, m.pattern)}): {spec.save.dir}")
+        print(f"pruned model ({resolve_format(spec.save.format, m.pattern, m.wbits)}): {spec.save.dir}")
     out = Path(args.out) if args.out else _default_out("prune", spec.model.name, m.metric, m.allocation.name,
                                                        str(m.sparsity), m.pattern)
     write_json_atomic(out, record)

@@ -74,20 +74,53 @@ def dequantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, wbits: 
     return scale[:, None] * (q - zero[:, None])
 
 
-def quantize_rtn(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """``weight`` (out, in) rounded to nearest on the grid of each row or group, dequantized, in its dtype."""
+@dataclass
+class QuantGrid:
+    """The grid one linear was quantized on, kept beside it (``linear.quant_grid``) so that an export can store
+    the integers themselves: scale and zero point (float32, (rows, groups)) and, where the layer was pruned, the
+    pruning mask packed a bit per weight (kept = 1, compressed-tensors' bit order)."""
+
+    spec: QuantSpec
+    scale: torch.Tensor
+    zero: torch.Tensor
+    kept_bits: torch.Tensor | None = None
+
+    def _expand(self, t: torch.Tensor, cols: int) -> torch.Tensor:
+        return t.repeat_interleave(cols // t.shape[1], dim=1)
+
+    def codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """The integer of each weight on this grid (0 .. 2^b - 1, int16): exact for a weight on the grid."""
+        cols = weight.shape[1]
+        q = torch.round(weight.float() / self._expand(self.scale, cols)) + self._expand(self.zero, cols)
+        return torch.clamp(q, 0, 2**self.spec.wbits - 1).to(torch.int16)
+
+    def values(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dequantized weights of ``codes``, scale * (q - zero) in float32 (as every quantizer here computes
+        them), then in ``dtype``."""
+        cols = codes.shape[1]
+        return (self._expand(self.scale, cols) * (codes.float() - self._expand(self.zero, cols))).to(dtype)
+
+
+def quantize_rtn(weight: torch.Tensor, spec: QuantSpec, grid_out: list | None = None) -> torch.Tensor:
+    """``weight`` (out, in) rounded to nearest on the grid of each row or group, dequantized, in its dtype
+    (``grid_out``: receives the :class:`QuantGrid`)."""
     spec.check(weight.shape[1])
     if not spec.enabled:
         return weight
     width = spec.group_size or weight.shape[1]
     out = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+    scales, zeros = [], []
     for start in range(0, weight.shape[1], width):
         part = weight[:, start: start + width]
         scale, zero = grid(part, spec.wbits, spec.symmetric)
         out[:, start: start + width] = dequantize(part, scale, zero, spec.wbits)
+        scales.append(scale)
+        zeros.append(zero)
     pruned = weight == 0
     if bool(out[pruned].any()):  # cannot happen on this grid (integer zero points); a guard, never a fix-up
         raise RuntimeError("quantization moved a pruned weight off zero")
+    if grid_out is not None:
+        grid_out.append(QuantGrid(spec, torch.stack(scales, 1), torch.stack(zeros, 1)))
     return out.to(weight.dtype)
 
 

@@ -448,7 +448,7 @@ class RunSpec(Spec):
         if self.placement.placed:
             check_placed(self)
         if self.save.dir is not None:
-            resolve_format(self.save.format, self.method.pattern)
+            resolve_format(self.save.format, self.method.pattern, self.method.wbits)
         return self
 
     @property

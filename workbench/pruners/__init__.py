@@ -17,7 +17,7 @@ from torch import nn
 from ..backend import kernels
 from ..backend.reference import prune_counts
 from ..errors import WorkbenchError
-from ..quantize import QuantSpec, quantize_rtn
+from ..quantize import QuantGrid, QuantSpec, quantize_rtn
 from ..registry import Plugin, Registry
 from . import magnitude, wanda
 
@@ -89,8 +89,12 @@ def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerSt
             raise WorkbenchError("metric='sparsegpt' does not take per-row sparsities")
         if stats is None:
             raise WorkbenchError("metric='sparsegpt' needs calibration statistics (xtx)")
-        new_weight, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, prune_n=n, prune_m=m, quant=quant)
+        grids: list = []
+        new_weight, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, prune_n=n, prune_m=m, quant=quant,
+                                           grid_out=grids)
         weight.copy_(new_weight)
+        if grids:
+            keep_grid(linear, grids[0], mask)
         return mask
     scores = layer_scores(metric, weight, stats)
     if n:
@@ -111,14 +115,26 @@ def quantize_linear(linear: nn.Linear, quant: QuantSpec, method: str, stats: Lay
     (``gptq``) holding its pruned entries at zero (needs the Hessian of its inputs, ``xtx``)."""
     if not quant.enabled:
         return
-    weight = linear.weight
+    weight, grids = linear.weight, []
+    pruned = weight == 0
     if method == "rtn":
-        weight.copy_(quantize_rtn(weight, quant))
+        weight.copy_(quantize_rtn(weight, quant, grid_out=grids))
+        keep_grid(linear, grids[0], pruned)
         return
     if stats is None or stats.xtx is None:
         raise WorkbenchError(f"quant_method={method!r} needs calibration statistics (xtx); allowed without them: "
                              "'rtn'")
     from .sparsegpt import sparsegpt_prune
 
-    new_weight, _mask = sparsegpt_prune(weight, stats.hessian(), 0.0, quant=quant, fixed_mask=weight == 0)
+    new_weight, _mask = sparsegpt_prune(weight, stats.hessian(), 0.0, quant=quant, fixed_mask=pruned, grid_out=grids)
     weight.copy_(new_weight)
+    keep_grid(linear, grids[0], pruned)
+
+
+def keep_grid(linear: nn.Linear, grid: QuantGrid, pruned: torch.Tensor) -> None:
+    """Keep the grid a linear was quantized on (``linear.quant_grid``: an export stores its integers) and, where
+    the layer is pruned, its pruning mask a bit per weight (kept = 1; zeros that quantization made stay apart)."""
+    from compressed_tensors.utils import pack_bitmasks
+
+    grid.kept_bits = pack_bitmasks(~pruned.cpu()) if bool(pruned.any()) else None
+    linear.quant_grid = grid

@@ -19,7 +19,7 @@ import torch
 
 from ..backend.reference import check_nm
 from ..errors import WorkbenchError
-from ..quantize import QuantSpec, dequantize, grid
+from ..quantize import QuantGrid, QuantSpec, dequantize, grid
 
 
 def _check(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n: int, prune_m: int,
@@ -70,13 +70,15 @@ def _prepare(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float) -> tu
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0.0, *, prune_n: int = 0,
                     prune_m: int = 0, blocksize: int = 128, percdamp: float = 0.01, quant: QuantSpec | None = None,
-                    fixed_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    fixed_mask: torch.Tensor | None = None, grid_out: list | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (updated weight with pruned entries exactly 0, bool mask True = pruned); inputs untouched.
 
     ``quant``: each column is also quantized inside the same OBS pass (the public SparseGPT's joint mode with
     GPTQ's quantizer; ``sparsity=0`` is GPTQ itself): a group's grid is found when the pass reaches its first
     column, from the weights as the pass holds them at the start of the current column block (GPTQ's reading).
-    ``fixed_mask``: the entries to hold at zero instead of choosing a mask (GPTQ on an already pruned layer)."""
+    ``fixed_mask``: the entries to hold at zero instead of choosing a mask (GPTQ on an already pruned layer).
+    ``grid_out``: receives the :class:`~workbench.quantize.QuantGrid` the columns were quantized on."""
     _check(weight, hessian, sparsity, prune_n, prune_m, blocksize, percdamp)
     if quant is not None:
         quant.check(weight.shape[1])
@@ -90,6 +92,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     quantizing = quant is not None and quant.enabled
     width = (quant.group_size or cols) if quantizing else cols
     scale = zero = None
+    scales, zeros = [], []
 
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
@@ -115,6 +118,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
             if quantizing:  # on the integer grid a pruned (zero) entry stays exactly zero
                 if (start + i) % width == 0:
                     scale, zero = grid(w[:, start + i: start + i + width], quant.wbits, quant.symmetric)
+                    scales.append(scale)
+                    zeros.append(zero)
                 q = dequantize(q[:, None], scale, zero, quant.wbits)[:, 0]
             err = (col - q) / d[i]
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
@@ -125,6 +130,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         w[:, end:] -= err1 @ hinv[start:end, end:]
 
     w[mask] = 0.0  # dead input columns (never active) were zeroed above and stay zero
+    if quantizing and grid_out is not None:
+        grid_out.append(QuantGrid(quant, torch.stack(scales, 1), torch.stack(zeros, 1)))
     return w.to(weight.dtype), mask
 
 
