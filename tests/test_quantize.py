@@ -296,15 +296,15 @@ def test_bits_per_weight_counts_values_mask_and_grid():
     assert bits_per_weight((4, 64), 256, QuantSpec(8)) == pytest.approx(8 + 32 / 64)  # dense: no mask
 
 
-def test_gptq_without_calibration_data_and_besa_with_quantization_are_refused_in_one_line():
+def test_gptq_without_calibration_data_and_learned_quantization_without_besa_are_refused_in_one_line():
     from workbench.models import load_model
     from workbench.prune import prune
 
     model, _tok = load_model("tiny-llama")
     with pytest.raises(WorkbenchError, match=r"^quant_method='gptq' needs calibration data"):
         prune(model, None, metric="magnitude", sparsity=0.5, wbits=4, quant_method="gptq", progress=False)
-    with pytest.raises(WorkbenchError, match=r"^allocation='besa' learns its masks without quantization"):
-        prune(model, None, allocation="besa", sparsity=0.5, wbits=4, progress=False)
+    with pytest.raises(WorkbenchError, match=r"^quant_method='learned' learns the quantization inside BESA's loop"):
+        prune(model, None, allocation="owl", sparsity=0.5, wbits=4, quant_method="learned", progress=False)
     with pytest.raises(WorkbenchError, match=r"^group_size=48 does not divide the input width"):
         prune(model, None, metric="magnitude", sparsity=0.5, wbits=4, group_size=48, progress=False)
 

@@ -135,9 +135,10 @@ def _validate(layout: ModelStructure, method: MethodSpec, learner: bool, profile
         raise WorkbenchError(f"allocation={method.allocation.name!r} chooses its own unstructured masks: leave "
                              f"pattern 'unstructured' and group unset")
     quant = method.quant()
-    if learner and quant.enabled:
-        raise WorkbenchError(f"allocation={method.allocation.name!r} learns its masks without quantization here "
-                             f"(BESA with quantization in the loop is not built yet): leave wbits=16")
+    if quant.enabled and method.quant_method == "learned" and not learner:
+        raise WorkbenchError(f"quant_method='learned' learns the quantization inside BESA's loop; "
+                             f"allocation={method.allocation.name!r} does not learn: allowed for it: "
+                             "['rtn', 'gptq', 'gptq-after']")
     for linear in layout.linears.values() if quant.enabled else ():
         quant.check(linear.in_features)  # group_size divides every linear's input width
     return n, m
@@ -171,7 +172,7 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
         plan = _learner_plan(method, entry, {**params, **internal}, layout, pattern, progress)
         calibration = calibration or _default_calibration(tokenizer)
         execute(plan, layout, model, calibration, None, residency, progress)
-        report = sparsity_report(model, plan.profile, residency, layout)
+        report = sparsity_report(model, plan.profile, residency, layout, quant)
         return PruneResult(plan.profile, report, calibration.provenance(), plan.timings)
     needs_scores = profile is None and entry.needs_scores
     needs_hessians = profile is None and entry.needs_hessians
@@ -227,6 +228,7 @@ def _learner_plan(method: MethodSpec, entry: Learner, params: dict, layout: Mode
     """A learner's plan: empty until the learner has pruned every block inside the sequential loop."""
     params = {**params, "progress": params.get("progress", progress)}
     learner = entry.fn(AllocationInput(layout.layer_infos()), method.sparsity, **params)
+    learner.quantize_with(method.quant(), method.quant_method)
     return Plan(method.metric, pattern, None, "sequential", tuple(sorted(learner.statistics)), learner=learner)
 
 

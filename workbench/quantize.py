@@ -22,6 +22,7 @@ import torch
 from .errors import WorkbenchError
 
 WBITS = (2, 3, 4, 8, 16)  # 16: no quantization
+QUANT_METHODS = ("rtn", "gptq", "gptq-after", "learned")  # how: see MethodSpec.quant_method
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,53 @@ def bits_per_weight(shape: tuple[int, int], nonzeros: int, quant: QuantSpec) -> 
     groups = rows * (cols // (quant.group_size or cols))
     mask = numel if nonzeros < numel else 0
     return (nonzeros * quant.wbits + mask + groups * 32) / numel
+
+
+# --------------------------------------------------------------------------- quantization in a learning loop
+
+CLIP_INIT = 4.0  # OmniQuant's initial clipping logit: sigmoid(4) = 0.982 of each group's range
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity backward (the straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def clipped_grid(w: torch.Tensor, spec: QuantSpec, up: torch.Tensor, low: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero point) of each row and group of ``w`` (rows, cols), both (rows, groups), on GPTQ's grid of a
+    *clipped* range: xmax = max(w, 0)·σ(up), xmin = min(w, 0)·σ(low) (OmniQuant's learnable weight clipping,
+    Shao et al. 2024, which BESA's joint compression builds on); symmetric: xmax = max(|xmin|, xmax)·σ(up) and
+    the zero point 2^(b-1). Differentiable in ``up`` and ``low`` (and ``w``); the zero point rounds straight
+    through, so it stays an integer and a zero weight stays exactly zero."""
+    maxq = 2**spec.wbits - 1
+    rows, cols = w.shape
+    g = w.float().reshape(rows, -1, spec.group_size or cols)
+    xmax = torch.clamp(g.amax(dim=2), min=0.0)
+    xmin = torch.clamp(g.amin(dim=2), max=0.0)
+    if spec.symmetric:
+        xmax = torch.maximum(xmin.abs(), xmax) * torch.sigmoid(up)
+        xmin = torch.where(xmin < 0, -xmax, torch.zeros_like(xmax))
+        scale = torch.clamp((xmax - xmin) / maxq, min=1e-8)
+        return scale, torch.full_like(scale, (maxq + 1) / 2)
+    xmax, xmin = xmax * torch.sigmoid(up), xmin * torch.sigmoid(low)
+    scale = torch.clamp((xmax - xmin) / maxq, min=1e-8)
+    return scale, _round_ste(-xmin / scale)
+
+
+def fake_quantize(w: torch.Tensor, spec: QuantSpec, up: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """``w`` rounded on its clipped grid and dequantized, differentiably (round straight through; clamped weights
+    pass no gradient to themselves, only to the clipping): scale·(clamp(round(w/scale) + z, 0, 2^b − 1) − z)."""
+    rows, cols = w.shape
+    scale, zero = clipped_grid(w, spec, up, low)
+    width = spec.group_size or cols
+    s, z = scale.repeat_interleave(width, 1), zero.repeat_interleave(width, 1)
+    q = torch.clamp(_round_ste(w.float() / s) + z, 0, 2**spec.wbits - 1)
+    return (s * (q - z)).to(w.dtype)
+
+
+def clip_params(rows: int, cols: int, spec: QuantSpec, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable clipping logits (up, low) per row and group, at OmniQuant's initial value."""
+    groups = cols // (spec.group_size or cols)
+    return (torch.full((rows, groups), CLIP_INIT, device=device, requires_grad=True),
+            torch.full((rows, groups), CLIP_INIT, device=device, requires_grad=True))

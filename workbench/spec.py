@@ -294,12 +294,13 @@ class MethodSpec(Section):
                                                      "scale per output channel)")
     symmetric: StrictBool = Field(False, description="symmetric quantization grid (default: asymmetric, an integer "
                                                      "zero point per group)")
-    quant_method: Literal["rtn", "gptq", "gptq-after"] = Field(
+    quant_method: Literal["rtn", "gptq", "gptq-after", "learned"] = Field(
         "rtn", description="rtn (round to nearest) | gptq (SparseGPT: inside its OBS pass; other metrics: GPTQ "
-                           "after pruning) | gptq-after (GPTQ after pruning, SparseGPT included)")
+                           "after pruning) | gptq-after (GPTQ after pruning, SparseGPT included) | learned (BESA "
+                           "only: fake quantization with learnable clipping inside its loop)")
 
     @model_validator(mode="after")
-    def _quantization(self) -> MethodSpec:
+    def _quantization(self) -> MethodSpec:  # (quant_method's values are quantize.QUANT_METHODS; a test checks)
         self.quant().check()
         return self
 

@@ -26,6 +26,12 @@ block's calibration inputs, with the weights frozen. The math, per block:
   public code's default), or the dense model's own output of the block (``reference="dense"``, its
   ``--prune-dense``).
 
+* Joint quantization (``quant_method='learned'``, not in the public code; the paper's joint compression): the
+  masked weights W ⊙ M are fake-quantized on a grid whose range is clipped by learnable factors σ(up), σ(low)
+  per row and group (OmniQuant's learnable weight clipping, ``quantize.fake_quantize``), trained with the
+  logits; after learning, the kept weights are rounded on the learned grid. Other quant methods quantize each
+  block after it is learned (``quantize_linear``).
+
 Choices of this implementation (differences from the public code, see README):
 
 * Initial logits: the public code starts from z = 0 (ŝ = 0.5 for every layer). Here z is initialised to
@@ -57,7 +63,8 @@ from tqdm.auto import tqdm
 from ..backend import kernels
 from ..errors import WorkbenchError
 from ..profile import SparsityProfile, check_sparsity
-from ..pruners import layer_scores
+from ..pruners import keep_grid, layer_scores, quantize_linear
+from ..quantize import QuantGrid, QuantSpec, clip_params, clipped_grid, fake_quantize
 from ..units import LEGACY_GRANULARITIES
 from .base import AllocationInput, Param, register_learner
 
@@ -252,6 +259,7 @@ class BlockLog:
     last_loss: float
     steps: int
     seconds: float
+    clip: float | None = None    # joint quantization: the mean learned clipping factor σ(up) of the block's groups
 
 
 @dataclass
@@ -275,6 +283,8 @@ class BesaLearner:
     layers: dict[str, float] = field(default_factory=dict)
     rows: dict[str, list[float]] = field(default_factory=dict)
     log: list[BlockLog] = field(default_factory=list)
+    quant: QuantSpec = field(default_factory=QuantSpec)  # the run's quantization (``quantize_with``)
+    quant_method: str = "rtn"
 
     def __post_init__(self) -> None:
         check_sparsity(self.target, "sparsity")
@@ -308,10 +318,22 @@ class BesaLearner:
         if self.optimizer == "prodigy":
             _prodigy()  # fail now, not after the first block
 
+    def quantize_with(self, quant: QuantSpec, method: str) -> None:
+        """Quantize each block's kept weights: ``learned`` inside the loop (fake quantization of the masked
+        weights with learnable clipping, trained with the sparsity logits: BESA's joint compression), or after
+        the block is pruned (``rtn``, or GPTQ: ``gptq`` / ``gptq-after``, on the block's X^T X)."""
+        self.quant, self.quant_method = quant, method
+
+    @property
+    def joint(self) -> bool:
+        """Quantization inside the learning loop."""
+        return self.quant.enabled and self.quant_method == "learned"
+
     @property
     def statistics(self) -> tuple[str, ...]:
-        """Calibration statistics the importance needs."""
-        return STATISTICS[self.importance]
+        """Calibration statistics the importance (and GPTQ after pruning) needs."""
+        gptq = self.quant.enabled and self.quant_method in ("gptq", "gptq-after")
+        return tuple(sorted(set(STATISTICS[self.importance]) | ({"xtx"} if gptq else set())))
 
     @property
     def needs_dense(self) -> bool:
@@ -347,7 +369,9 @@ class BesaLearner:
             order = kernels.row_order(scores)
             rows = lin.out_features if self.granularity == "row" else 1
             logits = nn.Parameter(initial_logits(self.target, cands, rows, self.sigmoid).to(cands.device))
-            layers.append(_Layer(full, names[id(lin)] + ".weight", lin, order, ranks_from_order(order), logits))
+            clip = clip_params(lin.out_features, lin.in_features, self.quant, cands.device) if self.joint else None
+            layers.append(_Layer(full, names[id(lin)] + ".weight", lin, order, ranks_from_order(order), logits,
+                                 clip))
         reference = data.dense_outputs if self.reference == "dense" else data.outputs
         first, last, steps, learned = self._learn(data, layers, reference, cands)
         with torch.no_grad():
@@ -361,15 +385,32 @@ class BesaLearner:
             for ly, s_hat in zip(layers, final, strict=True):
                 cols = ly.linear.in_features
                 counts = hard_counts(s_hat, cols).expand(ly.linear.out_features)
-                kernels.apply_mask(ly.linear.weight, kernels.mask_from_order(ly.order, counts))
+                mask = kernels.mask_from_order(ly.order, counts)
+                kernels.apply_mask(ly.linear.weight, mask)
+                self._quantize(ly, mask, data.stats.get(ly.name))
                 pruned += int(counts.sum())
                 self.layers[ly.name] = float(counts.sum()) / ly.numel
                 if self.granularity == "row":
                     self.rows[ly.name] = row_sparsity_values(counts, cols)
                 else:
                     self.layers[ly.name] = row_sparsity_values(counts[:1], cols)[0]
+        clip = float(torch.cat([torch.sigmoid(ly.clip[0].detach()).flatten() for ly in layers]).mean()) \
+            if self.joint else None
         self.log.append(BlockLog(data.index, learned, pruned / sum(ly.numel for ly in layers), first, last, steps,
-                                 time.perf_counter() - start))
+                                 time.perf_counter() - start, clip))
+
+    def _quantize(self, ly: _Layer, pruned: torch.Tensor, stats) -> None:
+        """The quantization of a pruned linear: on its learned clipped grid (joint), or the run's stage after."""
+        if not self.quant.enabled:
+            return
+        if not self.joint:
+            quantize_linear(ly.linear, self.quant, "rtn" if self.quant_method == "rtn" else "gptq", stats)
+            return
+        weight = ly.linear.weight
+        scale, zero = clipped_grid(weight, self.quant, *ly.clip)
+        grid = QuantGrid(self.quant, scale.detach(), zero.detach())
+        weight.copy_(grid.values(grid.codes(weight), weight.dtype))
+        keep_grid(ly.linear, grid, pruned)
 
     def _learn(self, data: BlockData, layers: list[_Layer], reference: list[torch.Tensor],
                cands: torch.Tensor) -> tuple[float, float, int, float]:
@@ -377,7 +418,7 @@ class BesaLearner:
         frozen = [p for p in data.block.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        opt = self._optimizer([ly.logits for ly in layers])
+        opt = self._optimizer([ly.logits for ly in layers] + [p for ly in layers for p in ly.clip or ()])
         total = float(sum(ly.numel for ly in layers))
         n = len(data.inputs)
         first = last = float("nan")
@@ -419,7 +460,8 @@ class BesaLearner:
             keep = keep_prob(probs, ly.ranks, cands)                  # (out, in)
             counts = hard_counts(s_hat, ly.linear.in_features).expand(ly.linear.out_features)
             mask = ste_mask(ly.order, counts, keep)
-            weights[ly.param] = ly.linear.weight.detach() * mask.to(ly.linear.weight.dtype)
+            masked = ly.linear.weight.detach() * mask.to(ly.linear.weight.dtype)
+            weights[ly.param] = fake_quantize(masked, self.quant, *ly.clip) if self.joint else masked
             s_block = s_block + s_hat.mean() * (ly.numel / total)
         return weights, s_block
 
@@ -437,6 +479,7 @@ class _Layer:
     order: torch.Tensor    # (out, in) columns from least to most important
     ranks: torch.Tensor    # (out, in) rank of every weight in its row
     logits: nn.Parameter   # (out or 1, K)
+    clip: tuple[torch.Tensor, torch.Tensor] | None = None  # learnable clipping logits (joint quantization)
 
     @property
     def numel(self) -> int:

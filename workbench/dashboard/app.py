@@ -37,6 +37,7 @@ from workbench.inputs import parse_number
 from workbench.models import MODELS
 from workbench.profile import SparsityProfile
 from workbench.pruners import METRICS
+from workbench.quantize import QUANT_METHODS
 from workbench.results import compact_params, write_json_atomic
 from workbench.session import CURVE_ALLOCATORS, Session
 from workbench.spec import DENSE, MethodSpec, RunSpec, field_help
@@ -139,7 +140,7 @@ class Dashboard(pn.viewable.Viewer):
     wbits = param.Selector(objects=[16, 8, 4, 3, 2], default=16, label="weight bits", doc=field_help("wbits"))
     group_size = param.Selector(objects=list(GROUPS), default="channel", label="quantization group",
                                 doc=field_help("group_size"))
-    quant_method = param.Selector(objects=["rtn", "gptq", "gptq-after"], default="rtn", label="quantizer",
+    quant_method = param.Selector(objects=list(QUANT_METHODS), default="rtn", label="quantizer",
                                   doc=field_help("quant_method"))
     run = param.Event(label="Prune & evaluate")
     record = param.Selector(objects=[], allow_None=True, label="result record")

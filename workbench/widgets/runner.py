@@ -12,6 +12,7 @@ from ..allocation import allocation_names, learns_while_pruning
 from ..data import DEFAULT_DATASET
 from ..errors import WorkbenchError
 from ..pruners import METRICS
+from ..quantize import QUANT_METHODS
 from ..results import compact_params
 from ..session import Session
 from ..spec import RunSpec
@@ -38,7 +39,7 @@ class PruneRunner:
         self.mode = w.Dropdown(options=("sequential", "dense"), value=mode, description="mode")
         self.wbits = w.Dropdown(options=(16, 8, 4, 3, 2), value=16, description="wbits")  # 16: no quantization
         self.group_size = w.Dropdown(options=GROUPS, value="channel", description="group")
-        self.quant_method = w.Dropdown(options=("rtn", "gptq", "gptq-after"), value="rtn", description="quantizer")
+        self.quant_method = w.Dropdown(options=QUANT_METHODS, value="rtn", description="quantizer")
         self.button = w.Button(description="Prune & evaluate", button_style="primary", icon="play")
         self.progress = w.FloatProgress(value=0.0, min=0.0, max=1.0, description="idle")
         self.table = w.HTML()
