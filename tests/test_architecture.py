@@ -28,7 +28,8 @@ LAYERS = [
     ("checkpoint",),
     ("models", "offload"),
     ("data", "tasks", "recipe", "sparse_backend"),
-    ("calibrate", "evaluate", "zeroshot", "prefix_cache", "", "plots"),  # "": the package root (load_model, ...)
+    # "": the package root (load_model, ...)
+    ("calibrate", "evaluate", "zeroshot", "prefix_cache", "multimodal", "", "plots"),
     ("spec",),  # the run specification: validates settings against the registries before any work
     ("plan",),  # plan, then execute: per unit what is pruned to what, and the one executor
     ("prune",),

@@ -299,7 +299,7 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
     """Build the model of a compressed checkpoint and load its weights, decompressed, bit for bit (a
     pack-quantized one's linears get their grids back, ``linear.quant_grid``, so that it saves again alike)."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     directory = Path(directory)
     layout = compressed_layout(directory)
@@ -330,7 +330,7 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
             state[f"{name}.weight"], grids[name] = unpack_weight(group, spec, float_dtype, name)
         else:
             state[f"{name}.weight"] = decompress_weight(group, layout)
-    model = AutoModelForCausalLM.from_config(config, dtype=float_dtype, trust_remote_code=trust_remote_code)
+    model = auto_class_of(config).from_config(config, dtype=float_dtype, trust_remote_code=trust_remote_code)
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {}) | set(
         getattr(model, "_tied_weights_keys", None) or {})
@@ -343,6 +343,17 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
     for name, grid in grids.items():
         modules[name].quant_grid = grid
     return model.eval()
+
+
+def auto_class_of(config):
+    """AutoModelForCausalLM, or AutoModelForImageTextToText for a vision-language config (LLaVA, SmolVLM,
+    Idefics3, Qwen2-VL): its language tower is what the workbench prunes."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
+        return AutoModelForCausalLM
+    return AutoModelForImageTextToText
 
 
 def checkpoint_bytes(directory: str | Path) -> int:

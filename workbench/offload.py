@@ -482,13 +482,15 @@ def load_skeleton(name_or_path: str, dtype: torch.dtype = torch.float32, trust_r
     """``(model, tokenizer, directory)``: the model's modules with every weight on the meta device (buffers
     such as rotary frequencies are real), to be filled block by block by :class:`Stream`."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .checkpoint import auto_class_of
 
     directory = checkpoint_dir(name_or_path)
     CheckpointReader(directory)  # refuses a directory without safetensors, or a compressed one
     config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = auto_class_of(config).from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.config.use_cache = False
     model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
@@ -531,6 +533,10 @@ def placed_model(name_or_path: str, dtype: str | torch.dtype | None = None, devi
     try:
         if offload_dir is not None:
             model, tokenizer, source = load_skeleton(name_or_path, resolve_dtype(dtype), trust_remote_code)
+            if structure(model).multimodal:
+                raise WorkbenchError(f"model={name_or_path!r} is a vision-language model: streaming its language "
+                                     "tower from disk is not built; prune it in memory or with onload (its vision "
+                                     "parts stay in memory, untouched)")
             target = (Path(out) if out is not None else scratch / "pruned") if prunes else None
             if target is not None:
                 target.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,7 @@ def _run_loaded(spec: RunSpec, model, tokenizer, cache, residency, progress: boo
                 save: bool = True) -> RunRecord:
     """Prune in place, evaluate, save: the run on a model already where it will stay."""
     from .evaluate import perplexity
+    from .multimodal import multimodal_record
     from .offload import Residency
 
     residency = residency or Residency()
@@ -118,7 +119,8 @@ def _run_loaded(spec: RunSpec, model, tokenizer, cache, residency, progress: boo
                                   "method": m.quant_method}
     record = make_record("prune" if pruned else "eval",
                          model={"id": spec.model.name, "weight_sha256": residency.weight_hash(model),
-                                "dtype": spec.model.dtype, "device": spec.model.device},
+                                "dtype": spec.model.dtype, "device": spec.model.device,
+                                **multimodal_record(model)},
                          method=method, data=data, metrics=metrics, wall_time_s=time.perf_counter() - start,
                          extra={"config": spec.flat(), "spec": spec.to_dict(), "residency": residency.describe(),
                                 **extra})
