@@ -65,7 +65,7 @@ def save_pruned(model: nn.Module, tokenizer, profile: SparsityProfile, directory
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
-        complete_checkpoint(tmp, tokenizer, profile, fmt, pattern, quant_grids(model))
+        complete_checkpoint(tmp, tokenizer, profile, fmt, pattern, model)
     return directory
 
 
@@ -75,27 +75,66 @@ def quant_grids(model: nn.Module) -> dict[str, QuantGrid]:
 
 
 def complete_checkpoint(directory: Path, tokenizer, profile: SparsityProfile, fmt: str = "dense",
-                        pattern: str = "unstructured", grids: dict[str, QuantGrid] | None = None) -> None:
+                        pattern: str = "unstructured", model: nn.Module | None = None) -> None:
     """Add the tokenizer and ``sparsity_profile.json`` to a directory of dense safetensors shards and
     config, and store it in layout ``fmt`` (a streamed prune writes its shards itself, then calls this);
-    ``grids``: the quantization grids of the linears, which ``pack-quantized`` stores the integers of."""
-    grids = grids or {}
+    ``model``: names the stored tensors as transformers saved them, and holds the quantization grids that
+    ``pack-quantized`` stores the integers of."""
+    grids = quant_grids(model) if model is not None else {}
     wbits = next(iter(grids.values())).spec.wbits if grids else 16
     layout = resolve_format(fmt, pattern, wbits)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     profile.save(directory / "sparsity_profile.json")
+    if layout == "dense":
+        return
+    stored = {name: key for key, name in checkpoint_names(model, _stored_keys(directory)).items()} \
+        if model is not None else {}
     if layout == "pack-quantized":
         missing = sorted(set(profile.layers) - set(grids))
         if missing:
             raise WorkbenchError(f"format='pack-quantized': linears {missing[:3]} were not quantized; save dense")
-        _compress_shards(directory, {f"{name}.weight" for name in grids},
-                         lambda tensor, key: pack_weight(tensor, grids[key.removesuffix(".weight")], key))
+        _compress_shards(directory, {stored.get(f"{n}.weight", f"{n}.weight"): n for n in grids},
+                         lambda tensor, name: pack_weight(tensor, grids[name], name))
         _write_quantization_config(directory, grids)
-    elif layout != "dense":
-        _compress_shards(directory, {f"{name}.weight" for name in profile.layers},
-                         lambda tensor, key: compress_weight(tensor, layout, key))
+    else:
+        _compress_shards(directory, {stored.get(f"{n}.weight", f"{n}.weight"): n for n in profile.layers},
+                         lambda tensor, name: compress_weight(tensor, layout, name))
         _write_sparsity_config(directory, layout, profile, pattern)
+
+
+def checkpoint_names(model: nn.Module, keys) -> dict[str, str]:
+    """Each checkpoint key -> the model's parameter name, with transformers' own renamings (LLaVA and Qwen2-VL
+    store their language tower as ``language_model.model.*`` / ``model.*``, GPT-NeoX ``embed_out``); a tensor
+    transformers must merge or split while loading is refused (this path reads tensors one by one)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # another transformers: names as stored
+        return {k: k for k in keys}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta = model.state_dict()
+    out = {}
+    for key in keys:
+        name, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+        if converted is not None:
+            raise WorkbenchError(f"checkpoint tensor {key!r} must be converted by transformers while loading (merged "
+                                 "or split), which reading tensors one by one does not do")
+        out[key] = name
+    return out
+
+
+def _stored_keys(directory: Path) -> list[str]:
+    """The tensor names a checkpoint directory stores (every shard)."""
+    from safetensors import safe_open
+
+    keys = []
+    for shard in _shards(directory):
+        with safe_open(shard, framework="pt") as f:
+            keys.extend(f.keys())
+    return keys
 
 
 def _shards(directory: Path) -> list[Path]:
@@ -110,10 +149,10 @@ def _shards(directory: Path) -> list[Path]:
     return [single]
 
 
-def _compress_shards(directory: Path, names: set[str],
+def _compress_shards(directory: Path, names: dict[str, str],
                      convert: Callable[[torch.Tensor, str], dict[str, torch.Tensor]]) -> None:
-    """Replace each weight named in ``names`` in every shard by its parts, ``convert(tensor, key)``, stored as
-    ``<linear>.<part>`` (and update the shard index)."""
+    """Replace each stored weight of ``names`` (checkpoint key -> the model's linear name) in every shard by its
+    parts, ``convert(tensor, linear name)``, stored as ``<stored linear>.<part>`` (and update the shard index)."""
     from safetensors.torch import load_file, save_file
 
     renamed: dict[str, str] = {}
@@ -124,7 +163,7 @@ def _compress_shards(directory: Path, names: set[str],
             if key not in names:
                 out[key] = tensor
                 continue
-            parts = convert(tensor, key)
+            parts = convert(tensor, names[key].removesuffix(".weight"))
             module = key.removesuffix(".weight")  # the library names the parts after the linear
             for part, value in parts.items():
                 out[f"{module}.{part}"] = value
@@ -331,6 +370,10 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
         else:
             state[f"{name}.weight"] = decompress_weight(group, layout)
     model = auto_class_of(config).from_config(config, dtype=float_dtype, trust_remote_code=trust_remote_code)
+    renamed = checkpoint_names(model, state)  # stored names -> the model's (LLaVA, Qwen2-VL store older names)
+    state = {renamed[k]: v for k, v in state.items()}
+    grids = {checkpoint_names(model, [f"{n}.weight"])[f"{n}.weight"].removesuffix(".weight"): g
+             for n, g in grids.items()}
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {}) | set(
         getattr(model, "_tied_weights_keys", None) or {})

@@ -249,22 +249,13 @@ class CheckpointReader:
     def bind(self, model: nn.Module) -> CheckpointReader:
         """Name the checkpoint's tensors as ``model`` does, with transformers' own key renamings (e.g. GPT-NeoX's
         ``embed_out`` -> ``lm_head``); a checkpoint that needs tensors merged or split is refused."""
+        from .checkpoint import checkpoint_names
+
         try:
-            from transformers.conversion_mapping import get_model_conversion_mapping
-            from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-        except ImportError:  # another transformers: names as stored
-            return self
-        transforms = get_model_conversion_mapping(model)
-        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-        converters = [t for t in transforms if isinstance(t, WeightConverter)]
-        meta = model.state_dict()
-        self.keys = {}
-        for key in self.weight_map:
-            name, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
-            if converted is not None:
-                raise WorkbenchError(f"checkpoint {self.directory}: tensor {key!r} must be converted by transformers "
-                                      "while loading (merged or split), which streaming does not do; use --onload")
-            self.keys[name] = key
+            names = checkpoint_names(model, self.weight_map)
+        except WorkbenchError as err:
+            raise WorkbenchError(f"checkpoint {self.directory}: {err}; use --onload") from None
+        self.keys = {name: key for key, name in names.items()}
         return self
 
     def has(self, name: str) -> bool:

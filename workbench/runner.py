@@ -43,7 +43,7 @@ def run(spec: RunSpec, *, model=None, tokenizer=None, cache=None, residency=None
 def _run_placed(spec: RunSpec, progress: bool, stage) -> RunRecord:
     """The model onloaded or streamed; a streamed run writes ``save.dir`` block by block (nothing appears under
     that name unless the whole checkpoint was written)."""
-    from .checkpoint import complete_checkpoint, quant_grids
+    from .checkpoint import complete_checkpoint
     from .offload import Stream, placed_model
     from .profile import SparsityProfile
     from .results import atomic_directory
@@ -62,7 +62,7 @@ def _run_placed(spec: RunSpec, progress: bool, stage) -> RunRecord:
         if isinstance(residency, Stream) and out is not None:
             residency.finish()
             complete_checkpoint(out, tokenizer, SparsityProfile.from_dict(record["profile"]), s.format,
-                                spec.method.pattern, quant_grids(model))
+                                spec.method.pattern, model)
         elif s.dir is not None and spec.prunes:
             _save(spec, model, tokenizer, record)
     return record

@@ -1,0 +1,176 @@
+"""Vision-language models: the language tower is found and pruned by every allocator while the vision encoder
+and projector stay bit-identical; the target counts the tower only; an image + prompt forward and generation run
+after pruning; records carry the vision parts' hashes; smolvlm-embedded's text side is SmolLM2's to the bit;
+refusals (no language tower, an unreadable image, streaming) are one line and write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from workbench.allocation import allocation_names
+from workbench.cli import main
+from workbench.data import calibration_samples
+from workbench.errors import WorkbenchError
+from workbench.models import load_model, prunable_linears, structure
+from workbench.multimodal import check_frozen, image_inputs
+from workbench.prune import prune
+
+VLMS = ("tiny-llava", "tiny-smolvlm", "tiny-qwen2-vl")
+TOWERS = {"tiny-llava": ("model.language_model", {"model.vision_tower", "model.multi_modal_projector"}),
+          "tiny-smolvlm": ("model.text_model", {"model.vision_model", "model.connector"}),
+          "tiny-qwen2-vl": ("model.language_model", {"model.visual"})}
+ALLOCATORS = [a for a in allocation_names() if a != "profile"]  # profile reads a file
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "noise.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((37, 53, 3)) * 255).astype("uint8")).save(path)
+    return path
+
+
+def _outside_tower(model, tower: str) -> dict[str, torch.Tensor]:
+    """Every tensor that is not in the language tower's decoder blocks, cloned."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(f"{tower}.layers.")}
+
+
+@pytest.mark.parametrize("name", VLMS)
+def test_the_language_tower_is_found_and_the_vision_parts_beside_it(name):
+    model, _ = load_model(name)
+    layout = structure(model)
+    tower, frozen = TOWERS[name]
+    assert layout.prefix == f"{tower}.layers" and set(layout.frozen) == frozen and layout.multimodal
+    assert len(layout.blocks) == 3 and len(prunable_linears(model)) == 21
+    assert all(n.startswith(f"{tower}.layers.") for n in prunable_linears(model))
+    assert not structure(load_model("tiny-llama")[0]).multimodal
+
+
+@pytest.mark.parametrize("name", VLMS)
+@pytest.mark.parametrize("allocation", ALLOCATORS)
+def test_every_allocator_prunes_only_the_tower(name, allocation, image):
+    model, tok = load_model(name)
+    tower = TOWERS[name][0]
+    before = _outside_tower(model, tower)
+    calib = calibration_samples(tok, "embedded", 4, 64)
+    params = {"besa": {"progress": False, "sigmoid": False},  # the readme function is constant on random weights:
+              "dsa": {"function": {"pre": ["abs"], "reduction": "mean", "post": ["no_op"], "lam": 0.08}}
+              }.get(allocation)
+    result = prune(model, tok, metric="wanda", sparsity=0.5, allocation=allocation, allocation_params=params,
+                   calibration=calib, progress=False)
+    after = model.state_dict()
+    for key, value in before.items():  # vision encoder, projector, embeddings, norms, lm_head: untouched
+        assert torch.equal(after[key], value), key
+    check_frozen(model)  # the hashes taken at load agree
+    linears = prunable_linears(model)
+    zeros = sum(int((lin.weight == 0).sum()) for lin in linears.values())
+    total = sum(lin.weight.numel() for lin in linears.values())
+    assert abs(zeros / total - result.report["actual"]) < 1e-9  # the target counts the tower alone
+    assert abs(result.report["actual"] - 0.5) < 0.02
+    with torch.no_grad():  # an image + prompt forward and generation still run
+        inputs = image_inputs(model, tok, image, "what is in the picture?")
+        logits = model(**inputs).logits
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert torch.isfinite(logits).all() and out.shape[1] == inputs["input_ids"].shape[1] + 2
+
+
+def test_the_image_reaches_the_language_tower(image, tmp_path):
+    """The same prompt with another image gives other logits (the vision tower's output enters the tower)."""
+    other = tmp_path / "flat.png"
+    Image.fromarray(np.full((37, 53, 3), 200, dtype="uint8")).save(other)
+    for name in VLMS:
+        model, tok = load_model(name)
+        with torch.no_grad():
+            a = model(**image_inputs(model, tok, image, "hello")).logits
+            b = model(**image_inputs(model, tok, other, "hello")).logits
+        assert a.shape == b.shape and not torch.allclose(a, b), name
+
+
+def test_the_record_carries_the_tower_and_the_vision_hashes(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["prune", "--model", "tiny-smolvlm", "--metric", "wanda", "--sparsity", "0.5", "--nsamples", "4",
+                 "--seqlen", "64", "--out", str(out)]) == 0
+    model = json.loads(out.read_text())["model"]
+    fresh, _ = load_model("tiny-smolvlm")
+    assert model["language_tower"] == "model.text_model" and model["frozen_unchanged"] is True
+    assert model["frozen_sha256"] == fresh.workbench_frozen_hashes
+    assert set(model["frozen_sha256"]) == {"model.vision_model", "model.connector"}
+
+
+def test_a_changed_vision_part_is_caught():
+    model, _ = load_model("tiny-llava")
+    with torch.no_grad():
+        model.model.multi_modal_projector.linear_1.weight[0, 0] += 1.0
+    with pytest.raises(RuntimeError, match=r"vision parts \['model.multi_modal_projector'\] changed"):
+        check_frozen(model)
+
+
+def test_onloading_a_vision_language_model_prunes_the_tower_alone(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["prune", "--model", "tiny-llava", "--metric", "wanda", "--sparsity", "0.5", "--onload",
+                 "--nsamples", "4", "--seqlen", "64", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["model"]["frozen_unchanged"] and abs(record["metrics"]["actual_sparsity"] - 0.5) < 1e-3
+    assert record["residency"]["kind"] == "onload"
+
+
+def test_streaming_a_vision_language_model_is_refused_in_one_line(tmp_path, capsys):
+    model, tok = load_model("tiny-llava")
+    model.save_pretrained(tmp_path / "llava")
+    tok.save_pretrained(tmp_path / "llava")
+    capsys.readouterr()  # the save's progress bar
+    code = main(["prune", "--model", str(tmp_path / "llava"), "--metric", "wanda", "--sparsity", "0.5",
+                 "--offload-dir", str(tmp_path / "off"), "--save", str(tmp_path / "saved"),
+                 "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code != 0 and "vision-language model: streaming its language tower" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "saved").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_a_saved_vision_language_model_reloads_and_compresses(tmp_path):
+    from workbench.checkpoint import save_pruned
+
+    model, tok = load_model("tiny-qwen2-vl")
+    result = prune(model, tok, metric="magnitude", sparsity=0.5, progress=False)
+    out = save_pruned(model, tok, result.profile, tmp_path / "q", "compressed")
+    back, _ = load_model(str(out))
+    assert type(back).__name__ == "Qwen2VLForConditionalGeneration"
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_a_model_without_a_language_tower_and_an_unreadable_image_are_refused(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                              num_attention_heads=2, image_size=32, patch_size=8))
+    with pytest.raises(WorkbenchError, match=r"has no decoder blocks \(nor a language tower\)"):
+        structure(vision)
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    model, tok = load_model("tiny-llava")
+    with pytest.raises(WorkbenchError, match=r"^image='.*broken.png' cannot be read as an image"):
+        image_inputs(model, tok, bad, "hi")
+
+
+def test_smolvlm_embedded_text_side_is_smollm2_to_the_bit():
+    """Same logits on text, and Wanda prunes the same weights to the same values (names mapped)."""
+    vlm, tok = load_model("smolvlm-embedded")
+    lm, lm_tok = load_model("smollm2-135m")
+    assert vlm.config.text_config.vocab_size == lm.config.vocab_size  # the image tokens reuse unused ids
+    assert "random vision" in vlm.workbench_note
+    ids = torch.tensor([lm_tok("The President spoke to the Congress about the budget.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(vlm(ids).logits, lm(ids).logits)
+    calib = calibration_samples(lm_tok, "embedded", 2, 64)
+    prune(vlm, tok, metric="wanda", sparsity=0.5, calibration=calib, progress=False)
+    prune(lm, lm_tok, metric="wanda", sparsity=0.5, calibration=calib, progress=False)
+    mine = prunable_linears(vlm)
+    for name, linear in prunable_linears(lm).items():
+        assert torch.equal(mine[name.replace("model.", "model.text_model.", 1)].weight, linear.weight), name
