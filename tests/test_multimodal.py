@@ -174,3 +174,72 @@ def test_smolvlm_embedded_text_side_is_smollm2_to_the_bit():
     mine = prunable_linears(vlm)
     for name, linear in prunable_linears(lm).items():
         assert torch.equal(mine[name.replace("model.", "model.text_model.", 1)].weight, linear.weight), name
+
+
+def _hooked_statistics(model, calib) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The oracle: plain forwards of each window (its image's pixels included) with a hook on every tower linear
+    summing x² per input column and XᵀX, in float64."""
+    sums: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name):
+        def record(_module, args, _out):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sq, xtx = sums.setdefault(name, [torch.zeros(x.shape[1], dtype=torch.float64),
+                                             torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)])
+            sq += (x * x).sum(0)
+            xtx += x.t() @ x
+        return record
+
+    handles = [lin.register_forward_hook(hook(n)) for n, lin in prunable_linears(model).items()]
+    with torch.no_grad():
+        for row, extra in zip(calib.input_ids, calib.window_kwargs, strict=True):
+            model(row[None], use_cache=False, **extra)
+    for h in handles:
+        h.remove()
+    return {n: (sq, xtx) for n, (sq, xtx) in sums.items()}
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-smolvlm"])
+def test_image_text_calibration_statistics_equal_a_plain_hooked_forward(name, image, tmp_path):
+    from workbench.calibrate import calibrate
+    from workbench.multimodal import image_calibration
+
+    other = tmp_path / "flat.png"
+    Image.fromarray(np.full((30, 30, 3), 90, dtype="uint8")).save(other)
+    model, tok = load_model(name)
+    text = calibration_samples(tok, "embedded", 3, 64)
+    calib = image_calibration(text, model, tok, [image, other])
+    assert calib.input_ids.shape == text.input_ids.shape and len(calib.window_kwargs) == 3
+    image_token = getattr(model.config, "image_token_index", None) or model.config.image_token_id
+    assert all(int((row == image_token).sum()) > 0 for row in calib.input_ids)
+    stats = calibrate(model, calib.input_ids, "dense", ("sq_norm", "xtx"), progress=False,
+                      window_kwargs=calib.window_kwargs)
+    oracle = _hooked_statistics(model, calib)
+    for n, (sq, xtx) in oracle.items():
+        torch.testing.assert_close(stats[n].sq_norm.double(), sq, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(stats[n].xtx.double(), xtx, rtol=1e-4, atol=1e-3)
+    plain = calibrate(model, text.input_ids, "dense", ("sq_norm",), progress=False)
+    first = next(iter(oracle))
+    assert not torch.allclose(plain[first].sq_norm, stats[first].sq_norm)  # the images changed what the tower saw
+    assert [i["file"] for i in calib.provenance()["images"]] == [str(image), str(other)]
+
+
+def test_image_text_calibration_prunes_from_the_cli_and_refusals_are_one_line(image, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["prune", "--model", "tiny-llava", "--metric", "wanda", "--sparsity", "0.5", "--nsamples", "2",
+                 "--seqlen", "64", "--calib-images", str(image), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["data"]["calibration"]["images"][0]["file"] == str(image)
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    for model, images, words in (("tiny-llava", [str(bad)], "cannot be read as an image"),
+                                 ("tiny-qwen2-vl", [str(image)], "Qwen2-VL's image positions"),
+                                 ("tiny-llama", [str(image)], "is not a vision-language model"),
+                                 ("tiny-llava", [str(tmp_path / "missing.png")], "is not a file")):
+        capsys.readouterr()
+        target = tmp_path / f"{model}.json"
+        code = main(["prune", "--model", model, "--metric", "wanda", "--sparsity", "0.5", "--nsamples", "2",
+                     "--seqlen", "64", "--calib-images", *images, "--save", str(tmp_path / "ckpt"),
+                     "--out", str(target)])
+        err = capsys.readouterr().err
+        assert code != 0 and words in err and len(err.strip().splitlines()) == 1, (model, err)
+        assert not target.exists() and not (tmp_path / "ckpt").exists()

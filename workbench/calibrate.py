@@ -46,10 +46,11 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor,
-                         residency: Residency | None = None) -> tuple[Sequence[torch.Tensor], dict]:
+def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor, residency: Residency | None = None,
+                         window_kwargs: Sequence[dict] = ()) -> tuple[Sequence[torch.Tensor], dict]:
     """Hidden states entering block 0 for every window (each (1, seqlen, hidden)), and the keyword
-    arguments the model passes to its blocks (position embeddings, masks), identical for all windows."""
+    arguments the model passes to its blocks (position embeddings, masks), identical for all windows.
+    ``window_kwargs``: more model inputs per window (an image's pixels: image-text calibration)."""
     residency = residency or Residency()
     blocks = get_blocks(model)
     inputs = residency.activations()
@@ -66,9 +67,10 @@ def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor,
     try:
         with residency.outside(model):
             device = residency.compute_device(model)
-            for row in input_ids:
+            for i, row in enumerate(input_ids):
+                extra = {k: v.to(device) for k, v in window_kwargs[i].items()} if window_kwargs else {}
                 try:
-                    model(row[None].to(device), use_cache=False)
+                    model(row[None].to(device), use_cache=False, **extra)
                 except _Stop:
                     pass
     finally:
@@ -112,8 +114,9 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
               on_block: Callable[[int, dict[str, nn.Linear], dict[str, LayerStats]], None] | None = None,
               progress: bool = True, block_step: Callable[[BlockData], None] | None = None,
               dense_reference: bool = False, residency: Residency | None = None,
-              layout: ModelStructure | None = None) -> dict[str, LayerStats]:
-    """Run the capture loop over ``input_ids`` (n_windows, seqlen) and return every linear's statistics.
+              layout: ModelStructure | None = None, window_kwargs: Sequence[dict] = ()) -> dict[str, LayerStats]:
+    """Run the capture loop over ``input_ids`` (n_windows, seqlen) and return every linear's statistics
+    (``window_kwargs``: more model inputs per window, e.g. an image's pixels).
 
     In ``sequential`` mode ``on_block(index, linears, stats)`` is called after block ``index``'s
     statistics are complete and before its outputs are computed (it may change the block's weights);
@@ -130,8 +133,10 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, mode: str = "dense",
         raise WorkbenchError(f"input_ids must have shape (n_windows >= 1, seqlen), got {tuple(input_ids.shape)}")
     if (block_step is not None or dense_reference) and mode != "sequential":
         raise WorkbenchError(f"block_step and dense_reference need mode='sequential', got mode={mode!r}")
+    if window_kwargs and len(window_kwargs) != input_ids.shape[0]:
+        raise WorkbenchError(f"window_kwargs has {len(window_kwargs)} entries for {input_ids.shape[0]} windows")
     stats, outputs, _kwargs = _block_loop(model, input_ids, mode, tuple(statistics), on_block, block_step,
-                                          dense_reference, residency or Residency(), progress, layout)
+                                          dense_reference, residency or Residency(), progress, layout, window_kwargs)
     outputs.close()
     return stats
 
@@ -147,10 +152,10 @@ def block_outputs(model: nn.Module, input_ids: torch.Tensor, residency: Residenc
 
 
 def _block_loop(model, input_ids, mode, statistics, on_block, block_step, dense_reference, residency, progress,
-                layout=None):
+                layout=None, window_kwargs=()):
     """The loop itself: (statistics of every linear, the last block's outputs, the blocks' kwargs)."""
     layout = layout or structure(model)
-    inputs, kwargs = capture_block_inputs(model, input_ids, residency)
+    inputs, kwargs = capture_block_inputs(model, input_ids, residency, window_kwargs)
     dense_inputs = inputs if dense_reference else None
     all_stats: dict[str, LayerStats] = {}
     desc = f"calibrate ({mode})" if statistics or on_block or block_step else "blocks"

@@ -42,7 +42,9 @@ def _add_spec_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
         if typing.get_origin(annotation) is typing.Literal:
             args = [annotation]
         literal = [a for a in args if typing.get_origin(a) is typing.Literal]
-        if annotation is bool or "StrictBool" in str(annotation):
+        if typing.get_origin(annotation) is list:
+            p.add_argument(flag, nargs="+", default=None, help=words)
+        elif annotation is bool or "StrictBool" in str(annotation):
             p.add_argument(flag, action="store_true", default=None, help=field_help(name))
         elif literal:
             p.add_argument(flag, default=None, choices=typing.get_args(literal[0]), help=words)
@@ -248,8 +250,8 @@ def _parse_params(items: list[str]) -> dict:
 
 QUANT_ARGS = ("wbits", "group_size", "symmetric", "quant_method")
 PRUNE_ARGS = (*MODEL_ARGS, "metric", "allocation", "sparsity", "pattern", "group", "mode", "calib_dataset",
-              "nsamples", "seqlen", "seed", "eval_dataset", "eval_seqlen", "tasks", "limit", "zs_batch_size",
-              "save", "format", *PLACEMENT_ARGS, *QUANT_ARGS)
+              "nsamples", "seqlen", "seed", "calib_images", "eval_dataset", "eval_seqlen", "tasks", "limit",
+              "zs_batch_size", "save", "format", *PLACEMENT_ARGS, *QUANT_ARGS)
 
 
 def prune_spec(args: argparse.Namespace):
@@ -480,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_spec_args(p, ("metric", "allocation", "sparsity", "pattern", "group", "mode", "calib_dataset", "nsamples",
-                       "seqlen", "seed", *QUANT_ARGS))
+                       "seqlen", "seed", "calib_images", *QUANT_ARGS))
     p.add_argument("--granularity", default=None,
                    help="allocation unit: block (one ratio per block, the papers), sublayer (attention / MLP of "
                         "a block) or projection (each linear); BESA: row or projection; an allocator refuses one "

@@ -121,10 +121,17 @@ class Calibration:
     seed: int
 
     split: str = "calibration"  # the split the windows were drawn from ("whole": a single local file)
+    # image-text calibration of a vision-language model (workbench.multimodal.image_calibration): each window's
+    # extra model inputs (its image's pixels), and the image files with their SHA-256
+    window_kwargs: tuple[dict, ...] = ()
+    images: tuple[tuple[str, str], ...] = ()
 
     def provenance(self) -> dict:
-        return {"dataset": self.dataset, "split": self.split, "text_sha256": self.text_sha256,
-                "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed}
+        out = {"dataset": self.dataset, "split": self.split, "text_sha256": self.text_sha256,
+               "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed}
+        if self.images:
+            out["images"] = [{"file": f, "sha256": h} for f, h in self.images]
+        return out
 
 
 # --------------------------------------------------------------------------- validation helpers

@@ -76,10 +76,10 @@ def image_processor(model: nn.Module):
         size = vision.image_size
         return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     if kind in ("smolvlm", "idefics3"):
-        from transformers import SmolVLMImageProcessor
+        from transformers import SmolVLMImageProcessorPil  # the default one wants torchvision
 
         size = {"longest_edge": vision.image_size}
-        return SmolVLMImageProcessor(do_image_splitting=False, size=size, max_image_size=size)
+        return SmolVLMImageProcessorPil(do_image_splitting=False, size=size, max_image_size=size)
     if kind == "qwen2_vl":
         from transformers import Qwen2VLImageProcessor
 
@@ -121,3 +121,37 @@ def image_inputs(model: nn.Module, tokenizer, image: str | Path, prompt: str) ->
     if model.config.model_type == "qwen2_vl":  # M-RoPE reads which tokens are image tokens (1) or text (0)
         out["mm_token_type_ids"] = (ids == model.config.image_token_id).long()
     return out
+
+
+def image_calibration(calibration, model: nn.Module, tokenizer, images: list[str | Path]):
+    """Image-text calibration: window i becomes image i mod len(images) (its tokens first) followed by the start
+    of text window i, cut to the same length, with the image's pixels as the window's extra model inputs.
+    Qwen2-VL is refused: its M-RoPE positions differ per window, and the capture loop shares one set of block
+    keyword arguments across windows."""
+    import dataclasses
+    import hashlib
+
+    from .models import structure
+
+    if not structure(model).multimodal:
+        raise WorkbenchError(f"calib_images: model {model.config._name_or_path!r} is not a vision-language model; "
+                             "allowed: LLaVA, SmolVLM / Idefics3 (calibrate a causal LM on text)")
+    if model.config.model_type == "qwen2_vl":
+        raise WorkbenchError("calib_images: Qwen2-VL's image positions (M-RoPE) differ per window, which the capture "
+                             "loop does not carry; calibrate it on text (allowed: LLaVA, SmolVLM / Idefics3)")
+    if not images:
+        raise WorkbenchError("calib_images: give at least one image file")
+    per_image = [image_inputs(model, tokenizer, path, "") for path in images]  # read (and refused) before any work
+    seqlen = calibration.input_ids.shape[1]
+    rows, extras = [], []
+    for i, window in enumerate(calibration.input_ids):
+        inputs = per_image[i % len(images)]
+        head = inputs["input_ids"][0]
+        head = head[: head.numel() - len(tokenizer("")["input_ids"])]  # the image's tokens, not the empty prompt's
+        if head.numel() >= seqlen:
+            raise WorkbenchError(f"calib_images: an image takes {head.numel()} tokens, the calibration seqlen is "
+                                 f"{seqlen}; allowed: seqlen > {head.numel()}")
+        rows.append(torch.cat([head, window[: seqlen - head.numel()]]))
+        extras.append({k: v for k, v in inputs.items() if k != "input_ids"})
+    digests = tuple((str(p), hashlib.sha256(Path(p).read_bytes()).hexdigest()) for p in images)
+    return dataclasses.replace(calibration, input_ids=torch.stack(rows), window_kwargs=tuple(extras), images=digests)

@@ -106,7 +106,7 @@ def execute(plan: Plan, layout: ModelStructure, model: nn.Module, calibration: C
 
     if plan.mode == "sequential" and plan.statistics:
         start, prune_before = time.perf_counter(), plan.timings["prune_s"]
-        calibrate(model, calibration.input_ids, "sequential", plan.statistics,
+        calibrate(model, calibration.input_ids, "sequential", plan.statistics, window_kwargs=calibration.window_kwargs,
                   on_block=lambda _i, block_linears, stats: prune_units(block_linears, stats), progress=progress,
                   residency=residency, layout=layout)
         plan.timings["forward_s"] += time.perf_counter() - start - (plan.timings["prune_s"] - prune_before)
@@ -125,6 +125,7 @@ def _execute_learner(plan: Plan, model: nn.Module, calibration: Calibration, res
     learner = plan.learner
     start = time.perf_counter()
     calibrate(model, calibration.input_ids, "sequential", plan.statistics, block_step=learner.step,
+              window_kwargs=calibration.window_kwargs,
               dense_reference=learner.needs_dense, progress=progress, residency=residency)
     total = time.perf_counter() - start
     learn = sum(b.seconds for b in learner.log)

@@ -58,7 +58,8 @@ class DenseCache:
               progress: bool = True) -> DenseCache:
         weights = {n: lin.weight.detach().to("cpu", copy=True) for n, lin in prunable_linears(model).items()}
         start = time.perf_counter()
-        stats = calibrate(model, calibration.input_ids, mode="dense", statistics=statistics, progress=progress)
+        stats = calibrate(model, calibration.input_ids, mode="dense", statistics=statistics, progress=progress,
+                          window_kwargs=calibration.window_kwargs)
         return cls(stats, weights, calibration.provenance(), time.perf_counter() - start)
 
     @torch.no_grad()
@@ -201,6 +202,7 @@ def prune(model: nn.Module, tokenizer=None, method: MethodSpec | None = None, *,
     if allocation_stats and dense_stats is None:  # the allocation reads the dense model's statistics
         start = time.perf_counter()
         dense_stats = calibrate(model, calibration.input_ids, "dense", allocation_stats, progress=progress,
+                                window_kwargs=calibration.window_kwargs,
                                 residency=residency.reader(), layout=layout)
         timings["forward_s"] += time.perf_counter() - start
     start = time.perf_counter()

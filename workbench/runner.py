@@ -138,8 +138,13 @@ def _prune(spec: RunSpec, model, tokenizer, cache, residency, progress: bool):
     calibration = None
     if cache is not None:
         check_cache(spec, cache)
-    elif m.metric != "magnitude" or m.allocation.name != "uniform" or (m.quant().enabled and m.quant_method != "rtn"):
+    elif (m.metric != "magnitude" or m.allocation.name != "uniform" or c.images
+          or (m.quant().enabled and m.quant_method != "rtn")):
         calibration = data_mod.calibration_samples(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
+        if c.images:  # image-text calibration of a vision-language model
+            from .multimodal import image_calibration
+
+            calibration = image_calibration(calibration, model, tokenizer, c.images)
     params, tuning = resolve_auto(m.allocation.name, m.allocation.params(), model, tokenizer, m.sparsity,
                                   cache=cache, calibration=calibration, progress=progress,
                                   dataset=spec.evaluation.dataset)

@@ -76,6 +76,7 @@ class Session:
             if self._xtx is None:
                 cache.restore(self.model)
                 self._xtx = calibrate(self.model, self._calibration.input_ids, "dense", ("xtx",),
+                                      window_kwargs=self._calibration.window_kwargs,
                                       progress=self.progress)
         return self._xtx
 

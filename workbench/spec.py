@@ -13,6 +13,7 @@ A refusal is a :class:`~workbench.errors.WorkbenchError` naming the field, the v
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -195,11 +196,22 @@ class CalibrationSpec(Section):
     nsamples: int | None = Field(None, description="calibration windows (default 32 offline, 128 paper datasets)")
     seqlen: int | None = Field(None, description="calibration window length (default 512 offline, 2048 paper)")
     seed: int = Field(0, description="seed of the window draw")
+    images: list[str] = Field(default_factory=list, description="image files: image-text calibration of a "
+                              "vision-language model (window i starts with image i mod n)")
 
     @field_validator("dataset", mode="before")
     @classmethod
     def _dataset(cls, value: Any) -> str:
         return _dataset_named("calib_dataset", value)
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _images(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        for path in value or ():
+            if not Path(str(path)).is_file():
+                raise ValueError(f"calib_images: {str(path)!r} is not a file (allowed: image files Pillow opens)")
+        return value
 
     @field_validator("nsamples", "seqlen", "seed", mode="before")
     @classmethod
@@ -520,7 +532,7 @@ FLAT: dict[str, tuple[str, ...]] = {
     "onload": ("placement", "onload"), "offload_dir": ("placement", "offload_dir"),
     "activations": ("placement", "activations"),
     "calib_dataset": ("calibration", "dataset"), "nsamples": ("calibration", "nsamples"),
-    "seqlen": ("calibration", "seqlen"), "seed": ("calibration", "seed"),
+    "seqlen": ("calibration", "seqlen"), "seed": ("calibration", "seed"), "calib_images": ("calibration", "images"),
     "metric": ("method", "metric"), "sparsity": ("method", "sparsity"), "pattern": ("method", "pattern"),
     "group": ("method", "group"), "mode": ("method", "mode"), "allocation": ("method", "allocation", "name"),
     "wbits": ("method", "wbits"), "group_size": ("method", "group_size"), "symmetric": ("method", "symmetric"),
