@@ -243,3 +243,25 @@ def test_image_text_calibration_prunes_from_the_cli_and_refusals_are_one_line(im
         err = capsys.readouterr().err
         assert code != 0 and words in err and len(err.strip().splitlines()) == 1, (model, err)
         assert not target.exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_the_curves_of_a_vision_language_model_are_language_tower_blocks():
+    from workbench.plots import sparsity_curves
+    from workbench.session import Session
+
+    session = Session("tiny-smolvlm", nsamples=2, seqlen=64, progress=False)
+    profiles = {"OWL": session.profile("owl", 0.5), "uniform": session.profile("uniform", 0.5)}
+    assert all(n.startswith("model.text_model.layers.") for n in profiles["OWL"].layers)
+    assert sparsity_curves(profiles).layout.xaxis.title.text == "language-tower block"
+    plain = Session("tiny-llama", nsamples=2, seqlen=64, progress=False)
+    assert sparsity_curves({"OWL": plain.profile("owl", 0.5)}).layout.xaxis.title.text == "block"
+
+
+@pytest.mark.parametrize("space", ["functions", "levels"])
+def test_a_search_runs_on_the_language_tower(tmp_path, space):
+    out = tmp_path / space
+    assert main(["search", "--model", "tiny-llava", "--space", space, "--population", "4", "--generations", "2",
+                 "--elite", "1", "--nsamples", "2", "--seqlen", "32", "--fitness-windows", "2", "--fitness-seqlen",
+                 "64", "--cheap-windows", "1", "--cheap-seqlen", "32", "--out", str(out)]) == 0
+    profile = json.loads((out / "best_profile.json").read_text())
+    assert profile["layers"] and all(n.startswith("model.language_model.layers.") for n in profile["layers"])

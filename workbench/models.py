@@ -271,6 +271,12 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                          f"of {[*_BLOCK_PATHS, *_TOWER_PATHS]}")
 
 
+def in_language_tower(name: str) -> bool:
+    """Whether a linear's dotted name lies in a vision-language model's language tower (its units are the
+    tower's blocks: plots label them so)."""
+    return name.startswith(tuple(p + "." for p in _TOWER_PATHS))
+
+
 def frozen_parts(model: nn.Module, prefix: str) -> dict[str, nn.Module]:
     """The parts of a vision-language model beside its language tower (vision encoder, projector / connector),
     by dotted name: never pruned; empty for a causal LM."""

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import plotly.graph_objects as go
 
+from .models import in_language_tower
 from .profile import SparsityProfile
 
 COLORS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa": "#d62728", "besa": "#2ca02c", "er": "#9467bd",
@@ -62,8 +63,10 @@ def sparsity_curves(profiles: Mapping[str, SparsityProfile], title: str | None =
     target = next(iter(profiles.values())).target if profiles else None
     blocks = max((len(p.block_means()) for p in profiles.values()), default=1)
     fig.update_xaxes(dtick=max(1, blocks // 10))
+    tower = any(in_language_tower(n) for p in profiles.values() for n in p.layers)  # a vision-language model's
     fig.update_layout(title=title or (f"Layer-wise sparsity, target {target:.2f}" if target is not None else ""),
-                      xaxis_title="block", yaxis_title="sparsity (fraction of zeros)",
+                      xaxis_title="language-tower block" if tower else "block",
+                      yaxis_title="sparsity (fraction of zeros)",
                       template="plotly_white", legend={"orientation": "h", "y": -0.2}, height=420)
     return fig
 
