@@ -159,8 +159,9 @@ def test_a_model_without_a_language_tower_and_an_unreadable_image_are_refused(tm
         image_inputs(model, tok, bad, "hi")
 
 
-def test_smolvlm_embedded_text_side_is_smollm2_to_the_bit():
-    """Same logits on text, and Wanda prunes the same weights to the same values (names mapped)."""
+def test_smolvlm_embedded_text_side_is_smollm2_to_the_bit(image):
+    """Same logits on text, and Wanda prunes the same weights to the same values (names mapped); an image still
+    goes through its (random) vision part."""
     vlm, tok = load_model("smolvlm-embedded")
     lm, lm_tok = load_model("smollm2-135m")
     assert vlm.config.text_config.vocab_size == lm.config.vocab_size  # the image tokens reuse unused ids
@@ -174,6 +175,10 @@ def test_smolvlm_embedded_text_side_is_smollm2_to_the_bit():
     mine = prunable_linears(vlm)
     for name, linear in prunable_linears(lm).items():
         assert torch.equal(mine[name.replace("model.", "model.text_model.", 1)].weight, linear.weight), name
+    inputs = image_inputs(vlm, tok, image, "What is shown?")
+    assert int((inputs["input_ids"] == vlm.config.image_token_id).sum()) == 4  # 64 px, 16 px patches, shuffle 2
+    with torch.no_grad():
+        assert torch.isfinite(vlm(**inputs).logits).all()
 
 
 def _hooked_statistics(model, calib) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

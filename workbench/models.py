@@ -411,7 +411,8 @@ def tiny_vlm_config(arch: str, num_layers: int = 3, hidden: int = 64, intermedia
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
                       patch_size=8)
         return SmolVLMConfig(vision_config=vision, text_config=dict(model_type="llama", **text),
-                             image_token_id=TINY_IMAGE, scale_factor=2)
+                             image_token_id=TINY_IMAGE, scale_factor=2, fake_image_token_id=TINY_AROUND,
+                             global_image_token_id=TINY_GLOBAL)
     if arch == "tiny-qwen2-vl":
         rope = {"rope_type": "default", "mrope_section": [2, 3, 3]}
         return Qwen2VLConfig(text_config=dict(rope_scaling=rope, **text),
@@ -438,7 +439,7 @@ def build_tiny_vlm(arch: str, seed: int = 0):
 def embedded_vlm_dir(name: str = "smolvlm-embedded", seed: int = 0) -> Path:
     """The cached directory of ``smolvlm-embedded`` (built on first use from the embedded SmolLM2)."""
     text_dir = _embedded_cache_path("smollm2-135m")
-    key = hashlib.sha256(f"{text_dir.name}:vision-seed-{seed}:v1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{text_dir.name}:vision-seed-{seed}:v2".encode()).hexdigest()[:12]
     target = cache_dir() / "models" / f"{name}-{key}"
     if not (target / "workbench.json").is_file():
         _build_embedded_vlm(target, seed)
@@ -455,6 +456,7 @@ def _build_embedded_vlm(target: Path, seed: int) -> None:
     config = SmolVLMConfig(vision_config=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2,
                                               num_attention_heads=4, image_size=64, patch_size=16),
                            text_config=text_config, image_token_id=EMBEDDED_IMAGE, scale_factor=2,
+                           fake_image_token_id=EMBEDDED_AROUND, global_image_token_id=EMBEDDED_GLOBAL,
                            tie_word_embeddings=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from .errors import WorkbenchError
-from .models import EMBEDDED_AROUND, EMBEDDED_GLOBAL, TINY_AROUND, TINY_GLOBAL
 
 # --------------------------------------------------------------------------- frozen parts
 
@@ -90,7 +89,20 @@ def image_processor(model: nn.Module):
     raise WorkbenchError(f"model type {kind!r} takes no images here; allowed: llava, smolvlm, idefics3, qwen2_vl")
 
 
-def _image_token_ids(model: nn.Module, pixels: dict) -> list[int]:
+def _smolvlm_marks(model: nn.Module, tokenizer) -> tuple[int, int]:
+    """The ids of SmolVLM's tokens around an image and before a global image: the config's (models built here)
+    or the tokenizer's ``<fake_token_around_image>`` and ``<global-img>`` (SmolVLM / Idefics3 from the hub)."""
+    c = model.config
+    if getattr(c, "fake_image_token_id", None) is not None:
+        return c.fake_image_token_id, c.global_image_token_id
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<fake_token_around_image>", "<global-img>")]
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise WorkbenchError("model: its tokenizer has no <fake_token_around_image> / <global-img> tokens, which a "
+                             "SmolVLM / Idefics3 prompt puts around an image")
+    return ids[0], ids[1]
+
+
+def _image_token_ids(model: nn.Module, tokenizer, pixels: dict) -> list[int]:
     """The token ids that stand for one image in the prompt, as the language tower expects them."""
     c = model.config
     kind = c.model_type
@@ -101,8 +113,7 @@ def _image_token_ids(model: nn.Module, pixels: dict) -> list[int]:
     if kind in ("smolvlm", "idefics3"):
         side = c.vision_config.image_size // c.vision_config.patch_size
         count = side * side // (c.scale_factor ** 2)
-        around, global_img = (TINY_AROUND, TINY_GLOBAL) if c.text_config.vocab_size == 262 else (EMBEDDED_AROUND,
-                                                                                       EMBEDDED_GLOBAL)
+        around, global_img = _smolvlm_marks(model, tokenizer)
         return [around, global_img] + [c.image_token_id] * count + [around]
     if kind == "qwen2_vl":
         count = int(pixels["image_grid_thw"][0].prod()) // c.vision_config.spatial_merge_size ** 2
@@ -115,7 +126,7 @@ def image_inputs(model: nn.Module, tokenizer, image: str | Path, prompt: str) ->
     image's tokens."""
     pixels = dict(image_processor(model)(read_image(image), return_tensors="pt"))
     prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0].tolist()
-    ids = torch.tensor([_image_token_ids(model, pixels) + prompt_ids])
+    ids = torch.tensor([_image_token_ids(model, tokenizer, pixels) + prompt_ids])
     dtype = next(model.parameters()).dtype
     out = {"input_ids": ids, **{k: v.to(dtype) if v.is_floating_point() else v for k, v in pixels.items()}}
     if model.config.model_type == "qwen2_vl":  # M-RoPE reads which tokens are image tokens (1) or text (0)
