@@ -182,3 +182,20 @@ def test_cli_saves_pack_quantized_and_eval_reads_it(tmp_path, capsys):
     assert main(["eval", "--model", str(out), "--seqlen", "128", "--out", str(tmp_path / "e.json")]) == 0
     pruned = json.loads((tmp_path / "p.json").read_text())["metrics"]["perplexity"]
     assert json.loads((tmp_path / "e.json").read_text())["metrics"]["perplexity"] == pruned
+
+
+def test_a_streamed_run_exports_the_same_pack_quantized_checkpoint_as_one_in_memory(tmp_path):
+    model, tok = load_model("tiny-llama")
+    model.save_pretrained(tmp_path / "src")
+    tok.save_pretrained(tmp_path / "src")
+    flags = ["--metric", "wanda", "--sparsity", "0.5", "--wbits", "4", "--group-size", "16", "--quant-method",
+             "gptq", "--format", "pack-quantized", "--nsamples", "4", "--seqlen", "64"]
+    assert main(["prune", "--model", str(tmp_path / "src"), *flags, "--offload-dir", str(tmp_path / "off"),
+                 "--save", str(tmp_path / "streamed"), "--out", str(tmp_path / "a.json")]) == 0
+    assert main(["prune", "--model", str(tmp_path / "src"), *flags, "--save", str(tmp_path / "memory"),
+                 "--out", str(tmp_path / "b.json")]) == 0
+    streamed = load_file(tmp_path / "streamed" / "model.safetensors")
+    memory = load_file(tmp_path / "memory" / "model.safetensors")
+    assert streamed.keys() == memory.keys() and any(k.endswith(".weight_packed") for k in streamed)
+    for key, value in memory.items():
+        assert _bits_of(streamed[key]) == _bits_of(value), key
