@@ -416,3 +416,29 @@ def test_a_quantized_tiny_model_generates_with_integer_linears_as_with_its_dequa
     assert torch.allclose(got, expected, atol=1e-3 * float(expected.abs().max()))
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 10)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(8, None, True), QuantSpec(4, 32, False)])
+def test_cpu_integer_linears_keep_the_integers_gptq_chose(spec):
+    """A GPTQ-quantized linear carries its grid; the integer module computes with exactly those weights (GPTQ's
+    grid comes from the weights mid-pass, so re-rounding on the final weights' own range would move some)."""
+    from workbench.pruners import quantize_linear
+    from workbench.quantized_linear import Int4Linear, Int8Linear
+    from workbench.units import LayerStats
+
+    g = torch.Generator().manual_seed(2)
+    linear = torch.nn.Linear(128, 32, bias=False)  # the int4 kernel packs rows by 16
+    x = torch.randn(64, 128, generator=g) @ torch.randn(128, 128, generator=g)  # correlated inputs
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(32, 128, generator=g))
+        linear.weight[torch.rand(32, 128, generator=g) < 0.5] = 0.0
+    quantize_linear(linear, spec, "gptq", LayerStats(xtx=x.t() @ x, n_windows=1))
+    gptq = linear.weight.detach().clone()
+    rerounded = quantize_rtn(gptq, spec)
+    assert not torch.equal(rerounded, gptq)  # the case that matters: the own-range grid is another grid
+    module = (Int8Linear if spec.wbits == 8 else Int4Linear)(linear, spec)
+    inputs = torch.randn(3, 128, generator=g)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(inputs, gptq)
+        got = module(inputs)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

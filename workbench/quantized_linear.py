@@ -7,8 +7,9 @@ equals ``x @ quantize_rtn(W)ᵀ + b`` up to float rounding, and a pruned weight 
 * int4: groups of 32, 64, 128 or 256 input columns, symmetric or asymmetric (the kernel's (q − 8) · scale + zero
   holds any integer zero point).
 
-Weights GPTQ has already quantized are re-rounded on the grid of their own range (a small extra error): an
-export that keeps GPTQ's integers themselves is not built yet.
+A linear that a run quantized carries its grid (``linear.quant_grid``, GPTQ's included): where that grid is the
+kernel's (same bits, grouping and symmetry), the module takes its scales, zero points and integers as they are,
+so it computes with the run's own weights; otherwise the weights are rounded on the kernel's grid of their range.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class Int8Linear(nn.Module):
             raise WorkbenchError("the int8 CPU path takes wbits=8, symmetric, one scale per output channel "
                                  f"(got wbits={spec.wbits}, group_size={spec.group_size}, symmetric={spec.symmetric})")
         weight = linear.weight.detach().float()
-        scale, zero = grid(weight, 8, True)
-        q = torch.round(weight / scale[:, None]) + zero[:, None] - 128  # the grid's integers, centred
+        scale, zero, q = _grid_and_codes(linear, spec, weight)
+        scale, zero, q = scale[:, 0], zero[:, 0], q.float() - 128  # the grid's integers, centred
         self.register_buffer("weight_int8", q.clamp(-128, 127).to(torch.int8))
         self.register_buffer("scales", scale.contiguous())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
@@ -57,10 +58,7 @@ class Int4Linear(nn.Module):
                                  f"the input width {linear.in_features} (got wbits={spec.wbits}, group_size={group})")
         weight = linear.weight.detach().float()
         rows, cols = weight.shape
-        parts = weight.reshape(rows * (cols // group), group)  # each row's groups, one after another
-        scale, zero = grid(parts, 4, spec.symmetric)
-        q = torch.clamp(torch.round(parts / scale[:, None]) + zero[:, None], 0, 15).reshape(rows, cols)
-        scale, zero = scale.reshape(rows, -1), zero.reshape(rows, -1)
+        scale, zero, q = _grid_and_codes(linear, spec, weight)
         # the kernel reads w = (q − 8) · scale + zero_f; the grid's w = (q − zero) · scale: zero_f = (8 − zero) · scale
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2))
         self.register_buffer("scales_zeros", torch.stack([scale.T, ((8 - zero) * scale).T], dim=2).contiguous())
@@ -74,6 +72,21 @@ class Int4Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+
+def _grid_and_codes(linear: nn.Linear, spec: QuantSpec, weight: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale, zero point, integers) of ``weight`` on ``spec``'s grid: the run's own (``linear.quant_grid``) where
+    it is this grid, else round to nearest on the grid of each row's (group's) range; scale and zero (rows, groups)."""
+    kept = getattr(linear, "quant_grid", None)
+    if kept is not None and kept.spec == spec:
+        return kept.scale.float(), kept.zero.float(), kept.codes(weight).long()
+    rows, cols = weight.shape
+    width = spec.group_size or cols
+    parts = weight.reshape(rows * (cols // width), width)  # each row's groups, one after another
+    scale, zero = grid(parts, spec.wbits, spec.symmetric)
+    q = torch.clamp(torch.round(parts / scale[:, None]) + zero[:, None], 0, 2**spec.wbits - 1).reshape(rows, cols)
+    return scale.reshape(rows, -1), zero.reshape(rows, -1), q.long()
 
 
 def int_linears(model: nn.Module, spec: QuantSpec) -> int:
