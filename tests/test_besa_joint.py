@@ -123,7 +123,10 @@ def test_besa_joint_ends_on_its_learned_grid_and_learns_a_different_allocation(t
 
 
 def test_besa_then_gptq_quantizes_each_block_after_learning():
+    rtn, _, _ = _besa(wbits=4, group_size=32, quant_method="rtn")
     model, _, result = _besa(wbits=4, group_size=32, quant_method="gptq")
+    mine, theirs = prunable_linears(model), prunable_linears(rtn)
+    assert any(not torch.equal(mine[n].weight, theirs[n].weight) for n in mine)  # GPTQ, not rounding
     for name, linear in prunable_linears(model).items():
         grid = linear.quant_grid
         assert torch.equal(grid.values(grid.codes(linear.weight)), linear.weight), name

@@ -270,3 +270,28 @@ def test_a_search_runs_on_the_language_tower(tmp_path, space):
                  "64", "--cheap-windows", "1", "--cheap-seqlen", "32", "--out", str(out)]) == 0
     profile = json.loads((out / "best_profile.json").read_text())
     assert profile["layers"] and all(n.startswith("model.language_model.layers.") for n in profile["layers"])
+
+
+def test_a_half_precision_vision_language_model_keeps_its_load_hashes():
+    model, _ = load_model("tiny-llava", dtype="bfloat16")
+    from workbench.multimodal import multimodal_record
+
+    record = multimodal_record(model)
+    assert record["frozen_unchanged"] and record["frozen_sha256"] == model.workbench_frozen_hashes
+
+
+def test_image_calibration_is_never_served_by_a_text_cache_nor_read_by_a_search(image):
+    from workbench.prune import DenseCache
+    from workbench.runner import cache_fits
+    from workbench.search import SearchConfig, SearchSetup
+    from workbench.spec import CalibrationSpec, ModelSpec, RunSpec
+
+    model, tok = load_model("tiny-smolvlm")
+    text = calibration_samples(tok, "embedded", 2, 64)
+    cache = DenseCache.build(model, text, ("sq_norm",), progress=False)
+    flat = {"model": "tiny-smolvlm", "calib_dataset": "embedded", "nsamples": 2, "seqlen": 64, "mode": "dense",
+            "sparsity": 0.5}
+    assert cache_fits(RunSpec.from_flat(flat), cache)
+    assert not cache_fits(RunSpec.from_flat({**flat, "calib_images": [str(image)]}), cache)
+    with pytest.raises(WorkbenchError, match=r"^calib_images: a search's dense statistics come from text"):
+        SearchSetup(ModelSpec(name="tiny-smolvlm"), CalibrationSpec(images=[str(image)]), SearchConfig())

@@ -199,3 +199,36 @@ def test_a_streamed_run_exports_the_same_pack_quantized_checkpoint_as_one_in_mem
     assert streamed.keys() == memory.keys() and any(k.endswith(".weight_packed") for k in streamed)
     for key, value in memory.items():
         assert _bits_of(streamed[key]) == _bits_of(value), key
+
+
+def test_a_grid_never_outlives_its_weights(tmp_path):
+    """Pruning again or restoring the dense weights drops the kept grid: a later pack-quantized save cannot store
+    integers of weights that are no longer on it (nor a mask that is no longer the model's)."""
+    from workbench.prune import DenseCache
+
+    model, tok, profile = _quantized("wanda", wbits=4, group_size=16)
+    back = load_compressed(save_pruned(model, tok, profile, tmp_path / "q", "pack-quantized"))
+    assert all(hasattr(lin, "quant_grid") for lin in prunable_linears(back).values())
+    assert all(lin.quant_grid.scale.device.type == "cpu" for lin in prunable_linears(back).values())
+    again = prune(back, tok, metric="magnitude", sparsity=0.6, progress=False)  # 16 bits: no new grid
+    assert not any(hasattr(lin, "quant_grid") for lin in prunable_linears(back).values())
+    with pytest.raises(ValueError, match="format='pack-quantized' stores the integers of a quantized run"):
+        save_pruned(back, tok, again.profile, tmp_path / "stale", "pack-quantized")
+    assert not (tmp_path / "stale").exists()
+    model, tok, _ = _quantized("wanda", wbits=4)
+    cache = DenseCache.build(load_model("tiny-llama")[0], __import__("workbench.data", fromlist=["x"])
+                             .calibration_samples(tok, "embedded", 2, 32), ("sq_norm",), progress=False)
+    cache.restore(model)
+    assert not any(hasattr(lin, "quant_grid") for lin in prunable_linears(model).values())
+
+
+def test_linears_on_different_grids_are_refused_by_name(tmp_path):
+    from workbench.pruners import quantize_linear
+    from workbench.quantize import QuantSpec
+
+    model, tok, profile = _quantized("wanda", wbits=4, group_size=16)
+    name, linear = next(iter(prunable_linears(model).items()))
+    quantize_linear(linear, QuantSpec(8), "rtn")
+    with pytest.raises(ValueError, match=rf"quantized on 2 different grids \(e.g. \['{name}'\]"):
+        save_pruned(model, tok, profile, tmp_path / "mixed", "pack-quantized")
+    assert not (tmp_path / "mixed").exists()

@@ -81,14 +81,23 @@ def complete_checkpoint(directory: Path, tokenizer, profile: SparsityProfile, fm
     ``model``: names the stored tensors as transformers saved them, and holds the quantization grids that
     ``pack-quantized`` stores the integers of."""
     grids = quant_grids(model) if model is not None else {}
-    wbits = next(iter(grids.values())).spec.wbits if grids else 16
+    specs = {g.spec for g in grids.values()}
+    if len(specs) > 1:
+        from collections import Counter
+
+        common = Counter(g.spec for g in grids.values()).most_common(1)[0][0]
+        odd = sorted(n for n, g in grids.items() if g.spec != common)
+        raise WorkbenchError(f"the model's linears were quantized on {len(specs)} different grids (e.g. {odd[:2]} "
+                             f"differ from the others' {common}); a checkpoint holds one: save it with "
+                             "format='dense'")
+    wbits = next(iter(specs)).wbits if specs else 16
     layout = resolve_format(fmt, pattern, wbits)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     profile.save(directory / "sparsity_profile.json")
     if layout == "dense":
         return
-    stored = {name: key for key, name in checkpoint_names(model, _stored_keys(directory)).items()} \
+    stored = {name: key for key, name in checkpoint_names(model, _stored_keys(directory), strict=False).items()} \
         if model is not None else {}
     if layout == "pack-quantized":
         missing = sorted(set(profile.layers) - set(grids))
@@ -103,10 +112,11 @@ def complete_checkpoint(directory: Path, tokenizer, profile: SparsityProfile, fm
         _write_sparsity_config(directory, layout, profile, pattern)
 
 
-def checkpoint_names(model: nn.Module, keys) -> dict[str, str]:
+def checkpoint_names(model: nn.Module, keys, strict: bool = True) -> dict[str, str]:
     """Each checkpoint key -> the model's parameter name, with transformers' own renamings (LLaVA and Qwen2-VL
     store their language tower as ``language_model.model.*`` / ``model.*``, GPT-NeoX ``embed_out``); a tensor
-    transformers must merge or split while loading is refused (this path reads tensors one by one)."""
+    transformers must merge or split while loading is refused (this path reads tensors one by one), or, with
+    ``strict=False``, left out (a caller that touches only some tensors)."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
@@ -120,6 +130,8 @@ def checkpoint_names(model: nn.Module, keys) -> dict[str, str]:
     for key in keys:
         name, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
         if converted is not None:
+            if not strict:
+                continue
             raise WorkbenchError(f"checkpoint tensor {key!r} must be converted by transformers while loading (merged "
                                  "or split), which reading tensors one by one does not do")
         out[key] = name
@@ -156,6 +168,7 @@ def _compress_shards(directory: Path, names: dict[str, str],
     from safetensors.torch import load_file, save_file
 
     renamed: dict[str, str] = {}
+    seen: set[str] = set()
     for shard in _shards(directory):
         tensors = load_file(shard)
         out: dict[str, torch.Tensor] = {}
@@ -163,12 +176,17 @@ def _compress_shards(directory: Path, names: dict[str, str],
             if key not in names:
                 out[key] = tensor
                 continue
+            seen.add(key)
             parts = convert(tensor, names[key].removesuffix(".weight"))
             module = key.removesuffix(".weight")  # the library names the parts after the linear
             for part, value in parts.items():
                 out[f"{module}.{part}"] = value
                 renamed[f"{module}.{part}"] = shard.name
         save_file(out, shard, metadata={"format": "pt"})
+    missing = sorted(set(names) - seen)
+    if missing:
+        raise WorkbenchError(f"linear {names[missing[0]]!r} is not stored under one name (transformers merges or "
+                             f"splits it when loading; {len(missing)} such): save this model with format='dense'")
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         data = json.loads(index.read_text())
@@ -234,10 +252,11 @@ def pack_weight(weight: torch.Tensor, grid: QuantGrid, name: str = "weight") -> 
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     bits, offset = grid.spec.wbits, 2 ** (grid.spec.wbits - 1)
+    if not grid.holds(weight):
+        raise WorkbenchError(f"{name} is not on the grid it was quantized on, or a weight its mask prunes is not "
+                             "zero (changed after quantizing?): its integers would not give it back; save it with "
+                             "format='dense'")
     codes = grid.codes(weight)
-    if not torch.equal(grid.values(codes, weight.dtype), weight):
-        raise WorkbenchError(f"{name} is not on the grid it was quantized on (changed after quantizing?): its "
-                             "integers would not give it back; save it with format='dense'")
     parts = {"weight_packed": pack_to_int32((codes - offset).to(torch.int8), bits),
              "weight_scale": grid.scale.float().contiguous(), "weight_shape": torch.tensor(list(weight.shape))}
     if not grid.spec.symmetric:

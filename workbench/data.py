@@ -124,14 +124,19 @@ class Calibration:
     # image-text calibration of a vision-language model (workbench.multimodal.image_calibration): each window's
     # extra model inputs (its image's pixels), and the image files with their SHA-256
     window_kwargs: tuple[dict, ...] = ()
-    images: tuple[tuple[str, str], ...] = ()
+    images: tuple[str, ...] = ()
 
     def provenance(self) -> dict:
         out = {"dataset": self.dataset, "split": self.split, "text_sha256": self.text_sha256,
                "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed}
         if self.images:
-            out["images"] = [{"file": f, "sha256": h} for f, h in self.images]
+            out["images"] = image_provenance(self.images)
         return out
+
+
+def image_provenance(paths) -> list[dict]:
+    """Each calibration image file with the SHA-256 of its bytes (what a record says, what a cache is matched by)."""
+    return [{"file": str(p), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in paths]
 
 
 # --------------------------------------------------------------------------- validation helpers

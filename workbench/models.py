@@ -74,8 +74,8 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
         model, tokenizer = _load_hf(name_or_path, torch_dtype, trust_remote_code)
     if getattr(model, "workbench_weight_hash", None) is None:
         model.workbench_weight_hash = weight_hash(model)  # of the weights as loaded, before any pruning
-    model.workbench_frozen_hashes = frozen_hashes(model)  # a vision-language model's vision parts, as loaded
     model = model.to(device=device, dtype=torch_dtype).eval()
+    model.workbench_frozen_hashes = frozen_hashes(model)  # a vision-language model's vision parts, as loaded
     model.config.use_cache = False
     return model, tokenizer
 

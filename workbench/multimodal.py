@@ -140,7 +140,6 @@ def image_calibration(calibration, model: nn.Module, tokenizer, images: list[str
     Qwen2-VL is refused: its M-RoPE positions differ per window, and the capture loop shares one set of block
     keyword arguments across windows."""
     import dataclasses
-    import hashlib
 
     from .models import structure
 
@@ -164,5 +163,5 @@ def image_calibration(calibration, model: nn.Module, tokenizer, images: list[str
                                  f"{seqlen}; allowed: seqlen > {head.numel()}")
         rows.append(torch.cat([head, window[: seqlen - head.numel()]]))
         extras.append({k: v for k, v in inputs.items() if k != "input_ids"})
-    digests = tuple((str(p), hashlib.sha256(Path(p).read_bytes()).hexdigest()) for p in images)
-    return dataclasses.replace(calibration, input_ids=torch.stack(rows), window_kwargs=tuple(extras), images=digests)
+    return dataclasses.replace(calibration, input_ids=torch.stack(rows), window_kwargs=tuple(extras),
+                               images=tuple(str(p) for p in images))

@@ -28,7 +28,7 @@ from .models import ModelStructure, prunable_linears, structure
 from .offload import Residency
 from .plan import Plan, execute, score_fn
 from .profile import SparsityProfile
-from .pruners import NEEDS
+from .pruners import NEEDS, forget_grid
 from .quantize import QuantSpec, bits_per_weight
 from .spec import MethodSpec, check_target
 from .units import LayerStats
@@ -67,6 +67,7 @@ class DenseCache:
         """Put the dense weights back into ``model``."""
         for name, lin in prunable_linears(model).items():
             lin.weight.copy_(self.weights[name].to(lin.weight.device, lin.weight.dtype))
+            forget_grid(lin)
 
     def has(self, statistics: tuple[str, ...]) -> bool:
         first = next(iter(self.stats.values()))

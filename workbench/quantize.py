@@ -86,20 +86,32 @@ class QuantGrid:
     zero: torch.Tensor
     kept_bits: torch.Tensor | None = None
 
-    def _expand(self, t: torch.Tensor, cols: int) -> torch.Tensor:
-        return t.repeat_interleave(cols // t.shape[1], dim=1)
+    def _expand(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.to(like.device).repeat_interleave(like.shape[1] // t.shape[1], dim=1)
+
+    def holds(self, weight: torch.Tensor) -> bool:
+        """Whether ``weight`` is still on this grid, with every weight the mask prunes at zero (a grid kept from an
+        earlier run, or weights changed since, fail this)."""
+        from compressed_tensors.utils import unpack_bitmasks
+
+        if tuple(self.scale.shape) != (weight.shape[0], self.scale.shape[1]) or weight.shape[1] % self.scale.shape[1]:
+            return False
+        if not torch.equal(self.values(self.codes(weight), weight.dtype), weight):
+            return False
+        if self.kept_bits is None:
+            return True
+        kept = unpack_bitmasks(self.kept_bits, list(weight.shape)).to(weight.device)
+        return not bool(weight[~kept].any())
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """The integer of each weight on this grid (0 .. 2^b - 1, int16): exact for a weight on the grid."""
-        cols = weight.shape[1]
-        q = torch.round(weight.float() / self._expand(self.scale, cols)) + self._expand(self.zero, cols)
+        q = torch.round(weight.float() / self._expand(self.scale, weight)) + self._expand(self.zero, weight)
         return torch.clamp(q, 0, 2**self.spec.wbits - 1).to(torch.int16)
 
     def values(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dequantized weights of ``codes``, scale * (q - zero) in float32 (as every quantizer here computes
         them), then in ``dtype``."""
-        cols = codes.shape[1]
-        return (self._expand(self.scale, cols) * (codes.float() - self._expand(self.zero, cols))).to(dtype)
+        return (self._expand(self.scale, codes) * (codes.float() - self._expand(self.zero, codes))).to(dtype)
 
 
 def quantize_rtn(weight: torch.Tensor, spec: QuantSpec, grid_out: list | None = None) -> torch.Tensor:

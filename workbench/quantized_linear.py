@@ -79,7 +79,7 @@ def _grid_and_codes(linear: nn.Linear, spec: QuantSpec, weight: torch.Tensor
     """(scale, zero point, integers) of ``weight`` on ``spec``'s grid: the run's own (``linear.quant_grid``) where
     it is this grid, else round to nearest on the grid of each row's (group's) range; scale and zero (rows, groups)."""
     kept = getattr(linear, "quant_grid", None)
-    if kept is not None and kept.spec == spec:
+    if kept is not None and kept.spec == spec and kept.holds(weight):  # a stale grid is not trusted
         return kept.scale.float(), kept.zero.float(), kept.codes(weight).long()
     rows, cols = weight.shape
     width = spec.group_size or cols

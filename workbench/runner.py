@@ -172,7 +172,9 @@ def cache_fits(spec: RunSpec, cache) -> bool:
 
     if spec.method.mode != "dense" or not spec.prunes:
         return False
-    same = all(cache.provenance.get(k) == v for k, v in spec.calibration.provenance().items())
+    wanted = spec.calibration.provenance()
+    same = all(cache.provenance.get(k) == v for k, v in wanted.items()) and \
+        cache.provenance.get("images", []) == wanted.get("images", [])  # text windows never stand in for images
     hessians = ("xtx",) if check_allocator(spec.method.allocation.name).needs_hessians else ()
     return same and cache.has((*NEEDS[spec.method.metric], *hessians))
 

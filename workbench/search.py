@@ -171,6 +171,9 @@ class SearchSetup:
 
     def __post_init__(self) -> None:
         check_held_out(self.fitness_dataset, "fitness_dataset")
+        if self.calibration.images:
+            raise WorkbenchError("calib_images: a search's dense statistics come from text windows only; allowed for "
+                                 "a search: no images (prune with --calib-images instead)")
 
     def build(self, progress: bool = True):
         """(model, tokenizer, SearchContext): the model loaded, its dense Wanda statistics, the candidate context."""

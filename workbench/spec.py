@@ -221,8 +221,11 @@ class CalibrationSpec(Section):
     def provenance(self) -> dict[str, Any]:
         """What the record's calibration provenance will say (the dataset's defaults filled in)."""
         defaults = data_mod.default_calibration(self.dataset)
-        return {"dataset": self.dataset, "nsamples": self.nsamples or defaults["nsamples"],
-                "seqlen": self.seqlen or defaults["seqlen"], "seed": self.seed}
+        out = {"dataset": self.dataset, "nsamples": self.nsamples or defaults["nsamples"],
+               "seqlen": self.seqlen or defaults["seqlen"], "seed": self.seed}
+        if self.images:
+            out["images"] = data_mod.image_provenance(self.images)
+        return out
 
 
 class AllocationBase(Section):

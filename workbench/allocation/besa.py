@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from ..backend import kernels
 from ..errors import WorkbenchError
 from ..profile import SparsityProfile, check_sparsity
-from ..pruners import keep_grid, layer_scores, quantize_linear
+from ..pruners import forget_grid, keep_grid, layer_scores, quantize_linear
 from ..quantize import QuantGrid, QuantSpec, clip_params, clipped_grid, fake_quantize
 from ..units import LEGACY_GRANULARITIES
 from .base import AllocationInput, Param, register_learner
@@ -386,6 +386,7 @@ class BesaLearner:
                 cols = ly.linear.in_features
                 counts = hard_counts(s_hat, cols).expand(ly.linear.out_features)
                 mask = kernels.mask_from_order(ly.order, counts)
+                forget_grid(ly.linear)
                 kernels.apply_mask(ly.linear.weight, mask)
                 self._quantize(ly, mask, data.stats.get(ly.name))
                 pruned += int(counts.sum())

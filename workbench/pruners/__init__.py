@@ -80,6 +80,7 @@ def prune_linear(linear: nn.Linear, metric: str, sparsity: float, stats: LayerSt
     """Prune ``linear.weight`` in place; returns the boolean mask (True = pruned). ``quant`` (SparseGPT only):
     quantize each column inside the same OBS pass (the joint mode)."""
     group = check_metric(metric, group)
+    forget_grid(linear)  # new masks: any grid kept from an earlier quantization no longer describes the weights
     weight = linear.weight
     n, m = pattern
     if metric == "sparsegpt":
@@ -136,5 +137,11 @@ def keep_grid(linear: nn.Linear, grid: QuantGrid, pruned: torch.Tensor) -> None:
     the layer is pruned, its pruning mask a bit per weight (kept = 1; zeros that quantization made stay apart)."""
     from compressed_tensors.utils import pack_bitmasks
 
+    grid.scale, grid.zero = grid.scale.cpu(), grid.zero.cpu()  # small; the model may move, the grid stays put
     grid.kept_bits = pack_bitmasks(~pruned.cpu()) if bool(pruned.any()) else None
     linear.quant_grid = grid
+
+
+def forget_grid(linear: nn.Linear) -> None:
+    """Drop a kept quantization grid: the weights are about to change (pruned again, restored)."""
+    linear.__dict__.pop("quant_grid", None)
