@@ -169,7 +169,7 @@ def test_smolvlm_embedded_text_side_is_smollm2_to_the_bit(image):
     ids = torch.tensor([lm_tok("The President spoke to the Congress about the budget.")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(vlm(ids).logits, lm(ids).logits)
-    calib = calibration_samples(lm_tok, "embedded", 2, 64)
+    calib = calibration_samples(lm_tok, "embedded", 1, 32)
     prune(vlm, tok, metric="wanda", sparsity=0.5, calibration=calib, progress=False)
     prune(lm, lm_tok, metric="wanda", sparsity=0.5, calibration=calib, progress=False)
     mine = prunable_linears(vlm)
