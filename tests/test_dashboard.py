@@ -294,3 +294,17 @@ def test_a_stale_curve_request_does_not_clear_the_learner_message(tmp_path, monk
     finally:
         release.set()
         services.close()
+
+
+def test_a_vision_language_model_draws_language_tower_blocks(tmp_path):
+    """The dashboard takes a vision-language model like any other; its curves are the language tower's blocks."""
+    config = DashboardConfig(models=("tiny-llama", "tiny-smolvlm"), default_model="tiny-llama", nsamples=4,
+                             seqlen=64, results_dir=tmp_path / "r", reproduce_dir=tmp_path / "t")
+    services = DashboardServices(config)
+    app = Dashboard(services)
+    app.model = "tiny-smolvlm"
+    app._pending[1].result(timeout=120)
+    app.poll()
+    services.close()
+    assert app.curve_figure.layout.title.text.startswith("tiny-smolvlm: layer-wise")
+    assert app.curve_figure.layout.xaxis.title.text == "language-tower block"

@@ -410,7 +410,9 @@ def load_compressed(directory: str | Path, dtype: torch.dtype | None = None,
 def auto_class_of(config):
     """AutoModelForCausalLM, or AutoModelForImageTextToText for a vision-language config (LLaVA, SmolVLM,
     Idefics3, Qwen2-VL): its language tower is what the workbench prunes."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    # from the submodule, not the lazy package: two threads (dashboard pages) loading models at once made
+    # ``from transformers import AutoModelForImageTextToText`` fail half-way through the package's lazy import
+    from transformers.models.auto.modeling_auto import AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):

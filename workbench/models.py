@@ -426,7 +426,7 @@ def tiny_vlm_config(arch: str, num_layers: int = 3, hidden: int = 64, intermedia
 
 def build_tiny_vlm(arch: str, seed: int = 0):
     """A seeded random tiny vision-language model and the byte tokenizer: same seed, same weights."""
-    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import AutoModelForImageTextToText  # thread-safe (auto_class_of)
 
     config = tiny_vlm_config(arch)
     with torch.random.fork_rng(devices=[]):
