@@ -412,8 +412,11 @@ def auto_class_of(config):
     Idefics3, Qwen2-VL): its language tower is what the workbench prunes."""
     # from the submodule, not the lazy package: two threads (dashboard pages) loading models at once made
     # ``from transformers import AutoModelForImageTextToText`` fail half-way through the package's lazy import
-    from transformers.models.auto.modeling_auto import AutoModelForCausalLM, AutoModelForImageTextToText
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+    )
 
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
         return AutoModelForCausalLM
