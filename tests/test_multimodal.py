@@ -295,3 +295,21 @@ def test_image_calibration_is_never_served_by_a_text_cache_nor_read_by_a_search(
     assert not cache_fits(RunSpec.from_flat({**flat, "calib_images": [str(image)]}), cache)
     with pytest.raises(WorkbenchError, match=r"^calib_images: a search's dense statistics come from text"):
         SearchSetup(ModelSpec(name="tiny-smolvlm"), CalibrationSpec(images=[str(image)]), SearchConfig())
+
+
+@pytest.mark.parametrize("name", VLMS)
+@pytest.mark.parametrize(("metric", "pattern", "granularity"), [("sparsegpt", "2:4", None), ("magnitude", "unstructured",
+                                                                  "projection"), ("wanda", "unstructured", "sublayer")])
+def test_metrics_patterns_and_granularities_on_the_tower(name, metric, pattern, granularity):
+    model, tok = load_model(name)
+    before = _outside_tower(model, TOWERS[name][0])
+    calib = calibration_samples(tok, "embedded", 2, 64)
+    params = {"granularity": granularity} if granularity else None
+    result = prune(model, tok, metric=metric, sparsity=0.5, pattern=pattern, allocation="owl" if granularity else
+                   "uniform", allocation_params=params, calibration=calib, progress=False)
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert abs(result.report["actual"] - 0.5) < 0.02
+    if pattern == "2:4":
+        for lin in prunable_linears(model).values():
+            assert ((lin.weight.reshape(-1, 4) != 0).sum(1) <= 2).all()
