@@ -298,8 +298,8 @@ def test_image_calibration_is_never_served_by_a_text_cache_nor_read_by_a_search(
 
 
 @pytest.mark.parametrize("name", VLMS)
-@pytest.mark.parametrize(("metric", "pattern", "granularity"), [("sparsegpt", "2:4", None), ("magnitude", "unstructured",
-                                                                  "projection"), ("wanda", "unstructured", "sublayer")])
+@pytest.mark.parametrize(("metric", "pattern", "granularity"), [
+    ("sparsegpt", "2:4", None), ("magnitude", "unstructured", "projection"), ("wanda", "unstructured", "sublayer")])
 def test_metrics_patterns_and_granularities_on_the_tower(name, metric, pattern, granularity):
     model, tok = load_model(name)
     before = _outside_tower(model, TOWERS[name][0])
