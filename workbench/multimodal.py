@@ -4,10 +4,12 @@
   ``model.language_model.layers``; SmolVLM / Idefics3: ``model.text_model.layers``); the vision encoder and the
   projector / connector beside it are never pruned nor counted in the target, and their weight hashes are taken
   at load and checked after pruning (:func:`check_frozen`, in every record).
-* Models: tiny random LLaVA, SmolVLM and Qwen2-VL (seeded, byte tokenizer) for tests, and ``smolvlm-embedded``:
-  SmolVLM's architecture whose language model is the real embedded SmolLM2-135M and whose vision encoder and
-  connector are small and random (seeded). Its text perplexity is SmolLM2's; its answers about images mean
-  nothing, and its records say so.
+* Models (built in :mod:`workbench.models`): tiny random LLaVA, SmolVLM and Qwen2-VL (seeded, byte tokenizer)
+  for tests, and ``smolvlm-embedded``: SmolVLM's architecture whose language model is the real embedded
+  SmolLM2-135M and whose vision encoder and connector are small and random (seeded). Its text perplexity is
+  SmolLM2's; its answers about images mean nothing, and its records say so.
+* Records (:func:`multimodal_record`): ``frozen_unchanged`` is true when the hashes were taken at load and found
+  equal after pruning (false: no hashes from load to check against).
 * Inputs: :func:`image_inputs` turns image files and a prompt into the model's keyword arguments (the
   architecture's own Hugging Face image processor, sized from the model config, and the image tokens the
   language tower expects), for a forward pass, generation or image-text calibration.
