@@ -32,10 +32,21 @@ PAIRS = (("functions: evolution", "functions: random"), ("levels: evolution", "l
          ("levels: evolution", "functions: evolution"), ("levels: random", "functions: random"))
 
 
-def load(root: Path, granularity: str) -> dict[str, dict[int, dict]]:
-    """method -> seed -> {"series": (x, y), "heldout": value, "scored": n, "seconds": s}."""
+def finished(folder: Path) -> bool:
+    """Whether a search has run to its end (its progress file says done): a seed under way is left out, or its
+    early best would enter the means as a final one."""
+    progress = folder / "progress.json"
+    return progress.is_file() and json.loads(progress.read_text()).get("phase") == "done"
+
+
+def load(root: Path, granularity: str, partial: bool = False) -> dict[str, dict[int, dict]]:
+    """method -> seed -> {"series": (x, y), "heldout": value, "scored": n, "seconds": s}, finished searches only
+    (``partial``: those under way too)."""
     out: dict[str, dict[int, dict]] = {}
     for folder in sorted(p for p in (root / granularity).glob("*-s*") if (p / "state.json").is_file()):
+        if not (partial or finished(folder)):
+            print(f"(left out, still running: {granularity}/{folder.name})")
+            continue
         space, seed = folder.name.rsplit("-s", 1)
         state = json.loads((folder / "state.json").read_text())  # the history and the held-out re-scores
         history, heldout = state["history"], state.get("meta", {}).get("heldout", {})
@@ -156,10 +167,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default="runs/level_study")
     parser.add_argument("--png", default="benchmarks/results/level_study.png")
+    parser.add_argument("--partial", action="store_true", help="count searches still under way too")
     args = parser.parse_args()
     root = Path(args.root)
     for granularity in ("block", "projection"):
-        methods = load(root, granularity)
+        methods = load(root, granularity, args.partial)
         if not methods:
             continue
         print(f"## {granularity} granularity\n")
