@@ -32,7 +32,7 @@ export -f search
 export PY ROOT
 
 # Checkpoints kept in the repository (a later session may be a fresh machine): restored where the run folder lacks
-# them, written back (gzip) when this script ends or is stopped.
+# them, written back (gzip) every 10 minutes and when this script ends or is stopped.
 KEEP=benchmarks/results/level_study
 restore() {
   for gz in "$KEEP"/*/*.state.json.gz; do
@@ -47,12 +47,16 @@ keep() {
     [ -e "$state" ] || continue
     local rel=${state#"$ROOT"/}
     mkdir -p "$KEEP/$(dirname "$(dirname "$rel")")"
-    gzip -9 -c "$state" > "$KEEP/${rel%/state.json}.state.json.gz"
+    gzip -9 -c "$state" > "$KEEP/${rel%/state.json}.state.json.gz.tmp"
+    mv "$KEEP/${rel%/state.json}.state.json.gz.tmp" "$KEEP/${rel%/state.json}.state.json.gz"
   done
 }
 if [ "${2:-}" = keep ]; then keep; exit 0; fi
 restore
-trap keep EXIT
+# kept every KEEP_EVERY seconds as well: a session stopped at once runs no EXIT trap, and what was not kept is lost
+( while sleep "${KEEP_EVERY:-600}"; do keep; done ) &
+keeper=$!
+trap 'kill $keeper 2>/dev/null; keep' EXIT
 
 jobs=()
 for seed in 0 1 2 3 4; do

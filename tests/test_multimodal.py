@@ -19,6 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.models import load_model, prunable_linears, structure
 from workbench.multimodal import check_frozen, image_inputs
 from workbench.prune import prune
+from workbench.spec import RunSpec
 
 VLMS = ("tiny-llava", "tiny-smolvlm", "tiny-qwen2-vl")
 TOWERS = {"tiny-llava": ("model.language_model", {"model.vision_tower", "model.multi_modal_projector"}),
@@ -250,6 +251,13 @@ def test_image_text_calibration_prunes_from_the_cli_and_refusals_are_one_line(im
         assert not target.exists() and not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.parametrize("value", [816, [816], {"a": 1}, 0.5, True])
+def test_calib_images_that_are_not_paths_are_refused_naming_the_parameter(value):
+    # found by hypothesis in CI: an int reached the file check and raised a bare TypeError
+    with pytest.raises(WorkbenchError, match=r"^calib_images: .* is not a list of image file paths"):
+        RunSpec.from_flat(model="tiny-llava", calib_images=value)
+
+
 def test_the_curves_of_a_vision_language_model_are_language_tower_blocks():
     from workbench.plots import sparsity_curves
     from workbench.session import Session
@@ -284,7 +292,7 @@ def test_image_calibration_is_never_served_by_a_text_cache_nor_read_by_a_search(
     from workbench.prune import DenseCache
     from workbench.runner import cache_fits
     from workbench.search import SearchConfig, SearchSetup
-    from workbench.spec import CalibrationSpec, ModelSpec, RunSpec
+    from workbench.spec import CalibrationSpec, ModelSpec
 
     model, tok = load_model("tiny-smolvlm")
     text = calibration_samples(tok, "embedded", 2, 64)

@@ -207,8 +207,11 @@ class CalibrationSpec(Section):
     @field_validator("images", mode="before")
     @classmethod
     def _images(cls, value: Any) -> Any:
-        value = [value] if isinstance(value, str) else value
-        for path in value or ():
+        value = [] if value is None else [value] if isinstance(value, str | Path) else value
+        if not isinstance(value, list | tuple) or not all(isinstance(path, str | Path) for path in value):
+            raise ValueError(f"calib_images: {value!r} is not a list of image file paths (allowed: paths of image "
+                             "files Pillow opens)")
+        for path in value:
             if not Path(str(path)).is_file():
                 raise ValueError(f"calib_images: {str(path)!r} is not a file (allowed: image files Pillow opens)")
         return value
