@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from workbench.allocation.dsa import ops
-from workbench.allocation.dsa.function import PRESETS, AllocationFunction, InvalidFunction, load_function
+from workbench.allocation.dsa.function import PRESETS, AllocationFunction, InvalidFunction, UnitVectors, load_function
 
 X = [0.0, -1.5, 2.0, 0.25, 3.0, -0.5, 0.0, 1.0]  # zeros, negatives, positives
 
@@ -606,3 +606,30 @@ def test_block_values_keep_float64_precision_in_the_rounding_check():
     blocks = [[torch.full((2, 2), v, dtype=torch.float64)] for v in (1.0, 1.0 + 2e-8)]
     values, _ = AllocationFunction(("no_op",), "mean").reduced_values(blocks)
     assert values[1] - values[0] == pytest.approx(2e-8, rel=1e-6)
+
+
+def test_kept_unit_vectors_give_the_same_values_bit_for_bit_and_are_never_written():
+    # a search keeps each unit's float64 vector and runs every chain on it: chains that start with an op that
+    # returns its input (no_op) and then run in place must not write the kept vector; scores of both signs,
+    # layers larger than the matrix view, many distinct values
+    gen = torch.Generator().manual_seed(11)
+    blocks = [[torch.randn(shape, generator=gen) * scale for shape in shapes]
+              for scale, shapes in ((0.7, [(300, 40), (20, 520)]), (2.5, [(64, 48)]), (0.05, [(520, 30), (9, 7)]))]
+    kept = UnitVectors(blocks)
+    originals = {views: [v.clone() for v, _ in kept.get(views)] for views in (False, True)}
+    chains = [("no_op", "pow"), ("no_op", "abs", "exp"), ("pow",), ("abs", "log"), ("tanh", "sigmoid"),
+              ("no_op", "no_op", "tanh"), ("abslog", "pow"), ("normalize", "abs"), ("minmax", "exp")]
+    for pre in chains:
+        for reduction in ("var", "mean", "l1", "entropy", "layer_rank", "layer_slogdet", "no_op"):
+            fn = AllocationFunction(pre, reduction, nonfinite="reference")
+            try:
+                fresh = fn.reduced_values(blocks)[0]
+            except InvalidFunction:
+                with pytest.raises(InvalidFunction):
+                    fn.reduced_values(kept)
+                continue
+            got = fn.reduced_values(kept)[0]
+            assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(got, fresh, strict=True)), (
+                pre, reduction, got, fresh)
+    for views in (False, True):
+        assert all(torch.equal(v, o) for (v, _), o in zip(kept.get(views), originals[views], strict=True)), views

@@ -130,22 +130,21 @@ class AllocationFunction:
                            "nonfinite": self.nonfinite})
 
     # ------------------------------------------------------------------ evaluation
-    def reduced_values(self, block_scores: list[list[torch.Tensor]]) -> tuple[list[float], list[float]]:
+    def reduced_values(self, block_scores: list[list[torch.Tensor]] | UnitVectors
+                       ) -> tuple[list[float], list[float]]:
         """Per block: the reduction of the pre-processed concatenated score vector, and its scale.
 
         A matrix reduction after element-wise pre ops only reads each layer's strided view, so the ops
-        (and the finiteness check) run on the views: the same values, 1/8 of the work on SmolLM2."""
+        (and the finiteness check) run on the views: the same values, 1/8 of the work on SmolLM2.
+        ``block_scores`` may be a kept ``UnitVectors`` (a search: the vectors are built once)."""
+        vectors = block_scores if isinstance(block_scores, UnitVectors) else UnitVectors(block_scores)
         values, scales = [], []
         strict = self.nonfinite == "invalid"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate inputs warn (var of one value); the checks decide
             on_views = self.reduction in ops.MATRIX_REDUCTIONS and set(self.pre) <= ops.ELEMENTWISE
-            for mats in block_scores:
-                if on_views:  # the reduction reads only each layer's strided view: the pre ops run there
-                    mats = [ops.matrix_view(m) for m in mats]
-                shapes = [tuple(m.shape) for m in mats]
-                flat = torch.cat([m.reshape(-1) for m in mats]).double()  # the block's vector, as the public code
-                flat = ops.apply_pre(self.pre, flat)
+            for vector, shapes in vectors.get(on_views):
+                flat = ops.apply_pre(self.pre, vector, owned=False)  # the kept vector is never written
                 if strict:
                     _check_finite(flat, "pre ops", ",".join(self.pre))
                 if self.reduction in ops.POST_INSIDE:  # public NO_OP: the post ops act on every element
@@ -194,6 +193,27 @@ class AllocationFunction:
             return map_to_sparsity(values, sparsity, self.lam, self.direction, weights=weights)
         except ValueError as err:
             raise InvalidFunction(f"{self.key()}: {err}") from None
+
+
+class UnitVectors:
+    """Each unit's concatenated score vector in float64 (as the public code builds a block's), on the whole
+    layers or on their strided matrix views, built on first use and kept: a search evaluates thousands of
+    pre-op chains on the same scores, and the concatenation and cast cost more than most ops."""
+
+    def __init__(self, block_scores: list[list[torch.Tensor]]):
+        self.block_scores = block_scores
+        self._kept: dict[bool, list[tuple[torch.Tensor, list[tuple[int, ...]]]]] = {}
+
+    def get(self, on_views: bool) -> list[tuple[torch.Tensor, list[tuple[int, ...]]]]:
+        """(vector, layer shapes) per unit; ``on_views``: of each layer's strided <= 256 x 256 view."""
+        if on_views not in self._kept:
+            kept = []
+            for mats in self.block_scores:
+                if on_views:
+                    mats = [ops.matrix_view(m) for m in mats]
+                kept.append((torch.cat([m.reshape(-1) for m in mats]).double(), [tuple(m.shape) for m in mats]))
+            self._kept[on_views] = kept
+        return self._kept[on_views]
 
 
 def _check_finite(v: torch.Tensor, stage: str, op: str) -> None:
@@ -303,7 +323,8 @@ def dsa(inputs: AllocationInput, sparsity: float, function: str | dict | Allocat
     weights = unit_weights(inputs, grouped)
 
     def reduced() -> list[float]:  # shared by every function with these pre ops and reduction
-        return fn.reduced_values(unit_scores(inputs, granularity))[0]
+        vectors = inputs.memoised(("dsa_vectors", granularity), lambda: UnitVectors(unit_scores(inputs, granularity)))
+        return fn.reduced_values(vectors)[0]
 
     def values() -> list[float]:
         return fn.post_values(inputs.memoised(("dsa_reduced", fn.reduced_key(), granularity), reduced))

@@ -105,10 +105,16 @@ _PRE_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 ELEMENTWISE = frozenset(PRE) - {"normalize", "normalize_np", "minmax"}
 
 
-def apply_pre(chain: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
-    """The pre ops of ``chain`` in order on ``x``, which the caller owns (it may be overwritten)."""
+def apply_pre(chain: tuple[str, ...], x: torch.Tensor, owned: bool = True) -> torch.Tensor:
+    """The pre ops of ``chain`` in order on ``x``; ``owned``: the caller owns ``x`` (it may be overwritten),
+    else ``x`` is left as it is (the first op that writes a new tensor is the one to run in place after)."""
     for op in chain:
-        x = _PRE_INPLACE[op](x) if op in _PRE_INPLACE else PRE[op](x)
+        if owned and op in _PRE_INPLACE:
+            x = _PRE_INPLACE[op](x)
+        else:
+            y = PRE[op](x)
+            owned = owned or y is not x
+            x = y
     return x
 
 
