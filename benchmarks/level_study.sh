@@ -9,7 +9,8 @@
 #   projection granularity, 3 seeds: the two evolutions only, 16 generations = 1026 / 1025 candidates.
 # Two searches run side by side, one thread each (2 cores). Resumable: rerun to continue (each search resumes from
 # its state.json; the states are also kept, gzipped, in benchmarks/results/level_study/ and restored from there).
-# Usage: benchmarks/level_study.sh [ROOT=runs/level_study]; `benchmarks/level_study.sh ROOT keep` only saves them.
+# Usage: benchmarks/level_study.sh [ROOT=runs/level_study]; `benchmarks/level_study.sh ROOT keep` only saves them;
+# `benchmarks/level_study.sh ROOT stop` stops a running study (it resumes where it was) and saves them.
 set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -52,6 +53,11 @@ keep() {
   done
 }
 if [ "${2:-}" = keep ]; then keep; exit 0; fi
+if [ "${2:-}" = stop ]; then  # the running study (its xargs first, or it starts the next search), then keep
+  pkill -f "^bash $0 $ROOT\$" || true; pkill -f "^xargs -P 2 -I.* bash -c search" || true
+  pkill -f "workbench search .* --out $ROOT/" || true; pkill -f "^sleep ${KEEP_EVERY:-600}\$" || true
+  sleep 2; keep; exit 0
+fi
 restore
 # kept every KEEP_EVERY seconds as well: a session stopped at once runs no EXIT trap, and what was not kept is lost
 ( while sleep "${KEEP_EVERY:-600}"; do keep; done ) &
