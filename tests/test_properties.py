@@ -58,6 +58,13 @@ PLAUSIBLE = {
     "activations": st.sampled_from([None, "device", "cpu", "disk", "gpu"]),
     "onload": st.sampled_from([False, True, "yes"]),
     "format": st.sampled_from(["dense", "compressed", "sparse-24-bitmask", "zip"]),
+    "wbits": st.sampled_from([16, 8, 4, 3, 2, 1, 5, 32, "4"]),
+    "group_size": st.sampled_from([None, 0, -1, 32, 64, 100, 128, 4096]),
+    "quant_method": st.sampled_from(["rtn", "gptq", "gptq-after", "learned", "awq", ""]),
+    "symmetric": st.sampled_from([False, True, "yes"]),
+    "calib_images": st.sampled_from([[], "missing.png", ["missing.png"], [3]]),
+    "calib_dataset": st.sampled_from(["sotu", "embedded", "wikitext2", "no-such-set"]),
+    "eval_dataset": st.sampled_from(["sotu", "embedded", "c4", "no-such-set"]),
 }
 
 
