@@ -152,3 +152,33 @@ def test_prune_takes_a_method_spec_or_keyword_settings_not_both():
         prune(model, tok, MethodSpec(), metric="wanda")
     with pytest.raises(WorkbenchError, match="metric='x' is not allowed"):
         prune(model, tok, metric="x")
+
+
+def test_a_record_says_which_cpu_kernels_and_how_many_threads_computed_it(monkeypatch):
+    """Float results differ between CPUs (instruction set) and thread counts: the record names both, as set now."""
+    import torch
+
+    from workbench import results
+
+    monkeypatch.setattr(results, "cpu_model", lambda: "Test CPU 9000")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = results.make_record("prune", {"id": "m"}, {}, {})["platform"]
+        torch.set_num_threads(2)
+        two = results.make_record("prune", {"id": "m"}, {}, {})["platform"]
+    finally:
+        torch.set_num_threads(before)
+    assert (one["torch_threads"], two["torch_threads"]) == (1, 2)
+    assert one["cpu"] == "Test CPU 9000"
+    assert one["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+
+
+def test_the_cpu_model_is_read_from_proc_cpuinfo_where_linux_has_it(tmp_path, monkeypatch):
+    from workbench import results
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example EPYC 7000\nflags\t: sse\n")
+    real_path = results.Path
+    monkeypatch.setattr(results, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    assert results.cpu_model() == "Example EPYC 7000"

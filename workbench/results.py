@@ -79,11 +79,32 @@ def make_record(kind: str, model: dict[str, Any], method: dict[str, Any], metric
         "metrics": metrics,
         "wall_time_s": wall_time_s,
         "versions": package_versions(),
-        "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
+        "platform": platform_info(),
     }
     if extra:
         record.update(extra)
     return record
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else platform.processor()), or '' where neither says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def platform_info() -> dict[str, Any]:
+    """Where a record was computed. Float results on the CPU depend on the CPU's kernels (MKL / oneDNN take other
+    code paths on other instruction sets) and the thread count, so both are kept: at 70% sparsity SmolLM2's
+    perplexity moved by 1.7% between two CPUs (docs/results.md#same-settings-other-cpu)."""
+    import torch
+
+    return {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:], "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
