@@ -17,7 +17,9 @@ case "$action" in
       [ -e "$result" ] || continue
       grep -q '"status": "ok"' "$result" || continue
       id=$(basename "$(dirname "$result")")
-      gzip -9 -c "$result" > "$keep_dir/$id.json.gz"
+      kept="$keep_dir/$id.json.gz"
+      [ -f "$kept" ] && cmp -s <(gunzip -c "$kept") "$result" && continue  # unchanged: no new bytes in git
+      gzip -9 -n -c "$result" > "$kept.tmp" && mv "$kept.tmp" "$kept"
     done
     echo "kept $(ls "$keep_dir" | wc -l) runs of $grid in $keep_dir" ;;
   restore)

@@ -100,7 +100,7 @@ def cpu_model() -> str:
 def platform_info() -> dict[str, Any]:
     """Where a record was computed. Float results on the CPU depend on the CPU's kernels (MKL / oneDNN take other
     code paths on other instruction sets) and the thread count, so both are kept: at 70% sparsity SmolLM2's
-    perplexity moved by 1.7% between two CPUs (docs/results.md#same-settings-other-cpu)."""
+    perplexity moved by 1.7% between two machines (docs/results.md#how-far-these-numbers-travel)."""
     import torch
 
     return {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:], "cpu": cpu_model(),
