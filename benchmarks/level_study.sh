@@ -47,9 +47,11 @@ keep() {
   for state in "$ROOT"/*/*/state.json; do
     [ -e "$state" ] || continue
     local rel=${state#"$ROOT"/}
-    mkdir -p "$KEEP/$(dirname "$(dirname "$rel")")"
-    gzip -9 -c "$state" > "$KEEP/${rel%/state.json}.state.json.gz.tmp"
-    mv "$KEEP/${rel%/state.json}.state.json.gz.tmp" "$KEEP/${rel%/state.json}.state.json.gz"
+    local kept="$KEEP/${rel%/state.json}.state.json.gz"
+    mkdir -p "$(dirname "$kept")"
+    [ -f "$kept" ] && cmp -s <(gunzip -c "$kept") "$state" && continue  # unchanged: no new bytes in git
+    gzip -9 -n -c "$state" > "$kept.tmp"
+    mv "$kept.tmp" "$kept"
   done
 }
 if [ "${2:-}" = keep ]; then keep; exit 0; fi
