@@ -140,26 +140,36 @@ def table(methods: dict[str, dict[int, dict]]) -> list[str]:
     return lines
 
 
+def compare(a: str, b: str, label: str, va: list[float], vb: list[float]) -> str:
+    """One row: the per-seed log ratio A/B, how many seeds A wins, a paired t test and a Wilcoxon signed-rank test."""
+    diff = [math.log(x) - math.log(y) for x, y in zip(va, vb, strict=True)]
+    t = stats.ttest_rel([math.log(x) for x in va], [math.log(y) for y in vb]).pvalue
+    w = stats.wilcoxon(diff, method="exact").pvalue if any(diff) else 1.0
+    return (f"| {a} vs {b} | {label} | {len(va)} | {sum(va) / len(va):.2f} | {sum(vb) / len(vb):.2f} | "
+            f"{sum(d < 0 for d in diff)}/{len(va)} | {sum(diff) / len(diff):+.4f} | {t:.3f} | {w:.3f} |")
+
+
 def paired(methods: dict[str, dict[int, dict]]) -> list[str]:
+    """Validation best-so-far at each checkpoint, then the final choices' held-out re-scores, paired by seed."""
     lines = ["| comparison (A vs B) | candidates | seeds | mean ppl A | mean ppl B | A better in | mean log ratio A/B "
              "| paired t p | Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|"]
     for a, b in PAIRS:
         if a not in methods or b not in methods:
             continue
         seeds = sorted(set(methods[a]) & set(methods[b]))
+        if len(seeds) < 2:
+            continue
         for n in CHECKPOINTS:
             if any(methods[m][s]["scored"] < n for m in (a, b) for s in seeds):
                 continue
             va = [best_at(methods[a][s]["series"], n) for s in seeds]
             vb = [best_at(methods[b][s]["series"], n) for s in seeds]
-            if None in va or None in vb or len(seeds) < 2:
-                continue
-            diff = [math.log(x) - math.log(y) for x, y in zip(va, vb, strict=True)]
-            t = stats.ttest_rel([math.log(x) for x in va], [math.log(y) for y in vb]).pvalue
-            w = stats.wilcoxon(diff, method="exact").pvalue if any(diff) else 1.0
-            lines.append(f"| {a} vs {b} | {n} | {len(seeds)} | {sum(va) / len(va):.2f} | {sum(vb) / len(vb):.2f} | "
-                         f"{sum(d < 0 for d in diff)}/{len(seeds)} | {sum(diff) / len(diff):+.4f} | {t:.3f} | "
-                         f"{w:.3f} |")
+            if None not in va and None not in vb:
+                lines.append(compare(a, b, str(n), va, vb))
+        ha = [methods[a][s]["heldout"] for s in seeds]
+        hb = [methods[b][s]["heldout"] for s in seeds]
+        if None not in ha and None not in hb:
+            lines.append(compare(a, b, "final, held-out", ha, hb))
     return lines
 
 
