@@ -627,6 +627,22 @@ def test_a_checkpoint_without_meta_resumes(tmp_path):
     assert resumed.state.meta == {} and resumed.state.generation == 1
 
 
+def test_each_start_and_resume_names_its_machine_and_first_record(tmp_path, monkeypatch):
+    from workbench import results
+
+    cfg = SearchConfig(**(CFG | {"generations": 3, "random_baseline": False}))
+    monkeypatch.setattr(results, "cpu_model", lambda: "First CPU")
+    with pytest.raises(KeyboardInterrupt):  # stopped in generation 1: generation 0 is kept
+        Search(Dying(FakeContext(), 25), cfg, tmp_path, progress=False).run()
+    scored = len(json.loads((tmp_path / "state.json").read_text())["history"])
+    assert scored > 0
+    monkeypatch.setattr(results, "cpu_model", lambda: "Second CPU")
+    Search(FakeContext(), cfg, tmp_path, resume=True, progress=False).run()
+    machines = json.loads((tmp_path / "state.json").read_text())["meta"]["machines"]
+    assert [(m["cpu"], m["from_record"]) for m in machines] == [("First CPU", 0), ("Second CPU", scored)]
+    assert all(m["torch_threads"] >= 1 and m["cpu_capability"] for m in machines)
+
+
 class MostlyInvalidContext(FakeContext):
     """Refuses every function whose reduction is not 'var' or 'std': generations with few valid candidates."""
 

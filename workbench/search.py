@@ -592,6 +592,14 @@ class Search:
             self.state = SearchState(config=config.to_dict(), meta=meta or {})
         self._index()
 
+    def _note_machine(self) -> None:
+        """Each start or resume names its machine (CPU, its kernels, threads) and the first record it scores: float
+        results differ between CPUs, so a search resumed elsewhere says which candidates each machine scored."""
+        from .results import platform_info
+
+        info = {key: value for key, value in platform_info().items() if key != "argv"}
+        self.state.meta.setdefault("machines", []).append({**info, "from_record": len(self.state.history)})
+
     def _index(self) -> None:
         """Caches rebuilt from the history, one set per kind (a kind never uses a score another kind paid
         for): records by function key, fitness by allocation key."""
@@ -803,6 +811,7 @@ class Search:
     def run(self) -> dict:
         """Run to the end (resuming from the checkpoint) and return the best of each kind."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self._note_machine()
         if self.want_baselines and "baselines" not in self.state.meta:
             self._write_progress("baselines")
             start = time.perf_counter()
