@@ -33,15 +33,22 @@ export -f search
 export PY ROOT
 
 # Checkpoints kept in the repository (a later session may be a fresh machine): restored where the run folder lacks
-# them, written back (gzip) every 10 minutes and when this script ends or is stopped.
+# them, written back (gzip) every 10 minutes and when this script ends or is stopped. A finished search's small
+# outputs (progress, best choices and profiles) are kept beside its state, so a fresh machine neither re-runs its
+# last step nor lacks what the report and the transfer grid read.
 KEEP=benchmarks/results/level_study
+OUTPUTS="progress.json best.json best_function.json best_profile.json best_random_profile.json"
 restore() {
   for gz in "$KEEP"/*/*.state.json.gz; do
     [ -e "$gz" ] || continue
     local rel=${gz#"$KEEP"/}
     local out="$ROOT/${rel%.state.json.gz}"
     [ -f "$out/state.json" ] || { mkdir -p "$out"; gunzip -c "$gz" > "$out/state.json"; }
+    for name in $OUTPUTS; do
+      [ -f "$KEEP/${rel%.state.json.gz}/$name" ] && [ ! -f "$out/$name" ] && cp "$KEEP/${rel%.state.json.gz}/$name" "$out/"
+    done
   done
+  return 0
 }
 keep() {
   for state in "$ROOT"/*/*/state.json; do
@@ -53,6 +60,16 @@ keep() {
     gzip -9 -n -c "$state" > "$kept.tmp"
     mv "$kept.tmp" "$kept"
   done
+  for progress in "$ROOT"/*/*/progress.json; do  # finished searches only: their outputs no longer change
+    [ -e "$progress" ] && grep -q '"phase": "done"' "$progress" || continue
+    local folder; folder=$(dirname "$progress")
+    local kept="$KEEP/${folder#"$ROOT"/}"
+    mkdir -p "$kept"
+    for name in $OUTPUTS; do
+      [ -f "$folder/$name" ] && ! cmp -s "$folder/$name" "$kept/$name" && cp "$folder/$name" "$kept/$name"
+    done
+  done
+  return 0
 }
 if [ "${2:-}" = keep ]; then keep; exit 0; fi
 if [ "${2:-}" = stop ]; then  # the running study (its xargs first, or it starts the next search), then keep

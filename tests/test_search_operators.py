@@ -643,6 +643,22 @@ def test_each_start_and_resume_names_its_machine_and_first_record(tmp_path, monk
     assert all(m["torch_threads"] >= 1 and m["cpu_capability"] for m in machines)
 
 
+def test_a_finished_state_restored_alone_writes_its_outputs_again(tmp_path):
+    """A state kept elsewhere (the level study's gzipped copies) resumes to the same best.json and profiles."""
+    cfg = SearchConfig(**(CFG | {"generations": 2, "heldout_windows": 2}))
+    Search(FakeContext(), cfg, tmp_path / "a", progress=False).run()
+    first = json.loads((tmp_path / "a" / "best.json").read_text())
+    restored = tmp_path / "b"
+    restored.mkdir()
+    (restored / "state.json").write_text((tmp_path / "a" / "state.json").read_text())
+    ctx = FakeContext()
+    Search(ctx, cfg, restored, resume=True, progress=False).run()
+    assert not ctx.calls  # nothing scored again
+    assert json.loads((restored / "best.json").read_text()) == first
+    for name in ("best_profile.json", "best_random_profile.json", "history.json"):
+        assert (restored / name).read_text() == (tmp_path / "a" / name).read_text()
+
+
 class MostlyInvalidContext(FakeContext):
     """Refuses every function whose reduction is not 'var' or 'std': generations with few valid candidates."""
 

@@ -848,6 +848,8 @@ class Search:
         """Each kind's final choice (and the hand-made baselines) re-scored once on the held-out validation
         windows, which no candidate was selected on; kept in ``meta["heldout"]`` beside the in-search value."""
         if not self.config.heldout_windows or "heldout" in self.state.meta:
+            if not (self.out / "best.json").is_file():  # a finished state restored alone: write its outputs
+                self._checkpoint()
             return
         self._write_progress("heldout")
         entries, jobs = {}, []
