@@ -33,13 +33,10 @@ PAIRS = (("functions: evolution", "functions: random"), ("levels: evolution", "l
 
 
 def finished(folder: Path) -> bool:
-    """Whether a search has run to its end (its progress file says done, or its state, restored from the kept copy
-    on another machine, holds the final held-out re-score): a seed under way is left out, or its early best would
-    enter the means as a final one."""
+    """Whether a search has run to its end (its progress file, kept and restored with its state, says done): a seed
+    under way is left out, or its early best would enter the means as a final one."""
     progress = folder / "progress.json"
-    if progress.is_file() and json.loads(progress.read_text()).get("phase") == "done":
-        return True
-    return bool(json.loads((folder / "state.json").read_text()).get("meta", {}).get("heldout"))
+    return progress.is_file() and json.loads(progress.read_text()).get("phase") == "done"
 
 
 def load(root: Path, granularity: str, partial: bool = False) -> dict[str, dict[int, dict]]:

@@ -842,14 +842,14 @@ class Search:
         if self.config.random_baseline:
             self._random_search()
         self._rescore()
+        if not (self.out / "best.json").is_file():  # a finished state restored alone: nothing ran, write its outputs
+            self._checkpoint()
         return {"evolution": self.best("evolution"), "random": self.best("random")}
 
     def _rescore(self) -> None:
         """Each kind's final choice (and the hand-made baselines) re-scored once on the held-out validation
         windows, which no candidate was selected on; kept in ``meta["heldout"]`` beside the in-search value."""
         if not self.config.heldout_windows or "heldout" in self.state.meta:
-            if not (self.out / "best.json").is_file():  # a finished state restored alone: write its outputs
-                self._checkpoint()
             return
         self._write_progress("heldout")
         entries, jobs = {}, []
