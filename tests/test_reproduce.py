@@ -176,3 +176,17 @@ def test_the_cli_hands_the_grid_runner_its_executor(tmp_path, monkeypatch):
     assert seen[0] is None
     assert isinstance(seen[1], functools.partial) and seen[1].func is distributed.run_entries
     assert seen[1].keywords == {"workers": 2, "address": None}
+
+
+def test_files_named_relative_to_the_launch_folder_reach_the_notebook_in_its_run_folder(tmp_path, monkeypatch):
+    # the notebook runs with its run folder as cwd: a grid's relative function/profile file must be made absolute
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.json").write_text("{}")
+    params = {"model": "m", "alloc_params": {"function": "data/f.json", "path": "data/missing.json", "lam": 0.1}}
+    fixed = reproduce.absolute_files(params)
+    assert fixed["alloc_params"] == {"function": str(tmp_path / "data" / "f.json"), "path": "data/missing.json",
+                                     "lam": 0.1}
+    assert params["alloc_params"]["function"] == "data/f.json"  # the run's own params (its id, its label) unchanged
+    preset = {"alloc_params": {"function": "readme"}}
+    assert reproduce.absolute_files(preset) == preset
