@@ -178,15 +178,23 @@ def test_the_cli_hands_the_grid_runner_its_executor(tmp_path, monkeypatch):
     assert seen[1].keywords == {"workers": 2, "address": None}
 
 
-def test_files_named_relative_to_the_launch_folder_reach_the_notebook_in_its_run_folder(tmp_path, monkeypatch):
-    # the notebook runs with its run folder as cwd: a grid's relative function/profile file must be made absolute
+def test_files_named_relative_to_the_launch_folder_reach_the_notebook(tmp_path, monkeypatch):
+    # a grid's relative function file is read from where `reproduce` runs, as the CLI reads it (the level transfer
+    # grid's runs failed when the notebook ran inside its run folder)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "f.json").write_text("{}")
-    params = {"model": "m", "alloc_params": {"function": "data/f.json", "path": "data/missing.json", "lam": 0.1}}
-    fixed = reproduce.absolute_files(params)
-    assert fixed["alloc_params"] == {"function": str(tmp_path / "data" / "f.json"), "path": "data/missing.json",
-                                     "lam": 0.1}
-    assert params["alloc_params"]["function"] == "data/f.json"  # the run's own params (its id, its label) unchanged
-    preset = {"alloc_params": {"function": "readme"}}
-    assert reproduce.absolute_files(preset) == preset
+    function = {"pre": ["log", "no_op"], "reduction": "gram", "post": ["no_op"], "lam": 0.172, "direction": -1}
+    (tmp_path / "data" / "f.json").write_text(json.dumps(function))
+    (tmp_path / "g.yaml").write_text("""name: g
+model: tiny-llama
+defaults: {metric: wanda, nsamples: 4, seqlen: 64}
+perplexity:
+  dense: false
+  sparsities: [0.5]
+  methods:
+    - {label: file, allocation: dsa, alloc_params: {function: data/f.json}}
+""")
+    result = reproduce.run_grid(tmp_path / "g.yaml", "runs", progress=False)
+    assert result["failed"] == []
+    record = read_record(tmp_path / "runs" / "g" / "perplexity-file-0.5" / "result.json")
+    assert record["status"] == "ok" and record["profile"]["target"] == pytest.approx(0.5)

@@ -158,19 +158,6 @@ def run_defaults() -> dict[str, Any]:
     return {name: defaults[name] for name in RUN_FIELDS}
 
 
-FILE_PARAMS = ("function", "path")  # alloc_params that may name a file (a DSA function, a saved profile)
-
-
-def absolute_files(params: dict[str, Any]) -> dict[str, Any]:
-    """Make alloc_params files named relative to where ``reproduce`` runs absolute (a notebook runs in its folder)."""
-    alloc = params.get("alloc_params")
-    if not isinstance(alloc, dict):
-        return params
-    fixed = {key: str(Path(value).resolve()) if key in FILE_PARAMS and isinstance(value, str)
-             and Path(value).is_file() else value for key, value in alloc.items()}
-    return {**params, "alloc_params": fixed}
-
-
 def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") -> dict[str, Any]:
     """Execute the run's notebook with papermill into ``folder``; return its result (or error) record."""
     import papermill as pm
@@ -178,12 +165,13 @@ def execute(run: Run, model: str, folder: Path, kernel_name: str = "python3") ->
     folder.mkdir(parents=True, exist_ok=True)
     result_path = folder / "result.json"
     notebook = str(NOTEBOOKS / TABLES[run.table])
-    params = absolute_files({"model": model, **run_defaults(), **run.params})
+    params = {"model": model, **run_defaults(), **run.params}
     start = time.perf_counter()
     try:
         pm.execute_notebook(notebook, str(folder / "executed.ipynb"),
                             parameters={"settings": params, "result_path": str(result_path.resolve())},
-                            kernel_name=kernel_name, progress_bar=False, cwd=str(folder))
+                            kernel_name=kernel_name, progress_bar=False)  # in the launch folder: a grid's relative
+        # paths (a DSA function file, a saved profile, a text) mean what they mean to the CLI
         record = read_record(result_path)
     except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, the grid goes on
         record = {"status": "error", "error": _error_text(err), "traceback": traceback.format_exc(limit=3)}
