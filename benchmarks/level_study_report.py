@@ -7,6 +7,8 @@ candidates (mean and 95% t-interval over seeds; the figure, PNG), the final best
 the candidates each seed needed to come within 1% of its own final best, and paired comparisons across seeds
 at 250, 500, 1000 and 2000 candidates: the paired t-test on log fitness and the exact Wilcoxon signed-rank
 test (two-sided; with 5 seeds its smallest possible p is 0.0625, so it is reported, not used to decide).
+With the transfer grid's runs (``<root>/transfer/level_transfer``, ``benchmarks/level_transfer.py``) it also
+prints the transfer table: test perplexity and zero-shot mean per method, metric and sparsity.
 
     .venv/bin/python benchmarks/level_study_report.py [--root runs/level_study]
         [--png benchmarks/results/level_study.png]
@@ -15,6 +17,7 @@ test (two-sided; with 5 seeds its smallest possible p is 0.0625, so it is report
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 from pathlib import Path
@@ -173,6 +176,26 @@ def paired(methods: dict[str, dict[int, dict]]) -> list[str]:
     return lines
 
 
+def transfer_table(path: Path) -> list[str]:
+    """The transfer grid's zeroshot.csv as one row per allocation: Wanda and SparseGPT at 60/70/80%."""
+    cells: dict[str, dict[tuple[str, str], str]] = {}
+    dense = ""
+    for row in csv.DictReader(path.open()):
+        cell = f"{float(row['test ppl']):.2f} ({float(row['mean']):.3f})"
+        if row["method"] == "dense":
+            dense = cell
+            continue
+        metric, _, name = row["method"].partition(" ")
+        if row["method"] == "BESA (row)":  # BESA learns its allocation with Wanda importance
+            metric, name = "Wanda", row["method"]
+        cells.setdefault(name, {})[(metric, row["sparsity"])] = cell
+    columns = [(m, s) for m in ("Wanda", "SparseGPT") for s in ("60%", "70%", "80%")]
+    lines = ["| allocation | " + " | ".join(f"{m} {s}" for m, s in columns) + " |", "|---" * 7 + "|"]
+    for name, row in cells.items():
+        lines.append(f"| {name} | " + " | ".join(row.get(c, "") for c in columns) + " |")
+    return lines + ["", f"dense: {dense}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default="runs/level_study")
@@ -191,6 +214,10 @@ def main() -> None:
             figure(methods, Path(args.png), "SmolLM2-135M, 70% Wanda, sotu validation<br><sup>functions vs levels, "
                                             "evolution vs random: mean and 95% interval over seeds</sup>")
             print(f"figure: {args.png}\n")
+    transfer = root / "transfer" / "level_transfer" / "tables" / "zeroshot.csv"
+    if transfer.is_file():
+        print("## transfer: test ppl (zero-shot mean)\n")
+        print("\n".join(transfer_table(transfer)) + "\n")
 
 
 if __name__ == "__main__":
