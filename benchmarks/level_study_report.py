@@ -17,7 +17,6 @@ prints the transfer table: test perplexity and zero-shot mean per method, metric
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from pathlib import Path
@@ -176,20 +175,26 @@ def paired(methods: dict[str, dict[int, dict]]) -> list[str]:
     return lines
 
 
-def transfer_table(path: Path) -> list[str]:
-    """The transfer grid's zeroshot.csv as one row per allocation: Wanda and SparseGPT at 60/70/80%."""
+def transfer_table(folder: Path, grid: Path = Path("data/grids/level_transfer.yaml")) -> list[str]:
+    """The transfer grid's runs as one row per allocation, in the grid's order, Wanda and SparseGPT at 60/70/80%:
+    test ppl and the zero-shot mean the grid's own table reports (acc_norm where a task has it). The column is the
+    run's metric."""
+    from workbench import reproduce
+
+    names = {"wanda": "Wanda", "sparsegpt": "SparseGPT"}
     cells: dict[str, dict[tuple[str, str], str]] = {}
-    dense = ""
-    for row in csv.DictReader(path.open()):
-        cell = f"{float(row['test ppl']):.2f} ({float(row['mean']):.3f})"
-        if row["method"] == "dense":
-            dense = cell
+    for run in reproduce.expand(reproduce.load_grid(grid)):
+        path = folder / run.id / "result.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        if record.get("status") != "ok":
             continue
-        metric, _, name = row["method"].partition(" ")
-        if row["method"] == "BESA (row)":  # BESA learns its allocation with Wanda importance
-            metric, name = "Wanda", row["method"]
-        cells.setdefault(name, {})[(metric, row["sparsity"])] = cell
-    columns = [(m, s) for m in ("Wanda", "SparseGPT") for s in ("60%", "70%", "80%")]
+        cell = f"{record['metrics']['perplexity']:.2f} ({record['data']['zero_shot']['mean_acc_norm']:.3f})"
+        sparsity, label = record["run"]["sparsity"], record["run"]["label"]
+        metric = names[record["method"]["metric"]]
+        name = label.removeprefix(f"{metric} ")  # "Wanda OWL" -> "OWL"; "BESA (row)" stays (its importance: Wanda)
+        cells.setdefault(name, {})[(metric, "dense" if sparsity is None else f"{sparsity:.0%}")] = cell
+    dense = cells.pop("dense", {}).get(("Wanda", "dense"), "")
+    columns = [(m, s) for m in names.values() for s in ("60%", "70%", "80%")]
     lines = ["| allocation | " + " | ".join(f"{m} {s}" for m, s in columns) + " |", "|---" * 7 + "|"]
     for name, row in cells.items():
         lines.append(f"| {name} | " + " | ".join(row.get(c, "") for c in columns) + " |")
@@ -214,8 +219,8 @@ def main() -> None:
             figure(methods, Path(args.png), "SmolLM2-135M, 70% Wanda, sotu validation<br><sup>functions vs levels, "
                                             "evolution vs random: mean and 95% interval over seeds</sup>")
             print(f"figure: {args.png}\n")
-    transfer = root / "transfer" / "level_transfer" / "tables" / "zeroshot.csv"
-    if transfer.is_file():
+    transfer = root / "transfer" / "level_transfer"
+    if transfer.is_dir():
         print("## transfer: test ppl (zero-shot mean)\n")
         print("\n".join(transfer_table(transfer)) + "\n")
 
