@@ -3,7 +3,8 @@
 For each sparsity: one row per allocation and pipeline, one column per bit setting (test perplexity on sotu;
 the 16-bit column is the pipeline's pruner without quantization), and the effective bits per weight of each
 column (kept values at b bits, a 1-bit mask, 16-bit scale and zero point per group; 16 bits: kept values at 16
-plus the mask). The figure: test perplexity against bits per weight, every run, with the lower-left frontier.
+plus the mask). For BESA, how far each quantized run's learned allocation moved from plain BESA's. The figure:
+test perplexity against bits per weight, every run, with the lower-left frontier.
 
     .venv/bin/python benchmarks/quant_report.py --root runs/quant/quant [--png benchmarks/results/quant_pareto.png]
 """
@@ -66,6 +67,37 @@ def table(recs: list[dict], sparsity: float) -> str:
     return "\n".join(lines)
 
 
+def block_sparsities(record: dict) -> dict[int, float]:
+    """Each block's sparsity in the run's profile (its linears' sparsities weighted by their sizes)."""
+    profile, kept, total = record["profile"], {}, {}
+    for name, s in profile["layers"].items():
+        b, n = profile["blocks"][name], profile["numels"][name]
+        kept[b], total[b] = kept.get(b, 0.0) + s * n, total.get(b, 0) + n
+    return {b: kept[b] / total[b] for b in sorted(total)}
+
+
+def allocation_shift(recs: list[dict], sparsity: float) -> str:
+    """Markdown: how far each quantized BESA run's learned allocation moved from plain BESA's at the same target
+    (points of sparsity, per linear and per block). BESA then GPTQ moves only through the quantized inputs of later
+    blocks: it is the yardstick for what learning with the quantization in the loop (BESA joint) adds."""
+    mine = [r for r in recs if abs(r["run"]["sparsity"] - sparsity) < 1e-9 and r["run"]["label"].startswith("BESA")]
+    base = next((r for r in mine if r["run"]["label"].split("|")[2].strip() == "W16"), None)
+    if base is None:
+        return ""
+    layers, blocks = base["profile"]["layers"], block_sparsities(base)
+    lines = ["| pipeline | bits | mean abs shift, linears | max, linears | mean abs shift, blocks | max, blocks |",
+             "|---|---|---|---|---|---|"]
+    for r in mine:
+        _, pipeline, bits = (part.strip() for part in r["run"]["label"].split("|"))
+        if r is base:
+            continue
+        dl = [abs(v - layers[k]) * 100 for k, v in r["profile"]["layers"].items()]
+        db = [abs(v - blocks[b]) * 100 for b, v in block_sparsities(r).items()]
+        lines.append(f"| {pipeline} | {bits} | {sum(dl) / len(dl):.2f} | {max(dl):.2f} | {sum(db) / len(db):.2f} | "
+                     f"{max(db):.2f} |")
+    return "\n".join(lines)
+
+
 def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     """The runs no other run beats on both bits per weight and perplexity, by increasing bits. Bits are compared
     at the 0.01 the tables print: weights that round to zero lower a run's count by ~1e-5, which is no gain."""
@@ -123,6 +155,9 @@ def main() -> None:
         front = frontier([(bits_per_weight(r), r["metrics"]["perplexity"], r["run"]["label"]) for r in recs
                           if r["run"]["sparsity"] == s])
         print("\nfrontier: " + "; ".join(f"{label} ({x:.2f} bits, {y:.2f})" for x, y, label in front))
+        shift = allocation_shift(recs, s)
+        if shift:
+            print(f"\nBESA's learned allocation against plain BESA's at {s:.0%} (points of sparsity)\n\n{shift}")
     if args.png:
         figure(recs, Path(args.png))
         print(f"\nfigure: {args.png}")
