@@ -128,11 +128,14 @@ def test_random_widths_and_groups_agree_with_the_oracle():
 
 # --------------------------------------------------------------------------- GPTQ and SparseGPT + GPTQ in one pass
 
-def slow_obs(weight, hessian, wbits=16, group=None, symmetric=False, sparsity=0.0, fixed=None, percdamp=0.01):
-    """The published algorithm one column at a time, with every update applied at once (no column blocks): U the
-    upper Cholesky factor of (H + damp I)⁻¹; for column j: its mask (the given one, or SparseGPT's w²/U_jj²
-    threshold over the column's rows), its entries quantized on the grid of their group (found from the weights
-    as they stand when the group starts), err = (w_j − q_j) / U_jj, W[:, j:] −= err U[j, j:]."""
+def slow_obs(weight, hessian, wbits=16, group=None, symmetric=False, sparsity=0.0, fixed=None, percdamp=0.01,
+             blocksize=1):
+    """The published algorithm one column at a time, with every update applied at once: U the upper Cholesky
+    factor of (H + damp I)⁻¹; for column j: its mask (the given one, or SparseGPT's w²/U_jj² threshold over the
+    rows and columns of j's block of ``blocksize``, chosen when the block starts), its entries quantized on the grid
+    of their group (found from the weights as they stood when j's block started: the published code reads the
+    group from W, which receives the block's own updates only once the block ends), err = (w_j − q_j) / U_jj,
+    W[:, j:] −= err U[j, j:]."""
     w = weight.float().clone()
     h = hessian.float().clone()
     dead = torch.diag(h) == 0
@@ -145,8 +148,14 @@ def slow_obs(weight, hessian, wbits=16, group=None, symmetric=False, sparsity=0.
     mask = torch.zeros(rows, cols, dtype=torch.bool)
     scale = zero = None
     for j in range(cols):
+        if j % blocksize == 0:
+            at_block_start = w.clone()
+            if sparsity and fixed is None:
+                b = slice(j, j + blocksize)
+                score = w[:, b] ** 2 / torch.diag(u)[b][None, :] ** 2
+                block_mask = score <= torch.sort(score.flatten())[0][int(score.numel() * sparsity)]
         if wbits < 16 and j % width == 0:
-            part = w[:, j:j + width]
+            part = at_block_start[:, j:j + width]
             lo, hi = part.min(1).values.clamp(max=0), part.max(1).values.clamp(min=0)
             if symmetric:
                 hi = torch.maximum(lo.abs(), hi)
@@ -159,8 +168,7 @@ def slow_obs(weight, hessian, wbits=16, group=None, symmetric=False, sparsity=0.
         if fixed is not None:
             m = fixed[:, j]
         elif sparsity:
-            score = col**2 / u[j, j] ** 2
-            m = score <= torch.sort(score)[0][int(rows * sparsity)]
+            m = block_mask[:, j % blocksize]
         else:
             m = torch.zeros(rows, dtype=torch.bool)
         q = col.masked_fill(m, 0.0)
@@ -188,6 +196,10 @@ def layer(rows=8, cols=16, seed=0):
     dict(wbits=4, group=8, sparsity=0.5),                     # SparseGPT + GPTQ in one pass
     dict(wbits=2, sparsity=0.25),
     dict(wbits=4, group=4, fixed=True),                       # GPTQ on an already pruned layer
+    dict(wbits=3, group=4, blocksize=8),                      # groups that start inside a column block
+    dict(wbits=4, group=4, sparsity=0.5, blocksize=8),        # ... with the mask chosen per block
+    dict(wbits=2, group=8, fixed=True, blocksize=16, symmetric=True),
+    dict(wbits=4, sparsity=0.5, blocksize=8),                 # joint, per channel, mask per block of 8
 ])
 def test_the_obs_pass_with_quantization_equals_the_published_algorithm_column_by_column(case):
     from workbench.pruners.sparsegpt import sparsegpt_prune
@@ -197,7 +209,8 @@ def test_the_obs_pass_with_quantization_equals_the_published_algorithm_column_by
     fixed = torch.rand(w.shape, generator=torch.Generator().manual_seed(2)) < 0.5 if case.pop("fixed", False) else None
     expected, expected_mask = slow_obs(w, h, fixed=fixed, **case)
     spec = QuantSpec(case["wbits"], case.get("group"), case.get("symmetric", False))
-    got, mask = sparsegpt_prune(w, h, case.get("sparsity", 0.0), blocksize=1, quant=spec, fixed_mask=fixed)
+    got, mask = sparsegpt_prune(w, h, case.get("sparsity", 0.0), blocksize=case.get("blocksize", 1), quant=spec,
+                                fixed_mask=fixed)
     assert torch.equal(mask, expected_mask)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
     assert torch.equal(got[mask], torch.zeros(int(mask.sum())))
