@@ -129,10 +129,11 @@ def test_random_widths_and_groups_agree_with_the_oracle():
 # --------------------------------------------------------------------------- GPTQ and SparseGPT + GPTQ in one pass
 
 def slow_obs(weight, hessian, wbits=16, group=None, symmetric=False, sparsity=0.0, fixed=None, percdamp=0.01,
-             blocksize=1):
+             blocksize=1, prune_n=0, prune_m=0):
     """The published algorithm one column at a time, with every update applied at once: U the upper Cholesky
     factor of (H + damp I)⁻¹; for column j: its mask (the given one, or SparseGPT's w²/U_jj² threshold over the
-    rows and columns of j's block of ``blocksize``, chosen when the block starts), its entries quantized on the grid
+    rows and columns of j's block of ``blocksize``, chosen when the block starts; N:M: the N lowest per row of the
+    M columns from j, chosen when j is a multiple of M), its entries quantized on the grid
     of their group (found from the weights as they stood when j's block started: the published code reads the
     group from W, which receives the block's own updates only once the block ends), err = (w_j − q_j) / U_jj,
     W[:, j:] −= err U[j, j:]."""
@@ -167,6 +168,12 @@ def slow_obs(weight, hessian, wbits=16, group=None, symmetric=False, sparsity=0.
         col = w[:, j].clone()
         if fixed is not None:
             m = fixed[:, j]
+        elif prune_n:
+            if j % prune_m == 0:
+                score = w[:, j:j + prune_m] ** 2 / torch.diag(u)[j:j + prune_m][None, :] ** 2
+                nm_mask = torch.zeros_like(score, dtype=torch.bool)
+                nm_mask.scatter_(1, torch.topk(score, prune_n, dim=1, largest=False).indices, True)
+            m = nm_mask[:, j % prune_m]
         elif sparsity:
             m = block_mask[:, j % blocksize]
         else:
@@ -200,6 +207,7 @@ def layer(rows=8, cols=16, seed=0):
     dict(wbits=4, group=4, sparsity=0.5, blocksize=8),        # ... with the mask chosen per block
     dict(wbits=2, group=8, fixed=True, blocksize=16, symmetric=True),
     dict(wbits=4, sparsity=0.5, blocksize=8),                 # joint, per channel, mask per block of 8
+    dict(wbits=3, group=8, prune_n=2, prune_m=4, blocksize=8),  # joint with 2:4
 ])
 def test_the_obs_pass_with_quantization_equals_the_published_algorithm_column_by_column(case):
     from workbench.pruners.sparsegpt import sparsegpt_prune
@@ -210,7 +218,7 @@ def test_the_obs_pass_with_quantization_equals_the_published_algorithm_column_by
     expected, expected_mask = slow_obs(w, h, fixed=fixed, **case)
     spec = QuantSpec(case["wbits"], case.get("group"), case.get("symmetric", False))
     got, mask = sparsegpt_prune(w, h, case.get("sparsity", 0.0), blocksize=case.get("blocksize", 1), quant=spec,
-                                fixed_mask=fixed)
+                                fixed_mask=fixed, prune_n=case.get("prune_n", 0), prune_m=case.get("prune_m", 0))
     assert torch.equal(mask, expected_mask)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
     assert torch.equal(got[mask], torch.zeros(int(mask.sum())))
