@@ -289,6 +289,57 @@ def test_a_pruned_and_quantized_tiny_model_keeps_every_pruned_zero_and_every_gro
                 for w in weights.values()) / sum(w.numel() for w in weights.values()))
 
 
+@pytest.mark.parametrize("case", [
+    dict(allocation="uniform", pattern="2:4", wbits=4, group_size=16, quant_method="rtn"),
+    dict(allocation="owl", allocation_params={"granularity": "projection"}, wbits=3, quant_method="gptq"),
+    dict(allocation="dlp", allocation_params={"granularity": "sublayer"}, wbits=2, symmetric=True,
+         quant_method="rtn"),
+])
+def test_quantization_is_a_stage_after_any_allocation_pattern_or_granularity(case):
+    """In dense mode the masks come from the dense model's statistics, so a quantized run prunes exactly what the
+    same run without quantization prunes (and may only add zeros where kept values round to zero); its kept
+    values lie on their grid and its allocation is the same."""
+    from workbench.models import load_model, structure
+    from workbench.prune import prune
+
+    case = dict(case)
+    quant = {k: case.pop(k) for k in ("wbits", "group_size", "symmetric", "quant_method") if k in case}
+
+    def run(**extra):
+        model, tok = load_model("tiny-llama")
+        result = prune(model, tok, metric="wanda", sparsity=0.5, mode="dense", progress=False, **case, **extra)
+        return {n: lin.weight.detach().clone() for n, lin in structure(model).linears.items()}, result
+
+    plain, plain_result = run()
+    weights, result = run(**quant)
+    assert result.profile.layers == plain_result.profile.layers
+    for name, w in weights.items():
+        pruned = plain[name] == 0
+        assert torch.equal(w[pruned], torch.zeros(int(pruned.sum()))), name
+        assert not torch.equal(w, plain[name]), name  # quantized, not left as it was
+        assert on_grid(w, quant["wbits"], quant.get("group_size")), name
+        if case.get("pattern") == "2:4":
+            assert bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all()), name
+
+
+@pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
+def test_an_onloaded_quantized_run_equals_the_run_in_memory(metric):
+    """Onloading moves one block at a time to the device; the sequential GPTQ stage must see the same statistics."""
+    from workbench.models import load_model, structure
+    from workbench.offload import Onload
+    from workbench.prune import prune
+
+    def run(residency):
+        model, tok = load_model("tiny-llama")
+        prune(model, tok, metric=metric, allocation="owl", sparsity=0.6, wbits=4, group_size=32, quant_method="gptq",
+              progress=False, residency=residency)
+        return {n: lin.weight.detach().clone() for n, lin in structure(model).linears.items()}
+
+    in_memory, onloaded = run(None), run(Onload("cpu"))
+    assert all(torch.equal(onloaded[n], w) for n, w in in_memory.items())
+    assert all(on_grid(w, 4, 32) for w in in_memory.values())
+
+
 def test_sparsegpt_with_gptq_quantizes_inside_its_pass_or_after_it():
     from workbench.models import load_model, structure
     from workbench.prune import prune
