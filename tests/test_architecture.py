@@ -27,7 +27,7 @@ LAYERS = [
     ("allocation",),
     ("checkpoint",),
     ("models", "offload"),
-    ("data", "tasks", "recipe", "sparse_backend"),
+    ("data", "tasks", "recipe", "sparse_backend", "quantized_linear"),
     # "": the package root (load_model, ...)
     ("calibrate", "evaluate", "zeroshot", "prefix_cache", "multimodal", "", "plots"),
     ("spec",),  # the run specification: validates settings against the registries before any work
