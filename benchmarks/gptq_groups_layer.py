@@ -16,13 +16,10 @@ import torch
 
 from workbench.calibrate import calibrate
 from workbench.data import calibration_samples
-from workbench.models import load_model
+from workbench.models import load_model, structure
 from workbench.pruners import prune_linear, quantize_linear
 from workbench.quantize import QuantSpec
 from workbench.units import LayerStats
-
-LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-           "mlp.up_proj", "mlp.down_proj"]
 
 
 def errors(linear: torch.nn.Linear, stats: LayerStats, sparsity: float, wbits: int) -> dict[str, float]:
@@ -54,14 +51,14 @@ def main() -> None:
     print("| block | linear | GPTQ chan | GPTQ g64 | g64 / chan | RTN chan | RTN g64 | g64 / chan |\n"
           "|---|---|---|---|---|---|---|---|")
     stats = calibrate(model, ids, mode="dense", statistics=("sq_norm", "xtx"), progress=False)
-    gptq, rtn = [], []
+    layout, gptq, rtn = structure(model), [], []
     for b in args.blocks:
-        for name in LINEARS:
-            e = errors(model.model.layers[b].get_submodule(name), stats[f"model.layers.{b}.{name}"], args.sparsity,
-                       args.wbits)
+        for name, linear in layout.block_linears[b].items():
+            e = errors(linear, stats[name], args.sparsity, args.wbits)
             gptq.append(e["GPTQ g64"] / e["GPTQ chan"])
             rtn.append(e["RTN g64"] / e["RTN chan"])
-            print(f"| {b} | {name} | {e['GPTQ chan']:.4g} | {e['GPTQ g64']:.4g} | {gptq[-1]:.2f} | "
+            short = name.removeprefix(f"{layout.prefix}.{b}.")
+            print(f"| {b} | {short} | {e['GPTQ chan']:.4g} | {e['GPTQ g64']:.4g} | {gptq[-1]:.2f} | "
                   f"{e['RTN chan']:.4g} | {e['RTN g64']:.4g} | {rtn[-1]:.2f} |")
 
     def gmean(xs):

@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from workbench.profile import SparsityProfile
+
 COLUMNS = ["W16", "W8", "W4", "W4 g64", "W3"]
 W16_OF = {"Wanda": "Wanda", "SparseGPT": "SparseGPT", "BESA": "BESA"}  # a pipeline's 16-bit row: its pruner's
 
@@ -67,15 +69,6 @@ def table(recs: list[dict], sparsity: float) -> str:
     return "\n".join(lines)
 
 
-def block_sparsities(record: dict) -> dict[int, float]:
-    """Each block's sparsity in the run's profile (its linears' sparsities weighted by their sizes)."""
-    profile, kept, total = record["profile"], {}, {}
-    for name, s in profile["layers"].items():
-        b, n = profile["blocks"][name], profile["numels"][name]
-        kept[b], total[b] = kept.get(b, 0.0) + s * n, total.get(b, 0) + n
-    return {b: kept[b] / total[b] for b in sorted(total)}
-
-
 def allocation_shift(recs: list[dict], sparsity: float) -> str:
     """Markdown: how far each quantized BESA run's learned allocation moved from plain BESA's at the same target
     (points of sparsity, per linear and per block). BESA then GPTQ moves only through the quantized inputs of later
@@ -84,15 +77,17 @@ def allocation_shift(recs: list[dict], sparsity: float) -> str:
     base = next((r for r in mine if r["run"]["label"].split("|")[2].strip() == "W16"), None)
     if base is None:
         return ""
-    layers, blocks = base["profile"]["layers"], block_sparsities(base)
+    plain = SparsityProfile.from_dict(base["profile"])
+    plain_blocks = plain.block_means()
     lines = ["| pipeline | bits | mean abs shift, linears | max, linears | mean abs shift, blocks | max, blocks |",
              "|---|---|---|---|---|---|"]
     for r in mine:
-        _, pipeline, bits = (part.strip() for part in r["run"]["label"].split("|"))
         if r is base:
             continue
-        dl = [abs(v - layers[k]) * 100 for k, v in r["profile"]["layers"].items()]
-        db = [abs(v - blocks[b]) * 100 for b, v in block_sparsities(r).items()]
+        _, pipeline, bits = (part.strip() for part in r["run"]["label"].split("|"))
+        profile = SparsityProfile.from_dict(r["profile"])
+        dl = [abs(v - plain.layers[k]) * 100 for k, v in profile.layers.items()]
+        db = [abs(v - plain_blocks[b]) * 100 for b, v in profile.block_means().items()]
         lines.append(f"| {pipeline} | {bits} | {sum(dl) / len(dl):.2f} | {max(dl):.2f} | {sum(db) / len(db):.2f} | "
                      f"{max(db):.2f} |")
     return "\n".join(lines)
