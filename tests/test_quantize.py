@@ -133,10 +133,9 @@ def slow_obs(weight, hessian, wbits=16, group=None, symmetric=False, sparsity=0.
     """The published algorithm one column at a time, with every update applied at once: U the upper Cholesky
     factor of (H + damp I)⁻¹; for column j: its mask (the given one, or SparseGPT's w²/U_jj² threshold over the
     rows and columns of j's block of ``blocksize``, chosen when the block starts; N:M: the N lowest per row of the
-    M columns from j, chosen when j is a multiple of M), its entries quantized on the grid
-    of their group (found from the weights as they stood when j's block started: the published code reads the
-    group from W, which receives the block's own updates only once the block ends), err = (w_j − q_j) / U_jj,
-    W[:, j:] −= err U[j, j:]."""
+    M columns from j, chosen when j is a multiple of M), its entries quantized on the grid of their group (found
+    from the weights as they stood when j's block started: the published code reads the group from W, which
+    receives the block's own updates only once the block ends), err = (w_j − q_j) / U_jj, W[:, j:] −= err U[j, j:]."""
     w = weight.float().clone()
     h = hessian.float().clone()
     dead = torch.diag(h) == 0
